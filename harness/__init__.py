@@ -1,0 +1,1 @@
+"""The load and fault harness (see issue 3)."""

@@ -1,0 +1,183 @@
+"""``triochat``: the command line. Failures a person can cause are one line, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+import trio
+
+from triochat.errors import ListenError
+from triochat.server import ServerConfig, serve
+
+DEFAULTS = ServerConfig()
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port (0-65535)")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be 1 or more")
+    return value
+
+
+def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser(
+        "serve",
+        help="run the chat server",
+        description="Run the chat server: WebSocket and plain TCP listeners, one NDJSON protocol.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--host", default=DEFAULTS.host, help="address to listen on")
+    p.add_argument("--port", type=_port, default=DEFAULTS.port, help="WebSocket port (0: any free)")
+    p.add_argument(
+        "--tcp-port", type=_port, default=DEFAULTS.tcp_port, help="TCP port (0: any free)"
+    )
+    p.add_argument("--no-tcp", action="store_true", help="do not open the TCP listener")
+    p.add_argument(
+        "--rate-limit",
+        type=_non_negative,
+        default=DEFAULTS.rate_limit,
+        help="events per second per client (0: no limit)",
+    )
+    p.add_argument(
+        "--burst",
+        type=_positive_int,
+        default=DEFAULTS.burst,
+        help="events a client may send at once before the rate applies",
+    )
+    p.add_argument(
+        "--handshake-timeout",
+        type=_non_negative,
+        default=DEFAULTS.handshake_timeout,
+        help="seconds to complete the WebSocket upgrade, and again to send hello",
+    )
+    p.add_argument(
+        "--keepalive-interval",
+        type=_non_negative,
+        default=DEFAULTS.keepalive_interval,
+        help="seconds of client silence before the server checks it is alive",
+    )
+    p.add_argument(
+        "--keepalive-timeout",
+        type=_non_negative,
+        default=DEFAULTS.keepalive_timeout,
+        help="seconds a client has to answer before it is dropped",
+    )
+    p.add_argument(
+        "--drain-timeout",
+        type=_non_negative,
+        default=DEFAULTS.drain_timeout,
+        help="seconds to say goodbye to every client on shutdown",
+    )
+    p.add_argument(
+        "--max-line",
+        type=_positive_int,
+        default=DEFAULTS.max_line,
+        help="longest accepted line in bytes",
+    )
+    p.add_argument(
+        "--outbox-events",
+        type=_positive_int,
+        default=DEFAULTS.outbox_events,
+        help="events queued for one client before it is evicted as too slow",
+    )
+    p.add_argument(
+        "--outbox-bytes",
+        type=_positive_int,
+        default=DEFAULTS.outbox_bytes,
+        help="bytes queued for one client before it is evicted as too slow",
+    )
+    p.add_argument(
+        "--history",
+        type=int,
+        default=DEFAULTS.history_limit,
+        help="events of a room's past sent on join",
+    )
+    p.add_argument(
+        "--retention", type=_positive_int, default=DEFAULTS.retention, help="events kept per room"
+    )
+    p.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["debug", "info", "warning", "error"],
+        help="stderr log level",
+    )
+    p.set_defaults(run=_run_serve)
+
+
+def _config(args: argparse.Namespace) -> ServerConfig:
+    return ServerConfig(
+        host=args.host,
+        port=args.port,
+        tcp_port=None if args.no_tcp else args.tcp_port,
+        rate_limit=args.rate_limit,
+        burst=args.burst,
+        handshake_timeout=args.handshake_timeout,
+        keepalive_interval=args.keepalive_interval,
+        keepalive_timeout=args.keepalive_timeout,
+        drain_timeout=args.drain_timeout,
+        max_line=args.max_line,
+        outbox_events=args.outbox_events,
+        outbox_bytes=args.outbox_bytes,
+        history_limit=args.history,
+        retention=args.retention,
+    )
+
+
+async def _serve_until_signalled(config: ServerConfig) -> None:
+    # The receiver exists before the listeners do: no window where Ctrl-C is a traceback.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        try:
+            async with trio.open_nursery() as nursery:
+                server = await nursery.start(serve, config)
+                for url in server.urls:
+                    print(f"listening {url}", flush=True)
+                async for signum in signals:
+                    logging.getLogger("triochat").info("%s: stopping", signal.Signals(signum).name)
+                    server.stop()
+                    break
+        except* ListenError as group:
+            raise group.exceptions[0] from None
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        trio.run(_serve_until_signalled, _config(args))
+    except ListenError as exc:
+        print(f"triochat: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="triochat", description="A chat server and client on Trio."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_serve(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.run(args))

@@ -1,0 +1,276 @@
+"""The client library: one Trio API for both transports.
+
+::
+
+    async with open_client("ws://127.0.0.1:5000", nick="ada") as client:
+        await client.say("lobby", "hello")
+        async for event in client:
+            ...
+
+:func:`open_client` connects, says ``hello`` and returns once ``welcome``
+arrived; iterating yields every later server event and ends when the server
+closes the connection. Errors are ours, each with one meaning:
+:class:`~triochat.errors.ConnectError` (nothing to talk to: refused, host not
+found, timed out, not a triochat server), :class:`~triochat.errors.Rejected`
+(the server refused the hello), :class:`~triochat.errors.ConnectionLost` (the
+connection broke while sending).
+
+Keepalive is automatic: WebSocket Pings are answered by trio-websocket, and a
+TCP server's ``ping`` event is answered with ``pong`` while the caller iterates.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import trio
+from trio_websocket import HandshakeError, wrap_client_stream
+
+from triochat.errors import ConnectError, ConnectionClosed, ConnectionLost, Rejected
+from triochat.protocol import ErrorCode, decode_server, encode
+from triochat.protocol.events import (
+    Dm,
+    Error,
+    Hello,
+    History,
+    Join,
+    Nick,
+    Part,
+    Ping,
+    Pong,
+    Quit,
+    Ref,
+    Say,
+    ServerEvent,
+    Welcome,
+    Who,
+)
+from triochat.transport.base import CloseCode, Connection
+from triochat.transport.tcp import StreamConnection
+from triochat.transport.websocket import WebSocketLines
+
+CLIENT_MAX_LINE = 64 * 1024 * 1024
+"""Server lines can be long (a page of history); this only guards against nonsense."""
+_HELLO_REFUSALS = {ErrorCode.NICK_TAKEN, ErrorCode.NICK_INVALID, ErrorCode.HELLO_TIMEOUT}
+
+
+@dataclass(frozen=True)
+class Address:
+    scheme: str
+    host: str
+    port: int
+
+    @property
+    def hostport(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.hostport}"
+
+
+def parse_url(url: str) -> Address:
+    """``ws://host:port`` or ``tcp://host:port``; :class:`ConnectError` if it is neither."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "tcp"):
+        raise ConnectError(f"{url!r}: use ws://HOST:PORT or tcp://HOST:PORT")
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if not parts.hostname or port is None:
+        raise ConnectError(f"{url!r}: use ws://HOST:PORT or tcp://HOST:PORT")
+    return Address(parts.scheme, parts.hostname, port)
+
+
+class Client:
+    """A connected, welcomed client. Make one with :func:`open_client`."""
+
+    def __init__(self, conn: Connection, address: Address) -> None:
+        self._conn = conn
+        self.address = address
+        self.welcome: Welcome | None = None
+        self._pending: deque[ServerEvent] = deque()
+        self._send_lock = trio.StrictFIFOLock()
+        self._closed = False
+
+    # --- sending ------------------------------------------------------------
+
+    async def send(self, event: Any) -> None:
+        """Send one client event."""
+        await self.send_raw(encode(event))
+
+    async def send_raw(self, data: bytes) -> None:
+        """Send bytes as they are (whole lines); for tools that test the server."""
+        if self._closed:
+            raise ConnectionClosed("this client was closed")
+        async with self._send_lock:
+            await self._conn.send(data)
+
+    async def say(self, room: str, text: str, id: Ref = None) -> None:
+        await self.send(Say(room=room, text=text, id=id))
+
+    async def dm(self, to: str, text: str, id: Ref = None) -> None:
+        await self.send(Dm(to=to, text=text, id=id))
+
+    async def join(self, room: str) -> None:
+        await self.send(Join(room=room))
+
+    async def part(self, room: str) -> None:
+        await self.send(Part(room=room))
+
+    async def nick(self, nick: str) -> None:
+        await self.send(Nick(nick=nick))
+
+    async def who(self, room: str | None = None) -> None:
+        await self.send(Who(room=room))
+
+    async def history(
+        self, room: str, before_seq: int | None = None, limit: int | None = None
+    ) -> None:
+        await self.send(History(room=room, before_seq=before_seq, limit=limit))
+
+    async def ping(self, token: Ref = None) -> None:
+        await self.send(Ping(token=token))
+
+    async def quit(self, reason: str | None = None) -> None:
+        """Ask the server to end the session; iteration ends once it has."""
+        await self.send(Quit(reason=reason))
+
+    # --- receiving ----------------------------------------------------------
+
+    async def receive(self) -> ServerEvent:
+        """The next server event; :class:`ConnectionLost` once the server has gone."""
+        while not self._pending:
+            for line in await self.receive_lines():
+                self._pending.append(decode_server(line))
+        return self._pending.popleft()
+
+    async def receive_lines(self) -> list[bytes]:
+        """The next raw lines, undecoded (cheap counting for load tools).
+
+        Server keepalive pings are answered here, whichever way the caller reads.
+        """
+        lines = await self._conn.receive_lines()
+        if not self._conn.native_ping and any(b'"type":"ping"' in line for line in lines):
+            await self._answer_pings(lines)
+        return lines
+
+    async def _answer_pings(self, lines: list[bytes]) -> None:
+        for line in lines:
+            event = decode_server(line)
+            if isinstance(event, Ping):
+                await self.send(Pong(token=event.token))
+
+    def __aiter__(self) -> Client:
+        return self
+
+    async def __anext__(self) -> ServerEvent:
+        try:
+            return await self.receive()
+        except ConnectionLost:
+            raise StopAsyncIteration from None
+
+    # --- lifecycle ----------------------------------------------------------
+
+    async def _hello(self, hello: Hello) -> Welcome:
+        await self.send(hello)
+        early: list[ServerEvent] = []
+        while True:
+            try:
+                event = await self.receive()
+            except ConnectionLost:
+                raise ConnectError(f"{self.address}: the server closed the connection") from None
+            if isinstance(event, Welcome):
+                self._pending.extendleft(reversed(early))
+                self.welcome = event
+                return event
+            if isinstance(event, Error) and event.code in _HELLO_REFUSALS:
+                raise Rejected(event.code, event.message)
+            early.append(event)
+
+    async def aclose(self, grace: float = 2.0) -> None:
+        """Close the connection politely, within ``grace`` seconds."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            with trio.move_on_after(grace):
+                await self._conn.close(CloseCode.NORMAL)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._conn.abort()
+
+    async def abort(self) -> None:
+        """Drop the connection without goodbye (a vanished client)."""
+        self._closed = True
+        await self._conn.abort()
+
+
+@asynccontextmanager
+async def open_client(
+    url: str,
+    nick: str,
+    *,
+    rooms: list[str] | None = None,
+    resume: dict[str, int] | None = None,
+    connect_timeout: float = 10.0,
+) -> AsyncIterator[Client]:
+    """Connect to ``url``, say hello as ``nick``, and yield the welcomed :class:`Client`."""
+    address = parse_url(url)
+    async with trio.open_nursery() as nursery:
+        with trio.fail_after(connect_timeout):
+            try:
+                conn = await connect(address, nursery)
+                client = Client(conn, address)
+                await client._hello(Hello(nick=nick, rooms=rooms, resume=resume))
+            except trio.TooSlowError:
+                raise ConnectError(f"{address}: timed out") from None
+        try:
+            yield client
+        finally:
+            with trio.CancelScope(shield=True):
+                await client.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def connect(address: Address, nursery: trio.Nursery) -> Connection:
+    """A transport :class:`Connection` to ``address``; WebSocket tasks run in ``nursery``."""
+    stream = await open_stream(address)
+    if address.scheme == "tcp":
+        return StreamConnection(stream, max_line=CLIENT_MAX_LINE, remote=str(address))
+    try:
+        ws = await wrap_client_stream(
+            nursery, stream, address.host, "/", max_message_size=CLIENT_MAX_LINE
+        )
+    except HandshakeError as exc:
+        await trio.aclose_forcefully(stream)
+        raise ConnectError(f"{address}: WebSocket handshake failed ({exc!r})") from None
+    return WebSocketLines(ws, stream=stream, max_line=CLIENT_MAX_LINE, remote=str(address))
+
+
+async def open_stream(address: Address) -> trio.SocketStream:
+    """A TCP stream to ``address``, with OS errors turned into one clear line."""
+    try:
+        return await trio.open_tcp_stream(address.host, address.port)
+    except socket.gaierror:
+        raise ConnectError(f"{address}: host not found") from None
+    except OSError as exc:
+        if _refused(exc):
+            raise ConnectError(f"{address}: connection refused (is the server running?)") from None
+        raise ConnectError(f"{address}: cannot connect ({exc.strerror or exc})") from None
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether ``exc`` (or any attempt behind it) was a refused connection."""
+    if isinstance(exc, ConnectionRefusedError):
+        return True
+    cause = exc.__cause__
+    if isinstance(cause, BaseExceptionGroup):
+        return any(_refused(inner) for inner in cause.exceptions)
+    return cause is not None and _refused(cause)

@@ -1,0 +1,34 @@
+"""The protocol's one error type.
+
+Every rule the protocol enforces fails with :class:`ProtocolError`, carrying the
+stable wire ``code`` a peer sees in ``error{code, message}``. Codes are the
+contract; messages are for people and may change.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    BAD_JSON = "bad_json"
+    BAD_EVENT = "bad_event"
+    TOO_LARGE = "too_large"
+    RATE_LIMITED = "rate_limited"
+    NICK_TAKEN = "nick_taken"
+    NICK_INVALID = "nick_invalid"
+    ROOM_INVALID = "room_invalid"
+    NOT_IN_ROOM = "not_in_room"
+    NO_SUCH_USER = "no_such_user"
+    HELLO_FIRST = "hello_first"
+    HELLO_TIMEOUT = "hello_timeout"
+    TOO_MANY_ROOMS = "too_many_rooms"
+
+
+class ProtocolError(Exception):
+    """A peer broke a rule of the wire contract; ``code`` says which."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message

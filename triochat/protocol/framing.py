@@ -1,0 +1,58 @@
+"""NDJSON framing: where one event ends and the next begins.
+
+Theory of operation: a TCP byte stream is cut into lines by
+:class:`LineSplitter`, which holds at most ``max_line`` bytes of an unfinished
+line, so a peer that never sends a newline costs a bounded amount of memory.
+A WebSocket text message is already a complete unit; :func:`split_message`
+cuts it into its lines (the last may lack its newline). Both skip blank lines
+(a bare newline is a harmless keep-alive from ``nc`` users) and both enforce the
+same per-line limit with ``too_large``.
+"""
+
+from __future__ import annotations
+
+from triochat.protocol.errors import ErrorCode, ProtocolError
+
+
+def _too_large(max_line: int) -> ProtocolError:
+    return ProtocolError(ErrorCode.TOO_LARGE, f"line longer than {max_line} bytes")
+
+
+def _complete(lines: list[bytes], max_line: int) -> list[bytes]:
+    kept = []
+    for line in lines:
+        if len(line) > max_line:
+            raise _too_large(max_line)
+        if line.strip():
+            kept.append(line)
+    return kept
+
+
+def split_message(message: bytes, max_line: int) -> list[bytes]:
+    """The non-blank lines of one WebSocket message, each at most ``max_line`` bytes."""
+    return _complete(message.split(b"\n"), max_line)
+
+
+class LineSplitter:
+    """Incremental splitter for a byte stream; feed chunks, get whole lines."""
+
+    def __init__(self, max_line: int) -> None:
+        self._max_line = max_line
+        self._partial = b""
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an unfinished line held back."""
+        return len(self._partial)
+
+    def feed(self, data: bytes | bytearray) -> list[bytes]:
+        """Add ``data``; return every line it completes (without newlines)."""
+        if b"\n" not in data:
+            self._partial += data
+            if len(self._partial) > self._max_line:
+                raise _too_large(self._max_line)
+            return []
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        if len(self._partial) > self._max_line:
+            raise _too_large(self._max_line)
+        return _complete(lines, self._max_line)

@@ -1,0 +1,210 @@
+"""The server process: listeners, one task per connection, and an orderly stop.
+
+Theory of operation
+-------------------
+:func:`serve` owns two nurseries. The outer one holds every connection's
+task; the inner one holds the listeners. Stopping cancels the inner one first
+(no new connections), then asks every session to say goodbye and gives the
+outer one ``drain_timeout`` seconds before cancelling whatever is left. When
+:func:`serve` returns, every task it started has ended and every socket it
+opened is closed: that is what the nurseries guarantee.
+
+Each connection runs inside :func:`_contained`, the one place where a failure
+is caught: whatever one connection does (including trio-websocket raising from
+its reader task after a peer's Ping-after-Close, issue #184) ends that
+connection only. That is why WebSocket is served with ``trio.serve_tcp``-style
+listeners plus ``wrap_server_stream`` per connection rather than
+``serve_websocket``.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import partial
+
+import trio
+from trio_websocket import WebSocketConnection, wrap_server_stream
+
+from triochat.errors import ConnectionLost, ListenError
+from triochat.server.config import ServerConfig
+from triochat.server.hub import Hub
+from triochat.server.session import Session
+from triochat.transport.base import Connection
+from triochat.transport.tcp import StreamConnection
+from triochat.transport.websocket import WebSocketLines
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[trio.SocketStream], Awaitable[None]]
+
+
+@dataclass(eq=False)
+class Server:
+    """A running server, as handed out by ``await nursery.start(serve, config)``."""
+
+    config: ServerConfig
+    hub: Hub
+    urls: list[str] = field(default_factory=list)
+    """``ws://host:port`` and ``tcp://host:port``, one per bound listener."""
+    _stop: trio.Event = field(default_factory=trio.Event)
+    _sessions: set[Session] = field(default_factory=set)
+    _handshakes: set[trio.CancelScope] = field(default_factory=set)
+
+    def url(self, scheme: str) -> str:
+        """The first listener URL with ``scheme`` (``ws`` or ``tcp``)."""
+        return next(u for u in self.urls if u.startswith(f"{scheme}://"))
+
+    @property
+    def connections(self) -> int:
+        """Connections with a session (handshaken or waiting for ``hello``)."""
+        return len(self._sessions)
+
+    def stop(self) -> None:
+        """Begin an orderly shutdown; :func:`serve` returns once it is done."""
+        self._stop.set()
+
+
+async def serve(
+    config: ServerConfig, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run a server until :meth:`Server.stop`; ``task_status`` gets the :class:`Server`."""
+    server = Server(config=config, hub=Hub(config))
+    listeners = await _open_all(server)
+    async with trio.open_nursery() as connections:
+        async with trio.open_nursery() as listening:
+            for handler, group in listeners:
+                contained = partial(_contained, server, handler)
+                listening.start_soon(
+                    partial(trio.serve_listeners, contained, group, handler_nursery=connections)
+                )
+            task_status.started(server)
+            await server._stop.wait()
+            listening.cancel_scope.cancel()
+        log.info("stopping: %d connections to close", len(server._sessions))
+        connections.cancel_scope.deadline = trio.current_time() + config.drain_timeout
+        for scope in server._handshakes:
+            scope.cancel()
+        for session in list(server._sessions):
+            session.shutdown()
+
+
+async def _open_all(server: Server) -> list[tuple[Handler, list[trio.SocketListener]]]:
+    config = server.config
+    wanted: list[tuple[str, int | None, Handler]] = [
+        ("ws", config.port, partial(_handle_websocket, server)),
+        ("tcp", config.tcp_port, partial(_handle_tcp, server)),
+    ]
+    opened = []
+    try:
+        for scheme, port, handler in wanted:
+            if port is None:
+                continue
+            group = await _listen(scheme, config.host, port)
+            opened.append((handler, group))
+            server.urls += [f"{scheme}://{_endpoint(lst)}" for lst in group]
+    except BaseException:
+        for _, group in opened:
+            for lst in group:
+                await trio.aclose_forcefully(lst)
+        raise
+    return opened
+
+
+async def _listen(scheme: str, host: str, port: int) -> list[trio.SocketListener]:
+    """Bind ``host:port`` (SO_REUSEADDR, as trio does); a failure is one readable line."""
+    try:
+        return await trio.open_tcp_listeners(port, host=host)
+    except socket.gaierror as exc:
+        raise ListenError(f"cannot listen on {host}: host not found ({exc.strerror})") from None
+    except OSError as exc:
+        why = {
+            errno.EADDRINUSE: "address already in use",
+            errno.EADDRNOTAVAIL: "address not available on this machine",
+            errno.EACCES: "permission denied",
+        }.get(exc.errno or 0, exc.strerror or str(exc))
+        raise ListenError(f"cannot listen for {scheme} on {_hostport(host, port)}: {why}") from None
+
+
+def _endpoint(listener: trio.SocketListener) -> str:
+    host, port = listener.socket.getsockname()[:2]
+    return _hostport(host, port)
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _peer(stream: trio.SocketStream) -> str:
+    try:
+        host, port = stream.socket.getpeername()[:2]
+    except OSError:
+        return "?"
+    return _hostport(host, port)
+
+
+# --- per connection -------------------------------------------------------------
+
+
+async def _contained(server: Server, handler: Handler, stream: trio.SocketStream) -> None:
+    """Run one connection; whatever it raises stops here and ends only this connection."""
+    try:
+        await handler(stream)
+    except* (ConnectionLost, trio.BrokenResourceError, trio.ClosedResourceError) as group:
+        log.debug("%s: connection lost: %r", _peer(stream), group.exceptions)
+    except* Exception as group:
+        log.warning("%s: connection failed: %r", _peer(stream), group.exceptions, exc_info=True)
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+async def _handle_tcp(server: Server, stream: trio.SocketStream) -> None:
+    conn = StreamConnection(stream, max_line=server.config.max_line, remote=_peer(stream))
+    await _run_session(server, conn)
+
+
+async def _handle_websocket(server: Server, stream: trio.SocketStream) -> None:
+    config = server.config
+    async with trio.open_nursery() as ws_tasks:  # trio-websocket's reader lives here
+        ws = await _upgrade(server, ws_tasks, stream)
+        if ws is not None:
+            conn = WebSocketLines(ws, stream=stream, max_line=config.max_line, remote=_peer(stream))
+            await _run_session(server, conn)
+        ws_tasks.cancel_scope.cancel()
+
+
+async def _upgrade(
+    server: Server, nursery: trio.Nursery, stream: trio.SocketStream
+) -> WebSocketConnection | None:
+    """The WebSocket handshake, within the handshake deadline (slowloris protection)."""
+    config = server.config
+    # A whole WebSocket message may hold one line plus framing slack; longer lines
+    # are refused per line with too_large, longer messages by trio-websocket (1009).
+    max_message = config.max_line * 4
+    with trio.move_on_after(config.handshake_timeout) as scope:
+        server._handshakes.add(scope)
+        try:
+            request = await wrap_server_stream(nursery, stream, max_message_size=max_message)
+            ws: WebSocketConnection = await request.accept()
+            return ws
+        finally:
+            server._handshakes.discard(scope)
+    log.debug("%s: no WebSocket handshake in time", _peer(stream))
+    return None
+
+
+async def _run_session(server: Server, conn: Connection) -> None:
+    session = Session(conn, server.hub, server.config)
+    server._sessions.add(session)
+    try:
+        if server._stop.is_set():
+            session.shutdown()
+        await session.run()
+    finally:
+        server._sessions.discard(session)
+
+
+__all__ = ["Server", "serve"]

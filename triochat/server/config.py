@@ -1,0 +1,64 @@
+"""Every tunable of the server in one place, with the defaults `serve` uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from triochat.protocol import rules
+from triochat.protocol.events import Limits
+
+KIB = 1024
+MIB = 1024 * KIB
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int | None = 5000
+    """WebSocket port; 0 picks a free one, None disables the listener."""
+    tcp_port: int | None = 5001
+    """Plain TCP (NDJSON) port; 0 picks a free one, None disables the listener."""
+
+    handshake_timeout: float = 10.0
+    """Seconds from accept to a WebSocket upgrade, and again from there to ``hello``."""
+    keepalive_interval: float = 30.0
+    """Seconds of silence from a client before the server checks it is alive."""
+    keepalive_timeout: float = 20.0
+    """Seconds the client has to answer that check before it is dropped (``timeout``)."""
+    close_timeout: float = 2.0
+    """Seconds one closing connection may spend flushing and saying goodbye."""
+    drain_timeout: float = 5.0
+    """Seconds the whole server may spend saying goodbye on shutdown."""
+
+    max_line: int = 64 * KIB
+    max_text: int = 8000
+    max_rooms: int = 100
+    """Rooms one client may be in at once."""
+    outbox_events: int = 1000
+    outbox_bytes: int = 1 * MIB
+    rate_limit: float = 20.0
+    """Sustained events per second per client; 0 turns flood control off."""
+    burst: int = 60
+    """Events a client may send at once before ``rate_limit`` applies."""
+    history_limit: int = 50
+    """Events replayed on join, and the default page of ``history``."""
+    history_max_page: int = 500
+    retention: int = 10_000
+    """Events kept per room."""
+    batch_turns: int = 2
+    """Scheduler turns a woken writer lets pass before draining its outbox, so that
+    events already on their way land in the same write (see docs/architecture.md)."""
+
+    def limits(self) -> Limits:
+        return Limits(
+            max_line=self.max_line,
+            max_text=self.max_text,
+            max_nick=rules.MAX_NICK,
+            max_room=rules.MAX_ROOM,
+            max_rooms=self.max_rooms,
+            rate_limit=self.rate_limit,
+            burst=self.burst,
+            history_limit=self.history_max_page,
+            outbox_events=self.outbox_events,
+            outbox_bytes=self.outbox_bytes,
+        )

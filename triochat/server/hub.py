@@ -1,0 +1,291 @@
+"""The hub: rooms, members, the nick registry, sequence numbers and fan-out.
+
+Theory of operation
+-------------------
+Everything that affects who is where lives here, and nothing here awaits: the
+hub is plain synchronous code called from session tasks. Trio runs one task at
+a time, so each call is atomic with respect to every other session, and the
+order in which the hub assigns a room's ``seq`` is exactly the order in which
+every member receives those events. No locks, no hub task.
+
+Fan-out encodes an event once and hands the same bytes to every member's
+:class:`Peer` through a non-blocking ``deliver``. A peer whose outbox is full
+answers ``False``; it is evicted *after* the fan-out loop finishes (never while
+iterating a room) through a work queue, because evicting broadcasts a ``left``
+that may overflow yet another peer. The queue makes that cascade iterative and
+lets each peer be evicted exactly once.
+
+The hub knows nothing of trio or sockets, so its rules are tested directly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from triochat.protocol import ErrorCode, ProtocolError, encode, encode_history, rules
+from triochat.protocol.events import (
+    Ack,
+    DirectMessage,
+    Joined,
+    Left,
+    LeftReason,
+    Members,
+    Message,
+    NickChanged,
+    Ref,
+)
+from triochat.server.config import ServerConfig
+from triochat.server.roomlog import RoomLog
+
+
+class Peer(Protocol):
+    """What the hub needs from a connected client: somewhere to put bytes."""
+
+    def deliver(self, line: bytes, *, replay: bool = False) -> bool:
+        """Queue one encoded line without blocking; ``False`` means the outbox is full.
+
+        ``replay`` lines (history the server owes the client) do not count
+        against the outbox bound: their amount is set by retention, not by how
+        fast the client reads.
+        """
+        ...
+
+    def evict(self) -> None:
+        """Drop this client because it cannot keep up (``slow_consumer``)."""
+        ...
+
+
+@dataclass(eq=False)
+class Member:
+    """One attached client, as the hub sees it. Identity is the object itself."""
+
+    nick: str
+    peer: Peer
+    rooms: set[str] = field(default_factory=set)
+
+    @property
+    def key(self) -> str:
+        return rules.nick_key(self.nick)
+
+
+@dataclass(eq=False)
+class Room:
+    name: str
+    log: RoomLog
+    members: dict[str, Member] = field(default_factory=dict)
+    """Keyed by :func:`rules.nick_key`, in join order."""
+
+    def nicks(self) -> list[str]:
+        return [m.nick for m in self.members.values()]
+
+
+def _now() -> float:
+    return round(time.time(), 3)
+
+
+class Hub:
+    def __init__(self, config: ServerConfig) -> None:
+        self._config = config
+        self._rooms: dict[str, Room] = {}
+        self._members: dict[str, Member] = {}
+        self._evictions: deque[Member] = deque()
+        self._evicting = False
+
+    # --- introspection ------------------------------------------------------
+
+    def __len__(self) -> int:
+        """How many clients are attached."""
+        return len(self._members)
+
+    def members(self) -> Iterator[Member]:
+        return iter(list(self._members.values()))
+
+    def room_nicks(self, room: str) -> list[str]:
+        found = self._rooms.get(room)
+        return found.nicks() if found else []
+
+    # --- attach / detach ----------------------------------------------------
+
+    def attach(self, peer: Peer, nick: str) -> Member:
+        """Register ``nick`` for ``peer``; ``nick_invalid`` or ``nick_taken`` if it can't be."""
+        rules.check_nick(nick)
+        key = rules.nick_key(nick)
+        if key in self._members:
+            raise ProtocolError(ErrorCode.NICK_TAKEN, f"the nick {nick!r} is taken")
+        member = Member(nick=nick, peer=peer)
+        self._members[key] = member
+        return member
+
+    def detach(self, member: Member, reason: LeftReason) -> None:
+        """Remove ``member`` from every room (``left`` with ``reason``) and free its nick.
+
+        Idempotent, so every path that ends a session may call it.
+        """
+        if self._members.get(member.key) is not member:
+            return
+        for name in sorted(member.rooms):
+            self._leave(self._rooms[name], member, reason)
+        del self._members[member.key]
+
+    # --- rooms --------------------------------------------------------------
+
+    def join(self, member: Member, room: str, *, resume_after: int | None = None) -> None:
+        """Join ``room``: everyone gets ``joined``; the joiner then gets the past and the members.
+
+        With ``resume_after`` the joiner gets every retained event after that
+        ``seq`` instead of the recent past, so a reconnecting client has no gap.
+        """
+        name = rules.check_room(room)
+        if name in member.rooms:
+            self._send(member, encode(Members(room=name, nicks=self._rooms[name].nicks())))
+            return
+        if len(member.rooms) >= self._config.max_rooms:
+            raise ProtocolError(
+                ErrorCode.TOO_MANY_ROOMS, f"at most {self._config.max_rooms} rooms at once"
+            )
+        target = self._room(name)
+        target.members[member.key] = member
+        member.rooms.add(name)
+        seq = target.log.next_seq
+        self._publish(target, Joined(room=name, nick=member.nick, seq=seq, ts=_now()))
+        self._replay(member, target, self._past(target.log, seq, resume_after))
+        self._send(member, encode(Members(room=name, nicks=target.nicks())))
+
+    def part(self, member: Member, room: str) -> None:
+        name = self._membership(member, room)
+        self._leave(self._rooms[name], member, LeftReason.PART)
+
+    def _leave(self, room: Room, member: Member, reason: LeftReason) -> None:
+        # Publish first so the leaver sees its own ``left`` too (when it still can).
+        self._publish(
+            room,
+            Left(room=room.name, nick=member.nick, reason=reason, seq=room.log.next_seq, ts=_now()),
+        )
+        del room.members[member.key]
+        member.rooms.discard(room.name)
+
+    def _room(self, name: str) -> Room:
+        found = self._rooms.get(name)
+        if found is None:
+            found = self._rooms[name] = Room(name=name, log=RoomLog(self._config.retention))
+        return found
+
+    def _membership(self, member: Member, room: str) -> str:
+        name = rules.check_room(room)
+        if name not in member.rooms:
+            raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"you are not in {name!r}")
+        return name
+
+    # --- talking ------------------------------------------------------------
+
+    def say(self, member: Member, room: str, text: str, ref: Ref = None) -> int:
+        """Post ``text`` to ``room``: ``ack`` to the sender, ``message`` to every member."""
+        target = self._rooms[self._membership(member, room)]
+        seq = target.log.next_seq
+        event = Message(room=target.name, seq=seq, from_=member.nick, text=text, ts=_now(), id=ref)
+        self._send(member, encode(Ack(id=ref, room=target.name, seq=seq)))
+        self._publish(target, event)
+        return seq
+
+    def dm(self, member: Member, to: str, text: str, ref: Ref = None) -> None:
+        """A private message to ``to``, echoed to the sender so every view of it is alike."""
+        target = self._members.get(rules.nick_key(to))
+        if target is None:
+            raise ProtocolError(ErrorCode.NO_SUCH_USER, f"nobody is called {to!r}")
+        line = encode(
+            DirectMessage(from_=member.nick, to=target.nick, text=text, ts=_now(), id=ref)
+        )
+        for recipient in {target, member}:
+            self._send(recipient, line)
+
+    def rename(self, member: Member, nick: str) -> None:
+        """Change ``member``'s nick; everyone who shares a room with it is told once."""
+        rules.check_nick(nick)
+        key = rules.nick_key(nick)
+        holder = self._members.get(key)
+        if holder is not None and holder is not member:
+            raise ProtocolError(ErrorCode.NICK_TAKEN, f"the nick {nick!r} is taken")
+        old_key, old = member.key, member.nick
+        del self._members[old_key]
+        member.nick = nick
+        self._members[key] = member
+        for name in member.rooms:
+            room = self._rooms[name]
+            del room.members[old_key]
+            room.members[key] = member
+        line = encode(NickChanged(old=old, new=nick))
+        for peer_member in self._neighbours(member):
+            self._send(peer_member, line)
+
+    def _neighbours(self, member: Member) -> Iterable[Member]:
+        """``member`` and everyone sharing a room with it, each once."""
+        seen: dict[int, Member] = {id(member): member}
+        for name in member.rooms:
+            for other in self._rooms[name].members.values():
+                seen.setdefault(id(other), other)
+        return seen.values()
+
+    # --- queries ------------------------------------------------------------
+
+    def who(self, member: Member, room: str | None) -> None:
+        """``members`` of ``room``, or of the whole server when ``room`` is None."""
+        if room is None:
+            nicks = [m.nick for m in self._members.values()]
+            self._send(member, encode(Members(room=None, nicks=nicks)))
+            return
+        name = rules.check_room(room)
+        self._send(member, encode(Members(room=name, nicks=self.room_nicks(name))))
+
+    def history(self, member: Member, room: str, before_seq: int | None, limit: int | None) -> None:
+        """One page of ``room``'s past, oldest first, ending before ``before_seq``."""
+        target = self._rooms[self._membership(member, room)]
+        wanted = self._config.history_limit if limit is None else limit
+        page = min(max(wanted, 0), self._config.history_max_page)
+        lines = target.log.before(before_seq, page) if page else []
+        self._send(member, encode_history(target.name, lines), replay=True)
+
+    def _past(self, log: RoomLog, seq: int, resume_after: int | None) -> list[bytes]:
+        if resume_after is None:
+            return log.before(seq, self._config.history_limit)
+        return log.between(resume_after, seq)
+
+    def _replay(self, member: Member, room: Room, lines: list[bytes]) -> None:
+        """Send ``lines`` as ``history`` events of at most one page each, oldest first.
+
+        An empty past still sends one empty page, so a client can tell "nothing
+        happened" from "still loading".
+        """
+        page = self._config.history_max_page
+        chunks = [lines[i : i + page] for i in range(0, len(lines), page)] or [[]]
+        for chunk in chunks:
+            self._send(member, encode_history(room.name, chunk), replay=True)
+
+    # --- fan-out --------------------------------------------------------------
+
+    def _publish(self, room: Room, event: Joined | Left | Message) -> None:
+        """Record a room event and fan it out: encoded once, queued without waiting."""
+        line = encode(event)
+        room.log.append(event.seq, line)
+        overflowed = [m for m in room.members.values() if not m.peer.deliver(line)]
+        self._evictions.extend(overflowed)
+        self._run_evictions()
+
+    def _send(self, member: Member, line: bytes, *, replay: bool = False) -> None:
+        if not member.peer.deliver(line, replay=replay):
+            self._evictions.append(member)
+            self._run_evictions()
+
+    def _run_evictions(self) -> None:
+        """Evict every overflowed member; runs once at the outermost fan-out."""
+        if self._evicting:
+            return
+        self._evicting = True
+        try:
+            while self._evictions:
+                self._evictions.popleft().peer.evict()
+        finally:
+            self._evicting = False

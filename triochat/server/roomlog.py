@@ -1,0 +1,48 @@
+"""A room's recent past: the encoded lines of its last ``retention`` room events.
+
+Every room event gets the next ``seq`` and is appended here, so the retained
+events always have consecutive sequence numbers and a ``seq`` maps to a list
+index by subtraction. Trimming is amortised: the list may grow to twice the
+retention before the oldest half is dropped in one slice.
+"""
+
+from __future__ import annotations
+
+
+class RoomLog:
+    def __init__(self, retention: int, *, last_seq: int = 0) -> None:
+        self._retention = max(retention, 1)
+        self._lines: list[bytes] = []
+        self._first_seq = last_seq + 1
+        """The seq of ``_lines[0]``, or of the next event when empty."""
+
+    @property
+    def next_seq(self) -> int:
+        return self._first_seq + len(self._lines)
+
+    @property
+    def last_seq(self) -> int:
+        return self.next_seq - 1
+
+    def append(self, seq: int, line: bytes) -> None:
+        if seq != self.next_seq:
+            raise ValueError(f"seq {seq} out of order, expected {self.next_seq}")
+        self._lines.append(line)
+        if len(self._lines) >= 2 * self._retention:
+            drop = len(self._lines) - self._retention
+            del self._lines[:drop]
+            self._first_seq += drop
+
+    def before(self, seq: int | None, limit: int) -> list[bytes]:
+        """Up to ``limit`` retained lines with a seq below ``seq`` (all when None), oldest first."""
+        end = self._index(self.next_seq if seq is None else seq)
+        start = max(end - limit, self._index(self.next_seq - self._retention))
+        return self._lines[start:end]
+
+    def between(self, after: int, before: int) -> list[bytes]:
+        """Retained lines with ``after < seq < before``, oldest first."""
+        start = max(self._index(after + 1), self._index(self.next_seq - self._retention))
+        return self._lines[start : self._index(before)]
+
+    def _index(self, seq: int) -> int:
+        return min(max(seq - self._first_seq, 0), len(self._lines))

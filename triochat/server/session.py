@@ -1,0 +1,329 @@
+"""One client's life on the server: handshake, reader, writer, keepalive, goodbye.
+
+Theory of operation
+-------------------
+A session runs three tasks in its own nursery:
+
+* the **reader** (the session's main task) decodes lines, applies flood
+  control and hands events to the hub; before ``hello`` it only accepts
+  ``hello`` and gives up at the handshake deadline;
+* the **writer** drains the outbox: everything queued goes out in one write;
+* the **keepalive** checks a silent peer is still there.
+
+Every way a session ends goes through :meth:`Session.close`, exactly once: it
+records the reason, detaches from the hub (so the room sees ``left`` at once,
+not when the socket is finally gone), stops reader and keepalive, and closes
+the outbox. With ``flush`` the writer sends what is queued and the connection
+closes politely (bounded by ``close_timeout``); without it, the writer is
+cancelled and the connection is dropped. A slow consumer is closed from
+*another* session's task (the one whose fan-out found the outbox full), which
+is why close() is synchronous and works by cancelling scopes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import trio
+
+from triochat.errors import ConnectionLost
+from triochat.protocol import ErrorCode, ProtocolError, decode_client, encode, rules
+from triochat.protocol.events import (
+    ClientEvent,
+    Dm,
+    Error,
+    Hello,
+    History,
+    Join,
+    LeftReason,
+    Nick,
+    Notice,
+    Part,
+    Ping,
+    Pong,
+    Quit,
+    Ref,
+    Say,
+    Welcome,
+    Who,
+)
+from triochat.server.config import ServerConfig
+from triochat.server.hub import Hub, Member
+from triochat.server.outbox import Outbox, OutboxClosed
+from triochat.server.ratelimit import TokenBucket
+from triochat.transport.base import CloseCode, Connection
+
+log = logging.getLogger(__name__)
+
+KEEPALIVE_TOKEN = "keepalive"
+
+
+class Session:
+    """One connected client. Implements :class:`triochat.server.hub.Peer`."""
+
+    def __init__(self, conn: Connection, hub: Hub, config: ServerConfig) -> None:
+        self._conn = conn
+        self._hub = hub
+        self._config = config
+        self._outbox = Outbox(config.outbox_events, config.outbox_bytes)
+        self._bucket = TokenBucket(config.rate_limit, config.burst, trio.current_time())
+        self._member: Member | None = None
+        self._reason: LeftReason | None = None
+        self._close_code = CloseCode.NORMAL
+        self._flushed = False
+        self._io_scope = trio.CancelScope()
+        self._writer_scope = trio.CancelScope()
+        self._last_heard = trio.current_time()
+        self._heard: trio.Event | None = None
+
+    @property
+    def nick(self) -> str | None:
+        return self._member.nick if self._member else None
+
+    @property
+    def reason(self) -> LeftReason | None:
+        """Why the session ended, once it is ending."""
+        return self._reason
+
+    # --- Peer -----------------------------------------------------------------
+
+    def deliver(self, line: bytes, *, replay: bool = False) -> bool:
+        return self._outbox.put(line, replay=replay)
+
+    def evict(self) -> None:
+        log.info("%s: evicted, outbox full (%d queued)", self._conn.remote, len(self._outbox))
+        self.close(LeftReason.SLOW_CONSUMER, CloseCode.POLICY, flush=False)
+
+    # --- ending -----------------------------------------------------------------
+
+    def close(
+        self, reason: LeftReason, code: CloseCode = CloseCode.NORMAL, *, flush: bool = True
+    ) -> None:
+        """End the session (idempotent; the first reason wins). Never blocks."""
+        if self._reason is not None:
+            return
+        self._reason, self._close_code = reason, code
+        if self._member is not None:
+            self._hub.detach(self._member, reason)
+        self._io_scope.cancel()
+        self._outbox.close()
+        if flush:
+            self._writer_scope.deadline = trio.current_time() + self._config.close_timeout
+        else:
+            self._writer_scope.cancel()
+
+    def shutdown(self) -> None:
+        """The server is stopping: tell the client, flush, close with 1001."""
+        notice = Notice(code="shutting_down", text="the server is shutting down")
+        self._outbox.put(encode(notice), replay=True)
+        self.close(LeftReason.SHUTDOWN, CloseCode.GOING_AWAY)
+
+    # --- tasks ----------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve the client until it leaves or is closed; the connection is released on return."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write_loop)
+                with self._io_scope:
+                    await self._converse()
+                self.close(LeftReason.DISCONNECTED, flush=False)
+        finally:
+            if self._member is not None:
+                self._hub.detach(self._member, self._reason or LeftReason.DISCONNECTED)
+            await self._say_goodbye()
+
+    async def _converse(self) -> None:
+        try:
+            with trio.move_on_after(self._config.handshake_timeout) as handshake:
+                rest = await self._await_hello()
+                handshake.deadline = math.inf  # the deadline is for strangers only
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._keepalive_loop)
+                    await self._read_loop(rest)
+            if self._member is None:
+                self._error(ErrorCode.HELLO_TIMEOUT, "no hello before the handshake deadline")
+                self.close(LeftReason.DISCONNECTED, CloseCode.POLICY)
+        except ConnectionLost as exc:
+            log.debug("%s", exc)
+            self.close(LeftReason.DISCONNECTED, flush=False)
+        except ProtocolError as exc:  # too_large: framing is lost, so is the connection
+            self._error(exc.code, exc.message)
+            self.close(LeftReason.DISCONNECTED, CloseCode.TOO_BIG)
+
+    async def _await_hello(self) -> list[bytes]:
+        """Read until a ``hello`` is accepted; return the lines that came after it."""
+        while True:
+            lines = await self._receive()
+            for index, line in enumerate(lines):
+                event = self._decode(line)
+                if event is None:
+                    continue
+                if not isinstance(event, Hello):
+                    self._error(ErrorCode.HELLO_FIRST, "say hello first", _ref(event))
+                elif self._accept(event):
+                    return lines[index + 1 :]
+
+    async def _read_loop(self, lines: list[bytes]) -> None:
+        while True:
+            for line in lines:
+                event = self._decode(line)
+                if event is not None:
+                    self._handle(event)
+            lines = await self._receive()
+
+    async def _receive(self) -> list[bytes]:
+        while True:
+            try:
+                lines = await self._conn.receive_lines()
+            except ProtocolError as exc:
+                if exc.code is ErrorCode.TOO_LARGE:
+                    raise
+                self._error(exc.code, exc.message)
+                continue
+            self._last_heard = trio.current_time()
+            if self._heard is not None:
+                self._heard.set()
+            return lines
+
+    async def _write_loop(self) -> None:
+        with self._writer_scope:
+            try:
+                while True:
+                    await self._conn.send(await self._outbox.take_all(self._config.batch_turns))
+            except OutboxClosed:
+                self._flushed = True
+            except ConnectionLost as exc:
+                log.debug("%s", exc)
+                self.close(LeftReason.DISCONNECTED, flush=False)
+
+    async def _keepalive_loop(self) -> None:
+        interval = self._config.keepalive_interval
+        while True:
+            await trio.sleep_until(self._last_heard + interval)
+            if trio.current_time() < self._last_heard + interval:
+                continue
+            with trio.move_on_after(self._config.keepalive_timeout):
+                await self._probe()
+                self._last_heard = trio.current_time()
+                continue
+            log.info("%s: no answer to keepalive, dropping", self._conn.remote)
+            self.close(LeftReason.TIMEOUT, CloseCode.GOING_AWAY, flush=False)
+            return
+
+    async def _probe(self) -> None:
+        """Return once the peer has shown it is alive."""
+        if self._conn.native_ping:
+            await self._conn.ping()
+            return
+        self._heard = trio.Event()
+        self._send(encode(Ping(token=KEEPALIVE_TOKEN)))
+        await self._heard.wait()
+
+    async def _say_goodbye(self) -> None:
+        try:
+            if self._flushed:
+                with trio.move_on_after(self._config.close_timeout):
+                    await self._conn.close(self._close_code)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._conn.abort()
+
+    # --- events ---------------------------------------------------------------
+
+    def _decode(self, line: bytes) -> ClientEvent | None:
+        """The event in ``line`` if it is valid and within the rate; else tell the client."""
+        try:
+            event = decode_client(line)
+        except ProtocolError as exc:
+            self._error(exc.code, exc.message)
+            return None
+        if not isinstance(event, Pong) and not self._bucket.take(trio.current_time()):
+            self._error(ErrorCode.RATE_LIMITED, "slow down: too many events", _ref(event))
+            return None
+        return event
+
+    def _accept(self, hello: Hello) -> bool:
+        """Attach, welcome and join the hello's rooms; ``False`` (client told) if refused."""
+        try:
+            member = self._hub.attach(self, hello.nick)
+        except ProtocolError as exc:
+            self._error(exc.code, exc.message)
+            return False
+        self._member = member
+        resume = self._valid_rooms(list(hello.resume or {}))
+        resume_after = {room: (hello.resume or {})[raw] for raw, room in resume.items()}
+        wanted = list(resume_after) + list(self._valid_rooms(hello.rooms or []).values())
+        rooms = list(dict.fromkeys(wanted or [rules.DEFAULT_ROOM]))
+        if len(rooms) > self._config.max_rooms:
+            self._error(ErrorCode.TOO_MANY_ROOMS, f"at most {self._config.max_rooms} rooms")
+            rooms = rooms[: self._config.max_rooms]
+        self._send(encode(Welcome(nick=member.nick, rooms=rooms, limits=self._config.limits())))
+        for room in rooms:
+            self._hub.join(member, room, resume_after=resume_after.get(room))
+        return True
+
+    def _valid_rooms(self, names: list[str]) -> dict[str, str]:
+        """Each valid name mapped to its canonical form; invalid ones reported and skipped."""
+        valid = {}
+        for name in names:
+            try:
+                valid[name] = rules.check_room(name)
+            except ProtocolError as exc:
+                self._error(exc.code, exc.message)
+        return valid
+
+    def _handle(self, event: ClientEvent) -> None:
+        member = self._member
+        assert member is not None
+        try:
+            self._dispatch(member, event)
+        except ProtocolError as exc:
+            self._error(exc.code, exc.message, _ref(event))
+
+    def _dispatch(self, member: Member, event: ClientEvent) -> None:
+        hub = self._hub
+        match event:
+            case Say(room=room, text=text, id=ref):
+                hub.say(member, room, self._check_text(text), ref)
+            case Dm(to=to, text=text, id=ref):
+                hub.dm(member, to, self._check_text(text), ref)
+            case Join(room=room):
+                hub.join(member, room)
+            case Part(room=room):
+                hub.part(member, room)
+            case Nick(nick=nick):
+                hub.rename(member, nick)
+            case Who(room=room):
+                hub.who(member, room)
+            case History(room=room, before_seq=before, limit=limit):
+                hub.history(member, room, before, limit)
+            case Ping(token=token):
+                self._send(encode(Pong(token=token)))
+            case Pong():
+                pass
+            case Quit():
+                self.close(LeftReason.QUIT)
+            case Hello():
+                raise ProtocolError(ErrorCode.BAD_EVENT, "already said hello")
+
+    def _check_text(self, text: str) -> str:
+        if not text:
+            raise ProtocolError(ErrorCode.BAD_EVENT, "text is empty")
+        if len(text) > self._config.max_text:
+            raise ProtocolError(
+                ErrorCode.BAD_EVENT, f"text longer than {self._config.max_text} characters"
+            )
+        return text
+
+    def _error(self, code: ErrorCode, message: str, ref: Ref = None) -> None:
+        self._send(encode(Error(code=code, message=message, ref=ref)))
+
+    def _send(self, line: bytes) -> None:
+        if not self._outbox.put(line):
+            self.evict()
+
+
+def _ref(event: ClientEvent) -> Ref:
+    return event.id if isinstance(event, Say | Dm) else None

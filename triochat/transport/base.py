@@ -1,0 +1,50 @@
+"""The one interface both transports offer: whole lines in, batches of lines out."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Protocol
+
+
+class CloseCode(IntEnum):
+    """WebSocket close codes we send (TCP connections just close)."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    POLICY = 1008
+    TOO_BIG = 1009
+
+
+class Connection(Protocol):
+    """One peer, after any transport handshake.
+
+    Errors: :class:`~triochat.errors.ConnectionLost` when the peer went away;
+    :class:`~triochat.protocol.ProtocolError` when what it sent breaks framing
+    (``too_large``: the stream is no longer usable; ``bad_event``: a binary
+    WebSocket frame, which is skipped).
+    """
+
+    remote: str
+    """The peer's address, for logs."""
+    native_ping: bool
+    """True when :meth:`ping` is a transport-level check (WebSocket Ping/Pong)."""
+
+    async def receive_lines(self) -> list[bytes]:
+        """The next complete non-blank lines, at least one."""
+        ...
+
+    async def send(self, data: bytes) -> None:
+        """Send ``data`` (whole lines, newline-terminated) in one write or message."""
+        ...
+
+    async def ping(self) -> None:
+        """Return when the peer answered a transport-level ping (only if ``native_ping``)."""
+        ...
+
+    async def close(self, code: CloseCode) -> None:
+        """Say goodbye: flush, close politely (with ``code`` on WebSocket), release."""
+        ...
+
+    async def abort(self) -> None:
+        """Release the connection now, without any goodbye."""
+        ...

@@ -1,0 +1,70 @@
+"""NDJSON over WebSocket text messages, on trio-websocket's public API.
+
+A message may hold several lines (the server batches); a client may send one
+event per message, with or without the trailing newline. Binary messages are
+not part of the protocol and get ``bad_event``; invalid UTF-8 in a text
+message is a WebSocket protocol error that trio-websocket answers with close
+code 1007 (the peer is then gone).
+"""
+
+from __future__ import annotations
+
+import trio
+from trio_websocket import ConnectionClosed as WsClosed
+from trio_websocket import WebSocketConnection
+
+from triochat.errors import ConnectionLost
+from triochat.protocol import ErrorCode, ProtocolError, split_message
+from triochat.transport.base import CloseCode
+
+
+class WebSocketLines:
+    native_ping = True
+
+    def __init__(
+        self,
+        ws: WebSocketConnection,
+        *,
+        max_line: int,
+        stream: trio.abc.Stream,
+        remote: str = "?",
+    ) -> None:
+        """``stream`` is the byte stream under ``ws``; we own it, so :meth:`abort` closes it."""
+        self._ws = ws
+        self._stream = stream
+        self._max_line = max_line
+        self.remote = remote
+
+    async def receive_lines(self) -> list[bytes]:
+        while True:
+            try:
+                message = await self._ws.get_message()
+            except WsClosed as exc:
+                raise ConnectionLost(f"{self.remote}: {exc.reason}") from None
+            if isinstance(message, bytes):
+                raise ProtocolError(
+                    ErrorCode.BAD_EVENT, "binary messages are not part of the protocol"
+                )
+            lines = split_message(message.encode(), self._max_line)
+            if lines:
+                return lines
+
+    async def send(self, data: bytes) -> None:
+        try:
+            await self._ws.send_message(data.decode())
+        except WsClosed as exc:
+            raise ConnectionLost(f"{self.remote}: {exc.reason}") from None
+
+    async def ping(self) -> None:
+        try:
+            await self._ws.ping()
+        except WsClosed as exc:
+            raise ConnectionLost(f"{self.remote}: {exc.reason}") from None
+
+    async def close(self, code: CloseCode) -> None:
+        # aclose() waits for the peer's close frame; the caller bounds that wait,
+        # and trio-websocket closes the stream itself if it is cancelled.
+        await self._ws.aclose(code=code)
+
+    async def abort(self) -> None:
+        await trio.aclose_forcefully(self._stream)

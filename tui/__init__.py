@@ -1,0 +1,1 @@
+"""The Textual chat client (see issue 4)."""
