@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import socket
 from collections import deque
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -221,22 +221,55 @@ async def open_client(
     resume: dict[str, int] | None = None,
     connect_timeout: float = 10.0,
 ) -> AsyncIterator[Client]:
-    """Connect to ``url``, say hello as ``nick``, and yield the welcomed :class:`Client`."""
+    """Connect to ``url``, say hello as ``nick``, and yield the welcomed :class:`Client`.
+
+    Errors come out as themselves, not wrapped in an exception group: the only
+    background task is trio-websocket's reader, so a lone exception from the
+    nursery is the caller's (or ours) and is re-raised bare.
+    """
     address = parse_url(url)
-    async with trio.open_nursery() as nursery:
-        with trio.fail_after(connect_timeout):
+    with _unwrapped():
+        async with trio.open_nursery() as nursery:
+            client = await _connect_and_greet(
+                address, nursery, Hello(nick=nick, rooms=rooms, resume=resume), connect_timeout
+            )
             try:
-                conn = await connect(address, nursery)
-                client = Client(conn, address)
-                await client._hello(Hello(nick=nick, rooms=rooms, resume=resume))
-            except trio.TooSlowError:
-                raise ConnectError(f"{address}: timed out") from None
-        try:
-            yield client
-        finally:
-            with trio.CancelScope(shield=True):
-                await client.aclose()
-            nursery.cancel_scope.cancel()
+                yield client
+            finally:
+                with trio.CancelScope(shield=True):
+                    await client.aclose()
+                nursery.cancel_scope.cancel()
+
+
+async def _connect_and_greet(
+    address: Address, nursery: trio.Nursery, hello: Hello, limit: float
+) -> Client:
+    try:
+        with trio.fail_after(limit):
+            client = Client(await connect(address, nursery), address)
+            await client._hello(hello)
+            return client
+    except trio.TooSlowError:
+        raise ConnectError(f"{address}: timed out") from None
+
+
+@contextmanager
+def _unwrapped() -> Iterator[None]:
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        lone = _lone(group)
+        if lone is None:
+            raise
+        raise lone from lone.__cause__
+
+
+def _lone(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one leaf exception of ``group``, if it has exactly one."""
+    if len(group.exceptions) != 1:
+        return None
+    inner = group.exceptions[0]
+    return _lone(inner) if isinstance(inner, BaseExceptionGroup) else inner
 
 
 async def connect(address: Address, nursery: trio.Nursery) -> Connection:

@@ -88,7 +88,10 @@ async def serve(
         connections.cancel_scope.deadline = trio.current_time() + config.drain_timeout
         for scope in server._handshakes:
             scope.cancel()
-        for session in list(server._sessions):
+        sessions = list(server._sessions)
+        for session in sessions:
+            session.announce_shutdown()
+        for session in sessions:
             session.shutdown()
 
 
@@ -151,12 +154,16 @@ def _peer(stream: trio.SocketStream) -> str:
 
 async def _contained(server: Server, handler: Handler, stream: trio.SocketStream) -> None:
     """Run one connection; whatever it raises stops here and ends only this connection."""
+    remote = _peer(stream)
     try:
         await handler(stream)
     except* (ConnectionLost, trio.BrokenResourceError, trio.ClosedResourceError) as group:
-        log.debug("%s: connection lost: %r", _peer(stream), group.exceptions)
+        log.debug("%s: connection lost: %r", remote, group.exceptions)
     except* Exception as group:
-        log.warning("%s: connection failed: %r", _peer(stream), group.exceptions, exc_info=True)
+        # Library failures land here too (trio-websocket #184 raises from its reader
+        # task when a Ping follows our Close): one line, details at debug level.
+        log.warning("%s: connection failed: %r", remote, group.exceptions)
+        log.debug("%s: connection failure details", remote, exc_info=group)
     finally:
         await trio.aclose_forcefully(stream)
 

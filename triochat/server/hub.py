@@ -215,8 +215,8 @@ class Hub:
         self._members[key] = member
         for name in member.rooms:
             room = self._rooms[name]
-            del room.members[old_key]
-            room.members[key] = member
+            # Rebuilt rather than re-keyed in place, so the member keeps its place in join order.
+            room.members = {(key if k == old_key else k): m for k, m in room.members.items()}
         line = encode(NickChanged(old=old, new=nick))
         for peer_member in self._neighbours(member):
             self._send(peer_member, line)

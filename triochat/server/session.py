@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import trio
 
@@ -113,10 +115,19 @@ class Session:
         else:
             self._writer_scope.cancel()
 
-    def shutdown(self) -> None:
-        """The server is stopping: tell the client, flush, close with 1001."""
+    def announce_shutdown(self) -> None:
+        """Queue the ``shutting_down`` notice as the last thing this client will get.
+
+        The server announces to everyone before it closes anyone, so no client
+        sees other clients' ``left{shutdown}`` after its notice.
+        """
         notice = Notice(code="shutting_down", text="the server is shutting down")
         self._outbox.put(encode(notice), replay=True)
+        self._outbox.close()
+
+    def shutdown(self) -> None:
+        """The server is stopping: tell the client, flush, close with 1001."""
+        self.announce_shutdown()
         self.close(LeftReason.SHUTDOWN, CloseCode.GOING_AWAY)
 
     # --- tasks ----------------------------------------------------------------
@@ -135,16 +146,25 @@ class Session:
             await self._say_goodbye()
 
     async def _converse(self) -> None:
-        try:
-            with trio.move_on_after(self._config.handshake_timeout) as handshake:
+        with trio.move_on_after(self._config.handshake_timeout) as handshake:
+            with self._ends_on_failure():
                 rest = await self._await_hello()
                 handshake.deadline = math.inf  # the deadline is for strangers only
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._keepalive_loop)
                     await self._read_loop(rest)
-            if self._member is None:
-                self._error(ErrorCode.HELLO_TIMEOUT, "no hello before the handshake deadline")
-                self.close(LeftReason.DISCONNECTED, CloseCode.POLICY)
+        if handshake.cancelled_caught:
+            self._error(ErrorCode.HELLO_TIMEOUT, "no hello before the handshake deadline")
+            self.close(LeftReason.DISCONNECTED, CloseCode.POLICY)
+
+    @contextmanager
+    def _ends_on_failure(self) -> Iterator[None]:
+        """Turn the peer's failures into the matching close; used inside every task.
+
+        (Caught where raised: a nursery would wrap them in an ExceptionGroup.)
+        """
+        try:
+            yield
         except ConnectionLost as exc:
             log.debug("%s", exc)
             self.close(LeftReason.DISCONNECTED, flush=False)
@@ -166,12 +186,13 @@ class Session:
                     return lines[index + 1 :]
 
     async def _read_loop(self, lines: list[bytes]) -> None:
-        while True:
-            for line in lines:
-                event = self._decode(line)
-                if event is not None:
-                    self._handle(event)
-            lines = await self._receive()
+        with self._ends_on_failure():
+            while True:
+                for line in lines:
+                    event = self._decode(line)
+                    if event is not None:
+                        self._handle(event)
+                lines = await self._receive()
 
     async def _receive(self) -> list[bytes]:
         while True:
@@ -199,6 +220,10 @@ class Session:
                 self.close(LeftReason.DISCONNECTED, flush=False)
 
     async def _keepalive_loop(self) -> None:
+        with self._ends_on_failure():
+            await self._keep_alive()
+
+    async def _keep_alive(self) -> None:
         interval = self._config.keepalive_interval
         while True:
             await trio.sleep_until(self._last_heard + interval)

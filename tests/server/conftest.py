@@ -1,0 +1,31 @@
+"""Live servers on 127.0.0.1 port 0, one per test, for both transports."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+from pytest_trio.enable_trio_mode import *  # noqa: F403
+
+from triochat.server import Server, ServerConfig, serve
+
+TEST_CONFIG = ServerConfig(host="127.0.0.1", port=0, tcp_port=0, rate_limit=0)
+
+
+@pytest.fixture
+async def server(nursery: trio.Nursery) -> AsyncIterator[Server]:
+    running: Server = await nursery.start(serve, TEST_CONFIG)
+    yield running
+    running.stop()
+
+
+@pytest.fixture(params=["ws", "tcp"])
+def scheme(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def url(server: Server, scheme: str) -> str:
+    """The server's URL for the transport under test."""
+    return server.url(scheme)

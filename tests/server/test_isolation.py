@@ -1,0 +1,118 @@
+"""One connection's failure never reaches another connection or the listener.
+
+Each case makes one peer misbehave at the byte level while a watcher sits in
+the room; afterwards the watcher saw exactly that peer leave, and a brand-new
+client can still connect and chat.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import trio
+import wsproto
+from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
+
+from tests.server.helpers import expect, settle_join, skip_until
+from triochat.client import open_client
+from triochat.protocol import encode
+from triochat.protocol.events import Ack, Hello, Joined, Left, LeftReason, Quit
+from triochat.server import Server
+
+
+def _hostport(url: str) -> tuple[str, int]:
+    host, port = url.split("://", 1)[1].rsplit(":", 1)
+    return host, int(port)
+
+
+async def _still_serving(server: Server) -> None:
+    async with open_client(server.url("ws"), "newcomer") as newcomer:
+        await settle_join(newcomer)
+        await newcomer.say("lobby", "still here?", id="ok")
+        await expect(newcomer, Ack, id="ok")
+
+
+class RawWebSocket:
+    """A WebSocket client made of wsproto and a bare socket, free to break the rules."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+
+    @classmethod
+    async def connect(cls, url: str) -> RawWebSocket:
+        host, port = _hostport(url)
+        raw = cls(await trio.open_tcp_stream(host, port))
+        await raw.stream.send_all(raw.ws.send(Request(host=host, target="/")))
+        await raw.next_event(AcceptConnection)
+        return raw
+
+    async def send_text(self, text: str) -> None:
+        await self.stream.send_all(self.ws.send(TextMessage(data=text)))
+
+    async def next_event(self, kind: type[wsproto.events.Event]) -> wsproto.events.Event:
+        while True:
+            for event in self.ws.events():
+                if isinstance(event, kind):
+                    return event
+            data = await self.stream.receive_some()
+            assert data, "server closed before the expected event"
+            self.ws.receive_data(data)
+
+
+async def test_ping_after_server_close_does_not_crash_the_server(
+    server: Server,
+) -> None:
+    """trio-websocket issue #184: a Ping that arrives after the server's Close."""
+    with trio.fail_after(10):
+        async with open_client(server.url("tcp"), "watcher") as watcher:
+            await settle_join(watcher)
+            rude = await RawWebSocket.connect(server.url("ws"))
+            await rude.send_text(encode(Hello(nick="rude")).decode())
+            await rude.send_text(encode(Quit()).decode())
+            await rude.next_event(CloseConnection)
+            # Answer the server's Close with a masked, empty Ping instead of a Close.
+            await rude.stream.send_all(b"\x89\x80\x00\x00\x00\x00")
+            await skip_until(watcher, Left, nick="rude", reason=LeftReason.QUIT)
+            await _drain_until_closed(rude.stream)
+            await _still_serving(server)
+
+
+async def _drain_until_closed(stream: trio.SocketStream) -> None:
+    try:
+        while await stream.receive_some():
+            pass
+    except trio.BrokenResourceError:
+        pass
+    await stream.aclose()
+
+
+async def test_reset_mid_line_is_a_disconnect_for_that_client_only(server: Server) -> None:
+    with trio.fail_after(10):
+        async with open_client(server.url("ws"), "watcher") as watcher:
+            await settle_join(watcher)
+            stream = await trio.open_tcp_stream(*_hostport(server.url("tcp")))
+            await stream.send_all(encode(Hello(nick="vanisher")))
+            await skip_until(watcher, Joined, nick="vanisher")
+            await stream.send_all(b'{"type":"say","room":"lobby","te')
+            stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            await stream.aclose()  # with SO_LINGER 0: an RST, not a FIN
+            left = await skip_until(watcher, Left, nick="vanisher")
+            assert left.reason is LeftReason.DISCONNECTED
+            await _still_serving(server)
+
+
+async def test_invalid_websocket_frames_end_only_that_connection(server: Server) -> None:
+    with trio.fail_after(10):
+        async with open_client(server.url("tcp"), "watcher") as watcher:
+            await settle_join(watcher)
+            garbler = await RawWebSocket.connect(server.url("ws"))
+            await garbler.send_text(encode(Hello(nick="garbler")).decode())
+            await skip_until(watcher, Joined, nick="garbler")
+            # Reserved opcode 0x3, unmasked: two protocol violations in one frame.
+            await garbler.stream.send_all(b"\x83\x05hello" * 4)
+            left = await skip_until(watcher, Left, nick="garbler")
+            assert left.reason is LeftReason.DISCONNECTED
+            await _drain_until_closed(garbler.stream)
+            await _still_serving(server)
