@@ -10,8 +10,9 @@ from collections.abc import Sequence
 
 import trio
 
-from triochat.errors import ListenError
+from triochat.errors import ListenError, StoreError
 from triochat.server import ServerConfig, serve
+from triochat.server.store import default_db_path
 
 DEFAULTS = ServerConfig()
 
@@ -114,6 +115,16 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--retention", type=_positive_int, default=DEFAULTS.retention, help="events kept per room"
     )
     p.add_argument(
+        "--db",
+        default=str(default_db_path()),
+        help="SQLite file that keeps room history across restarts",
+    )
+    p.add_argument(
+        "--no-history",
+        action="store_true",
+        help="keep history in memory only (lost on restart)",
+    )
+    p.add_argument(
         "--log-level",
         default="warning",
         choices=["debug", "info", "warning", "error"],
@@ -138,6 +149,7 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         outbox_bytes=args.outbox_bytes,
         history_limit=args.history,
         retention=args.retention,
+        db_path=None if args.no_history else args.db,
     )
 
 
@@ -153,7 +165,7 @@ async def _serve_until_signalled(config: ServerConfig) -> None:
                     logging.getLogger("triochat").info("%s: stopping", signal.Signals(signum).name)
                     server.stop()
                     break
-        except* ListenError as group:
+        except* (ListenError, StoreError) as group:
             raise group.exceptions[0] from None
 
 
@@ -163,7 +175,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     )
     try:
         trio.run(_serve_until_signalled, _config(args))
-    except ListenError as exc:
+    except (ListenError, StoreError) as exc:
         print(f"triochat: {exc}", file=sys.stderr)
         return 1
     return 0

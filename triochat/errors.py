@@ -28,6 +28,10 @@ class ListenError(TriochatError):
     """Could not open a listener (port taken, address not ours). One line for a person."""
 
 
+class StoreError(TriochatError):
+    """Could not open or use the history database. One line for a person."""
+
+
 class Rejected(TriochatError):
     """The server refused the ``hello`` (e.g. ``nick_taken``); ``code`` is its error code."""
 

@@ -33,6 +33,7 @@ from triochat.errors import ConnectionLost, ListenError
 from triochat.server.config import ServerConfig
 from triochat.server.hub import Hub
 from triochat.server.session import Session
+from triochat.server.store import commit_once, open_store, run_committer
 from triochat.transport.base import Connection
 from triochat.transport.tcp import StreamConnection
 from triochat.transport.websocket import WebSocketLines
@@ -71,9 +72,35 @@ class Server:
 async def serve(
     config: ServerConfig, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    """Run a server until :meth:`Server.stop`; ``task_status`` gets the :class:`Server`."""
-    server = Server(config=config, hub=Hub(config))
-    listeners = await _open_all(server)
+    """Run a server until :meth:`Server.stop`; ``task_status`` gets the :class:`Server`.
+
+    Start-up failures (:class:`ListenError`, :class:`StoreError`) are raised
+    before any task starts, so they come out bare, not in an exception group.
+    """
+    store, past = (
+        await open_store(config.db_path, config.retention) if config.db_path else (None, {})
+    )
+    try:
+        server = Server(config=config, hub=Hub(config, durable=store is not None, past=past))
+        listeners = await _open_all(server)
+        async with trio.open_nursery() as background:
+            if store is not None:
+                background.start_soon(run_committer, server.hub, store)
+            await _serve(server, listeners, task_status)
+            background.cancel_scope.cancel()
+    finally:
+        if store is not None:
+            with trio.CancelScope(shield=True):
+                await commit_once(server.hub, store)  # goodbyes (left{shutdown}) are history too
+                await trio.to_thread.run_sync(store.close)
+
+
+async def _serve(
+    server: Server,
+    listeners: list[tuple[Handler, list[trio.SocketListener]]],
+    task_status: trio.TaskStatus[Server],
+) -> None:
+    config = server.config
     async with trio.open_nursery() as connections:
         async with trio.open_nursery() as listening:
             for handler, group in listeners:

@@ -44,7 +44,9 @@ class ServerConfig:
     """Events replayed on join, and the default page of ``history``."""
     history_max_page: int = 500
     retention: int = 10_000
-    """Events kept per room."""
+    """Events kept per room, in memory and in the store."""
+    db_path: str | None = None
+    """SQLite file for durable history; None keeps history in memory only."""
     batch_turns: int = 2
     """Scheduler turns a woken writer lets pass before draining its outbox, so that
     events already on their way land in the same write (see docs/architecture.md)."""

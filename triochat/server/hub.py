@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from triochat.protocol import ErrorCode, ProtocolError, encode, encode_history, rules
 from triochat.protocol.events import (
@@ -83,14 +83,50 @@ class Room:
         return [m.nick for m in self.members.values()]
 
 
+class Row(NamedTuple):
+    """One room event as the store keeps it."""
+
+    room: str
+    seq: int
+    ts: float
+    line: bytes
+
+
+Held = tuple[tuple["Member", ...], bytes, bool]
+"""A delivery waiting for a commit: recipients, encoded line, replay flag."""
+
+
 def _now() -> float:
     return round(time.time(), 3)
 
 
 class Hub:
-    def __init__(self, config: ServerConfig) -> None:
+    """Rooms and members of one server.
+
+    With ``durable`` set, room events are not delivered until a committer (see
+    :mod:`triochat.server.store`) has saved them: it takes them with
+    :meth:`take_unsaved`, writes them, then calls :meth:`release`. Whatever is
+    emitted while something is held waits behind it, so each client still sees
+    events in emission order, and nobody hears of an event that a crash could
+    lose. ``on_held`` is called whenever something starts waiting.
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        durable: bool = False,
+        past: dict[str, list[Row]] | None = None,
+    ) -> None:
         self._config = config
-        self._rooms: dict[str, Room] = {}
+        self._durable = durable
+        self._unsaved: list[Row] = []
+        self._held: list[Held] = []
+        self.on_held: Callable[[], None] = lambda: None
+        self._rooms: dict[str, Room] = {
+            name: Room(name=name, log=RoomLog.restore(config.retention, rows))
+            for name, rows in (past or {}).items()
+        }
         self._members: dict[str, Member] = {}
         self._evictions: deque[Member] = deque()
         self._evicting = False
@@ -187,8 +223,9 @@ class Hub:
         target = self._rooms[self._membership(member, room)]
         seq = target.log.next_seq
         event = Message(room=target.name, seq=seq, from_=member.nick, text=text, ts=_now(), id=ref)
-        self._send(member, encode(Ack(id=ref, room=target.name, seq=seq)))
         self._publish(target, event)
+        # After the message, so that with history on the ack waits for the commit too.
+        self._send(member, encode(Ack(id=ref, room=target.name, seq=seq)))
         return seq
 
     def dm(self, member: Member, to: str, text: str, ref: Ref = None) -> None:
@@ -264,20 +301,61 @@ class Hub:
         for chunk in chunks:
             self._send(member, encode_history(room.name, chunk), replay=True)
 
-    # --- fan-out --------------------------------------------------------------
+    # --- fan-out ------------------------------------------------------------------
 
     def _publish(self, room: Room, event: Joined | Left | Message) -> None:
         """Record a room event and fan it out: encoded once, queued without waiting."""
         line = encode(event)
         room.log.append(event.seq, line)
-        overflowed = [m for m in room.members.values() if not m.peer.deliver(line)]
+        if self._durable:
+            self._unsaved.append(Row(room.name, event.seq, event.ts, line))
+        self._emit(room.members.values(), line, room_event=True)
+
+    def _send(self, member: Member, line: bytes, *, replay: bool = False) -> None:
+        self._emit((member,), line, replay=replay)
+
+    def _emit(
+        self,
+        members: Iterable[Member],
+        line: bytes,
+        *,
+        replay: bool = False,
+        room_event: bool = False,
+    ) -> None:
+        """Deliver now, or hold behind unsaved room events to keep every client's order.
+
+        A held delivery keeps the members of the moment, so someone who joins
+        before it is released (and already has the event in its replay) does
+        not get it twice.
+        """
+        if (room_event and self._durable) or self._held:
+            self._held.append((tuple(members), line, replay))
+            self.on_held()
+            return
+        self._deliver(members, line, replay)
+
+    def _deliver(self, members: Iterable[Member], line: bytes, replay: bool) -> None:
+        overflowed = [m for m in members if not m.peer.deliver(line, replay=replay)]
         self._evictions.extend(overflowed)
         self._run_evictions()
 
-    def _send(self, member: Member, line: bytes, *, replay: bool = False) -> None:
-        if not member.peer.deliver(line, replay=replay):
-            self._evictions.append(member)
-            self._run_evictions()
+    # --- durability (see triochat.server.store) ------------------------------------
+
+    @property
+    def holding(self) -> bool:
+        """Whether deliveries wait for a commit."""
+        return bool(self._held)
+
+    def take_unsaved(self) -> tuple[list[Row], list[Held]]:
+        """The room events to persist and the deliveries that must wait for them."""
+        rows, held = self._unsaved, self._held
+        self._unsaved, self._held = [], []
+        return rows, held
+
+    def release(self, held: list[Held]) -> None:
+        """Deliver what waited for a commit, in the order it was emitted."""
+        for members, line, replay in held:
+            self._deliver(members, line, replay)
 
     def _run_evictions(self) -> None:
         """Evict every overflowed member; runs once at the outermost fan-out."""

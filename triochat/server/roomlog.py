@@ -8,6 +8,16 @@ retention before the oldest half is dropped in one slice.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Protocol
+
+
+class RowLike(Protocol):
+    @property
+    def seq(self) -> int: ...
+    @property
+    def line(self) -> bytes: ...
+
 
 class RoomLog:
     def __init__(self, retention: int, *, last_seq: int = 0) -> None:
@@ -15,6 +25,16 @@ class RoomLog:
         self._lines: list[bytes] = []
         self._first_seq = last_seq + 1
         """The seq of ``_lines[0]``, or of the next event when empty."""
+
+    @classmethod
+    def restore(cls, retention: int, rows: Sequence[RowLike]) -> RoomLog:
+        """A log continuing after ``rows`` (consecutive seqs, oldest first)."""
+        if not rows:
+            return cls(retention)
+        log = cls(retention, last_seq=rows[0].seq - 1)
+        for row in rows:
+            log.append(row.seq, row.line)
+        return log
 
     @property
     def next_seq(self) -> int:

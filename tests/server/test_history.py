@@ -1,0 +1,116 @@
+"""History in SQLite: it survives a restart, and a SIGKILL loses nothing acknowledged."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+from dataclasses import replace
+from pathlib import Path
+
+import trio
+
+from tests.server.conftest import TEST_CONFIG
+from tests.server.helpers import expect, settle_join, skip_until
+from tests.server.test_cli import serving
+from triochat.client import open_client
+from triochat.errors import ConnectionLost
+from triochat.protocol.events import Ack, HistoryPage, Joined, Left, LeftReason, Message
+from triochat.server import Server, serve
+
+
+async def _chat_then_stop(config: object, texts: list[str]) -> None:
+    async with trio.open_nursery() as nursery:
+        server: Server = await nursery.start(serve, config)
+        async with open_client(server.url("tcp"), "ada") as ada:
+            await settle_join(ada)
+            for text in texts:
+                await ada.say("lobby", text)
+                await skip_until(ada, Ack)
+        server.stop()
+
+
+async def test_seq_and_history_continue_after_a_restart(tmp_path: Path) -> None:
+    config = replace(TEST_CONFIG, db_path=str(tmp_path / "h.sqlite3"))
+    with trio.fail_after(10):
+        await _chat_then_stop(config, ["one", "two"])  # seq 1 joined, 2-3 messages, 4 left
+        async with trio.open_nursery() as nursery:
+            server: Server = await nursery.start(serve, config)
+            async with open_client(server.url("ws"), "bob") as bob:
+                await expect(bob, Joined, nick="bob", seq=5)
+                page = await expect(bob, HistoryPage, room="lobby")
+                assert [e.seq for e in page.events] == [1, 2, 3, 4]
+                assert [getattr(e, "text", None) for e in page.events[1:3]] == ["one", "two"]
+                gone = page.events[3]
+                assert isinstance(gone, Left)
+                assert (gone.nick, gone.reason) == ("ada", LeftReason.DISCONNECTED)
+            server.stop()
+
+
+async def test_shutdown_leaves_left_shutdown_in_the_history(tmp_path: Path) -> None:
+    config = replace(TEST_CONFIG, db_path=str(tmp_path / "h.sqlite3"))
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            server: Server = await nursery.start(serve, config)
+            async with open_client(server.url("ws"), "stayer") as stayer:
+                await settle_join(stayer)
+                server.stop()
+                async for _ in stayer:
+                    pass
+    with sqlite3.connect(config.db_path or "") as db:
+        lines = [bytes(r[0]) for r in db.execute("SELECT line FROM events ORDER BY seq")]
+    assert b'"reason":"shutdown"' in lines[-1]
+
+
+async def _say_until_killed(
+    url: str, acked: list[int], *, task_status: trio.TaskStatus[None]
+) -> None:
+    """Send as fast as acks allow, keeping every acknowledged seq, until the server dies."""
+    try:
+        async with open_client(url, "writer", rooms=["crash"]) as writer:
+            task_status.started()
+            n = 0
+            while True:
+                for _ in range(20):
+                    await writer.say("crash", f"m{n}", id=n)
+                    n += 1
+                async for event in writer:
+                    if isinstance(event, Ack):
+                        acked.append(event.seq)
+                        if event.id == n - 1:
+                            break
+    except ConnectionLost:
+        pass
+
+
+async def test_sigkill_mid_broadcast_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    db = tmp_path / "crash.sqlite3"
+    acked: list[int] = []
+    with trio.fail_after(30):
+        async with (
+            serving("--port", "0", "--tcp-port", "0", "--db", str(db), "--rate-limit", "0") as (
+                proc,
+                urls,
+            ),
+            trio.open_nursery() as nursery,
+        ):
+            await nursery.start(_say_until_killed, urls[1], acked)
+            async with open_client(urls[0], "listener", rooms=["crash"]) as listener:
+                async for event in listener:  # let a good number of messages through
+                    if isinstance(event, Message) and event.seq > 500:
+                        break
+                proc.process.send_signal(signal.SIGKILL)
+                assert await proc.process.wait() == -signal.SIGKILL
+    assert len(acked) > 400
+    with sqlite3.connect(db) as conn:
+        stored = [
+            seq for (seq,) in conn.execute("SELECT seq FROM events WHERE room='crash' ORDER BY seq")
+        ]
+    assert stored == list(range(1, len(stored) + 1)), "seq has a hole"
+    assert set(acked) <= set(stored), "an acknowledged message was lost"
+    # ...and a restarted server carries on from there.
+    with trio.fail_after(10):
+        async with serving("--port", "0", "--tcp-port", "0", "--db", str(db)) as (proc, urls):
+            async with open_client(urls[1], "after", rooms=["crash"]) as after:
+                await expect(after, Joined, room="crash", seq=len(stored) + 1)
+            proc.process.send_signal(signal.SIGTERM)
+            assert await proc.process.wait() == 0

@@ -1,0 +1,135 @@
+"""Durable history: room events in SQLite, written in groups, before anyone hears of them.
+
+Theory of operation
+-------------------
+The hub assigns each room event its ``seq`` and holds every delivery that
+follows it (see :class:`triochat.server.hub.Hub`). :func:`run_committer` is
+one task: it waits until something is held, takes *all* unsaved rows, writes
+them in one transaction on a worker thread, then releases the held
+deliveries. While one transaction runs, new events pile up and go together in
+the next: the busier the server, the bigger each group, so persistence costs a
+thread hop and an fsync-free WAL append per *group*, not per message.
+
+Because an ``ack`` is a delivery like any other, a client is acknowledged
+only after its message is in the WAL: a process crash (even SIGKILL) loses
+nothing that was acknowledged, and since a group is one transaction, it lands
+whole or not at all, so ``seq`` has no holes. (``synchronous=NORMAL``: an
+OS crash or power cut may lose the last groups; see docs/operations.md.)
+
+Retention is enforced in the same transaction, per room touched, on the
+worker thread: the hub never waits for it.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+
+import trio
+
+from triochat.errors import StoreError
+from triochat.server.hub import Hub, Row
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    room TEXT NOT NULL,
+    seq  INTEGER NOT NULL,
+    ts   REAL NOT NULL,
+    line BLOB NOT NULL,
+    PRIMARY KEY (room, seq)
+) WITHOUT ROWID;
+"""
+
+
+def default_db_path() -> Path:
+    """``$XDG_DATA_HOME/triochat/history.sqlite3`` (``~/.local/share`` when unset)."""
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "triochat" / "history.sqlite3"
+
+
+class HistoryStore:
+    """The SQLite file. Blocking: call it from a worker thread, one call at a time."""
+
+    def __init__(self, path: Path | str, retention: int) -> None:
+        self._retention = retention
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+
+    def load(self) -> dict[str, list[Row]]:
+        """Each room's last ``retention`` events, oldest first."""
+        rooms: dict[str, list[Row]] = defaultdict(list)
+        query = """
+            SELECT room, seq, ts, line FROM (
+                SELECT room, seq, ts, line,
+                       ROW_NUMBER() OVER (PARTITION BY room ORDER BY seq DESC) AS age
+                FROM events)
+            WHERE age <= ? ORDER BY room, seq
+        """
+        for room, seq, ts, line in self._db.execute(query, (self._retention,)):
+            rooms[room].append(Row(room, seq, ts, bytes(line)))
+        return dict(rooms)
+
+    def write(self, rows: Iterable[Row]) -> None:
+        """Save ``rows`` and trim the rooms they touch, in one transaction."""
+        newest: dict[str, int] = {}
+        with self._transaction():
+            self._db.executemany("INSERT INTO events VALUES (?, ?, ?, ?)", rows_iter(rows, newest))
+            self._db.executemany(
+                "DELETE FROM events WHERE room = ? AND seq <= ?",
+                [(room, seq - self._retention) for room, seq in newest.items()],
+            )
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _transaction(self) -> sqlite3.Connection:
+        self._db.execute("BEGIN")
+        return self._db
+
+
+def rows_iter(rows: Iterable[Row], newest: dict[str, int]) -> Iterable[Row]:
+    """``rows`` as they are, noting each room's newest seq on the way."""
+    for row in rows:
+        newest[row.room] = row.seq
+        yield row
+
+
+async def open_store(path: Path | str, retention: int) -> tuple[HistoryStore, dict[str, list[Row]]]:
+    """Open (or create) the store at ``path`` and read back every room's retained past."""
+
+    def _open() -> tuple[HistoryStore, dict[str, list[Row]]]:
+        store = HistoryStore(path, retention)
+        return store, store.load()
+
+    try:
+        return await trio.to_thread.run_sync(_open)
+    except (OSError, sqlite3.Error) as exc:
+        raise StoreError(f"cannot open history database {path}: {exc}") from None
+
+
+async def run_committer(hub: Hub, store: HistoryStore) -> None:
+    """Save and release held deliveries forever (see the module docstring)."""
+    wakeup = trio.lowlevel.ParkingLot()
+    hub.on_held = wakeup.unpark_all
+    try:
+        while True:
+            while not hub.holding:
+                await wakeup.park()
+            await commit_once(hub, store)
+    finally:
+        hub.on_held = lambda: None
+
+
+async def commit_once(hub: Hub, store: HistoryStore) -> None:
+    """One group: write what is unsaved, then deliver what waited for it."""
+    rows, held = hub.take_unsaved()
+    if rows:
+        await trio.to_thread.run_sync(store.write, rows)
+    hub.release(held)
