@@ -119,3 +119,20 @@ def test_outbox_bounds_events_and_bytes_but_not_replay() -> None:
     roomy = Outbox(max_events=100, max_bytes=10)
     assert roomy.put(b"1234567890")
     assert not roomy.put(b"1")
+
+
+def test_durable_hub_delivers_nothing_before_the_commit_and_keeps_order() -> None:
+    hub = Hub(ServerConfig(), durable=True)
+    inbox, member = _attach(hub, "ada")
+    assert inbox.lines == []  # joined, history and members wait for the commit
+    rows, held = hub.take_unsaved()
+    assert [row.seq for row in rows] == [1]
+    hub.who(member, None)  # emitted while the group is being written...
+    assert inbox.lines == []  # ...so it queues behind it
+    hub.release(held)
+    kinds = [type(decode_server(line)).__name__ for line in inbox.lines]
+    assert kinds == ["Joined", "HistoryPage", "Members"]
+    _, held = hub.take_unsaved()
+    hub.release(held)
+    assert type(decode_server(inbox.lines[-1])).__name__ == "Members"
+    assert len(inbox.lines) == 4

@@ -122,6 +122,8 @@ class Hub:
         self._durable = durable
         self._unsaved: list[Row] = []
         self._held: list[Held] = []
+        self._in_flight = False
+        """A group is being written: everything emitted meanwhile queues behind it."""
         self.on_held: Callable[[], None] = lambda: None
         self._rooms: dict[str, Room] = {
             name: Room(name=name, log=RoomLog.restore(config.retention, rows))
@@ -328,7 +330,7 @@ class Hub:
         before it is released (and already has the event in its replay) does
         not get it twice.
         """
-        if (room_event and self._durable) or self._held:
+        if (room_event and self._durable) or self._held or self._in_flight:
             self._held.append((tuple(members), line, replay))
             self.on_held()
             return
@@ -350,10 +352,12 @@ class Hub:
         """The room events to persist and the deliveries that must wait for them."""
         rows, held = self._unsaved, self._held
         self._unsaved, self._held = [], []
+        self._in_flight = True
         return rows, held
 
     def release(self, held: list[Held]) -> None:
         """Deliver what waited for a commit, in the order it was emitted."""
+        self._in_flight = False
         for members, line, replay in held:
             self._deliver(members, line, replay)
 
