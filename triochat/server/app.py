@@ -32,6 +32,7 @@ from trio_websocket import WebSocketConnection, wrap_server_stream
 from triochat.errors import ConnectionLost, ListenError
 from triochat.server.config import ServerConfig
 from triochat.server.hub import Hub
+from triochat.server.outbox import Flusher
 from triochat.server.session import Session
 from triochat.server.store import commit_once, open_store, run_committer
 from triochat.transport.base import Connection
@@ -49,6 +50,7 @@ class Server:
 
     config: ServerConfig
     hub: Hub
+    flusher: Flusher
     urls: list[str] = field(default_factory=list)
     """``ws://host:port`` and ``tcp://host:port``, one per bound listener."""
     _stop: trio.Event = field(default_factory=trio.Event)
@@ -81,9 +83,11 @@ async def serve(
         await open_store(config.db_path, config.retention) if config.db_path else (None, {})
     )
     try:
-        server = Server(config=config, hub=Hub(config, durable=store is not None, past=past))
+        hub = Hub(config, durable=store is not None, past=past)
+        server = Server(config=config, hub=hub, flusher=Flusher(config.batch_turns))
         listeners = await _open_all(server)
         async with trio.open_nursery() as background:
+            background.start_soon(server.flusher.run)
             if store is not None:
                 background.start_soon(run_committer, server.hub, store)
             await _serve(server, listeners, task_status)
@@ -231,7 +235,7 @@ async def _upgrade(
 
 
 async def _run_session(server: Server, conn: Connection) -> None:
-    session = Session(conn, server.hub, server.config)
+    session = Session(conn, server.hub, server.config, server.flusher)
     server._sessions.add(session)
     try:
         if server._stop.is_set():

@@ -48,8 +48,9 @@ class ServerConfig:
     db_path: str | None = None
     """SQLite file for durable history; None keeps history in memory only."""
     batch_turns: int = 2
-    """Scheduler turns a woken writer lets pass before draining its outbox, so that
-    events already on their way land in the same write (see docs/architecture.md)."""
+    """Scheduler turns the flusher lets pass between the first event of a burst and
+    waking the writers, so events already on their way land in the same write
+    (see triochat/server/outbox.py)."""
 
     def limits(self) -> Limits:
         return Limits(

@@ -52,7 +52,7 @@ from triochat.protocol.events import (
 )
 from triochat.server.config import ServerConfig
 from triochat.server.hub import Hub, Member
-from triochat.server.outbox import Outbox, OutboxClosed
+from triochat.server.outbox import Flusher, Outbox, OutboxClosed
 from triochat.server.ratelimit import TokenBucket
 from triochat.transport.base import CloseCode, Connection
 
@@ -64,11 +64,13 @@ KEEPALIVE_TOKEN = "keepalive"
 class Session:
     """One connected client. Implements :class:`triochat.server.hub.Peer`."""
 
-    def __init__(self, conn: Connection, hub: Hub, config: ServerConfig) -> None:
+    def __init__(
+        self, conn: Connection, hub: Hub, config: ServerConfig, flusher: Flusher | None = None
+    ) -> None:
         self._conn = conn
         self._hub = hub
         self._config = config
-        self._outbox = Outbox(config.outbox_events, config.outbox_bytes)
+        self._outbox = Outbox(config.outbox_events, config.outbox_bytes, flusher)
         self._bucket = TokenBucket(config.rate_limit, config.burst, trio.current_time())
         self._member: Member | None = None
         self._reason: LeftReason | None = None
@@ -212,7 +214,7 @@ class Session:
         with self._writer_scope:
             try:
                 while True:
-                    await self._conn.send(await self._outbox.take_all(self._config.batch_turns))
+                    await self._conn.send(await self._outbox.take_all())
             except OutboxClosed:
                 self._flushed = True
             except ConnectionLost as exc:
