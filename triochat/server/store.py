@@ -117,7 +117,11 @@ async def open_store(path: Path | str, retention: int) -> tuple[HistoryStore, di
 async def run_committer(hub: Hub, store: HistoryStore) -> None:
     """Save and release held deliveries forever (see the module docstring)."""
     wakeup = trio.lowlevel.ParkingLot()
-    hub.on_held = wakeup.unpark_all
+
+    def wake() -> None:
+        wakeup.unpark_all()
+
+    hub.on_held = wake
     try:
         while True:
             while not hub.holding:
