@@ -181,12 +181,31 @@ def _run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_tui(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from tui.cli import add_arguments  # argparse only; Textual loads when the app runs
+
+    p = commands.add_parser(
+        "tui",
+        help="run the chat client in this terminal",
+        description="The Textual chat client.",
+    )
+    add_arguments(p)
+    p.set_defaults(run=_run_tui)
+
+
+def _run_tui(args: argparse.Namespace) -> int:
+    from tui.cli import run_tui
+
+    return run_tui(args.url, args.nick, args.room)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="triochat", description="A chat server and client on Trio."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_serve(commands)
+    _add_tui(commands)
     return parser
 
 

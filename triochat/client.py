@@ -235,9 +235,16 @@ async def open_client(
             )
             try:
                 yield client
-            finally:
+            except BaseException:
+                # Cancelled or failed: trio-websocket's reader is going away with this
+                # nursery, so a close handshake could never finish. Just drop.
+                with trio.CancelScope(shield=True):
+                    await client.abort()
+                raise
+            else:
                 with trio.CancelScope(shield=True):
                     await client.aclose()
+            finally:
                 nursery.cancel_scope.cancel()
 
 

@@ -114,3 +114,21 @@ async def test_sigkill_mid_broadcast_loses_nothing_acknowledged(tmp_path: Path) 
                 await expect(after, Joined, room="crash", seq=len(stored) + 1)
             proc.process.send_signal(signal.SIGTERM)
             assert await proc.process.wait() == 0
+
+
+async def test_server_id_is_kept_by_the_database_and_new_without_one(tmp_path: Path) -> None:
+    async def welcome_id(config: object) -> str:
+        async with trio.open_nursery() as nursery:
+            server: Server = await nursery.start(serve, config)
+            async with open_client(server.url("tcp"), "ada") as ada:
+                assert ada.welcome is not None
+                server_id = ada.welcome.server_id
+            server.stop()
+        return server_id
+
+    durable = replace(TEST_CONFIG, db_path=str(tmp_path / "h.sqlite3"))
+    with trio.fail_after(10):
+        first, again = await welcome_id(durable), await welcome_id(durable)
+        memory_a, memory_b = await welcome_id(TEST_CONFIG), await welcome_id(TEST_CONFIG)
+    assert first == again
+    assert len({first, memory_a, memory_b}) == 3

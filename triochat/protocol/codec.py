@@ -52,5 +52,5 @@ def _decode(decoder: msgspec.json.Decoder[T], line: bytes | str) -> T:
         raise ProtocolError(ErrorCode.BAD_EVENT, str(exc)) from None
     except msgspec.DecodeError as exc:
         raise ProtocolError(ErrorCode.BAD_JSON, f"not valid JSON: {exc}") from None
-    except UnicodeDecodeError:
+    except UnicodeError:  # invalid UTF-8 bytes, or a str with lone surrogates
         raise ProtocolError(ErrorCode.BAD_JSON, "not valid UTF-8") from None

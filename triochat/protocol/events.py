@@ -107,7 +107,7 @@ class Limits(msgspec.Struct, kw_only=True):
     max_rooms: int
     rate_limit: float
     burst: int
-    history_limit: int
+    max_history_page: int
     outbox_events: int
     outbox_bytes: int
 
@@ -116,6 +116,10 @@ class Welcome(_Event, tag="welcome"):
     nick: str
     rooms: list[str]
     limits: Limits
+    server_id: str = ""
+    """Identifies the history a client's ``seq`` numbers refer to: it changes when
+    the server starts with a different (or no) history, so a client must not
+    ``resume`` across a change."""
 
 
 class Joined(_Event, tag="joined"):

@@ -5,7 +5,7 @@ Theory of operation: a TCP byte stream is cut into lines by
 line, so a peer that never sends a newline costs a bounded amount of memory.
 A WebSocket text message is already a complete unit; :func:`split_message`
 cuts it into its lines (the last may lack its newline). Both skip blank lines
-(a bare newline is a harmless keep-alive from ``nc`` users) and both enforce the
+(an ``nc`` user pressing Enter on an empty line is not an error) and both enforce the
 same per-line limit with ``too_large``.
 """
 

@@ -79,11 +79,14 @@ async def serve(
     Start-up failures (:class:`ListenError`, :class:`StoreError`) are raised
     before any task starts, so they come out bare, not in an exception group.
     """
-    store, past = (
-        await open_store(config.db_path, config.retention) if config.db_path else (None, {})
-    )
+    opened = await open_store(config.db_path, config.retention) if config.db_path else None
+    store = opened.store if opened else None
     try:
-        hub = Hub(config, durable=store is not None, past=past)
+        hub = (
+            Hub(config, durable=True, past=opened.past, server_id=opened.server_id)
+            if opened
+            else Hub(config)
+        )
         server = Server(config=config, hub=hub, flusher=Flusher(config.batch_turns))
         listeners = await _open_all(server)
         async with trio.open_nursery() as background:

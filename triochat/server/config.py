@@ -61,7 +61,7 @@ class ServerConfig:
             max_rooms=self.max_rooms,
             rate_limit=self.rate_limit,
             burst=self.burst,
-            history_limit=self.history_max_page,
+            max_history_page=self.history_max_page,
             outbox_events=self.outbox_events,
             outbox_bytes=self.outbox_bytes,
         )

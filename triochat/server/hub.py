@@ -21,6 +21,7 @@ The hub knows nothing of trio or sockets, so its rules are tested directly.
 from __future__ import annotations
 
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -117,8 +118,11 @@ class Hub:
         *,
         durable: bool = False,
         past: dict[str, list[Row]] | None = None,
+        server_id: str | None = None,
     ) -> None:
         self._config = config
+        self.server_id = server_id or uuid.uuid4().hex
+        """Names this history; announced in ``welcome`` (see :class:`Welcome`)."""
         self._durable = durable
         self._unsaved: list[Row] = []
         self._held: list[Held] = []

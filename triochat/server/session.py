@@ -108,10 +108,12 @@ class Session:
         if self._reason is not None:
             return
         self._reason, self._close_code = reason, code
+        # Sealed before detaching: a leaving client never gets its own ``left``
+        # (the close is its confirmation), whether history is on disk or not.
+        self._outbox.close()
         if self._member is not None:
             self._hub.detach(self._member, reason)
         self._io_scope.cancel()
-        self._outbox.close()
         if flush:
             self._writer_scope.deadline = trio.current_time() + self._config.close_timeout
         else:
@@ -249,8 +251,13 @@ class Session:
         await self._heard.wait()
 
     async def _say_goodbye(self) -> None:
+        """Close politely (WebSocket close code, TCP FIN) unless the peer is already gone.
+
+        Even when the outbox was abandoned (eviction, keepalive timeout) the close
+        code is worth a try; ``close_timeout`` bounds it if the peer reads nothing.
+        """
         try:
-            if self._flushed:
+            if self._reason is not LeftReason.DISCONNECTED or self._flushed:
                 with trio.move_on_after(self._config.close_timeout):
                     await self._conn.close(self._close_code)
         finally:
@@ -286,7 +293,13 @@ class Session:
         if len(rooms) > self._config.max_rooms:
             self._error(ErrorCode.TOO_MANY_ROOMS, f"at most {self._config.max_rooms} rooms")
             rooms = rooms[: self._config.max_rooms]
-        self._send(encode(Welcome(nick=member.nick, rooms=rooms, limits=self._config.limits())))
+        welcome = Welcome(
+            nick=member.nick,
+            rooms=rooms,
+            limits=self._config.limits(),
+            server_id=self._hub.server_id,
+        )
+        self._send(encode(welcome))
         for room in rooms:
             self._hub.join(member, room, resume_after=resume_after.get(room))
         return True

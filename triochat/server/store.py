@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import uuid
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 import trio
 
@@ -41,6 +43,10 @@ CREATE TABLE IF NOT EXISTS events (
     line BLOB NOT NULL,
     PRIMARY KEY (room, seq)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
 
 
@@ -61,6 +67,12 @@ class HistoryStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+
+    def server_id(self) -> str:
+        """This database's identity, made on first use and kept for its lifetime."""
+        self._db.execute("INSERT OR IGNORE INTO meta VALUES ('server_id', ?)", (uuid.uuid4().hex,))
+        (value,) = self._db.execute("SELECT value FROM meta WHERE key = 'server_id'").fetchone()
+        return str(value)
 
     def load(self) -> dict[str, list[Row]]:
         """Each room's last ``retention`` events, oldest first."""
@@ -101,12 +113,18 @@ def rows_iter(rows: Iterable[Row], newest: dict[str, int]) -> Iterable[Row]:
         yield row
 
 
-async def open_store(path: Path | str, retention: int) -> tuple[HistoryStore, dict[str, list[Row]]]:
+class Opened(NamedTuple):
+    store: HistoryStore
+    past: dict[str, list[Row]]
+    server_id: str
+
+
+async def open_store(path: Path | str, retention: int) -> Opened:
     """Open (or create) the store at ``path`` and read back every room's retained past."""
 
-    def _open() -> tuple[HistoryStore, dict[str, list[Row]]]:
+    def _open() -> Opened:
         store = HistoryStore(path, retention)
-        return store, store.load()
+        return Opened(store, store.load(), store.server_id())
 
     try:
         return await trio.to_thread.run_sync(_open)

@@ -2,9 +2,10 @@
 
 A message may hold several lines (the server batches); a client may send one
 event per message, with or without the trailing newline. Binary messages are
-not part of the protocol and get ``bad_event``; invalid UTF-8 in a text
-message is a WebSocket protocol error that trio-websocket answers with close
-code 1007 (the peer is then gone).
+not part of the protocol and get ``bad_event``. Invalid UTF-8 in a text
+message is a WebSocket protocol error: trio-websocket 0.12 drops the TCP
+connection without the 1007 close frame RFC 6455 asks for (see
+tests/server/test_bad_input.py); either way only that peer is gone.
 """
 
 from __future__ import annotations
