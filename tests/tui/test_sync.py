@@ -1,0 +1,125 @@
+"""Resume bookkeeping without a network: events in, what to show out."""
+
+from __future__ import annotations
+
+from triochat.protocol.events import Joined, Left, LeftReason, Message, RoomEvent
+from tui.sync import HELD_LIMIT, RoomSync
+
+
+def msg(seq: int, text: str, who: str = "bob", ts: float | None = None) -> Message:
+    return Message(room="lobby", seq=seq, from_=who, text=text, ts=ts or 1000.0 + seq)
+
+
+def joined(seq: int, nick: str = "ada", ts: float | None = None) -> Joined:
+    return Joined(room="lobby", nick=nick, seq=seq, ts=ts or 1000.0 + seq)
+
+
+def texts(events: list[RoomEvent]) -> list[str]:
+    return [e.text if isinstance(e, Message) else f"<{e.nick}>" for e in events]
+
+
+def first_join(sync: RoomSync, seq: int, past: list[RoomEvent]) -> list[RoomEvent]:
+    sync.own_joined(joined(seq), resumed=False)
+    sync.history(past)
+    outcome = sync.members()
+    assert outcome.joined == joined(seq)
+    return outcome.show
+
+
+def test_a_fresh_join_shows_the_past_then_live_events_once() -> None:
+    sync = RoomSync()
+    assert texts(first_join(sync, 3, [msg(1, "a"), msg(2, "b")])) == ["a", "b"]
+    assert texts(sync.live(msg(4, "c")).show) == ["c"]
+    assert sync.live(msg(4, "c")).show == []  # a duplicate
+    assert sync.live(msg(2, "b")).show == []
+    assert sync.resume_from() == 3
+
+
+def test_resume_on_the_same_server_shows_only_what_was_missed() -> None:
+    sync = RoomSync()
+    first_join(sync, 1, [])
+    sync.live(msg(2, "seen"))
+    sync.reset_connection()
+    assert sync.resume_from() == 1  # one back: the replay must start with what we saw
+    sync.own_joined(joined(6), resumed=True)
+    sync.history(
+        [
+            msg(2, "seen"),
+            msg(3, "x"),
+            msg(4, "y"),
+            Left(room="lobby", nick="ada", reason=LeftReason.DISCONNECTED, seq=5, ts=1005.0),
+        ]
+    )
+    outcome = sync.members()
+    assert texts(outcome.show) == ["x", "y", "<ada>"]
+    assert outcome.notes == []
+    assert outcome.fetch_before is None
+    assert sync.live(msg(6, "dup")).show == []
+    assert texts(sync.live(msg(7, "z")).show) == ["z"]
+
+
+def test_resume_past_retention_says_messages_were_lost() -> None:
+    sync = RoomSync()
+    first_join(sync, 2, [])
+    sync.own_joined(joined(900), resumed=True)
+    sync.history([msg(500, "kept")])
+    outcome = sync.members()
+    assert texts(outcome.show) == ["kept"]
+    assert outcome.notes
+    assert "no longer on the server" in outcome.notes[0]
+
+
+def test_a_restarted_server_is_detected_by_a_lower_seq_and_refilled() -> None:
+    sync = RoomSync()
+    first_join(sync, 1, [])
+    for seq in range(2, 10):
+        sync.live(msg(seq, f"old {seq}"))
+    sync.own_joined(joined(4, ts=5000.0), resumed=True)  # numbering started again
+    sync.history([])
+    outcome = sync.members()
+    assert outcome.show == []
+    assert outcome.fetch_before == 4
+    assert outcome.notes == ["the server restarted"]
+    assert sync.live(msg(5, "live during refill", ts=5005.0)).show == []  # held
+    refill = sync.history(
+        [joined(1, "bob", 5001.0), msg(2, "n1", ts=5002.0), msg(3, "n2", ts=5003.0)]
+    )
+    assert texts(refill.show) == ["<bob>", "n1", "n2"]
+    assert not refill.live
+    assert texts(refill.released) == ["live during refill"]
+    assert sync.resume_from() == 4
+
+
+def test_a_restarted_server_is_detected_by_fingerprint_when_seq_is_higher() -> None:
+    sync = RoomSync()
+    first_join(sync, 1, [])
+    sync.live(msg(2, "old two"))
+    sync.own_joined(joined(7, ts=9000.0), resumed=True)
+    sync.history([msg(2, "new two", ts=9002.0), msg(3, "new three", ts=9003.0)])
+    outcome = sync.members()
+    assert outcome.fetch_before == 7
+    assert outcome.show == []
+    refill = sync.history([msg(s, f"new {s}", ts=9000.0 + s) for s in range(1, 7)])
+    assert texts(refill.show) == [f"new {s}" for s in range(1, 7)]
+
+
+def test_a_refill_that_never_comes_is_given_up_without_losing_live_events() -> None:
+    sync = RoomSync()
+    first_join(sync, 5, [])
+    sync.own_joined(joined(2, ts=7000.0), resumed=True)
+    sync.history([])
+    sync.members()
+    for seq in range(3, 3 + HELD_LIMIT):
+        assert sync.live(msg(seq, str(seq))).show == []
+    outcome = sync.live(msg(3 + HELD_LIMIT, "last"))
+    assert outcome.notes == ["could not fetch what was missed"]
+    assert len(outcome.released) == HELD_LIMIT + 1
+
+
+def test_a_dropped_connection_forgets_a_half_done_join() -> None:
+    sync = RoomSync()
+    first_join(sync, 1, [])
+    sync.own_joined(joined(3), resumed=True)
+    sync.reset_connection()
+    assert not sync.joining
+    assert sync.members().show == []

@@ -1,0 +1,53 @@
+"""``triochat tui``: the command-line door into the chat app."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from triochat.client import parse_url
+from triochat.errors import ConnectError
+from triochat.protocol import ProtocolError, rules
+
+DEFAULT_URL = "ws://127.0.0.1:5000"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``tui`` options, added to ``parser``."""
+    parser.add_argument("--url", default=DEFAULT_URL, help="server address (ws:// or tcp://)")
+    parser.add_argument("--nick", default=None, help="your nick (asked on screen when missing)")
+    parser.add_argument("--room", default=None, help="room to join (default: the lobby)")
+
+
+def run_tui(url: str, nick: str | None, room: str | None) -> int:
+    """Run the chat app until the person quits; bad arguments are one line on stderr."""
+    problem = _check(url, nick, room)
+    if problem:
+        print(f"triochat tui: {problem}", file=sys.stderr)
+        return 2
+    from tui.app import ChatApp  # Textual loads only when the app really runs
+
+    app = ChatApp(url, nick, room.lower() if room else None)
+    result = app.run()
+    return app.return_code or int(result or 0)
+
+
+def _check(url: str, nick: str | None, room: str | None) -> str | None:
+    try:
+        parse_url(url)
+        if nick is not None:
+            rules.check_nick(nick)
+        if room is not None:
+            rules.check_room(room)
+    except ConnectError as exc:
+        return str(exc)
+    except ProtocolError as exc:
+        return exc.message
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tui", description="The triochat chat client.")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    return run_tui(args.url, args.nick, args.room)

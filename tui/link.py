@@ -1,0 +1,450 @@
+"""The network side of the TUI: one Trio task tree that keeps a chat session alive.
+
+Theory of operation
+-------------------
+:class:`Link` runs under Trio (as a guest of Textual's loop, see
+:mod:`tui.guest`) and talks to the app only through Textual messages it posts
+(:class:`Link.Status`, :class:`Link.Lines`, ...). The app talks back with
+commands pushed into a bounded memory channel (:meth:`Link.submit`).
+
+The connect loop owns the connection. Each round opens a client with every
+room we are in and a ``resume`` point per room (:mod:`tui.sync`), runs three
+tasks on it (events in, commands out, pings for the round-trip time) and, when
+the connection breaks, waits a jittered, capped, exponentially growing delay
+before the next round. A refused nick stops the loop until the person picks
+another one on screen. Stopping (:meth:`Link.stop` or cancellation) leaves
+nothing running: every task lives in :meth:`Link.run`'s nursery.
+
+Commands that arrive while disconnected are refused with a line on screen
+rather than queued: a message typed into a dead connection should not appear
+minutes later by surprise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+from textual.message import Message as TextualMessage
+
+from triochat.client import Client, open_client
+from triochat.errors import ConnectError, ConnectionClosed, ConnectionLost, Rejected
+from triochat.protocol import rules
+from triochat.protocol.events import (
+    DirectMessage,
+    Error,
+    HistoryPage,
+    Joined,
+    Left,
+    Members,
+    Message,
+    NickChanged,
+    Notice,
+    Pong,
+    RoomEvent,
+    ServerEvent,
+    Welcome,
+)
+from tui import commands as cmd
+from tui.sync import Outcome, RoomSync
+
+Post = Callable[[TextualMessage], object]
+COMMAND_BUFFER = 64
+PING_INTERVAL = 5.0
+REFILL_LIMIT = 500
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Delays between reconnect attempts: exponential, capped, with "equal jitter"."""
+
+    base: float = 0.5
+    cap: float = 15.0
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        """A point in the upper half of ``min(cap, base * 2**attempt)``: never 0, never in step."""
+        ceiling = min(self.cap, self.base * 2 ** min(attempt, 30))
+        return rng.uniform(ceiling / 2, ceiling)
+
+
+@dataclass(frozen=True)
+class Stop:
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class RetryNow:
+    """Skip the rest of the reconnect delay (the person pressed Ctrl-R)."""
+
+
+@dataclass(frozen=True)
+class UseNick:
+    """The nick picked on screen after the server refused the previous one."""
+
+    nick: str
+
+
+@dataclass(frozen=True)
+class Route:
+    """A command with the view it was typed in (a room, or ``@nick`` for a DM view)."""
+
+    command: cmd.Command
+    view: str | None
+
+
+Request = Route | UseNick | RetryNow | Stop
+
+
+@dataclass
+class _State:
+    nick: str | None
+    rooms: dict[str, RoomSync] = field(default_factory=dict)
+    """Rooms we are in, in join order: what a reconnect asks for."""
+    resumed: set[str] = field(default_factory=set)
+
+
+class Link:
+    """A self-healing chat session. Create it in Trio or outside; run :meth:`run` in Trio."""
+
+    # --- what the app hears ----------------------------------------------------
+
+    class Status(TextualMessage):
+        """``state`` is ``connecting``, ``connected``, ``waiting`` (to retry) or ``stopped``.
+
+        When waiting, ``reason`` says why the last attempt ended and ``retry_in`` how long
+        until the next.
+        """
+
+        def __init__(self, state: str, url: str, reason: str = "", retry_in: float = 0.0) -> None:
+            super().__init__()
+            self.state, self.url, self.reason, self.retry_in = state, url, reason, retry_in
+
+    class Welcomed(TextualMessage):
+        def __init__(self, nick: str, rooms: list[str], reconnect: bool) -> None:
+            super().__init__()
+            self.nick, self.rooms, self.reconnect = nick, rooms, reconnect
+
+    class Lines(TextualMessage):
+        """Room events to show in ``room``; ``live`` ones also update the member list."""
+
+        def __init__(
+            self, room: str, events: list[RoomEvent], *, live: bool, notes: list[str]
+        ) -> None:
+            super().__init__()
+            self.room, self.events, self.live, self.notes = room, events, live, notes
+
+    class Direct(TextualMessage):
+        def __init__(self, peer: str, event: DirectMessage) -> None:
+            super().__init__()
+            self.peer, self.event = peer, event
+
+    class Roster(TextualMessage):
+        """``members``: ``room`` None is the whole server (``/who *``)."""
+
+        def __init__(self, room: str | None, nicks: list[str], asked: bool) -> None:
+            super().__init__()
+            self.room, self.nicks, self.asked = room, nicks, asked
+
+    class Renamed(TextualMessage):
+        def __init__(self, old: str, new: str, mine: bool) -> None:
+            super().__init__()
+            self.old, self.new, self.mine = old, new, mine
+
+    class Parted(TextualMessage):
+        def __init__(self, room: str) -> None:
+            super().__init__()
+            self.room = room
+
+    class Problem(TextualMessage):
+        """Something for the person to read: an ``error`` event, a command that failed."""
+
+        def __init__(self, text: str, view: str | None = None) -> None:
+            super().__init__()
+            self.text, self.view = text, view
+
+    class Info(TextualMessage):
+        def __init__(self, text: str) -> None:
+            super().__init__()
+            self.text = text
+
+    class NickNeeded(TextualMessage):
+        """The server refused our nick (``nick_taken``/``nick_invalid``); ask for another."""
+
+        def __init__(self, nick: str, reason: str) -> None:
+            super().__init__()
+            self.nick, self.reason = nick, reason
+
+    class RoundTrip(TextualMessage):
+        def __init__(self, seconds: float) -> None:
+            super().__init__()
+            self.seconds = seconds
+
+    # --- setup ------------------------------------------------------------------
+
+    def __init__(
+        self,
+        url: str,
+        nick: str,
+        post: Post,
+        *,
+        rooms: list[str] | None = None,
+        backoff: Backoff | None = None,
+        rng: random.Random | None = None,
+        ping_interval: float = PING_INTERVAL,
+    ) -> None:
+        self.url = url
+        self._post = post
+        self._state = _State(nick=nick)
+        self._wanted_rooms = list(rooms or [])
+        self._backoff = backoff or Backoff()
+        self._rng = rng or random.Random()
+        self._ping_interval = ping_interval
+        self._requests_in, self._requests = trio.open_memory_channel[Request](COMMAND_BUFFER)
+        self._nicks_in, self._nicks = trio.open_memory_channel[str](1)
+        self._client: Client | None = None
+        self._pings: dict[int, float] = {}
+        self._ping_count = 0
+        self._stopped = False
+        self._welcomed_once = False
+        self._retry_now = trio.Event()
+
+    @property
+    def nick(self) -> str | None:
+        return self._state.nick
+
+    def submit(self, request: Request) -> None:
+        """Hand a request to the Trio side; call it from inside Trio (e.g. via TrioToken)."""
+        try:
+            self._requests_in.send_nowait(request)
+        except trio.WouldBlock:
+            self._post(Link.Problem("too many commands at once; that one was dropped"))
+        except trio.ClosedResourceError:
+            pass
+
+    # --- the task tree ------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Until :class:`Stop` or cancellation. Owns every task and socket of the session."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._requests_loop, nursery.cancel_scope)
+                await self._connect_loop()
+        finally:
+            self._client = None
+            self._post(Link.Status("stopped", self.url))
+
+    async def _connect_loop(self) -> None:
+        attempt = 0
+        while True:
+            nick = self._state.nick or await self._nicks.receive()
+            self._state.nick = nick
+            self._post(Link.Status("connecting", self.url))
+            try:
+                reason = await self._one_connection(nick)
+                attempt = 0
+            except Rejected as exc:
+                self._state.nick = None
+                self._post(Link.NickNeeded(nick, exc.message))
+                continue
+            except (ConnectError, ConnectionLost) as exc:
+                reason = str(exc)
+            delay = self._backoff.delay(attempt, self._rng)
+            attempt += 1
+            self._post(Link.Status("waiting", self.url, reason, delay))
+            await self._pause(delay)
+
+    async def _pause(self, delay: float) -> None:
+        """Sleep ``delay`` seconds, or less if the person asks to retry now."""
+        self._retry_now = trio.Event()
+        with trio.move_on_after(delay):
+            await self._retry_now.wait()
+
+    async def _one_connection(self, nick: str) -> str:
+        """Connect, converse until the connection ends; why it ended (one line)."""
+        state = self._state
+        resume = {room: sync.resume_from() for room, sync in state.rooms.items()}
+        resume_points = {room: seq for room, seq in resume.items() if seq is not None}
+        rooms = list(state.rooms) or self._wanted_rooms or None
+        async with open_client(self.url, nick, rooms=rooms, resume=resume_points or None) as client:
+            state.resumed = set(resume_points)
+            for sync in state.rooms.values():
+                sync.reset_connection()
+            self._client = client
+            try:
+                await self._converse(client)
+            finally:
+                self._client = None
+                self._pings.clear()
+        return "the server closed the connection"
+
+    async def _converse(self, client: Client) -> None:
+        assert client.welcome is not None
+        self._welcomed(client.welcome)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._ping_loop, client)
+            try:
+                async for event in client:
+                    await self._handle(client, event)
+            except ConnectionLost:
+                pass
+            nursery.cancel_scope.cancel()
+
+    def _welcomed(self, welcome: Welcome) -> None:
+        self._state.nick = welcome.nick
+        for room in welcome.rooms:
+            self._state.rooms.setdefault(room, RoomSync())
+        self._post(Link.Welcomed(welcome.nick, welcome.rooms, reconnect=self._welcomed_once))
+        self._post(Link.Status("connected", self.url))
+        self._welcomed_once = True
+
+    async def _ping_loop(self, client: Client) -> None:
+        while True:
+            self._ping_count += 1
+            self._pings = {self._ping_count: trio.current_time()}
+            try:
+                await client.ping(self._ping_count)
+            except (ConnectionLost, ConnectionClosed):
+                return
+            await trio.sleep(self._ping_interval)
+
+    # --- events in ------------------------------------------------------------------
+
+    async def _handle(self, client: Client, event: ServerEvent) -> None:
+        match event:
+            case Joined() | Left() | Message():
+                await self._room_event(client, event)
+            case HistoryPage(room=room, events=events):
+                sync = self._state.rooms.get(room)
+                if sync is not None:
+                    await self._apply(client, room, sync.history(events))
+            case Members(room=room, nicks=nicks):
+                await self._members(client, room, nicks)
+            case DirectMessage():
+                peer = event.to if rules.nick_key(event.from_) == self._me() else event.from_
+                self._post(Link.Direct(peer, event))
+            case NickChanged(old=old, new=new):
+                mine = rules.nick_key(old) == self._me()
+                if mine:
+                    self._state.nick = new
+                self._post(Link.Renamed(old, new, mine))
+            case Pong(token=token):
+                self._pong(token)
+            case Error(code=code, message=message):
+                self._post(Link.Problem(f"{code}: {message}"))
+            case Notice(text=text):
+                self._post(Link.Info(text))
+            case _:
+                pass
+
+    def _me(self) -> str:
+        return rules.nick_key(self._state.nick or "")
+
+    async def _room_event(self, client: Client, event: RoomEvent) -> None:
+        state = self._state
+        own = rules.nick_key(event.nick if not isinstance(event, Message) else event.from_)
+        if isinstance(event, Joined) and own == self._me():
+            sync = state.rooms.setdefault(event.room, RoomSync())
+            sync.own_joined(event, resumed=event.room in state.resumed)
+            state.resumed.discard(event.room)
+            return
+        sync_or_none = state.rooms.get(event.room)
+        if sync_or_none is None:
+            return
+        await self._apply(client, event.room, sync_or_none.live(event))
+        if isinstance(event, Left) and own == self._me():
+            del state.rooms[event.room]
+            self._post(Link.Parted(event.room))
+
+    async def _members(self, client: Client, room: str | None, nicks: list[str]) -> None:
+        sync = self._state.rooms.get(room) if room is not None else None
+        if sync is None or not sync.joining:
+            self._post(Link.Roster(room, nicks, asked=True))
+            return
+        outcome = sync.members()
+        self._post(Link.Roster(room, nicks, asked=False))
+        await self._apply(client, room or "", outcome)
+
+    async def _apply(self, client: Client, room: str, outcome: Outcome) -> None:
+        if outcome.show or outcome.notes:
+            self._post(Link.Lines(room, outcome.show, live=outcome.live, notes=outcome.notes))
+        if outcome.joined is not None:
+            self._post(Link.Lines(room, [outcome.joined], live=False, notes=[]))
+        if outcome.released:
+            self._post(Link.Lines(room, outcome.released, live=True, notes=[]))
+        if outcome.fetch_before is not None:
+            await client.history(room, before_seq=outcome.fetch_before, limit=REFILL_LIMIT)
+
+    def _pong(self, token: object) -> None:
+        if isinstance(token, int) and token in self._pings:
+            self._post(Link.RoundTrip(trio.current_time() - self._pings.pop(token)))
+
+    # --- requests out -------------------------------------------------------------------
+
+    async def _requests_loop(self, scope: trio.CancelScope) -> None:
+        async for request in self._requests:
+            match request:
+                case Stop(reason=reason):
+                    await self._goodbye(reason)
+                    scope.cancel()
+                    return
+                case RetryNow():
+                    self._retry_now.set()
+                case UseNick(nick=nick):
+                    with contextlib.suppress(trio.WouldBlock):
+                        self._nicks_in.send_nowait(nick)
+                case Route(command=command, view=view):
+                    await self._send(command, view)
+
+    async def _goodbye(self, reason: str | None) -> None:
+        client = self._client
+        if client is None:
+            return
+        with trio.move_on_after(1.0):
+            try:
+                await client.quit(reason)
+                async for _ in client:  # the server ends the session once it has the quit
+                    pass
+            except (ConnectionLost, ConnectionClosed):
+                pass
+
+    async def _send(self, command: cmd.Command, view: str | None) -> None:
+        client = self._client
+        if client is None:
+            self._post(Link.Problem("not connected: not sent", view))
+            return
+        try:
+            await self._send_on(client, command, view)
+        except (ConnectionLost, ConnectionClosed):
+            self._post(Link.Problem("the connection dropped: not sent", view))
+
+    async def _send_on(self, client: Client, command: cmd.Command, view: str | None) -> None:
+        match command:
+            case cmd.Say(text=text) if view is not None and view.startswith("@"):
+                await client.dm(view[1:], text)
+            case cmd.Say(text=text) if view is not None:
+                await client.say(view, text)
+            case cmd.Say():
+                self._post(Link.Problem("join a room first: /join ROOM"))
+            case cmd.Msg(to=to, text=text):
+                await client.dm(to, text)
+            case cmd.Join(room=room):
+                await client.join(room)
+            case cmd.Part(room=room):
+                target = room or view
+                if target is None or target.startswith("@"):
+                    self._post(Link.Problem("which room? /part ROOM"))
+                else:
+                    await client.part(target)
+            case cmd.NickTo(nick=nick):
+                await client.nick(nick)
+            case cmd.Who(room=room, everyone=everyone):
+                await client.who(None if everyone else room or _room_of(view))
+            case _:
+                pass
+
+
+def _room_of(view: str | None) -> str | None:
+    return None if view is None or view.startswith("@") else view
