@@ -15,6 +15,12 @@ before the next round. A refused nick stops the loop until the person picks
 another one on screen. Stopping (:meth:`Link.stop` or cancellation) leaves
 nothing running: every task lives in :meth:`Link.run`'s nursery.
 
+Resume points are seqs of the history named by the last ``welcome.server_id``.
+They are sent in ``hello``, before the new ``welcome`` says which history this
+connection reached; when its ``server_id`` differs, the replays already on
+their way are stale, every watermark is forgotten and each room is refilled
+with its recent past (:data:`tui.sync.Replay`).
+
 Commands that arrive while disconnected are refused with a line on screen
 rather than queued: a message typed into a dead connection should not appear
 minutes later by surprise.
@@ -49,12 +55,11 @@ from triochat.protocol.events import (
     Welcome,
 )
 from tui import commands as cmd
-from tui.sync import Outcome, RoomSync
+from tui.sync import Outcome, Replay, RoomSync
 
 Post = Callable[[TextualMessage], object]
 COMMAND_BUFFER = 64
 PING_INTERVAL = 5.0
-REFILL_LIMIT = 500
 
 
 @dataclass(frozen=True)
@@ -103,7 +108,10 @@ class _State:
     nick: str | None
     rooms: dict[str, RoomSync] = field(default_factory=dict)
     """Rooms we are in, in join order: what a reconnect asks for."""
-    resumed: set[str] = field(default_factory=set)
+    server_id: str | None = None
+    """The ``welcome.server_id`` our watermarks refer to; None before the first welcome."""
+    replays: dict[str, Replay] = field(default_factory=dict)
+    """Rooms sent a resume point on this connection whose ``joined`` has not come yet."""
 
 
 class Link:
@@ -269,7 +277,7 @@ class Link:
         resume_points = {room: seq for room, seq in resume.items() if seq is not None}
         rooms = list(state.rooms) or self._wanted_rooms or None
         async with open_client(self.url, nick, rooms=rooms, resume=resume_points or None) as client:
-            state.resumed = set(resume_points)
+            state.replays = dict.fromkeys(resume_points, "resumed")
             for sync in state.rooms.values():
                 sync.reset_connection()
             self._client = client
@@ -293,12 +301,23 @@ class Link:
             nursery.cancel_scope.cancel()
 
     def _welcomed(self, welcome: Welcome) -> None:
+        self._check_history(welcome.server_id)
         self._state.nick = welcome.nick
         for room in welcome.rooms:
             self._state.rooms.setdefault(room, RoomSync())
         self._post(Link.Welcomed(welcome.nick, welcome.rooms, reconnect=self._welcomed_once))
         self._post(Link.Status("connected", self.url))
         self._welcomed_once = True
+
+    def _check_history(self, server_id: str) -> None:
+        """A different history: the resume points already sent name seqs it does not have."""
+        state = self._state
+        changed = state.server_id is not None and server_id != state.server_id
+        state.server_id = server_id
+        if changed:
+            state.replays = dict.fromkeys(state.replays, "stale")
+            for sync in state.rooms.values():
+                sync.forget()
 
     async def _ping_loop(self, client: Client) -> None:
         while True:
@@ -347,8 +366,7 @@ class Link:
         own = rules.nick_key(event.nick if not isinstance(event, Message) else event.from_)
         if isinstance(event, Joined) and own == self._me():
             sync = state.rooms.setdefault(event.room, RoomSync())
-            sync.own_joined(event, resumed=event.room in state.resumed)
-            state.resumed.discard(event.room)
+            sync.own_joined(event, replay=state.replays.pop(event.room, "fresh"))
             return
         sync_or_none = state.rooms.get(event.room)
         if sync_or_none is None:
@@ -375,7 +393,8 @@ class Link:
         if outcome.released:
             self._post(Link.Lines(room, outcome.released, live=True, notes=[]))
         if outcome.fetch_before is not None:
-            await client.history(room, before_seq=outcome.fetch_before, limit=REFILL_LIMIT)
+            # No limit: the server's default page, the recent past a fresh join gets.
+            await client.history(room, before_seq=outcome.fetch_before)
 
     def _pong(self, token: object) -> None:
         if isinstance(token, int) and token in self._pings:

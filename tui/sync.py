@@ -3,23 +3,31 @@
 Theory of operation
 -------------------
 Every room event (``joined``, ``left``, ``message``) carries the room's ``seq``.
-A :class:`RoomSync` remembers the highest ``seq`` shown (the *watermark*) and a
-fingerprint of that event. Live events at or below the watermark are
-duplicates and are dropped; that is the client half of "exactly once".
+A :class:`RoomSync` remembers the highest ``seq`` shown (the *watermark*).
+Live events at or below the watermark are duplicates and are dropped; that is
+the client half of "exactly once".
 
 Joining has three parts, always in this order and never interleaved with live
 events of the same room: our own ``joined`` (seq ``J``), one or more
 ``history`` pages, then ``members``. The pages are collected and judged only
 when ``members`` arrives, because only then is the whole replay known.
 
-Reconnecting resumes from ``watermark - 1`` rather than ``watermark``, so the
-replay starts with the event we saw last. If that first replayed event has
-the fingerprint we remember, the server is the one we knew and everything after
-it is new. If it differs, or ``J`` is not above the watermark, the server has
-restarted and numbers its rooms from 1 again: our watermark means nothing
-there. We then forget it, ask for the room's retained past before ``J`` (one
-page) and hold the room's live events until that page is in, so the messages
-sent while we were away appear once and in order.
+A seq means something only on the history it came from, which ``welcome``
+names (``server_id``). The caller compares it with the one it remembers and
+says, per room, what the replay is (:data:`Replay`):
+
+``fresh``
+    no resume point was sent: the replay is the room's recent past.
+``resumed``
+    a resume point was sent to the same history: the replay is exactly what we
+    missed. If it starts above ``watermark + 1``, retention dropped some.
+``stale``
+    a resume point was sent, but the history changed (a ``hello`` goes out
+    before its ``welcome`` says whom it reached): the replay is an arbitrary
+    slice of another numbering. It is dropped, the watermark forgotten, and the
+    room's recent past before ``J`` fetched (one default page, what a fresh join
+    gets), holding the room's live events until it is in, so nothing appears
+    twice or out of order.
 
 Nothing here does I/O; :class:`triochat` events in, decisions out.
 """
@@ -27,23 +35,16 @@ Nothing here does I/O; :class:`triochat` events in, decisions out.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
-from triochat.protocol.events import Joined, Left, Message, RoomEvent
+from triochat.protocol.events import Joined, RoomEvent
 
-Fingerprint = tuple[str, str, float, str]
+Replay = Literal["fresh", "resumed", "stale"]
 HELD_LIMIT = 1000
 """Live events held while a refill is on its way; past this the refill is given up."""
-
-
-def fingerprint(event: RoomEvent) -> Fingerprint:
-    """What identifies an event across servers: the same ``seq`` on another server differs here."""
-    match event:
-        case Message():
-            return ("message", event.from_, event.ts, event.text)
-        case Joined():
-            return ("joined", event.nick, event.ts, "")
-        case Left():
-            return ("left", event.nick, event.ts, str(event.reason))
+HISTORY_CHANGED = "server history changed; showing recent history"
+LOST = "some messages from while you were away are no longer on the server"
+GAVE_UP = "could not fetch what was missed"
 
 
 @dataclass
@@ -55,9 +56,9 @@ class Outcome:
     live: bool = True
     """False when ``show`` is the past (it must not change the member list)."""
     notes: list[str] = field(default_factory=list)
-    """Lines for the person (restart detected, messages lost to retention)."""
+    """Lines for the person (history changed, messages lost to retention)."""
     fetch_before: int | None = None
-    """Ask the server for the room's past before this seq (a refill)."""
+    """Ask the server for the room's recent past before this seq (a refill)."""
     joined: Joined | None = None
     """Our own join, shown after the past it brought."""
     released: list[RoomEvent] = field(default_factory=list)
@@ -67,7 +68,7 @@ class Outcome:
 @dataclass
 class _Joining:
     own: Joined
-    resumed: bool
+    replay_kind: Replay
     replay: list[RoomEvent] = field(default_factory=list)
 
 
@@ -76,10 +77,9 @@ class RoomSync:
     """One room's bookkeeping. Create it when the room is joined; drop it when parted."""
 
     watermark: int = 0
-    print_: Fingerprint | None = None
     _joining: _Joining | None = None
     _refill: Joined | None = None
-    """Our own ``joined`` on a restarted server, while its past is being fetched."""
+    """Our own ``joined`` after a stale resume, while the room's recent past is fetched."""
     _held: list[RoomEvent] = field(default_factory=list)
 
     @property
@@ -88,8 +88,8 @@ class RoomSync:
         return self._joining is not None
 
     def resume_from(self) -> int | None:
-        """The ``hello.resume`` value for this room: one before the last event we saw."""
-        return self.watermark - 1 if self.watermark > 0 else None
+        """The ``hello.resume`` value for this room: the last seq shown, if any."""
+        return self.watermark if self.watermark > 0 else None
 
     def reset_connection(self) -> None:
         """The connection dropped: a join or refill in progress will never finish."""
@@ -97,10 +97,14 @@ class RoomSync:
         self._refill = None
         self._held.clear()
 
+    def forget(self) -> None:
+        """The history changed: our seqs mean nothing on the new one."""
+        self.watermark = 0
+
     # --- feeding ----------------------------------------------------------------
 
-    def own_joined(self, event: Joined, *, resumed: bool) -> None:
-        self._joining = _Joining(own=event, resumed=resumed)
+    def own_joined(self, event: Joined, *, replay: Replay) -> None:
+        self._joining = _Joining(own=event, replay_kind=replay)
 
     def history(self, events: list[RoomEvent]) -> Outcome:
         if self._joining is not None:
@@ -116,13 +120,15 @@ class RoomSync:
         if joining is None:
             return Outcome()
         own = joining.own
-        if not joining.resumed:
-            past = [e for e in joining.replay if e.seq > self.watermark]
-            self._advance(own)
-            return Outcome(show=past, live=False, joined=own)
-        if self._same_server(own, joining.replay):
-            return self._resumed(own, joining.replay)
-        return self._restarted(own)
+        match joining.replay_kind:
+            case "fresh":
+                past = [e for e in joining.replay if e.seq > self.watermark]
+                self._advance(own)
+                return Outcome(show=past, live=False, joined=own)
+            case "resumed":
+                return self._resumed(own, joining.replay)
+            case "stale":
+                return self._start_refill(own)
 
     def live(self, event: RoomEvent) -> Outcome:
         if self._refill is not None:
@@ -137,25 +143,18 @@ class RoomSync:
 
     # --- decisions ----------------------------------------------------------------
 
-    def _same_server(self, own: Joined, replay: list[RoomEvent]) -> bool:
-        if own.seq <= self.watermark:
-            return False
-        if replay and replay[0].seq <= self.watermark:
-            return replay[0].seq == self.watermark and fingerprint(replay[0]) == self.print_
-        return True  # the event we saw last is gone from retention: same server, a gap
-
     def _resumed(self, own: Joined, replay: list[RoomEvent]) -> Outcome:
         missed = [e for e in replay if e.seq > self.watermark]
         notes = []
         if (missed[0].seq if missed else own.seq) > self.watermark + 1:
-            notes.append("some messages from while you were away are no longer on the server")
+            notes.append(LOST)
         self._advance(own)
         return Outcome(show=missed, live=False, notes=notes)
 
-    def _restarted(self, own: Joined) -> Outcome:
-        self.watermark, self.print_ = 0, None
+    def _start_refill(self, own: Joined) -> Outcome:
+        self.forget()
         self._refill = own
-        return Outcome(notes=["the server restarted"], fetch_before=own.seq)
+        return Outcome(notes=[HISTORY_CHANGED], fetch_before=own.seq)
 
     def _finish_refill(self, events: list[RoomEvent]) -> Outcome:
         own, self._refill = self._refill, None
@@ -170,7 +169,7 @@ class RoomSync:
         own, self._refill = self._refill, None
         assert own is not None
         self._advance(own)
-        return Outcome(notes=["could not fetch what was missed"], released=self._release())
+        return Outcome(notes=[GAVE_UP], released=self._release())
 
     def _release(self) -> list[RoomEvent]:
         held, self._held = self._held, []
@@ -180,5 +179,4 @@ class RoomSync:
         return released
 
     def _advance(self, event: RoomEvent) -> None:
-        if event.seq > self.watermark:
-            self.watermark, self.print_ = event.seq, fingerprint(event)
+        self.watermark = max(self.watermark, event.seq)
