@@ -21,6 +21,7 @@ TCP server's ``ping`` event is answered with ``pong`` while the caller iterates.
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
@@ -54,6 +55,8 @@ from triochat.protocol.events import (
 from triochat.transport.base import CloseCode, Connection
 from triochat.transport.tcp import StreamConnection
 from triochat.transport.websocket import WebSocketLines
+
+log = logging.getLogger(__name__)
 
 CLIENT_MAX_LINE = 64 * 1024 * 1024
 """Server lines can be long (a page of history); this only guards against nonsense."""
@@ -201,7 +204,8 @@ class Client:
         self._closed = True
         try:
             with trio.move_on_after(grace):
-                await self._conn.close(CloseCode.NORMAL)
+                async with self._send_lock:  # a send in flight finishes before the goodbye
+                    await self._conn.close(CloseCode.NORMAL)
         finally:
             with trio.CancelScope(shield=True):
                 await self._conn.abort()
@@ -230,8 +234,12 @@ async def open_client(
     address = parse_url(url)
     with _unwrapped():
         async with trio.open_nursery() as nursery:
+            library_tasks = await nursery.start(_contain_library_tasks, address)
             client = await _connect_and_greet(
-                address, nursery, Hello(nick=nick, rooms=rooms, resume=resume), connect_timeout
+                address,
+                library_tasks,
+                Hello(nick=nick, rooms=rooms, resume=resume),
+                connect_timeout,
             )
             try:
                 yield client
@@ -246,6 +254,24 @@ async def open_client(
                     await client.aclose()
             finally:
                 nursery.cancel_scope.cancel()
+
+
+async def _contain_library_tasks(
+    address: Address, *, task_status: trio.TaskStatus[trio.Nursery]
+) -> None:
+    """A nursery for trio-websocket's reader task whose failures stay here.
+
+    The reader can raise on its own, e.g. wsproto refusing to answer a server's
+    Ping that arrives while we are closing (the client-side twin of
+    trio-websocket #184). For the caller that is a lost connection (their next
+    receive says so), never an exception out of the ``async with``.
+    """
+    try:
+        async with trio.open_nursery() as nursery:
+            task_status.started(nursery)
+            await trio.sleep_forever()
+    except* Exception as group:
+        log.debug("%s: WebSocket reader failed: %r", address, group.exceptions)
 
 
 async def _connect_and_greet(

@@ -63,11 +63,14 @@ def test_unfinished_line_over_max_line_is_too_large_before_its_newline() -> None
     assert caught.value.code is ErrorCode.TOO_LARGE
 
 
-def test_long_tail_after_a_newline_is_too_large() -> None:
+def test_long_tail_after_a_newline_is_too_large_once_the_whole_lines_are_out() -> None:
     splitter = LineSplitter(max_line=10)
+    assert splitter.feed(b"ok\n" + b"x" * 11) == [b"ok"]  # the complete line is not lost
     with pytest.raises(ProtocolError) as caught:
-        splitter.feed(b"ok\n" + b"x" * 11)
+        splitter.check()
     assert caught.value.code is ErrorCode.TOO_LARGE
+    with pytest.raises(ProtocolError):
+        splitter.feed(b"\n")
 
 
 def test_long_line_in_the_middle_of_a_chunk_is_too_large() -> None:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import trio
-from pytest_trio.enable_trio_mode import *  # noqa: F403
 
 from triochat.server import Server, ServerConfig, serve
 

@@ -46,13 +46,20 @@ class LineSplitter:
         return len(self._partial)
 
     def feed(self, data: bytes | bytearray) -> list[bytes]:
-        """Add ``data``; return every line it completes (without newlines)."""
+        """Add ``data``; return every line it completes (without newlines).
+
+        Complete lines come out even when an over-long line follows them in the
+        same chunk; that one raises ``too_large`` on the next call (see :meth:`check`).
+        """
+        self.check()
         if b"\n" not in data:
             self._partial += data
-            if len(self._partial) > self._max_line:
-                raise _too_large(self._max_line)
+            self.check()
             return []
         *lines, self._partial = (self._partial + data).split(b"\n")
+        return _complete(lines, self._max_line)
+
+    def check(self) -> None:
+        """``too_large`` if the unfinished line is already over the limit."""
         if len(self._partial) > self._max_line:
             raise _too_large(self._max_line)
-        return _complete(lines, self._max_line)

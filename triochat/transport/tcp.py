@@ -20,6 +20,7 @@ class StreamConnection:
         self.remote = remote
 
     async def receive_lines(self) -> list[bytes]:
+        self._splitter.check()  # an over-long line may wait behind the lines last returned
         while True:
             try:
                 data = await self._stream.receive_some(RECEIVE_SIZE)
