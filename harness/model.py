@@ -1,0 +1,89 @@
+"""The report's shape: checks with their criteria, figures, and the verdict they add up to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+Figure = int | float | str
+
+EXIT_PASSED = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+@dataclass
+class Check:
+    name: str
+    criterion: str
+    """The pass criterion, as printed in the report."""
+    passed: bool | None
+    """None: skipped (the target cannot show it, e.g. flood control turned off)."""
+    observed: str
+
+    def as_json(self) -> dict[str, Any]:
+        status = "skip" if self.passed is None else ("pass" if self.passed else "fail")
+        return {
+            "name": self.name,
+            "criterion": self.criterion,
+            "status": status,
+            "observed": self.observed,
+        }
+
+
+@dataclass
+class ScenarioResult:
+    name: str
+    proves: str
+    checks: list[Check] = field(default_factory=list)
+    figures: dict[str, Figure] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def check(self, name: str, criterion: str, passed: bool | None, observed: object) -> bool:
+        self.checks.append(Check(name, criterion, passed, str(observed)))
+        return passed is not False
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed is not False for c in self.checks) and bool(self.checks)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "proves": self.proves,
+            "passed": self.passed,
+            "seconds": round(self.seconds, 3),
+            "checks": [c.as_json() for c in self.checks],
+            "figures": self.figures,
+            "notes": self.notes,
+        }
+
+
+@dataclass
+class Report:
+    target: str
+    clients: int
+    settings: dict[str, Figure]
+    scenarios: list[ScenarioResult] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(s.passed for s in self.scenarios)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_PASSED if self.passed else EXIT_FAILED
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "passed": self.passed,
+            "exit_code": self.exit_code,
+            "target": self.target,
+            "clients": self.clients,
+            "settings": self.settings,
+            "notes": self.notes,
+            "scenarios": [s.as_json() for s in self.scenarios],
+        }

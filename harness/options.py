@@ -1,0 +1,68 @@
+"""What a harness run was asked to do, and the defaults derived from the client count.
+
+Defaults scale with ``--clients`` so that one run stays affordable: a broadcast
+costs N x (messages sent) deliveries, so the per-client message count shrinks
+as N grows (about a million deliveries at most), and the offered rate aims at
+~25-50k deliveries/s while keeping each client's own rate (10/s) under the
+server's default flood control (20/s, burst 60).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SCENARIOS = (
+    "broadcast",
+    "disconnect",
+    "broken_pipe",
+    "slow_reader",
+    "flood",
+    "bad_input",
+    "churn",
+)
+PER_CLIENT_RATE = 10.0
+"""Messages per second one simulated client sends by default."""
+MAX_DELIVERIES = 1_000_000
+"""Broadcast deliveries (messages x receivers) the default message count aims under."""
+FAULT_MESSAGES = 200
+"""Messages the traffic of a fault scenario carries, at most (fault scenarios test faults)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Options:
+    clients: int = 50
+    messages: int | None = None
+    """Messages each client sends in ``broadcast``; None derives it from ``clients``."""
+    rate: float | None = None
+    """Messages per second offered by all senders together; None derives it."""
+    duration: float = 3.0
+    """Seconds ``churn`` keeps clients coming and going."""
+    scenarios: tuple[str, ...] = SCENARIOS
+    urls: tuple[str, ...] = ()
+    """Servers to test; empty starts one in-process."""
+    transport: str = "ws"
+    """Transport of the in-process server."""
+    json_path: str | None = None
+    seed: int | None = None
+    evict_within: float = 15.0
+    """Seconds a stalled reader may take to be evicted (``slow_reader``)."""
+    settle: float = 10.0
+    """Seconds to wait for deliveries after the last scheduled send, at least."""
+    quiet: bool = False
+
+    @property
+    def own_server(self) -> bool:
+        return not self.urls
+
+    def messages_per_client(self) -> int:
+        if self.messages is not None:
+            return self.messages
+        return max(1, min(20, MAX_DELIVERIES // (self.clients * self.clients)))
+
+    def send_rate(self) -> float:
+        if self.rate is not None:
+            return self.rate
+        return max(5.0, min(self.clients * PER_CLIENT_RATE, 50_000 / self.clients))
+
+    def fault_messages(self) -> int:
+        return min(FAULT_MESSAGES, self.clients * self.messages_per_client())

@@ -1,0 +1,172 @@
+"""Hand-driven connections for fault injection, on raw trio sockets and the protocol module.
+
+The client library behaves; these do not. A :class:`RawClient` lets a fault
+scenario choose socket options before connecting (a small receive buffer for
+a reader that stalls), send any bytes it likes (malformed lines, half a line,
+half a WebSocket frame, a binary frame) and vanish with a TCP reset
+(``SO_LINGER`` 0). It owns its socket: nothing here reaches into a library.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+
+import trio
+from trio_websocket import ConnectionClosed as WsClosed
+from trio_websocket import WebSocketConnection, wrap_client_stream
+
+from triochat.client import CLIENT_MAX_LINE, Address, parse_url
+from triochat.errors import ConnectError, ConnectionLost
+from triochat.protocol import LineSplitter, encode, split_message
+from triochat.protocol.events import Hello
+
+RECEIVE_SIZE = 64 * 1024
+HALF_LINE = b'{"type":"say","room":"lobby","text":"this line never'
+
+
+class RawClient:
+    """One connection driven byte by byte. Make one with :func:`open_raw`."""
+
+    def __init__(
+        self, address: Address, stream: trio.SocketStream, ws: WebSocketConnection | None
+    ) -> None:
+        self.address = address
+        self._stream = stream
+        self._ws = ws
+        self._splitter = LineSplitter(CLIENT_MAX_LINE)
+
+    @property
+    def is_ws(self) -> bool:
+        return self._ws is not None
+
+    async def send_line(self, line: bytes) -> None:
+        """One protocol line (a WebSocket text message, or bytes on the TCP stream)."""
+        try:
+            if self._ws is not None:
+                await self._ws.send_message(line.decode())
+            else:
+                await self._stream.send_all(line)
+        except (WsClosed, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise ConnectionLost(f"{self.address}: {exc!r}") from None
+
+    async def send_binary(self, data: bytes) -> None:
+        """A binary WebSocket frame (not part of the protocol)."""
+        assert self._ws is not None
+        try:
+            await self._ws.send_message(data)
+        except WsClosed as exc:
+            raise ConnectionLost(f"{self.address}: {exc!r}") from None
+
+    async def send_half(self) -> None:
+        """Half an event: a line without its end, or a WebSocket frame cut short."""
+        if self._ws is None:
+            await self._stream.send_all(HALF_LINE)
+            return
+        # A masked text frame announcing 200 payload bytes, followed by only a few.
+        header = bytes([0x81, 0x80 | 126]) + struct.pack("!H", 200) + os.urandom(4)
+        await self._stream.send_all(header + HALF_LINE[:20])
+
+    async def receive_lines(self) -> list[bytes]:
+        """The next lines the server sent; :class:`ConnectionLost` once it closed."""
+        while True:
+            lines = await self._receive_some()
+            if lines:
+                return lines
+
+    async def _receive_some(self) -> list[bytes]:
+        if self._ws is not None:
+            try:
+                message = await self._ws.get_message()
+            except WsClosed as exc:
+                raise ConnectionLost(f"{self.address}: {exc.reason}") from None
+            data = message.encode() if isinstance(message, str) else message
+            return split_message(data, CLIENT_MAX_LINE)
+        try:
+            data = await self._stream.receive_some(RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise ConnectionLost(f"{self.address}: {exc!r}") from None
+        if not data:
+            raise ConnectionLost(f"{self.address}: closed by peer")
+        return self._splitter.feed(data)
+
+    async def hello(self, nick: str, rooms: list[str]) -> list[bytes]:
+        """Say hello and read up to ``welcome``; return every line read on the way.
+
+        :class:`ConnectError` if the server refuses the nick.
+        """
+        await self.send_line(encode(Hello(nick=nick, rooms=rooms)))
+        seen: list[bytes] = []
+        while True:
+            lines = await self.receive_lines()
+            seen += lines
+            for line in lines:
+                if line.startswith(b'{"type":"welcome"'):
+                    return seen
+                if b'"code":"nick_' in line and line.startswith(b'{"type":"error"'):
+                    raise ConnectError(f"{self.address}: hello refused: {line.decode()}")
+
+    async def reset(self) -> None:
+        """Vanish: close with ``SO_LINGER`` 0, so the kernel sends RST instead of FIN."""
+        linger = struct.pack("ii", 1, 0)
+        with suppress(OSError):
+            self._stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+        await trio.aclose_forcefully(self._stream)
+
+    async def drop(self) -> None:
+        """Close the socket without any goodbye (FIN, no WebSocket close)."""
+        await trio.aclose_forcefully(self._stream)
+
+
+@asynccontextmanager
+async def open_raw(url: str, *, receive_buffer: int | None = None) -> AsyncIterator[RawClient]:
+    """A :class:`RawClient` on ``url``; ``receive_buffer`` fixes SO_RCVBUF before connecting.
+
+    A fixed receive buffer turns off the kernel's autotuning (up to tens of MiB
+    on loopback), so a reader that stops reading backs up into the server
+    after kilobytes instead of megabytes.
+    """
+    address = parse_url(url)
+    stream = await _connect(address, receive_buffer)
+    async with trio.open_nursery() as nursery:
+        try:
+            ws = await _upgrade(nursery, address, stream) if address.scheme == "ws" else None
+            yield RawClient(address, stream, ws)
+        finally:
+            # Close before cancelling: a checkpoint in a cancelled scope here would
+            # replace the body's exception with Cancelled, and the nursery would eat it.
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(stream)
+            nursery.cancel_scope.cancel()
+
+
+async def _connect(address: Address, receive_buffer: int | None) -> trio.SocketStream:
+    try:
+        infos = await trio.socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
+        family, kind, proto, _, sockaddr = infos[0]
+        sock = trio.socket.socket(family, kind, proto)
+        if receive_buffer is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        try:
+            await sock.connect(sockaddr)
+        except BaseException:
+            sock.close()
+            raise
+    except OSError as exc:
+        raise ConnectError(f"{address}: cannot connect ({exc.strerror or exc})") from None
+    return trio.SocketStream(sock)
+
+
+async def _upgrade(
+    nursery: trio.Nursery, address: Address, stream: trio.SocketStream
+) -> WebSocketConnection:
+    try:
+        ws: WebSocketConnection = await wrap_client_stream(
+            nursery, stream, address.host, "/", max_message_size=CLIENT_MAX_LINE
+        )
+    except Exception as exc:
+        raise ConnectError(f"{address}: WebSocket handshake failed ({exc!r})") from None
+    return ws

@@ -1,0 +1,21 @@
+"""The scenarios, by name. Each is ``async run(ctx, result)`` filling in its checks."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from harness.context import Context
+from harness.model import ScenarioResult
+from harness.scenarios import bad_input, broadcast, churn, departures, flood, slow_reader
+
+Run = Callable[[Context, ScenarioResult], Awaitable[None]]
+
+SCENARIOS: dict[str, tuple[str, Run]] = {
+    "broadcast": (broadcast.PROVES, broadcast.run),
+    "disconnect": (departures.DISCONNECT_PROVES, departures.run_disconnect),
+    "broken_pipe": (departures.BROKEN_PIPE_PROVES, departures.run_broken_pipe),
+    "slow_reader": (slow_reader.PROVES, slow_reader.run),
+    "flood": (flood.PROVES, flood.run),
+    "bad_input": (bad_input.PROVES, bad_input.run),
+    "churn": (churn.PROVES, churn.run),
+}

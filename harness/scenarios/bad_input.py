@@ -1,0 +1,122 @@
+"""``bad_input``: clients send malformed lines; each gets its documented error code.
+
+Each bad client runs one script over a raw connection (any bytes we like) and
+must get exactly the listed ``error`` codes, in order; the oversized line comes
+last because ``too_large`` also closes the connection (framing is lost). The
+other members run counted traffic meanwhile and must be untouched: 100%, in
+order, no errors.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from harness.context import Context
+from harness.fleet import Fleet
+from harness.model import ScenarioResult
+from harness.raw import RawClient, open_raw
+from harness.traffic import connect_check, delivery_checks, run_phase
+from harness.wire import decode_line
+from triochat.errors import ConnectionLost, TriochatError
+
+NAME = "bad_input"
+PROVES = "malformed input gets its documented error code and harms nobody else"
+
+
+def script(room: str, nobody: str, max_line: int, ws: bool) -> list[tuple[bytes | None, str]]:
+    """(line sent after hello, expected code); ``None`` means a binary WebSocket frame."""
+    steps: list[tuple[bytes | None, str]] = [
+        (b"this is not json\n", "bad_json"),
+        (b'{"type":"shout","room":"x"}\n', "bad_event"),
+        (f'{{"type":"say","room":"{room}"}}\n'.encode(), "bad_event"),
+        (f'{{"type":"say","room":"{room}","text":""}}\n'.encode(), "bad_event"),
+        (b'{"type":"say","room":"nowhere-at-all","text":"hi"}\n', "not_in_room"),
+        (f'{{"type":"dm","to":"{nobody}","text":"hi"}}\n'.encode(), "no_such_user"),
+        (b'{"type":"hello","nick":"again"}\n', "bad_event"),
+        (b'{"type":"nick","nick":"not a nick!"}\n', "nick_invalid"),
+        (None, "bad_event") if ws else (b'\xff\xfe{"type":"who"}\n', "bad_json"),
+    ]
+    oversized = b'{"type":"say","room":"x","text":"' + b"x" * (max_line + 16) + b'"}\n'
+    return [*steps, (oversized, "too_large")]
+
+
+async def run(ctx: Context, result: ScenarioResult) -> None:
+    n = ctx.options.clients
+    bad = min(max(1, n // 10), 10)
+    good = max(n - bad, 2)
+    room = ctx.room(NAME)
+    async with ctx.target(NAME) as target, trio.open_nursery() as nursery:
+        fleet = Fleet(nursery, target.urls)
+        ctx.progress(f"{NAME}: connecting {good}", 0, good)
+        sims = await fleet.open([ctx.nick(NAME, str(i)) for i in range(good)], [room])
+        if connect_check(result, sims):
+            outcomes: list[str | None] = [None] * bad
+            max_line = fleet.limits.max_line if fleet.limits else 64 * 1024
+            async with trio.open_nursery() as scripts:
+                for i in range(bad):
+                    url = target.urls[i % len(target.urls)]
+                    nick = ctx.nick(NAME, f"bad{i}")
+                    scripts.start_soon(_run_script, ctx, url, nick, room, max_line, outcomes, i)
+                phase = await run_phase(
+                    ctx, NAME, "", room, sims, sims, ctx.options.fault_messages()
+                )
+            failed = [o for o in outcomes if o is not None]
+            result.check(
+                "documented error codes",
+                "each malformed input gets its error code, in order; too_large closes",
+                not failed,
+                f"{bad - len(failed)}/{bad} bad clients got exactly the expected codes"
+                + (f"; {failed[0]}" if failed else ""),
+            )
+            delivery_checks(result, phase, "every well-behaved client")
+        await fleet.close(notes=result.notes)
+
+
+async def _run_script(
+    ctx: Context,
+    url: str,
+    nick: str,
+    room: str,
+    max_line: int,
+    outcomes: list[str | None],
+    index: int,
+) -> None:
+    """Record None in ``outcomes[index]`` if the server answered exactly as documented."""
+    try:
+        with trio.fail_after(2 * ctx.options.settle):
+            async with open_raw(url) as raw:
+                outcomes[index] = await _converse(ctx, raw, nick, room, max_line)
+    except trio.TooSlowError:
+        outcomes[index] = f"{nick}: no complete answer within {2 * ctx.options.settle:g} s"
+    except (TriochatError, OSError) as exc:
+        outcomes[index] = f"{nick}: {exc}"
+
+
+async def _converse(
+    ctx: Context, raw: RawClient, nick: str, room: str, max_line: int
+) -> str | None:
+    await raw.send_line(b'{"type":"who"}\n')  # before hello: hello_first
+    codes = _codes(await raw.hello(nick, [room]))
+    steps = script(room, ctx.nick(NAME, "nobody"), max_line, raw.is_ws)
+    expected = ["hello_first"] + [code for _, code in steps]
+    for line, _ in steps[:-1]:
+        await (raw.send_binary(b"\x00\x01") if line is None else raw.send_line(line))
+    closed = False
+    try:
+        # The oversized line goes alone, once the rest is answered: see docs/harness.md.
+        while len(codes) < len(expected) - 1:
+            codes += _codes(await raw.receive_lines())
+        oversized = steps[-1][0]
+        assert oversized is not None
+        await raw.send_line(oversized)
+        while True:  # too_large must end the connection
+            codes += _codes(await raw.receive_lines())
+    except ConnectionLost:
+        closed = True
+    if codes != expected:
+        return f"{nick}: expected {expected}, got {codes}"
+    return None if closed else f"{nick}: connection not closed after too_large"
+
+
+def _codes(lines: list[bytes]) -> list[str]:
+    return [decode_line(line).code for line in lines if line.startswith(b'{"type":"error"')]

@@ -1,0 +1,240 @@
+"""``disconnect`` and ``broken_pipe``: clients leave mid-broadcast, politely or not.
+
+Both run counted traffic among the clients that stay and make some others
+leave halfway through the schedule. The stayers must still get 100%, see
+exactly one ``left`` per departed client with the right reason, and afterwards
+``who`` must list exactly the stayers. ``broken_pipe`` also proves the server
+keeps serving: a new client connects and is answered afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import trio
+
+from harness.context import Context
+from harness.fleet import SEND_ERRORS, Fleet, Sim
+from harness.model import ScenarioResult
+from harness.raw import RawClient, open_raw
+from harness.scenarios.common import barrier, room_members, wait_until
+from harness.traffic import connect_check, delivery_checks, run_phase
+from triochat.errors import TriochatError
+
+DISCONNECT_PROVES = "clean quits mid-run: one left{quit} each, member list right, nobody else hurt"
+BROKEN_PIPE_PROVES = (
+    "abrupt resets and half-sent lines mid-run: one left{disconnected} each, the rest get 100%,"
+    " the server keeps serving"
+)
+VANISH_KINDS = ("reset", "half line + reset", "half line + close")
+"""How vanishing clients go, in turn: RST (SO_LINGER 0), or half an event then RST or FIN."""
+
+
+def _departures(ctx: Context, n: int, minimum: int) -> int:
+    return min(max(minimum, n // 5), n - 2)
+
+
+async def run_disconnect(ctx: Context, result: ScenarioResult) -> None:
+    name = "disconnect"
+    n = max(ctx.options.clients, 3)
+    room = ctx.room(name)
+    async with ctx.target(name) as target, trio.open_nursery() as nursery:
+        fleet = Fleet(nursery, target.urls)
+        ctx.progress(f"{name}: connecting {n}", 0, n)
+        sims = await fleet.open([ctx.nick(name, str(i)) for i in range(n)], [room])
+        if connect_check(result, sims):
+            live = fleet.connected()
+            leaving = ctx.rng.sample(live, _departures(ctx, len(live), 1))
+            stayers = [sim for sim in live if sim not in leaving]
+            total = ctx.options.fault_messages()
+            midway = total / ctx.options.send_rate() / 2
+            async with trio.open_nursery() as quitting:
+                quitting.start_soon(_quit_after, midway, leaving)
+                phase = await run_phase(ctx, name, "", room, stayers, stayers, total)
+            delivery_checks(result, phase, "every staying client")
+            await _closed_check(ctx, result, leaving)
+            nicks = [sim.nick for sim in leaving]
+            await _left_checks(ctx, result, name, room, stayers, nicks, "quit")
+        await fleet.close(notes=result.notes)
+
+
+async def _quit_after(delay: float, leaving: list[Sim]) -> None:
+    await trio.sleep(delay)
+    for sim in leaving:
+        if sim.client is not None:
+            with contextlib.suppress(*SEND_ERRORS):
+                await sim.client.quit("harness")
+
+
+async def _closed_check(ctx: Context, result: ScenarioResult, leaving: list[Sim]) -> None:
+    def closed() -> tuple[int, int]:
+        return sum(1 for sim in leaving if sim.closed_at_ns is not None), len(leaving)
+
+    await wait_until(ctx, "disconnect: waiting for quits", closed, ctx.options.settle)
+    done, wanted = closed()
+    result.check(
+        "quitters closed",
+        f"the server closes each quitting client's connection (within {ctx.options.settle:g} s)",
+        done == wanted,
+        f"{done}/{wanted} closed",
+    )
+
+
+async def _left_checks(
+    ctx: Context,
+    result: ScenarioResult,
+    name: str,
+    room: str,
+    stayers: list[Sim],
+    departed: list[str],
+    reason: str,
+) -> None:
+    """Exactly one ``left{reason}`` per departed nick at every stayer, and ``who`` = stayers."""
+
+    def told() -> tuple[int, int]:
+        wanted = set(departed)
+        done = sum(1 for sim in stayers if wanted <= {x.nick for x in sim.tally.lefts})
+        return done, len(stayers)
+
+    await wait_until(ctx, f"{name}: waiting for left events", told, ctx.options.settle)
+    answered = await barrier(ctx, f"{name}: who", stayers, room, ctx.options.settle)
+    wrong = 0
+    detail = ""
+    stayer_nicks = {sim.nick for sim in stayers}
+    for sim in stayers:
+        for nick in departed:
+            lefts = [x for x in sim.tally.left_of(nick) if x.room == room]
+            if len(lefts) != 1 or lefts[0].reason != reason:
+                wrong += 1
+                detail = detail or f"; e.g. {sim.nick} saw {[x.reason for x in lefts]} for {nick}"
+        spurious = [x for x in sim.tally.lefts if x.nick in stayer_nicks]
+        if spurious:
+            wrong += 1
+            detail = detail or f"; e.g. {sim.nick} saw {spurious[0].nick} leave"
+    result.check(
+        f"one left{{{reason}}} each",
+        f'every stayer sees exactly one left{{reason:"{reason}"}} per departed client, no others',
+        wrong == 0,
+        f"{len(departed)} departed x {len(stayers)} stayers: {wrong} wrong" + detail,
+    )
+    mismatched = [sim for sim in stayers if room_members(sim, room) != stayer_nicks]
+    result.check(
+        "member list",
+        "afterwards who(room) lists exactly the clients still connected",
+        answered and not mismatched,
+        "matches at every stayer"
+        if answered and not mismatched
+        else f"{len(mismatched)} stayers disagree"
+        + (f"; e.g. {sorted(room_members(mismatched[0], room))[:5]}" if mismatched else "")
+        + ("" if answered else " (who unanswered)"),
+    )
+
+
+# --- broken_pipe ------------------------------------------------------------------------
+
+
+async def run_broken_pipe(ctx: Context, result: ScenarioResult) -> None:
+    name = "broken_pipe"
+    n = max(ctx.options.clients, 3)
+    room = ctx.room(name)
+    async with ctx.target(name) as target, trio.open_nursery() as nursery:
+        count = _departures(ctx, n, 3)
+        fleet = Fleet(nursery, target.urls)
+        ctx.progress(f"{name}: connecting {n}", 0, n)
+        stayers = await fleet.open([ctx.nick(name, str(i)) for i in range(n - count)], [room])
+        vanished = [ctx.nick(name, f"v{i}") for i in range(count)]
+        go = trio.Event()
+        ready = trio.Semaphore(0)
+        failures: list[str] = []
+        for i, nick in enumerate(vanished):
+            url = target.urls[i % len(target.urls)]
+            kind = VANISH_KINDS[i % len(VANISH_KINDS)]
+            nursery.start_soon(_vanisher, url, nick, room, kind, ready, go, failures)
+        for _ in vanished:
+            await ready.acquire()
+        ok = connect_check(result, stayers)
+        ok = (
+            result.check(
+                "vanishers connected",
+                "every vanishing client connects",
+                not failures,
+                failures or "all",
+            )
+            and ok
+        )
+        if ok:
+            live = fleet.connected()
+            total = ctx.options.fault_messages()
+            midway = total / ctx.options.send_rate() / 2
+            async with trio.open_nursery() as faults:
+                faults.start_soon(_set_after, midway, go)
+                phase = await run_phase(ctx, name, "", room, live, live, total)
+            delivery_checks(result, phase, "every remaining client")
+            await _left_checks(ctx, result, name, room, live, vanished, "disconnected")
+            await _still_serving(ctx, result, target.urls[0], room)
+        go.set()
+        await fleet.close(notes=result.notes)
+
+
+async def _set_after(delay: float, event: trio.Event) -> None:
+    await trio.sleep(delay)
+    event.set()
+
+
+async def _vanisher(
+    url: str,
+    nick: str,
+    room: str,
+    kind: str,
+    ready: trio.Semaphore,
+    go: trio.Event,
+    failures: list[str],
+) -> None:
+    """Join, read until ``go``, then vanish the ``kind`` way."""
+    try:
+        async with open_raw(url) as raw:
+            await raw.hello(nick, [room])
+            ready.release()
+            async with trio.open_nursery() as reading:
+                reading.start_soon(_drain, raw)
+                await go.wait()
+                reading.cancel_scope.cancel()
+            if kind != "reset":
+                await raw.send_half()
+            await (raw.drop() if kind == "half line + close" else raw.reset())
+    except (TriochatError, OSError) as exc:
+        failures.append(f"{nick}: {exc}")
+        ready.release()
+
+
+async def _drain(raw: RawClient) -> None:
+    try:
+        while True:
+            await raw.receive_lines()
+    except TriochatError:
+        return
+
+
+async def _still_serving(ctx: Context, result: ScenarioResult, url: str, room: str) -> None:
+    """A newcomer connects, speaks and is answered after the faults."""
+    observed = "no answer"
+    async with trio.open_nursery() as nursery:
+        fleet = Fleet(nursery, [url])
+        try:
+            (sim,) = await fleet.open([ctx.nick("broken_pipe", "after")], [room])
+        except Exception as exc:  # any failure here is the finding, reported as such
+            sim = None
+            observed = f"cannot connect: {exc}"
+        if sim is not None and sim.client is not None:
+            await sim.client.say(room, "still there?")
+            await wait_until(ctx, "broken_pipe: newcomer", lambda: (sim.tally.acks, 1), 5.0)
+            observed = "newcomer welcomed and acked" if sim.tally.acks else "newcomer not acked"
+        elif sim is not None:
+            observed = f"cannot connect: {sim.failure}"
+        await fleet.close(notes=result.notes)
+    result.check(
+        "server keeps serving",
+        "after the faults a new client connects, says something and gets its ack",
+        observed == "newcomer welcomed and acked",
+        observed,
+    )

@@ -1,0 +1,195 @@
+"""Open-loop counted traffic through a room, and the checks every scenario draws from it.
+
+Theory of operation
+-------------------
+A phase sends ``total`` counted messages at ``rate`` per second, round-robin
+over its senders: message ``i`` is *scheduled* at ``t0 + i / rate`` and goes
+out when the clock says so, whatever happened to earlier ones (open loop), so
+a server that falls behind shows up as latency, not as a politely slower
+sender. Each sender is its own task: one blocked send delays only that
+sender's later messages, and the delay is still measured from the schedule.
+
+The phase then waits until every receiver has counted every message that was
+actually sent, or until a deadline (``settle`` seconds after the last
+scheduled send, longer for big runs), and hands back the :class:`Book`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import trio
+
+from harness.context import Context
+from harness.fleet import SEND_ERRORS, Sim
+from harness.model import ScenarioResult
+from harness.tally import Book
+from harness.wire import counted_text, now_ns
+
+DELIVERIES_PER_SECOND_FLOOR = 20_000
+"""The settle time grows past ``--settle`` when a phase has more deliveries than this x settle."""
+
+
+@dataclass
+class Phase:
+    label: str
+    book: Book
+    senders: list[Sim]
+    receivers: list[Sim]
+    started_ns: int
+    complete: bool = False
+    send_failures: int = 0
+    max_send_lag_ms: float = 0.0
+    title: str = ""
+
+    @property
+    def expected(self) -> int:
+        return sum(self.book.sent) * len(self.receivers)
+
+    def elapsed_s(self) -> float:
+        end = self.book.last_receipt_ns or now_ns()
+        return max(end - self.started_ns, 1) / 1e9
+
+
+def plan(total: int, senders: int) -> list[int]:
+    """Messages per sender when ``total`` go round-robin over ``senders``."""
+    return [total // senders + (1 if j < total % senders else 0) for j in range(senders)]
+
+
+async def run_phase(
+    ctx: Context,
+    scenario: str,
+    label: str,
+    room: str,
+    senders: list[Sim],
+    receivers: list[Sim],
+    total: int,
+) -> Phase:
+    rate = ctx.options.send_rate()
+    book = Book(plan(total, len(senders)))
+    for sim in receivers:
+        sim.tally.follow(book)
+    phase = Phase(label, book, senders, receivers, started_ns=now_ns() + 20_000_000)
+    phase.title = f"{scenario}: {label or 'traffic'}"
+    async with trio.open_nursery() as nursery:
+        for j, sim in enumerate(senders):
+            nursery.start_soon(_send_series, phase, room, j, sim, rate)
+        settle = max(ctx.options.settle, total * len(receivers) / DELIVERIES_PER_SECOND_FLOOR)
+        deadline = trio.current_time() + total / rate + settle
+        phase.complete = await _await_deliveries(ctx, phase, nursery, deadline)
+        nursery.cancel_scope.cancel()
+    return phase
+
+
+async def _send_series(phase: Phase, room: str, j: int, sim: Sim, rate: float) -> None:
+    count = len(phase.senders)
+    for k in range(phase.book.planned[j]):
+        scheduled = phase.started_ns + int((k * count + j) * 1e9 / rate)
+        delay = (scheduled - now_ns()) / 1e9
+        if delay > 0:
+            await trio.sleep(delay)
+        if sim.client is None or not sim.alive:
+            return
+        try:
+            await sim.client.say(room, counted_text(j, k, scheduled))
+        except SEND_ERRORS:
+            phase.send_failures += 1
+            return
+        phase.book.sent[j] += 1
+        phase.max_send_lag_ms = max(phase.max_send_lag_ms, (now_ns() - scheduled) / 1e6)
+
+
+async def _await_deliveries(
+    ctx: Context, phase: Phase, senders: trio.Nursery, deadline: float
+) -> bool:
+    planned = sum(phase.book.planned) * len(phase.receivers)
+    while True:
+        ctx.progress(phase.title, phase.book.delivered, planned)
+        sending = bool(senders.child_tasks)
+        if not sending and phase.book.delivered >= phase.expected:
+            return True
+        if trio.current_time() > deadline:
+            return False
+        await trio.sleep(0.05)
+
+
+# --- checks -----------------------------------------------------------------------
+
+
+def delivery_checks(result: ScenarioResult, phase: Phase, who: str = "every client") -> None:
+    """Exactly once, in order, nothing else wrong; the phase's figures."""
+    book = phase.book
+    senders = range(len(book.planned))
+    lost = dup = disorder = seq = strangers = garbled = 0
+    for sim in phase.receivers:
+        sim_lost, sim_dup = sim.tally.lost_and_duplicated(book.sent, senders)
+        lost, dup = lost + sim_lost, dup + sim_dup
+        disorder += sim.tally.out_of_order
+        seq += sim.tally.seq_defects
+        strangers += sim.tally.strangers
+        garbled += sim.tally.garbled
+    sent = sum(book.sent)
+    prefix = f"{phase.label}: " if phase.label else ""
+    result.check(
+        f"{prefix}exactly once",
+        f"{who} receives each of the messages sent exactly once (lost = 0, duplicated = 0)",
+        lost == 0 and dup == 0 and strangers == 0 and phase.complete,
+        f"{sent} sent x {len(phase.receivers)} receivers: lost {lost}, duplicated {dup},"
+        f" unknown {strangers}" + ("" if phase.complete else " (deadline passed)"),
+    )
+    result.check(
+        f"{prefix}in order",
+        "per-sender order kept and room seq strictly consecutive (no gap, no repeat)",
+        disorder == 0 and seq == 0 and garbled == 0,
+        f"out of order {disorder}, seq defects {seq}, undecodable lines {garbled}",
+    )
+    result.check(
+        f"{prefix}all sends accepted",
+        "every scheduled message was sent, and no receiver got an error",
+        phase.send_failures == 0 and sent == sum(book.planned) and not _errors(phase.receivers),
+        f"sent {sent}/{sum(book.planned)}, send failures {phase.send_failures},"
+        f" errors {_errors(phase.receivers) or 'none'}",
+    )
+    key = f"{phase.label}_" if phase.label else ""
+    result.figures.update(book.latency.figures(key))
+    result.figures[f"{key}deliveries"] = book.delivered
+    result.figures[f"{key}deliveries_per_s"] = round(book.delivered / phase.elapsed_s())
+    result.figures[f"{key}max_send_lag_ms"] = round(phase.max_send_lag_ms, 2)
+
+
+def _errors(sims: list[Sim]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for sim in sims:
+        for code, count in sim.tally.errors.items():
+            total[code] = total.get(code, 0) + count
+    return total
+
+
+def connect_check(result: ScenarioResult, sims: list[Sim]) -> bool:
+    failed = [sim for sim in sims if sim.client is None]
+    first = f"; first failure: {failed[0].failure}" if failed else ""
+    return result.check(
+        "all connected",
+        "every simulated client connects and is welcomed",
+        not failed,
+        f"{len(sims) - len(failed)}/{len(sims)} connected{first}",
+    )
+
+
+def latency_bound_ms(baseline_p99_ms: float) -> float:
+    """The p99 a fault phase may reach: 5x the no-fault p99, or it + 250 ms, whichever is more."""
+    return max(5 * baseline_p99_ms, baseline_p99_ms + 250.0)
+
+
+def latency_check(result: ScenarioResult, baseline: Phase, fault: Phase) -> None:
+    base = baseline.book.latency.ms(99)
+    seen = fault.book.latency.ms(99)
+    bound = latency_bound_ms(base)
+    measured = fault.complete and fault.book.latency.count > 0
+    result.check(
+        "latency unaffected",
+        "others' p99 <= max(5 x no-fault p99, no-fault p99 + 250 ms), every message measured",
+        measured and seen <= bound and not math.isnan(seen),
+        f"p99 {seen:.1f} ms vs no-fault {base:.1f} ms (bound {bound:.1f} ms)",
+    )

@@ -1,0 +1,158 @@
+"""A deliberately broken "server" for the harness's own tests: a real server behind a bad proxy.
+
+:class:`FaultyProxy` listens on 127.0.0.1 and forwards each TCP connection to a
+real triochat server, cutting the server-to-client direction into lines so it
+can misbehave the way a buggy server would: drop, duplicate or reorder one
+counted message, swallow ``left`` or ``error`` events, keep a session alive
+after its client vanished (a leak), buffer without bound for a client that
+stopped reading (a server that never evicts), or forward to every client
+through one lock (a fan-out that awaits every client). With no fault it is
+transparent, which the tests also check, so each failure is the fault's doing.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import trio
+
+from triochat.client import parse_url
+from triochat.protocol import LineSplitter
+
+RECEIVE = 64 * 1024
+COUNTED = b'"text":"h:'
+
+
+@dataclass(frozen=True)
+class Faults:
+    drop_counted: int = 0
+    """Drop the Nth counted message line the proxy forwards (1-based; 0: never)."""
+    duplicate_counted: int = 0
+    swap_counted: int = 0
+    """Hold the Nth counted message line back and send it after the next line."""
+    drop_left: bool = False
+    drop_errors: bool = False
+    keep_upstream: bool = False
+    """When a client goes, keep its server connection open (the server leaks it)."""
+    unbounded: bool = False
+    """Read from the server regardless of the client (the server never sees a slow reader)."""
+    serialize: bool = False
+    """Forward to every client under one lock: one stalled client stalls everyone."""
+
+
+class FaultyProxy:
+    def __init__(self, upstream: str, faults: Faults) -> None:
+        address = parse_url(upstream)
+        self._host, self._port = address.host, address.port
+        self.faults = faults
+        self._counted = 0
+        self._lock = trio.Lock()
+        self.url = ""
+
+    async def serve(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listeners[0].socket.getsockname()[1]
+        self.url = f"tcp://127.0.0.1:{port}"
+        async with trio.open_nursery() as nursery:
+            await nursery.start(trio.serve_listeners, self._handle, listeners)
+            task_status.started(self.url)
+
+    async def _handle(self, client: trio.SocketStream) -> None:
+        server = await trio.open_tcp_stream(self._host, self._port)
+        async with client, server, trio.open_nursery() as nursery:
+            nursery.start_soon(self._upstream, client, server, nursery.cancel_scope)
+            await self._downstream(server, client)
+            nursery.cancel_scope.cancel()
+
+    async def _upstream(
+        self, client: trio.SocketStream, server: trio.SocketStream, scope: trio.CancelScope
+    ) -> None:
+        try:
+            while data := await client.receive_some(RECEIVE):
+                await server.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        if self.faults.keep_upstream:
+            await trio.sleep_forever()
+        scope.cancel()
+
+    async def _downstream(self, server: trio.SocketStream, client: trio.SocketStream) -> None:
+        if self.faults.unbounded:
+            await self._downstream_unbounded(server, client)
+            return
+        splitter = LineSplitter(2**26)
+        held: list[bytes] = []
+        try:
+            while data := await server.receive_some(RECEIVE):
+                out = b"".join(self._mutate(line, held) for line in splitter.feed(data))
+                if out:
+                    await self._send(client, out)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            if self.faults.keep_upstream:  # the client is gone; the server must not know
+                await _discard(server)
+
+    async def _send(self, client: trio.SocketStream, data: bytes) -> None:
+        if self.faults.serialize:
+            async with self._lock:
+                await client.send_all(data)
+        else:
+            await client.send_all(data)
+
+    def _mutate(self, line: bytes, held: list[bytes]) -> bytes:
+        faults = self.faults
+        out = line + b"\n"
+        if held:
+            out, held[:] = out + held[0], []
+        if COUNTED in line:
+            self._counted += 1
+            if self._counted == faults.drop_counted:
+                return b""
+            if self._counted == faults.duplicate_counted:
+                return out + line + b"\n"
+            if self._counted == faults.swap_counted:
+                held.append(line + b"\n")
+                return b""
+        if faults.drop_left and line.startswith(b'{"type":"left"'):
+            return b""
+        if faults.drop_errors and line.startswith(b'{"type":"error"'):
+            return b""
+        return out
+
+    async def _downstream_unbounded(
+        self, server: trio.SocketStream, client: trio.SocketStream
+    ) -> None:
+        queue: deque[bytes] = deque()
+        more = trio.Event()
+        ended = False
+
+        async def pump() -> None:
+            nonlocal ended
+            try:
+                while data := await server.receive_some(RECEIVE):
+                    queue.append(data)
+                    more.set()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            ended = True
+            more.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pump)
+            try:
+                while queue or not ended:
+                    await more.wait()
+                    more = trio.Event()
+                    while queue:
+                        await client.send_all(queue.popleft())
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            nursery.cancel_scope.cancel()
+
+
+async def _discard(server: trio.SocketStream) -> None:
+    try:
+        while await server.receive_some(RECEIVE):
+            pass
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass

@@ -1,0 +1,111 @@
+"""Each scenario fails loudly against a server that breaks what it proves.
+
+The "server" is a real one behind :class:`~tests.harness.proxy.FaultyProxy`.
+A transparent proxy passes every scenario (first test), so each failure below
+is the fault's doing, and the test names the check that must catch it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import trio
+
+from harness.model import Report
+from harness.options import SCENARIOS, Options
+from harness.runner import run_harness
+from tests.harness.proxy import Faults, FaultyProxy
+from triochat.server import Server, ServerConfig, serve
+
+FAST = Options(
+    clients=5, messages=4, rate=300.0, duration=1.0, settle=2.0, evict_within=3.0, quiet=True
+)
+SERVER = ServerConfig(port=None, tcp_port=0, outbox_bytes=256 * 1024)
+
+
+async def _proxied(nursery: trio.Nursery, faults: Faults) -> str:
+    server: Server = await nursery.start(serve, SERVER)
+    proxy = FaultyProxy(server.url("tcp"), faults)
+    url: str = await nursery.start(proxy.serve)
+    return url
+
+
+def describe(report: Report) -> str:
+    return "\n".join(
+        f"{s.name}/{c.name}: {c.passed} {c.observed}" for s in report.scenarios for c in s.checks
+    )
+
+
+def failed_checks(report: Report) -> set[str]:
+    return {c.name for s in report.scenarios for c in s.checks if c.passed is False}
+
+
+async def test_transparent_proxy_passes_everything(nursery: trio.Nursery) -> None:
+    url = await _proxied(nursery, Faults())
+    with trio.fail_after(60):
+        report = await run_harness(replace(FAST, urls=(url,), seed=3))
+    assert failed_checks(report) == set(), describe(report)
+    assert report.exit_code == 0
+    assert [s.name for s in report.scenarios] == list(SCENARIOS)
+
+
+BROKEN = [
+    pytest.param(Faults(drop_counted=7), "broadcast", "exactly once", id="drops-a-message"),
+    pytest.param(Faults(duplicate_counted=7), "broadcast", "exactly once", id="duplicates"),
+    pytest.param(Faults(swap_counted=7), "broadcast", "in order", id="reorders"),
+    pytest.param(Faults(drop_left=True), "disconnect", "one left{quit} each", id="no-left-quit"),
+    pytest.param(
+        Faults(keep_upstream=True),
+        "broken_pipe",
+        "one left{disconnected} each",
+        id="misses-resets",
+    ),
+    pytest.param(
+        Faults(unbounded=True), "slow_reader", "stalled reader evicted", id="never-evicts"
+    ),
+    pytest.param(
+        Faults(serialize=True), "slow_reader", "stalled: exactly once", id="fan-out-awaits-all"
+    ),
+    pytest.param(Faults(drop_errors=True), "flood", "flooder held back", id="no-rate-limit"),
+    pytest.param(
+        Faults(drop_errors=True), "bad_input", "documented error codes", id="no-error-codes"
+    ),
+    pytest.param(Faults(keep_upstream=True), "churn", "no leaked members", id="leaks-sessions"),
+]
+
+
+@pytest.mark.parametrize(("faults", "scenario", "check"), BROKEN)
+async def test_broken_server_fails_the_scenario(
+    nursery: trio.Nursery, faults: Faults, scenario: str, check: str
+) -> None:
+    url = await _proxied(nursery, faults)
+    with trio.fail_after(60):
+        report = await run_harness(replace(FAST, urls=(url,), scenarios=(scenario,), seed=3))
+    assert check in failed_checks(report), describe(report)
+    assert report.exit_code == 1
+
+
+async def test_cli_exits_1_on_a_broken_server(nursery: trio.Nursery, tmp_path: Path) -> None:
+    url = await _proxied(nursery, Faults(drop_counted=3))
+    path = tmp_path / "report.json"
+    command = [sys.executable, "-m", "harness", "--url", url, "--scenario", "broadcast"]
+    command += ["--json", str(path)]
+    command += ["--clients", "4", "--messages", "3", "--rate", "200", "--settle", "2", "--quiet"]
+    with trio.fail_after(60):
+        done = await trio.run_process(
+            command, capture_stdout=True, capture_stderr=True, check=False
+        )
+    assert done.returncode == 1, done.stderr.decode()
+    out = done.stdout.decode()
+    assert "FAIL" in out
+    assert "lost 1," in out
+    report = json.loads(path.read_text())
+    assert report["passed"] is False
+    assert report["exit_code"] == 1
+    checks = {c["name"]: c for c in report["scenarios"][0]["checks"]}
+    assert checks["exactly once"]["status"] == "fail"
+    assert "lost 1," in checks["exactly once"]["observed"]
