@@ -1,0 +1,1 @@
+"""The fan-out benchmark: ``python -m bench`` (``make bench``); see docs/performance.md."""

@@ -1,0 +1,102 @@
+"""The reference peer: a minimal broadcast chat server on the ``websockets`` library.
+
+It speaks just enough of triochat's protocol for the same load generator to
+drive it: ``hello`` gets one ``welcome`` line and membership of the hello's
+rooms; ``say`` gets the message encoded once and pushed to every member with
+``websockets.broadcast()`` (which writes to each connection's transport
+without awaiting). No history, no acks, no flood control, no keepalive pings:
+this is the peer's best case, the figure the issue's table quotes for it.
+
+Run as ``python -m bench.peer --port 0``; it prints ``listening ws://HOST:PORT``
+like ``triochat serve`` and stops cleanly on SIGTERM or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+
+from websockets.asyncio.server import ServerConnection, broadcast, serve
+from websockets.exceptions import ConnectionClosed
+
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+class Rooms:
+    """Room name → members, and each room's sequence number."""
+
+    def __init__(self) -> None:
+        self.members: defaultdict[str, set[ServerConnection]] = defaultdict(set)
+        self.seq: defaultdict[str, int] = defaultdict(int)
+
+    def say(self, room: str, nick: str, text: str, ref: object) -> None:
+        self.seq[room] += 1
+        event = {
+            "type": "message",
+            "room": room,
+            "seq": self.seq[room],
+            "from": nick,
+            "text": text,
+            "ts": round(time.time(), 3),
+            "id": ref,
+        }
+        broadcast(self.members[room], _encode(event) + "\n")
+
+    def leave(self, conn: ServerConnection, rooms: Iterable[str]) -> None:
+        for room in rooms:
+            self.members[room].discard(conn)
+
+
+async def _session(rooms: Rooms, conn: ServerConnection) -> None:
+    hello = json.loads(await conn.recv())
+    nick, joined = str(hello["nick"]), [str(r) for r in hello.get("rooms") or ["lobby"]]
+    await conn.send(_encode({"type": "welcome", "nick": nick, "rooms": joined}) + "\n")
+    for room in joined:
+        rooms.members[room].add(conn)
+    try:
+        async for message in conn:
+            text = message if isinstance(message, str) else message.decode()
+            for line in text.splitlines():
+                event = json.loads(line)
+                if event.get("type") == "say" and event.get("room") in joined:
+                    rooms.say(event["room"], nick, event["text"], event.get("id"))
+    finally:
+        rooms.leave(conn, joined)
+
+
+async def run(host: str, port: int) -> None:
+    rooms = Rooms()
+
+    async def handler(conn: ServerConnection) -> None:
+        with contextlib.suppress(ConnectionClosed):  # a client leaving is not an error
+            await _session(rooms, conn)
+
+    stop = asyncio.get_running_loop().create_future()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(signum, stop.set_result, None)
+    # A deep backlog like trio's default: bursts of connects must not hit SYN retries.
+    async with serve(
+        handler, host, port, ping_interval=None, compression=None, backlog=4096
+    ) as server:
+        for sock in server.sockets:
+            bound_host, bound_port = sock.getsockname()[:2]
+            print(f"listening ws://{bound_host}:{bound_port}", flush=True)
+        await stop
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Reference broadcast peer on `websockets`.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    asyncio.run(run(args.host, args.port))
+
+
+if __name__ == "__main__":
+    main()

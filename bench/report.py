@@ -1,0 +1,309 @@
+"""Turning :class:`bench.runner.Results` into tables, a JSON document and the issue's targets."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from bench.runner import DISTURBED, PEER_WS, Results, Row
+
+
+@dataclass(frozen=True)
+class Target:
+    number: int
+    goal: str
+    measured: str
+    met: bool | None
+    """None: not measured in this run."""
+
+
+def rate(value: float) -> str:
+    """116k, 1.39M: deliveries/s the way the issue writes them."""
+    if value >= 1e6:
+        return f"{value / 1e6:.2f}M"
+    if value >= 1e3:
+        return f"{value / 1e3:.0f}k"
+    return f"{value:.0f}"
+
+
+def find(
+    results: Results, server: str, transport: str, n: int, k: int, *, history: bool = False
+) -> Row | None:
+    for row in results.rows:
+        if (row.server, row.transport, row.clients, row.in_flight, row.history) == (
+            server,
+            transport,
+            n,
+            k,
+            history,
+        ) and not row.error:
+            return row
+    return None
+
+
+def short_label(server: str, transport: str, *, history: bool = False) -> str:
+    """``websockets ws``, ``triochat tcp+db``: narrow enough for one table column."""
+    return f"{server.split()[0]} {transport}" + ("+db" if history else "")
+
+
+# --- targets -----------------------------------------------------------------------------
+
+
+def targets(results: Results) -> list[Target]:
+    return [
+        *_throughput_targets(results),
+        *_latency_targets(results),
+        _idle_target(results),
+        _handshake_target(results),
+        *_history_targets(results),
+        Target(
+            6,
+            "harness `broadcast --clients 1000` reports in the same units",
+            "not run by make bench: compare its deliveries_per_s / p99_ms with these",
+            None,
+        ),
+    ]
+
+
+def _throughput_targets(results: Results) -> list[Target]:
+    ws = find(results, "triochat", "ws", 200, 32)
+    tcp = find(results, "triochat", "tcp", 200, 32)
+    peer = find(results, PEER_WS.server, "ws", 200, 32)
+    out = []
+    if ws and peer:
+        ratio = ws.deliveries_per_s / peer.deliveries_per_s
+        measured = f"{ratio:.2f}x ({rate(ws.deliveries_per_s)} vs {rate(peer.deliveries_per_s)}/s)"
+        out.append(Target(1, "N=200, 32 in flight: WS >= 5x the peer", measured, ratio >= 5))
+    else:
+        out.append(Target(1, "N=200, 32 in flight: WS >= 5x the peer", "not measured", None))
+    for row, limit, name in ((ws, 1.5, "WS"), (tcp, 1.0, "TCP")):
+        goal = f"N=200, 32 in flight: {name} <= {limit} us server CPU per delivery"
+        if row is None:
+            out.append(Target(1, goal, "not measured", None))
+        else:
+            us = row.server_cpu_us_per_delivery
+            out.append(Target(1, goal, f"{us:.2f} us", us <= limit))
+    return out
+
+
+def _latency_targets(results: Results) -> list[Target]:
+    out = []
+    for n in (50, 200):
+        goal = f"1 in flight, N={n}: triochat WS p99 <= the peer's"
+        ours = find(results, "triochat", "ws", n, 1)
+        peer = find(results, PEER_WS.server, "ws", n, 1)
+        if ours is None or peer is None:
+            out.append(Target(2, goal, "not measured", None))
+            continue
+        measured = f"{ours.p99_ms:.2f} ms vs {peer.p99_ms:.2f} ms"
+        tcp = find(results, "triochat", "tcp", n, 1)
+        if tcp is not None:
+            measured += f" (TCP {tcp.p99_ms:.2f} ms)"
+        out.append(Target(2, goal, measured, ours.p99_ms <= peer.p99_ms))
+    return out
+
+
+def _idle_target(results: Results) -> Target:
+    goal = "10,000 idle connections at <= 24 KiB RSS each (triochat WS)"
+    entry = next(
+        (e for e in results.idle if (e.server, e.transport) == ("triochat", "ws") and not e.error),
+        None,
+    )
+    if entry is None:
+        return Target(3, goal, "not measured", None)
+    measured = f"{entry.rss_per_conn_kib:.1f} KiB at {entry.connections:,}"
+    tcp = next(
+        (e for e in results.idle if (e.server, e.transport) == ("triochat", "tcp") and not e.error),
+        None,
+    )
+    if tcp is not None:
+        measured += f" (TCP {tcp.rss_per_conn_kib:.1f} KiB)"
+    met = entry.rss_per_conn_kib <= 24 if entry.connections >= 10_000 else None
+    return Target(3, goal, measured, met)
+
+
+def _handshake_target(results: Results) -> Target:
+    goal = ">= 2,000 WebSocket handshakes per second"
+    entry = next((e for e in results.handshakes if e.server == "triochat" and not e.error), None)
+    if entry is None:
+        return Target(4, goal, "not measured", None)
+    return Target(4, goal, f"{entry.per_s:,.0f}/s", entry.per_s >= 2000)
+
+
+def _history_targets(results: Results) -> list[Target]:
+    out = []
+    n = results.settings.history_size
+    k = max(results.settings.history_in_flight)
+    for transport in ("ws", "tcp"):
+        goal = (
+            f"history on costs <= 20% of deliveries/s ({transport.upper()}, N={n}, {k} in flight)"
+        )
+        off = find(results, "triochat", transport, n, k)
+        on = find(results, "triochat", transport, n, k, history=True)
+        if off is None or on is None:
+            out.append(Target(5, goal, "not measured", None))
+            continue
+        cost = 1 - on.deliveries_per_s / off.deliveries_per_s
+        measured = f"{cost:.0%} ({rate(on.deliveries_per_s)} vs {rate(off.deliveries_per_s)}/s)"
+        out.append(Target(5, goal, measured, cost <= 0.20))
+    return out
+
+
+# --- output ---------------------------------------------------------------------------------
+
+
+def print_report(results: Results, console: Console) -> None:
+    console.print(_throughput_table(results))
+    console.print(_history_table(results))
+    console.print(_handshake_table(results))
+    console.print(_idle_table(results))
+    console.print(_target_table(targets(results)))
+    for note in results.notes:
+        console.print(f"[yellow]note:[/] {note}")
+
+
+def _throughput_table(results: Results) -> Table:
+    table = Table(title="Fan-out: every member receives every broadcast (100-byte text)")
+    for name in (
+        "server",
+        "N",
+        "in flight",
+        "deliveries/s",
+        "x peer",
+        "p50 ms",
+        "p99 ms",
+        "CPU us/deliv",
+        "server CPU",
+        "other CPU",
+        "loadgen CPU",
+        "deliv/read",
+        "RSS/conn KiB",
+    ):
+        table.add_column(name, justify="left" if name == "server" else "right")
+    for row in results.rows:
+        label = short_label(row.server, row.transport, history=row.history)
+        if row.error:
+            table.add_row(label, str(row.clients), str(row.in_flight), f"[red]{row.error}[/]")
+            continue
+        loadgen = f"{row.loadgen_cpu_share:.0%}"
+        if row.loadgen_cpu_share > 0.9:
+            loadgen = f"[red]{loadgen}[/]"
+        other = f"{row.other_cpu_share:.0%} / {row.loadgen_other_cpu_share:.0%}"
+        if max(row.other_cpu_share, row.loadgen_other_cpu_share) > DISTURBED:
+            other = f"[yellow]{other}[/]"
+        table.add_row(
+            label,
+            str(row.clients),
+            str(row.in_flight),
+            rate(row.deliveries_per_s),
+            "" if row.vs_peer is None else f"{row.vs_peer:.2f}",
+            f"{row.p50_ms:.2f}",
+            f"{row.p99_ms:.2f}",
+            f"{row.server_cpu_us_per_delivery:.2f}",
+            f"{row.server_cpu_share:.0%}",
+            other,
+            loadgen,
+            f"{row.deliveries_per_read:.1f}",
+            f"{row.rss_per_conn_kib:.1f}",
+        )
+    return table
+
+
+def _history_table(results: Results) -> Table:
+    table = Table(title=f"History on (--db) vs --no-history, N={results.settings.history_size}")
+    for name in (
+        "transport",
+        "in flight",
+        "--no-history",
+        "--db",
+        "cost",
+        "CPU us/deliv off",
+        "on",
+        "p99 ms off",
+        "on",
+    ):
+        table.add_column(name, justify="right")
+    n = results.settings.history_size
+    for transport in ("ws", "tcp"):
+        for k in results.settings.history_in_flight:
+            off = find(results, "triochat", transport, n, k)
+            on = find(results, "triochat", transport, n, k, history=True)
+            if off is None or on is None:
+                continue
+            cost = 1 - on.deliveries_per_s / off.deliveries_per_s
+            table.add_row(
+                transport,
+                str(k),
+                rate(off.deliveries_per_s),
+                rate(on.deliveries_per_s),
+                f"{cost:.0%}",
+                f"{off.server_cpu_us_per_delivery:.2f}",
+                f"{on.server_cpu_us_per_delivery:.2f}",
+                f"{off.p99_ms:.2f}",
+                f"{on.p99_ms:.2f}",
+            )
+    return table
+
+
+def _handshake_table(results: Results) -> Table:
+    table = Table(title="WebSocket handshakes (connect, upgrade, close)")
+    for name in (
+        "server",
+        "per second",
+        "server CPU us each",
+        "server CPU",
+        "loadgen CPU",
+        "failed",
+    ):
+        table.add_column(name, justify="left" if name == "server" else "right")
+    for e in results.handshakes:
+        if e.error:
+            table.add_row(e.server, f"[red]{e.error}[/]")
+            continue
+        table.add_row(
+            e.server,
+            f"{e.per_s:,.0f}",
+            f"{e.server_cpu_us_each:.0f}",
+            f"{e.server_cpu_share:.0%}",
+            f"{e.loadgen_cpu_share:.0%}",
+            str(e.failed),
+        )
+    return table
+
+
+def _idle_table(results: Results) -> Table:
+    table = Table(title="Idle connections held by one server process (hello'd, rooms of 10)")
+    for name in ("server", "connections", "RSS/conn KiB", "base RSS MiB", "connect s"):
+        table.add_column(name, justify="left" if name == "server" else "right")
+    for e in results.idle:
+        label = short_label(e.server, e.transport)
+        if e.error:
+            table.add_row(label, f"[red]{e.error}[/]")
+            continue
+        table.add_row(
+            label,
+            f"{e.connections:,}",
+            f"{e.rss_per_conn_kib:.1f}",
+            f"{e.rss_base_mib:.1f}",
+            f"{e.connect_s:.1f}",
+        )
+    return table
+
+
+def _target_table(items: list[Target]) -> Table:
+    table = Table(title="Targets of issue 6")
+    for name in ("#", "target", "measured", "met"):
+        table.add_column(name)
+    for t in items:
+        met = {True: "[green]yes[/]", False: "[red]no[/]", None: "[dim]-[/]"}[t.met]
+        table.add_row(str(t.number), t.goal, t.measured, met)
+    return table
+
+
+def to_json(results: Results, meta: dict[str, Any]) -> dict[str, Any]:
+    doc = {"meta": meta, **asdict(results)}
+    doc["targets"] = [asdict(t) for t in targets(results)]
+    return doc
