@@ -98,7 +98,8 @@ class Client:
         self._conn = conn
         self.address = address
         self.welcome: Welcome | None = None
-        self._pending: deque[ServerEvent] = deque()
+        self._pending: deque[bytes] = deque()
+        """Lines read but not yet handed out, whichever way the caller reads."""
         self._send_lock = trio.StrictFIFOLock()
         self._closed = False
 
@@ -149,16 +150,17 @@ class Client:
 
     async def receive(self) -> ServerEvent:
         """The next server event; :class:`ConnectionLost` once the server has gone."""
-        while not self._pending:
-            for line in await self.receive_lines():
-                self._pending.append(decode_server(line))
-        return self._pending.popleft()
+        return decode_server(await self._next_line())
 
     async def receive_lines(self) -> list[bytes]:
         """The next raw lines, undecoded (cheap counting for load tools).
 
         Server keepalive pings are answered here, whichever way the caller reads.
         """
+        if self._pending:
+            lines = list(self._pending)
+            self._pending.clear()
+            return lines
         lines = await self._conn.receive_lines()
         if not self._conn.native_ping and any(b'"type":"ping"' in line for line in lines):
             await self._answer_pings(lines)
@@ -183,19 +185,25 @@ class Client:
 
     async def _hello(self, hello: Hello) -> Welcome:
         await self.send(hello)
-        early: list[ServerEvent] = []
+        early: list[bytes] = []  # e.g. room_invalid errors: the caller still gets them
         while True:
             try:
-                event = await self.receive()
+                line = await self._next_line()
             except ConnectionLost:
                 raise ConnectError(f"{self.address}: the server closed the connection") from None
+            event = decode_server(line)
             if isinstance(event, Welcome):
                 self._pending.extendleft(reversed(early))
                 self.welcome = event
                 return event
             if isinstance(event, Error) and event.code in _HELLO_REFUSALS:
                 raise Rejected(event.code, event.message)
-            early.append(event)
+            early.append(line)
+
+    async def _next_line(self) -> bytes:
+        while not self._pending:
+            self._pending.extend(await self.receive_lines())
+        return self._pending.popleft()
 
     async def aclose(self, grace: float = 2.0) -> None:
         """Close the connection politely, within ``grace`` seconds."""

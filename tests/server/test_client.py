@@ -10,7 +10,7 @@ from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessa
 from tests.server.helpers import settle_join
 from triochat.client import open_client
 from triochat.errors import ConnectError, ConnectionClosed, ConnectionLost
-from triochat.protocol import encode
+from triochat.protocol import decode_server, encode
 from triochat.protocol.events import Limits, Welcome
 from triochat.server import Server
 
@@ -114,3 +114,14 @@ async def test_a_server_ping_during_our_close_does_not_escape(nursery: trio.Nurs
         async with open_client(f"ws://127.0.0.1:{port}", "ada") as ada:
             assert ada.welcome is not None
     nursery.cancel_scope.cancel()
+
+
+async def test_raw_readers_get_every_line_after_welcome(url: str) -> None:
+    """What arrived with the welcome (own joined, replay, members) is not lost to raw readers."""
+    with trio.fail_after(5):
+        async with open_client(url, "ada") as ada:
+            lines: list[bytes] = []
+            while not any(b'"type":"members"' in line for line in lines):
+                lines += await ada.receive_lines()
+            kinds = [type(decode_server(line)).__name__ for line in lines]
+            assert kinds == ["Joined", "HistoryPage", "Members"]
