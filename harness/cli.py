@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="harness",
         description="Load and fault harness for triochat servers: proves broadcast, disconnect,"
-        " broken-pipe, slow-reader, flood, bad-input and churn handling, and measures latency."
+        " broken-pipe, slow-reader, flood, bad-input, churn and resume handling, and measures"
+        " latency."
         " Exit status: 0 all checks passed, 1 a check failed, 2 bad usage or unreachable.",
     )
     p.add_argument("--clients", type=_positive_int, default=50, help="simulated clients (50)")

@@ -19,6 +19,7 @@ SCENARIOS = (
     "flood",
     "bad_input",
     "churn",
+    "resume",
 )
 PER_CLIENT_RATE = 10.0
 """Messages per second one simulated client sends by default."""

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 
 from harness.context import Context
 from harness.model import ScenarioResult
-from harness.scenarios import bad_input, broadcast, churn, departures, flood, slow_reader
+from harness.scenarios import bad_input, broadcast, churn, departures, flood, resume, slow_reader
 
 Run = Callable[[Context, ScenarioResult], Awaitable[None]]
 
@@ -18,4 +18,5 @@ SCENARIOS: dict[str, tuple[str, Run]] = {
     "flood": (flood.PROVES, flood.run),
     "bad_input": (bad_input.PROVES, bad_input.run),
     "churn": (churn.PROVES, churn.run),
+    "resume": (resume.PROVES, resume.run),
 }

@@ -116,15 +116,21 @@ class Tally:
             except Exception:  # any undecodable line is a defect to count, not a crash
                 self.garbled += 1
                 continue
-            self._take(line, stamp)
+            self.take_line(line, stamp)
 
-    def _take(self, line: Line, stamp: int) -> None:
+    def take_line(self, line: Line, stamp: int, *, replayed: bool = False) -> None:
+        """Account for one decoded event received at ``stamp``.
+
+        ``replayed``: it came from a ``history`` replay, so it counts and is
+        checked like a live event, but its latency (it waited for a
+        reconnection) does not go into the histogram.
+        """
         self.events += 1
         kind = line.type
         if kind in ("message", "joined", "left") and line.room is not None:
             self._room_event(line.room, line.seq)
         if kind == "message":
-            self._message(line.text, stamp)
+            self._message(line.text, stamp, replayed)
         elif kind == "left":
             self.lefts.append(Leaving(line.room or "", line.nick, line.reason, stamp))
         elif kind == "joined":
@@ -144,7 +150,7 @@ class Tally:
             self.seq_defects += 1
         self._room_seq[room] = seq
 
-    def _message(self, text: str, stamp: int) -> None:
+    def _message(self, text: str, stamp: int, replayed: bool = False) -> None:
         counted = parse_counted(text)
         book = self.book
         if counted is None or book is None:
@@ -164,7 +170,8 @@ class Tally:
             self._highest[sender] = n
         book.delivered += 1
         book.last_receipt_ns = stamp
-        book.latency.record_ns(stamp - scheduled)
+        if not replayed:
+            book.latency.record_ns(stamp - scheduled)
 
     # --- verdicts --------------------------------------------------------------
 
@@ -177,6 +184,14 @@ class Tally:
             lost += sent[sender] - (len(got) - got.count(0))
             dup += sum(counts) - (len(counts) - counts.count(0))
         return lost, dup
+
+    def received(self) -> int:
+        """Counted messages of the current phase received, copies included."""
+        return sum(sum(counts) for counts in self._counts.values())
+
+    def last_seq(self, room: str) -> int | None:
+        """The ``seq`` of the last room event of ``room`` received (None: none yet)."""
+        return self._room_seq.get(room)
 
     def left_of(self, nick: str) -> list[Leaving]:
         return [left for left in self.lefts if left.nick == nick]

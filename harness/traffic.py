@@ -65,8 +65,11 @@ async def run_phase(
     senders: list[Sim],
     receivers: list[Sim],
     total: int,
+    *,
+    rate: float | None = None,
 ) -> Phase:
-    rate = ctx.options.send_rate()
+    """Send ``total`` counted messages at ``rate`` (default ``--rate``) and wait for them."""
+    rate = rate or ctx.options.send_rate()
     book = Book(plan(total, len(senders)))
     for sim in receivers:
         sim.tally.follow(book)

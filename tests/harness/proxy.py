@@ -3,7 +3,8 @@
 :class:`FaultyProxy` listens on 127.0.0.1 and forwards each TCP connection to a
 real triochat server, cutting the server-to-client direction into lines so it
 can misbehave the way a buggy server would: drop, duplicate or reorder one
-counted message, swallow ``left`` or ``error`` events, keep a session alive
+counted message, swallow ``left`` or ``error`` events, drop or duplicate a
+message inside a ``history`` replay or drop the replay altogether, keep a session alive
 after its client vanished (a leak), buffer without bound for a client that
 stopped reading (a server that never evicts), or forward to every client
 through one lock (a fan-out that awaits every client). With no fault it is
@@ -12,6 +13,7 @@ transparent, which the tests also check, so each failure is the fault's doing.
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from dataclasses import dataclass
 
@@ -22,6 +24,7 @@ from triochat.protocol import LineSplitter
 
 RECEIVE = 64 * 1024
 COUNTED = b'"text":"h:'
+HISTORY = b'{"type":"history"'
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,9 @@ class Faults:
     duplicate_counted: int = 0
     swap_counted: int = 0
     """Hold the Nth counted message line back and send it after the next line."""
+    history: str = ""
+    """What to do to the first ``history`` page that replays a counted message:
+    ``drop`` it, or ``drop_event`` / ``duplicate_event`` one counted message in it."""
     drop_left: bool = False
     drop_errors: bool = False
     keep_upstream: bool = False
@@ -47,6 +53,7 @@ class FaultyProxy:
         self._host, self._port = address.host, address.port
         self.faults = faults
         self._counted = 0
+        self._history_faulted = False
         self._lock = trio.Lock()
         self.url = ""
 
@@ -104,6 +111,8 @@ class FaultyProxy:
         out = line + b"\n"
         if held:
             out, held[:] = out + held[0], []
+        if line.startswith(HISTORY) and COUNTED in line and faults.history:
+            return self._mutate_history(line, out)
         if COUNTED in line:
             self._counted += 1
             if self._counted == faults.drop_counted:
@@ -118,6 +127,24 @@ class FaultyProxy:
         if faults.drop_errors and line.startswith(b'{"type":"error"'):
             return b""
         return out
+
+    def _mutate_history(self, line: bytes, out: bytes) -> bytes:
+        """Apply ``faults.history`` to the first replay page that carries a counted message."""
+        if self._history_faulted:
+            return out
+        self._history_faulted = True
+        rest = out[len(line) + 1 :]  # ``out`` is this line, then any line held back
+        if self.faults.history == "drop":
+            return rest
+        page = json.loads(line)
+        events = page["events"]
+        index = next(i for i, e in enumerate(events) if str(e.get("text", "")).startswith("h:"))
+        if self.faults.history == "drop_event":
+            del events[index]
+        else:
+            events.insert(index, events[index])
+        changed = json.dumps(page, separators=(",", ":")).encode() + b"\n"
+        return changed + rest
 
     async def _downstream_unbounded(
         self, server: trio.SocketStream, client: trio.SocketStream

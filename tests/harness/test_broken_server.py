@@ -75,6 +75,11 @@ BROKEN = [
         Faults(drop_errors=True), "bad_input", "documented error codes", id="no-error-codes"
     ),
     pytest.param(Faults(keep_upstream=True), "churn", "no leaked members", id="leaks-sessions"),
+    pytest.param(
+        Faults(history="duplicate_event"), "resume", "exactly once", id="replays-a-duplicate"
+    ),
+    pytest.param(Faults(history="drop_event"), "resume", "in order", id="replay-has-a-gap"),
+    pytest.param(Faults(history="drop"), "resume", "replay before live", id="no-replay"),
 ]
 
 
