@@ -67,8 +67,13 @@ async def run_phase(
     total: int,
     *,
     rate: float | None = None,
+    extra_settle: float = 0.0,
 ) -> Phase:
-    """Send ``total`` counted messages at ``rate`` (default ``--rate``) and wait for them."""
+    """Send ``total`` counted messages at ``rate`` (default ``--rate``) and wait for them.
+
+    ``extra_settle`` adds time for work the phase itself causes beyond delivery,
+    such as reconnecting clients catching up.
+    """
     rate = rate or ctx.options.send_rate()
     book = Book(plan(total, len(senders)))
     for sim in receivers:
@@ -79,6 +84,7 @@ async def run_phase(
         for j, sim in enumerate(senders):
             nursery.start_soon(_send_series, phase, room, j, sim, rate)
         settle = max(ctx.options.settle, total * len(receivers) / DELIVERIES_PER_SECOND_FLOOR)
+        settle += extra_settle
         deadline = trio.current_time() + total / rate + settle
         phase.complete = await _await_deliveries(ctx, phase, nursery, deadline)
         nursery.cancel_scope.cancel()

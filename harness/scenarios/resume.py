@@ -46,7 +46,7 @@ import trio
 from wsproto.utilities import LocalProtocolError
 
 from harness.context import Context
-from harness.fleet import Fleet, Sim
+from harness.fleet import CONNECT_TIMEOUT_PER_CLIENT, Fleet, Sim
 from harness.model import ScenarioResult
 from harness.raw import RawClient, open_raw
 from harness.tally import Tally
@@ -389,7 +389,12 @@ async def _traffic(ctx: Context, room: str, stayers: list[Sim], droppers: list[D
         dropper.drop_scope.deadline = start + ctx.rng.uniform(*DROP_AT) * span
         dropper.away_s = ctx.rng.uniform(*AWAY) * span
     receivers = stayers + [dropper.sim for dropper in droppers]
-    return await run_phase(ctx, NAME, "", room, stayers, receivers, total, rate=rate)
+    # Reconnecting is a join that every member hears, plus a replay: at large N
+    # the droppers catch up as slowly as they connected in the first place.
+    catch_up = CONNECT_TIMEOUT_PER_CLIENT * len(receivers)
+    return await run_phase(
+        ctx, NAME, "", room, stayers, receivers, total, rate=rate, extra_settle=catch_up
+    )
 
 
 async def _stop(ctx: Context, droppers: list[Dropper]) -> None:
