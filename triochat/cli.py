@@ -33,6 +33,13 @@ def _non_negative(text: str) -> float:
     return value
 
 
+def _positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be more than 0")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -67,7 +74,7 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument(
         "--handshake-timeout",
-        type=_non_negative,
+        type=_positive,
         default=DEFAULTS.handshake_timeout,
         help="seconds to complete the WebSocket upgrade, and again to send hello",
     )
@@ -75,11 +82,11 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--keepalive-interval",
         type=_non_negative,
         default=DEFAULTS.keepalive_interval,
-        help="seconds of client silence before the server checks it is alive",
+        help="seconds of client silence before the server checks it is alive (0: never)",
     )
     p.add_argument(
         "--keepalive-timeout",
-        type=_non_negative,
+        type=_positive,
         default=DEFAULTS.keepalive_timeout,
         help="seconds a client has to answer before it is dropped",
     )

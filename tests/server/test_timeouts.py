@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 
 import trio
 import trio.testing
@@ -108,3 +109,19 @@ async def test_websocket_peer_that_stops_answering_pings_is_dropped(nursery: tri
             left = await skip_until(watcher, Left, nick="mute")
             assert left.reason is LeftReason.TIMEOUT
             ws.cancel_scope.cancel()
+
+
+async def test_keepalive_interval_zero_never_probes(autojump_clock: trio.testing.MockClock) -> None:
+    config = replace(CONFIG, keepalive_interval=0)
+    client_end, server_end = trio.testing.memory_stream_pair()
+    session = Session(StreamConnection(server_end, max_line=config.max_line), Hub(config), config)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(session.run)
+        await client_end.send_all(encode(Hello(nick="quiet")))
+        received = b""
+        with trio.move_on_after(1000 * CONFIG.keepalive_interval):
+            while chunk := await client_end.receive_some():
+                received += chunk
+        assert b'"type":"ping"' not in received
+        assert session.reason is None
+        nursery.cancel_scope.cancel()

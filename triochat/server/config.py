@@ -22,7 +22,7 @@ class ServerConfig:
     handshake_timeout: float = 10.0
     """Seconds from accept to a WebSocket upgrade, and again from there to ``hello``."""
     keepalive_interval: float = 30.0
-    """Seconds of silence from a client before the server checks it is alive."""
+    """Seconds of silence from a client before the server checks it is alive; 0: never."""
     keepalive_timeout: float = 20.0
     """Seconds the client has to answer that check before it is dropped (``timeout``)."""
     close_timeout: float = 2.0

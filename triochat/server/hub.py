@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
@@ -142,9 +142,6 @@ class Hub:
     def __len__(self) -> int:
         """How many clients are attached."""
         return len(self._members)
-
-    def members(self) -> Iterator[Member]:
-        return iter(list(self._members.values()))
 
     def room_nicks(self, room: str) -> list[str]:
         found = self._rooms.get(room)

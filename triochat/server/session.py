@@ -229,6 +229,8 @@ class Session:
 
     async def _keep_alive(self) -> None:
         interval = self._config.keepalive_interval
+        if interval <= 0:
+            return  # keepalive off
         while True:
             await trio.sleep_until(self._last_heard + interval)
             if trio.current_time() < self._last_heard + interval:
