@@ -21,6 +21,7 @@ from harness.model import EXIT_USAGE, Report
 from harness.options import SCENARIOS, Options
 from harness.report import Display, render, write_json
 from harness.runner import run_harness
+from triochat import argtypes
 from triochat.client import parse_url
 from triochat.errors import ConnectError
 
@@ -32,20 +33,6 @@ WIDE = 160
 """Columns for the report when stdout is not a terminal (a log file reads better wide)."""
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be 1 or more")
-    return value
-
-
-def _positive(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{value} must be more than 0")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="harness",
@@ -54,15 +41,19 @@ def build_parser() -> argparse.ArgumentParser:
         " latency."
         " Exit status: 0 all checks passed, 1 a check failed, 2 bad usage or unreachable.",
     )
-    p.add_argument("--clients", type=_positive_int, default=50, help="simulated clients (50)")
     p.add_argument(
-        "--messages", type=_positive_int, help="messages each client sends in broadcast (auto)"
+        "--clients", type=argtypes.positive_int, default=50, help="simulated clients (50)"
     )
     p.add_argument(
-        "--rate", type=_positive, help="messages per second offered by all senders (auto)"
+        "--messages",
+        type=argtypes.positive_int,
+        help="messages each client sends in broadcast (auto)",
     )
     p.add_argument(
-        "--duration", type=_positive, default=3.0, help="seconds of connect/leave churn (3)"
+        "--rate", type=argtypes.positive, help="messages per second offered by all senders (auto)"
+    )
+    p.add_argument(
+        "--duration", type=argtypes.positive, default=3.0, help="seconds of connect/leave churn (3)"
     )
     p.add_argument(
         "--scenario",
@@ -84,13 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seed for the scenarios' random choices")
     p.add_argument(
         "--evict-within",
-        type=_positive,
+        type=argtypes.positive,
         default=15.0,
         help="seconds a stalled reader may take to be evicted (15)",
     )
     p.add_argument(
         "--settle",
-        type=_positive,
+        type=argtypes.positive,
         default=10.0,
         help="seconds to wait for deliveries after the last scheduled send, at least (10)",
     )

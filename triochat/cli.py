@@ -11,106 +11,76 @@ from collections.abc import Sequence
 
 import trio
 
+from triochat import argtypes
 from triochat.errors import ListenError, StoreError
 from triochat.server import ServerConfig, serve
 from triochat.server.store import default_db_path
+from tui.cli import add_arguments as add_tui_arguments
 
 DEFAULTS = ServerConfig()
 GC_THRESHOLD = 50_000
 
 
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{value} is not a port (0-65535)")
-    return value
-
-
-def _non_negative(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
-    return value
-
-
-def _positive(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value} must be more than 0")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be 1 or more")
-    return value
-
-
-def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = commands.add_parser(
-        "serve",
-        help="run the chat server",
-        description="Run the chat server: WebSocket and plain TCP listeners, one NDJSON protocol.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+def _serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default=DEFAULTS.host, help="address to listen on")
-    p.add_argument("--port", type=_port, default=DEFAULTS.port, help="WebSocket port (0: any free)")
     p.add_argument(
-        "--tcp-port", type=_port, default=DEFAULTS.tcp_port, help="TCP port (0: any free)"
+        "--port", type=argtypes.port, default=DEFAULTS.port, help="WebSocket port (0: any free)"
+    )
+    p.add_argument(
+        "--tcp-port", type=argtypes.port, default=DEFAULTS.tcp_port, help="TCP port (0: any free)"
     )
     p.add_argument("--no-tcp", action="store_true", help="do not open the TCP listener")
     p.add_argument(
         "--rate-limit",
-        type=_non_negative,
+        type=argtypes.non_negative,
         default=DEFAULTS.rate_limit,
         help="events per second per client (0: no limit)",
     )
     p.add_argument(
         "--burst",
-        type=_positive_int,
+        type=argtypes.positive_int,
         default=DEFAULTS.burst,
         help="events a client may send at once before the rate applies",
     )
     p.add_argument(
         "--handshake-timeout",
-        type=_positive,
+        type=argtypes.positive,
         default=DEFAULTS.handshake_timeout,
         help="seconds to complete the WebSocket upgrade, and again to send hello",
     )
     p.add_argument(
         "--keepalive-interval",
-        type=_non_negative,
+        type=argtypes.non_negative,
         default=DEFAULTS.keepalive_interval,
         help="seconds of client silence before the server checks it is alive (0: never)",
     )
     p.add_argument(
         "--keepalive-timeout",
-        type=_positive,
+        type=argtypes.positive,
         default=DEFAULTS.keepalive_timeout,
         help="seconds a client has to answer before it is dropped",
     )
     p.add_argument(
         "--drain-timeout",
-        type=_non_negative,
+        type=argtypes.non_negative,
         default=DEFAULTS.drain_timeout,
         help="seconds to say goodbye to every client on shutdown",
     )
     p.add_argument(
         "--max-line",
-        type=_positive_int,
+        type=argtypes.positive_int,
         default=DEFAULTS.max_line,
         help="longest accepted line in bytes",
     )
     p.add_argument(
         "--outbox-events",
-        type=_positive_int,
+        type=argtypes.positive_int,
         default=DEFAULTS.outbox_events,
         help="events queued for one client before it is evicted as too slow",
     )
     p.add_argument(
         "--outbox-bytes",
-        type=_positive_int,
+        type=argtypes.positive_int,
         default=DEFAULTS.outbox_bytes,
         help="bytes queued for one client before it is evicted as too slow",
     )
@@ -121,7 +91,10 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="events of a room's past sent on join",
     )
     p.add_argument(
-        "--retention", type=_positive_int, default=DEFAULTS.retention, help="events kept per room"
+        "--retention",
+        type=argtypes.positive_int,
+        default=DEFAULTS.retention,
+        help="events kept per room",
     )
     p.add_argument(
         "--db",
@@ -139,7 +112,6 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         choices=["debug", "info", "warning", "error"],
         help="stderr log level",
     )
-    p.set_defaults(run=_run_serve)
 
 
 def _config(args: argparse.Namespace) -> ServerConfig:
@@ -197,18 +169,6 @@ def _run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_tui(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from tui.cli import add_arguments  # argparse only; Textual loads when the app runs
-
-    p = commands.add_parser(
-        "tui",
-        help="run the chat client in this terminal",
-        description="The Textual chat client.",
-    )
-    add_arguments(p)
-    p.set_defaults(run=_run_tui)
-
-
 def _run_tui(args: argparse.Namespace) -> int:
     from tui.cli import run_tui
 
@@ -220,8 +180,19 @@ def build_parser() -> argparse.ArgumentParser:
         prog="triochat", description="A chat server and client on Trio."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_serve(commands)
-    _add_tui(commands)
+    serve_parser = commands.add_parser(
+        "serve",
+        help="run the chat server",
+        description="Run the chat server: WebSocket and plain TCP listeners, one NDJSON protocol.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _serve_arguments(serve_parser)
+    serve_parser.set_defaults(run=_run_serve)
+    tui_parser = commands.add_parser(
+        "tui", help="run the chat client in this terminal", description="The Textual chat client."
+    )
+    add_tui_arguments(tui_parser)  # argparse only; Textual loads when the app runs
+    tui_parser.set_defaults(run=_run_tui)
     return parser
 
 

@@ -183,7 +183,8 @@ class Client:
 
     # --- lifecycle ----------------------------------------------------------
 
-    async def _hello(self, hello: Hello) -> Welcome:
+    async def greet(self, hello: Hello) -> Welcome:
+        """Send ``hello`` and wait for ``welcome``; :class:`Rejected` if refused."""
         await self.send(hello)
         early: list[bytes] = []  # e.g. room_invalid errors: the caller still gets them
         while True:
@@ -288,7 +289,7 @@ async def _connect_and_greet(
     try:
         with trio.fail_after(limit):
             client = Client(await connect(address, nursery), address)
-            await client._hello(hello)
+            await client.greet(hello)
             return client
     except trio.TooSlowError:
         raise ConnectError(f"{address}: timed out") from None

@@ -74,7 +74,7 @@ async def test_a_peer_that_answers_pings_stays(autojump_clock: trio.testing.Mock
     hub = Hub(CONFIG)
     async with _session(hub) as (client_end, session):
         client = Client(StreamConnection(client_end, max_line=1 << 20), Address("tcp", "-", 0))
-        await client._hello(Hello(nick="chatty"))
+        await client.greet(Hello(nick="chatty"))
         with trio.move_on_after(10 * CONFIG.keepalive_interval):
             async for _ in client:  # iterating answers the server's pings
                 pass
