@@ -1,0 +1,100 @@
+"""A person's view: the real ``triochat`` commands in a real terminal (tmux), two people chatting.
+
+The screen is read with ``capture-pane`` until what a person would wait for is
+there (or a deadline passes); keys are typed with ``send-keys``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.skipif(
+    shutil.which("tmux") is None, reason="needs tmux (make test installs it)"
+)
+
+
+class Tmux:
+    def __init__(self) -> None:
+        self.socket = f"triochat-test-{uuid.uuid4().hex[:8]}"
+
+    def run(self, *args: str) -> str:
+        done = subprocess.run(
+            ["tmux", "-L", self.socket, *args], capture_output=True, text=True, check=True
+        )
+        return done.stdout
+
+    def screen(self, target: str) -> str:
+        return self.run("capture-pane", "-p", "-t", target)
+
+    def wait_for(self, target: str, text: str, timeout: float = 20.0) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            screen = self.screen(target)
+            if text in screen:
+                return screen
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} never appeared on {target}:\n{screen}")
+            time.sleep(0.1)
+
+    def type(self, target: str, text: str) -> None:
+        self.run("send-keys", "-t", target, "-l", text)
+        self.run("send-keys", "-t", target, "Enter")
+
+
+@pytest.fixture
+def tmux() -> Iterator[Tmux]:
+    session = Tmux()
+    yield session
+    subprocess.run(["tmux", "-L", session.socket, "kill-server"], capture_output=True, check=False)
+
+
+@pytest.fixture
+def server_url() -> Iterator[str]:
+    process = subprocess.Popen(
+        [str(BIN / "triochat"), "serve", "--port", "0", "--tcp-port", "0", "--no-history"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    url = process.stdout.readline().split()[1]
+    process.stdout.readline()
+    yield url
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=10) == 0
+
+
+def test_two_people_chat_in_real_terminals_and_quit_cleanly(tmux: Tmux, server_url: str) -> None:
+    tui = f"{BIN / 'triochat'} tui --url {server_url}"
+    tmux.run(
+        "new-session",
+        "-d",
+        "-s",
+        "chat",
+        "-x",
+        "110",
+        "-y",
+        "30",
+        f"{tui} --nick ada; echo ADA-EXIT=$?; sleep 30",
+    )
+    tmux.run("new-window", "-t", "chat", f"{tui} --nick bob; echo BOB-EXIT=$?; sleep 30")
+    tmux.wait_for("chat:0", "connected")
+    tmux.wait_for("chat:1", "connected")
+    tmux.type("chat:0", "hello [bold]bob[/bold]")
+    screen = tmux.wait_for("chat:1", "ada: hello [bold]bob[/bold]")  # literally, not bold
+    assert "bob" in screen.split("members", 1)[1]
+    tmux.type("chat:1", "/quit")
+    tmux.wait_for("chat:1", "BOB-EXIT=0")
+    tmux.wait_for("chat:0", "← bob quit")
+    tmux.run("send-keys", "-t", "chat:0", "C-q")
+    screen = tmux.wait_for("chat:0", "ADA-EXIT=0")
+    assert "╭" not in screen  # the app's screen is gone: the terminal is back to the shell
