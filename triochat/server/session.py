@@ -26,6 +26,7 @@ import logging
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import NoReturn
 
 import trio
 
@@ -81,8 +82,9 @@ class Session:
         self._flushed = False
         self._io_scope = trio.CancelScope()
         self._writer_scope = trio.CancelScope()
-        self._last_heard = trio.current_time()
-        self._heard: trio.Event | None = None
+        self._nursery: trio.Nursery | None = None
+        self._probe: trio.CancelScope | None = None
+        """The keepalive Ping in flight, if any (WebSocket only)."""
 
     @property
     def nick(self) -> str | None:
@@ -114,6 +116,8 @@ class Session:
         if self._member is not None:
             self._hub.detach(self._member, reason)
         self._io_scope.cancel()
+        if self._probe is not None:
+            self._probe.cancel()
         if flush:
             self._writer_scope.deadline = trio.current_time() + self._config.close_timeout
         else:
@@ -140,26 +144,25 @@ class Session:
         """Serve the client until it leaves or is closed; the connection is released on return."""
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 nursery.start_soon(self._write_loop)
-                with self._io_scope:
+                with self._io_scope, self._ends_on_failure():
                     await self._converse()
-                self.close(LeftReason.DISCONNECTED, flush=False)
+                if self._reason is None:  # the io scope's deadline: no hello in time
+                    self._error(ErrorCode.HELLO_TIMEOUT, "no hello before the handshake deadline")
+                    self.close(LeftReason.DISCONNECTED, CloseCode.POLICY)
         finally:
             if self._member is not None:
                 self._hub.detach(self._member, self._reason or LeftReason.DISCONNECTED)
             await self._say_goodbye()
 
-    async def _converse(self) -> None:
-        with trio.move_on_after(self._config.handshake_timeout) as handshake:
-            with self._ends_on_failure():
-                rest = await self._await_hello()
-                handshake.deadline = math.inf  # the deadline is for strangers only
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._keepalive_loop)
-                    await self._read_loop(rest)
-        if handshake.cancelled_caught:
-            self._error(ErrorCode.HELLO_TIMEOUT, "no hello before the handshake deadline")
-            self.close(LeftReason.DISCONNECTED, CloseCode.POLICY)
+    async def _converse(self) -> NoReturn:
+        # The handshake deadline sits on the io scope itself (one cancel scope less
+        # per connection) and is lifted once the client is in: it is for strangers only.
+        self._io_scope.deadline = trio.current_time() + self._config.handshake_timeout
+        rest = await self._await_hello()
+        self._io_scope.deadline = math.inf
+        await self._read_loop(rest)
 
     @contextmanager
     def _ends_on_failure(self) -> Iterator[None]:
@@ -189,14 +192,49 @@ class Session:
                 elif self._accept(event):
                     return lines[index + 1 :]
 
-    async def _read_loop(self, lines: list[bytes]) -> None:
-        with self._ends_on_failure():
-            while True:
-                for line in lines:
-                    event = self._decode(line)
-                    if event is not None:
-                        self._handle(event)
-                lines = await self._receive()
+    async def _read_loop(self, lines: list[bytes]) -> NoReturn:
+        while True:
+            for line in lines:
+                event = self._decode(line)
+                if event is not None:
+                    self._handle(event)
+            lines = await self._receive_or_probe()
+
+    async def _receive_or_probe(self) -> list[bytes]:
+        """The next lines; a peer silent for ``keepalive_interval`` is checked on.
+
+        The reader is the keepalive: no task per session waits for silence.
+        A TCP peer is sent ``ping`` and must send something within
+        ``keepalive_timeout``; a WebSocket peer gets a transport Ping from a
+        short-lived probe task while reading goes on.
+        """
+        interval = self._config.keepalive_interval
+        if interval <= 0:
+            return await self._receive()
+        while True:
+            with trio.move_on_after(interval):
+                return await self._receive()
+            if self._conn.native_ping:
+                if self._probe is None and self._nursery is not None:
+                    self._nursery.start_soon(self._ping_probe)
+                continue
+            self._send(encode(Ping(token=KEEPALIVE_TOKEN)))
+            with trio.move_on_after(self._config.keepalive_timeout):
+                return await self._receive()
+            self._drop_silent()
+
+    async def _ping_probe(self) -> None:
+        """One transport Ping; no Pong within ``keepalive_timeout`` ends the session."""
+        with trio.CancelScope() as self._probe, self._ends_on_failure():
+            with trio.move_on_after(self._config.keepalive_timeout):
+                await self._conn.ping()
+                self._probe = None
+                return
+            self._drop_silent()
+
+    def _drop_silent(self) -> None:
+        log.info("%s: no answer to keepalive, dropping", self._conn.remote)
+        self.close(LeftReason.TIMEOUT, CloseCode.GOING_AWAY, flush=False)
 
     async def _receive(self) -> list[bytes]:
         while True:
@@ -207,9 +245,6 @@ class Session:
                     raise
                 self._error(exc.code, exc.message)
                 continue
-            self._last_heard = trio.current_time()
-            if self._heard is not None:
-                self._heard.set()
             return lines
 
     async def _write_loop(self) -> None:
@@ -222,35 +257,6 @@ class Session:
             except ConnectionLost as exc:
                 log.debug("%s", exc)
                 self.close(LeftReason.DISCONNECTED, flush=False)
-
-    async def _keepalive_loop(self) -> None:
-        with self._ends_on_failure():
-            await self._keep_alive()
-
-    async def _keep_alive(self) -> None:
-        interval = self._config.keepalive_interval
-        if interval <= 0:
-            return  # keepalive off
-        while True:
-            await trio.sleep_until(self._last_heard + interval)
-            if trio.current_time() < self._last_heard + interval:
-                continue
-            with trio.move_on_after(self._config.keepalive_timeout):
-                await self._probe()
-                self._last_heard = trio.current_time()
-                continue
-            log.info("%s: no answer to keepalive, dropping", self._conn.remote)
-            self.close(LeftReason.TIMEOUT, CloseCode.GOING_AWAY, flush=False)
-            return
-
-    async def _probe(self) -> None:
-        """Return once the peer has shown it is alive."""
-        if self._conn.native_ping:
-            await self._conn.ping()
-            return
-        self._heard = trio.Event()
-        self._send(encode(Ping(token=KEEPALIVE_TOKEN)))
-        await self._heard.wait()
 
     async def _say_goodbye(self) -> None:
         """Close politely (WebSocket close code, TCP FIN) unless the peer is already gone.
