@@ -36,6 +36,7 @@ from triochat.server.outbox import Flusher
 from triochat.server.session import Session
 from triochat.server.store import commit_once, open_store, run_committer
 from triochat.transport.base import Connection
+from triochat.transport.release import release
 from triochat.transport.tcp import StreamConnection
 from triochat.transport.websocket import WebSocketLines
 
@@ -199,7 +200,7 @@ async def _contained(server: Server, handler: Handler, stream: trio.SocketStream
         log.warning("%s: connection failed: %r", remote, group.exceptions)
         log.debug("%s: connection failure details", remote, exc_info=group)
     finally:
-        await trio.aclose_forcefully(stream)
+        await release(stream)
 
 
 async def _handle_tcp(server: Server, stream: trio.SocketStream) -> None:

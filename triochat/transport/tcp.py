@@ -7,6 +7,7 @@ import trio
 from triochat.errors import ConnectionLost
 from triochat.protocol import LineSplitter
 from triochat.transport.base import CloseCode
+from triochat.transport.release import release
 
 RECEIVE_SIZE = 64 * 1024
 
@@ -59,4 +60,4 @@ class StreamConnection:
             await self.abort()
 
     async def abort(self) -> None:
-        await trio.aclose_forcefully(self._stream)
+        await release(self._stream)

@@ -17,6 +17,7 @@ from trio_websocket import WebSocketConnection
 from triochat.errors import ConnectionLost
 from triochat.protocol import ErrorCode, ProtocolError, split_message
 from triochat.transport.base import CloseCode
+from triochat.transport.release import release
 
 
 class WebSocketLines:
@@ -68,4 +69,4 @@ class WebSocketLines:
         await self._ws.aclose(code=code)
 
     async def abort(self) -> None:
-        await trio.aclose_forcefully(self._stream)
+        await release(self._stream)
