@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import NoReturn
 
 import trio
@@ -146,8 +145,11 @@ class Session:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._write_loop)
-                with self._io_scope, self._ends_on_failure():
-                    await self._converse()
+                with self._io_scope:
+                    try:
+                        await self._converse()
+                    except (ConnectionLost, ProtocolError) as exc:
+                        self._fail(exc)
                 if self._reason is None:  # the io scope's deadline: no hello in time
                     self._error(ErrorCode.HELLO_TIMEOUT, "no hello before the handshake deadline")
                     self.close(LeftReason.DISCONNECTED, CloseCode.POLICY)
@@ -164,18 +166,15 @@ class Session:
         self._io_scope.deadline = math.inf
         await self._read_loop(rest)
 
-    @contextmanager
-    def _ends_on_failure(self) -> Iterator[None]:
-        """Turn the peer's failures into the matching close; used inside every task.
+    def _fail(self, exc: ConnectionLost | ProtocolError) -> None:
+        """The close that matches a peer's failure; called in the task that caught it.
 
-        (Caught where raised: a nursery would wrap them in an ExceptionGroup.)
+        (Caught where raised: a nursery would wrap it in an ExceptionGroup.)
         """
-        try:
-            yield
-        except ConnectionLost as exc:
+        if isinstance(exc, ConnectionLost):
             log.debug("%s", exc)
             self.close(LeftReason.DISCONNECTED, flush=False)
-        except ProtocolError as exc:  # too_large: framing is lost, so is the connection
+        else:  # too_large: framing is lost, so is the connection
             self._error(exc.code, exc.message)
             self.close(LeftReason.DISCONNECTED, CloseCode.TOO_BIG)
 
@@ -225,9 +224,13 @@ class Session:
 
     async def _ping_probe(self) -> None:
         """One transport Ping; no Pong within ``keepalive_timeout`` ends the session."""
-        with trio.CancelScope() as self._probe, self._ends_on_failure():
+        with trio.CancelScope() as self._probe:
             with trio.move_on_after(self._config.keepalive_timeout):
-                await self._conn.ping()
+                try:
+                    await self._conn.ping()
+                except ConnectionLost as exc:
+                    self._fail(exc)
+                    return
                 self._probe = None
                 return
             self._drop_silent()
