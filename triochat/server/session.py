@@ -2,18 +2,20 @@
 
 Theory of operation
 -------------------
-A session runs three tasks in its own nursery:
+A session runs two tasks in its own nursery:
 
 * the **reader** (the session's main task) decodes lines, applies flood
   control and hands events to the hub; before ``hello`` it only accepts
-  ``hello`` and gives up at the handshake deadline;
-* the **writer** drains the outbox: everything queued goes out in one write;
-* the **keepalive** checks a silent peer is still there.
+  ``hello`` and gives up at the handshake deadline (a deadline on the io
+  scope). It is also the keepalive: it receives under
+  ``move_on_after(keepalive_interval)``, and silence gets a TCP ``ping`` or a
+  short-lived WebSocket Ping probe task;
+* the **writer** drains the outbox: everything queued goes out in one write.
 
 Every way a session ends goes through :meth:`Session.close`, exactly once: it
-records the reason, detaches from the hub (so the room sees ``left`` at once,
-not when the socket is finally gone), stops reader and keepalive, and closes
-the outbox. With ``flush`` the writer sends what is queued and the connection
+records the reason, seals the outbox, detaches from the hub (so the room sees
+``left`` at once, not when the socket is finally gone), and stops the reader
+and any probe. With ``flush`` the writer sends what is queued and the connection
 closes politely (bounded by ``close_timeout``); without it, the writer is
 cancelled and the connection is dropped. A slow consumer is closed from
 *another* session's task (the one whose fan-out found the outbox full), which
