@@ -67,6 +67,11 @@ class Member:
     nick: str
     peer: Peer
     rooms: set[str] = field(default_factory=set)
+    deliver: Callable[[bytes], bool] = field(init=False, repr=False)
+    """``peer.deliver``, looked up once: fan-out calls it for every recipient."""
+
+    def __post_init__(self) -> None:
+        self.deliver = self.peer.deliver
 
     @property
     def key(self) -> str:
@@ -338,9 +343,13 @@ class Hub:
         self._deliver(members, line, replay)
 
     def _deliver(self, members: Iterable[Member], line: bytes, replay: bool) -> None:
-        overflowed = [m for m in members if not m.peer.deliver(line, replay=replay)]
-        self._evictions.extend(overflowed)
-        self._run_evictions()
+        if replay:
+            overflowed = [m for m in members if not m.peer.deliver(line, replay=True)]
+        else:  # the hot path: one call per recipient, no keyword arguments
+            overflowed = [m for m in members if not m.deliver(line)]
+        if overflowed:
+            self._evictions.extend(overflowed)
+            self._run_evictions()
 
     # --- durability (see triochat.server.store) ------------------------------------
 

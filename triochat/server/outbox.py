@@ -73,17 +73,17 @@ class Outbox:
         """
         if self._closed:
             return True
-        if not replay and (
-            len(self._lines) >= self._max_events or self._bytes + len(line) > self._max_bytes
-        ):
+        lines = self._lines
+        size = self._bytes + len(line)
+        if not replay and (len(lines) >= self._max_events or size > self._max_bytes):
             return False
-        if not self._lines:
+        if not lines:
             if self._flusher is None:
                 self.wake()
             else:
                 self._flusher.mark(self)
-        self._lines.append(line)
-        self._bytes += len(line)
+        lines.append(line)
+        self._bytes = size
         return True
 
     def wake(self) -> None:
