@@ -109,7 +109,9 @@ class FaultyProxy:
     def _mutate(self, line: bytes, held: list[bytes]) -> bytes:
         faults = self.faults
         out = line + b"\n"
-        if held:
+        if held and COUNTED in line:
+            # Released behind the next *counted* line, so the two messages really
+            # swap (behind an ack or a presence event, the swap would be invisible).
             out, held[:] = out + held[0], []
         if line.startswith(HISTORY) and COUNTED in line and faults.history:
             return self._mutate_history(line, out)
