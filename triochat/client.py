@@ -52,7 +52,7 @@ from triochat.protocol.events import (
     Welcome,
     Who,
 )
-from triochat.transport.base import CloseCode, Connection
+from triochat.transport.base import CloseCode, Connection, hostport
 from triochat.transport.tcp import StreamConnection
 from triochat.transport.websocket import WebSocketLines
 
@@ -71,7 +71,7 @@ class Address:
 
     @property
     def hostport(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return hostport(self.host, self.port)
 
     def __str__(self) -> str:
         return f"{self.scheme}://{self.hostport}"

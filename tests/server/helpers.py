@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from triochat.client import Client
+from triochat.client import Client, parse_url
 from triochat.protocol.events import ServerEvent
 
 E = TypeVar("E")
+
+
+def host_port(url: str) -> tuple[str, int]:
+    """The host and port of a ``ws://`` or ``tcp://`` URL, for raw-socket peers."""
+    address = parse_url(url)
+    return address.host, address.port
 
 
 async def expect(client: Client, kind: type[E], **fields: Any) -> E:

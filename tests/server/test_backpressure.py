@@ -6,7 +6,7 @@ import socket
 
 import trio
 
-from tests.server.helpers import settle_join, skip_until
+from tests.server.helpers import host_port, settle_join, skip_until
 from triochat.client import Client, open_client
 from triochat.protocol import decode_server, encode
 from triochat.protocol.events import Hello, Joined, Left, LeftReason, Members, Message, Say, Welcome
@@ -20,10 +20,10 @@ async def _stalled_tcp_member(address: str, nick: str) -> trio.SocketStream:
 
     A tiny receive buffer makes the kernel stop taking bytes for it early.
     """
-    host, port = address.removeprefix("tcp://").rsplit(":", 1)
+    host, port = host_port(address)
     sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    await sock.connect((host, int(port)))
+    await sock.connect((host, port))
     stream = trio.SocketStream(sock)
     await stream.send_all(encode(Hello(nick=nick)))
     first = await stream.receive_some(4096)

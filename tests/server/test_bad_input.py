@@ -21,7 +21,7 @@ import wsproto
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 from wsproto.events import AcceptConnection, CloseConnection, Request
 
-from tests.server.helpers import settle_join, skip_until
+from tests.server.helpers import host_port, settle_join, skip_until
 from triochat.client import open_client
 from triochat.protocol import decode_server, encode
 from triochat.protocol.events import (
@@ -151,15 +151,10 @@ class Reader:
         assert event == Pong(token="alive?"), event
 
 
-def _hostport(url: str) -> tuple[str, int]:
-    host, port = url.split("://", 1)[1].rsplit(":", 1)
-    return host, int(port)
-
-
 @asynccontextmanager
 async def open_raw(url: str) -> AsyncIterator[Reader]:
     if url.startswith("tcp://"):
-        stream = await trio.open_tcp_stream(*_hostport(url))
+        stream = await trio.open_tcp_stream(*host_port(url))
         async with stream:
             yield Reader(RawTcp(stream))
     else:
@@ -364,7 +359,7 @@ async def test_binary_websocket_message_is_bad_event(server: Server) -> None:
 
 async def _send_invalid_utf8_text_frame(url: str) -> Any:
     """Upgrade by hand, send a text frame that is not UTF-8; the event that follows."""
-    host, port = _hostport(url)
+    host, port = host_port(url)
     async with await trio.open_tcp_stream(host, port) as stream:
         ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
         await stream.send_all(ws.send(Request(host=host, target="/")))
@@ -497,7 +492,7 @@ async def _messages_until_pong(client: Any) -> list[str]:
 async def test_keepalive_timeout_closes_websocket_with_1001() -> None:
     async with running(keepalive_interval=0.2, keepalive_timeout=0.3) as server:
         url = server.url("ws")
-        host, port = _hostport(url)
+        host, port = host_port(url)
         with trio.fail_after(TIMEOUT):
             async with await trio.open_tcp_stream(host, port) as stream:
                 ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)

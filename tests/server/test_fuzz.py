@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from tests.protocol.strategies import writes
+from tests.server.helpers import host_port
 from triochat.client import open_client
 from triochat.protocol import ErrorCode, LineSplitter, decode_server, encode
 from triochat.protocol.events import (
@@ -181,13 +182,8 @@ def test_session_survives_junk_cut_at_any_byte(payload: list[bytes], sizes: list
 # --- a real server, both transports -------------------------------------------------------
 
 
-def _hostport(url: str) -> tuple[str, int]:
-    host, port = url.split("://", 1)[1].rsplit(":", 1)
-    return host, int(port)
-
-
 async def _fuzz_tcp(server: Server, payload: Sequence[bytes]) -> None:
-    stream = await trio.open_tcp_stream(*_hostport(server.url("tcp")))
+    stream = await trio.open_tcp_stream(*host_port(server.url("tcp")))
     async with stream:
         peer = MemoryPeer(stream)  # works on any trio stream
         await peer.send(encode(Hello(nick="tcp_fuzzer")))

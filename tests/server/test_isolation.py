@@ -14,16 +14,11 @@ import trio
 import wsproto
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
-from tests.server.helpers import settle_join, skip_until
+from tests.server.helpers import host_port, settle_join, skip_until
 from triochat.client import open_client
 from triochat.protocol import encode
 from triochat.protocol.events import Ack, Hello, Joined, Left, LeftReason, Quit
 from triochat.server import Server
-
-
-def _hostport(url: str) -> tuple[str, int]:
-    host, port = url.split("://", 1)[1].rsplit(":", 1)
-    return host, int(port)
 
 
 async def _still_serving(server: Server) -> None:
@@ -42,7 +37,7 @@ class RawWebSocket:
 
     @classmethod
     async def connect(cls, url: str) -> RawWebSocket:
-        host, port = _hostport(url)
+        host, port = host_port(url)
         raw = cls(await trio.open_tcp_stream(host, port))
         await raw.stream.send_all(raw.ws.send(Request(host=host, target="/")))
         await raw.next_event(AcceptConnection)
@@ -92,7 +87,7 @@ async def test_reset_mid_line_is_a_disconnect_for_that_client_only(server: Serve
     with trio.fail_after(10):
         async with open_client(server.url("ws"), "watcher") as watcher:
             await settle_join(watcher)
-            stream = await trio.open_tcp_stream(*_hostport(server.url("tcp")))
+            stream = await trio.open_tcp_stream(*host_port(server.url("tcp")))
             await stream.send_all(encode(Hello(nick="vanisher")))
             await skip_until(watcher, Joined, nick="vanisher")
             await stream.send_all(b'{"type":"say","room":"lobby","te')

@@ -5,6 +5,7 @@ from __future__ import annotations
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
+from tests.server.helpers import host_port
 from triochat.protocol import decode_server, encode
 from triochat.protocol.events import Hello, Notice
 from triochat.server import Server, ServerConfig, serve
@@ -26,8 +27,8 @@ def _all_tasks() -> set[trio.lowlevel.Task]:
 async def _tcp_client_until_eof(
     url: str, nick: str, lines: list[bytes], *, task_status: trio.TaskStatus[None]
 ) -> None:
-    host, port = url.removeprefix("tcp://").rsplit(":", 1)
-    stream = await trio.open_tcp_stream(host, int(port))
+    host, port = host_port(url)
+    stream = await trio.open_tcp_stream(host, port)
     await stream.send_all(encode(Hello(nick=nick)))
     data = await stream.receive_some()  # the welcome: we are in
     task_status.started()
@@ -83,8 +84,8 @@ async def test_a_client_that_ignores_goodbye_cannot_hold_the_server_past_the_dra
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             server: Server = await nursery.start(serve, config)
-            host, port = server.url("tcp").removeprefix("tcp://").rsplit(":", 1)
-            stubborn = await trio.open_tcp_stream(host, int(port))
+            host, port = host_port(server.url("tcp"))
+            stubborn = await trio.open_tcp_stream(host, port)
             await stubborn.send_all(encode(Hello(nick="stubborn")))
             assert b'"type":"welcome"' in await stubborn.receive_some()
             started = trio.current_time()

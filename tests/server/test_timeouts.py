@@ -15,7 +15,7 @@ import trio
 import trio.testing
 from trio_websocket import wrap_client_stream
 
-from tests.server.helpers import settle_join, skip_until
+from tests.server.helpers import host_port, settle_join, skip_until
 from triochat.client import Address, Client, open_client
 from triochat.protocol import decode_server, encode
 from triochat.protocol.events import Error, Hello, Left, LeftReason, Ping
@@ -86,9 +86,9 @@ async def test_a_peer_that_answers_pings_stays(autojump_clock: trio.testing.Mock
 async def test_websocket_upgrade_that_never_completes_is_closed(nursery: trio.Nursery) -> None:
     config = ServerConfig(port=0, tcp_port=None, handshake_timeout=0.3)
     server: Server = await nursery.start(serve, config)
-    host, port = server.url("ws").removeprefix("ws://").rsplit(":", 1)
+    host, port = host_port(server.url("ws"))
     with trio.fail_after(5):
-        stream = await trio.open_tcp_stream(host, int(port))
+        stream = await trio.open_tcp_stream(host, port)
         await stream.send_all(b"GET / HTTP/1.1\r\nHost: slow\r\n")  # ...and never the rest
         assert await stream.receive_some() == b""
     assert server.connections == 0
@@ -97,11 +97,11 @@ async def test_websocket_upgrade_that_never_completes_is_closed(nursery: trio.Nu
 async def test_websocket_peer_that_stops_answering_pings_is_dropped(nursery: trio.Nursery) -> None:
     config = ServerConfig(port=0, tcp_port=0, keepalive_interval=0.2, keepalive_timeout=0.3)
     server: Server = await nursery.start(serve, config)
-    host, port = server.url("ws").removeprefix("ws://").rsplit(":", 1)
+    host, port = host_port(server.url("ws"))
     with trio.fail_after(10):
         async with open_client(server.url("tcp"), "watcher") as watcher, trio.open_nursery() as ws:
             await settle_join(watcher)
-            stream = await trio.open_tcp_stream(host, int(port))
+            stream = await trio.open_tcp_stream(host, port)
             # With no room in its queue, trio-websocket's reader blocks on the first
             # message we never take, so it stops answering Pings: a hung peer.
             mute = await wrap_client_stream(ws, stream, host, "/", message_queue_size=0)

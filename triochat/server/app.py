@@ -35,7 +35,7 @@ from triochat.server.hub import Hub
 from triochat.server.outbox import Flusher
 from triochat.server.session import Session
 from triochat.server.store import commit_once, open_store, run_committer
-from triochat.transport.base import Connection
+from triochat.transport.base import Connection, hostport
 from triochat.transport.release import release
 from triochat.transport.tcp import StreamConnection
 from triochat.transport.websocket import WebSocketLines
@@ -164,16 +164,12 @@ async def _listen(scheme: str, host: str, port: int) -> list[trio.SocketListener
             errno.EADDRNOTAVAIL: "address not available on this machine",
             errno.EACCES: "permission denied",
         }.get(exc.errno or 0, exc.strerror or str(exc))
-        raise ListenError(f"cannot listen for {scheme} on {_hostport(host, port)}: {why}") from None
+        raise ListenError(f"cannot listen for {scheme} on {hostport(host, port)}: {why}") from None
 
 
 def _endpoint(listener: trio.SocketListener) -> str:
     host, port = listener.socket.getsockname()[:2]
-    return _hostport(host, port)
-
-
-def _hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return hostport(host, port)
 
 
 def _peer(stream: trio.SocketStream) -> str:
@@ -181,7 +177,7 @@ def _peer(stream: trio.SocketStream) -> str:
         host, port = stream.socket.getpeername()[:2]
     except OSError:
         return "?"
-    return _hostport(host, port)
+    return hostport(host, port)
 
 
 # --- per connection -------------------------------------------------------------

@@ -6,6 +6,11 @@ from enum import IntEnum
 from typing import Protocol
 
 
+def hostport(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 host in brackets (as in URLs)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class CloseCode(IntEnum):
     """WebSocket close codes we send (TCP connections just close)."""
 
