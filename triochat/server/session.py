@@ -10,7 +10,8 @@ A session runs two tasks in its own nursery:
   scope). It is also the keepalive: it receives under
   ``move_on_after(keepalive_interval)``, and silence gets a TCP ``ping`` or a
   short-lived WebSocket Ping probe task;
-* the **writer** drains the outbox: everything queued goes out in one write.
+* the **writer** drains the outbox: everything queued goes out in one write
+  (on TCP the flusher usually writes it first, without waking the writer).
 
 Every way a session ends goes through :meth:`Session.close`, exactly once: it
 records the reason, seals the outbox, detaches from the hub (so the room sees
@@ -72,7 +73,7 @@ class Session:
         self._conn = conn
         self._hub = hub
         self._config = config
-        self._outbox = Outbox(config.outbox_events, config.outbox_bytes, flusher)
+        self._outbox = Outbox(config.outbox_events, config.outbox_bytes, flusher, conn.write_now)
         # Peer.deliver is the outbox's put itself: fan-out calls it once per
         # recipient, so it is worth one Python frame less.
         self.deliver: Callable[..., bool] = self._outbox.put
@@ -255,8 +256,7 @@ class Session:
     async def _write_loop(self) -> None:
         with self._writer_scope:
             try:
-                while True:
-                    await self._conn.send(await self._outbox.take_all())
+                await self._outbox.drain(self._conn.send)
             except OutboxClosed:
                 self._flushed = True
             except ConnectionLost as exc:

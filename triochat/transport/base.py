@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import IntEnum
 from typing import Protocol
 
@@ -33,6 +34,12 @@ class Connection(Protocol):
     """The peer's address, for logs."""
     native_ping: bool
     """True when :meth:`ping` is a transport-level check (WebSocket Ping/Pong)."""
+
+    @property
+    def write_now(self) -> Callable[[bytes], int] | None:
+        """Write what fits without waiting and return the bytes taken (``OSError`` if broken),
+        only while no :meth:`send` is running; ``None`` if the transport has no such write."""
+        ...
 
     async def receive_lines(self) -> list[bytes]:
         """The next complete non-blank lines, at least one."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+
 import trio
 
 from triochat.errors import ConnectionLost
@@ -19,6 +22,23 @@ class StreamConnection:
         self._stream = stream
         self._splitter = LineSplitter(max_line)
         self.remote = remote
+        self.write_now: Callable[[bytes], int] | None = None
+        if isinstance(stream, trio.SocketStream):
+            self._socket = stream.socket
+            self.write_now = self._write_now
+
+    def _write_now(self, data: bytes) -> int:
+        """Write what the socket buffer takes now; only while no :meth:`send` is running.
+
+        Trio keeps no user-space send buffer, so a plain write on the
+        (non-blocking) descriptor is all a send is when the buffer has room.
+        The descriptor is looked up on every call: a closed socket's is -1
+        (``EBADF``), never a number that may already belong to another connection.
+        """
+        try:
+            return os.write(self._socket.fileno(), data)
+        except BlockingIOError:
+            return 0
 
     async def receive_lines(self) -> list[bytes]:
         self._splitter.check()  # an over-long line may wait behind the lines last returned

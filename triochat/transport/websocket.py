@@ -10,6 +10,8 @@ tests/server/test_bad_input.py); either way only that peer is gone.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import trio
 from trio_websocket import ConnectionClosed as WsClosed
 from trio_websocket import WebSocketConnection
@@ -22,6 +24,8 @@ from triochat.transport.release import release
 
 class WebSocketLines:
     native_ping = True
+    write_now: Callable[[bytes], int] | None = None
+    """Framing and the stream belong to trio-websocket: every send goes through it."""
 
     def __init__(
         self,

@@ -1,0 +1,112 @@
+"""The outbox's write without waiting, on real sockets: it writes what fits, never out of order."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import trio
+import trio.testing
+
+from triochat.server.outbox import Flusher, Outbox, OutboxClosed
+from triochat.transport.tcp import StreamConnection
+
+LINES = [f"{n:05d}:{'x' * 993}\n".encode() for n in range(400)]  # 1,000 bytes each
+
+
+def _pair(sndbuf: int | None = None) -> tuple[StreamConnection, socket.socket]:
+    """A connection as the server holds it, and the peer's end (a blocking stdlib socket).
+
+    The peer reads synchronously, so a test can make room in the buffer and act
+    before any trio task (the writer) gets a turn.
+    """
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    if sndbuf is not None:
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+    stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
+    return StreamConnection(stream, max_line=1 << 20), theirs
+
+
+def _outbox(conn: StreamConnection) -> Outbox:
+    return Outbox(10_000, 10 << 20, Flusher(turns=0), conn.write_now)
+
+
+def _read_exactly(peer: socket.socket, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = peer.recv(size - len(data))
+        assert chunk, "the server end closed early"
+        data += chunk
+    return bytes(data)
+
+
+async def test_a_flush_writes_at_once_when_the_socket_has_room() -> None:
+    conn, peer = _pair()
+    box = _outbox(conn)
+    for line in LINES[:3]:
+        assert box.put(line)
+    box.flush()  # no writer task exists: only the direct write can deliver this
+    assert len(box) == 0
+    assert _read_exactly(peer, 3000) == b"".join(LINES[:3])
+    peer.close()
+
+
+async def test_what_does_not_fit_goes_to_the_writer_and_nothing_overtakes_it() -> None:
+    conn, peer = _pair(sndbuf=8192)
+    box = _outbox(conn)
+    first, second = LINES[:300], LINES[300:]
+    for line in first:
+        assert box.put(line)
+    box.flush()
+    assert 0 < len(box) < len(first)  # part written, the rest (counted in events) queued
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_drain_quietly, box, conn)
+            await trio.testing.wait_all_tasks_blocked()  # the writer is stuck in its send
+            # Make room, then queue and flush before the writer can run again: a
+            # direct write now would land in the middle of the writer's batch.
+            head = _read_what_is_there(peer)
+            for line in second:
+                assert box.put(line)
+            box.flush()
+            rest = await trio.to_thread.run_sync(_read_exactly, peer, 400_000 - len(head))
+            box.close()
+    assert head + rest == b"".join(LINES)
+    peer.close()
+
+
+def _read_what_is_there(peer: socket.socket) -> bytes:
+    data = bytearray()
+    peer.setblocking(False)
+    try:
+        while chunk := peer.recv(1 << 16):
+            data += chunk
+    except BlockingIOError:
+        pass
+    peer.setblocking(True)
+    return bytes(data)
+
+
+async def _drain_quietly(box: Outbox, conn: StreamConnection) -> None:
+    with pytest.raises(OutboxClosed):
+        await box.drain(conn.send)
+
+
+async def test_a_closed_socket_is_never_written_even_if_its_number_is_reused() -> None:
+    conn, peer = _pair()
+    assert conn.write_now is not None
+    box = _outbox(conn)
+    await conn.abort()
+    # The lowest free descriptor numbers are handed out first: the new pair
+    # (very likely) reuses the one the closed socket had.
+    newcomer, newcomer_peer = socket.socketpair()
+    newcomer_peer.setblocking(False)
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        conn.write_now(b"x\n")
+    assert box.put(LINES[0])
+    box.flush()
+    assert len(box) == 1  # left for the writer, whose send reports the loss
+    with pytest.raises(BlockingIOError):
+        newcomer_peer.recv(10)  # nothing went to the newcomer
+    for sock in (peer, newcomer, newcomer_peer):
+        sock.close()
