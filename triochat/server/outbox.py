@@ -87,7 +87,8 @@ class Outbox:
         self._busy = False
         """The writer task owns what is queued (see the module docstring)."""
         self._closed = False
-        self._waiting = trio.lowlevel.ParkingLot()
+        self._writer: trio.lowlevel.Task | None = None
+        """The writer task while it waits for lines (one task: no ParkingLot needed)."""
 
     def __len__(self) -> int:
         return self._events
@@ -136,12 +137,14 @@ class Outbox:
         self._events = self._bytes = 0
 
     def wake(self) -> None:
-        self._waiting.unpark()
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            trio.lowlevel.reschedule(writer)
 
     def close(self) -> None:
         """No more puts; the writer gets what is left, then :class:`OutboxClosed`."""
         self._closed = True
-        self._waiting.unpark_all()
+        self.wake()
 
     async def drain(self, send: Callable[[bytes], Awaitable[None]]) -> NoReturn:
         """The writer task: send everything queued, batch by batch, until closed and empty.
@@ -159,8 +162,13 @@ class Outbox:
         while not self._lines:
             if self._closed:
                 raise OutboxClosed
-            await self._waiting.park()
+            self._writer = trio.lowlevel.current_task()
+            await trio.lowlevel.wait_task_rescheduled(self._abort_wait)
         batch = b"".join(self._lines)
         self._lines.clear()
         self._events = self._bytes = 0
         return batch
+
+    def _abort_wait(self, raise_cancel: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+        self._writer = None
+        return trio.lowlevel.Abort.SUCCEEDED

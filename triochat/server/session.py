@@ -7,8 +7,8 @@ A session runs two tasks in its own nursery:
 * the **reader** (the session's main task) decodes lines, applies flood
   control and hands events to the hub; before ``hello`` it only accepts
   ``hello`` and gives up at the handshake deadline (a deadline on the io
-  scope). It is also the keepalive: it receives under
-  ``move_on_after(keepalive_interval)``, and silence gets a TCP ``ping`` or a
+  scope). It is also the keepalive: a cancel scope per stretch of reading
+  (not per receive) notices silence, which gets a TCP ``ping`` or a
   short-lived WebSocket Ping probe task;
 * the **writer** drains the outbox: everything queued goes out in one write
   (on TCP the flusher usually writes it first, without waking the writer).
@@ -195,34 +195,40 @@ class Session:
                     return lines[index + 1 :]
 
     async def _read_loop(self, lines: list[bytes]) -> NoReturn:
-        while True:
-            for line in lines:
-                event = self._decode(line)
-                if event is not None:
-                    self._handle(event)
-            lines = await self._receive_or_probe()
+        """Handle lines as they come; a peer silent for ``keepalive_interval`` is checked on.
 
-    async def _receive_or_probe(self) -> list[bytes]:
-        """The next lines; a peer silent for ``keepalive_interval`` is checked on.
-
-        The reader is the keepalive: no task per session waits for silence.
-        A TCP peer is sent ``ping`` and must send something within
-        ``keepalive_timeout``; a WebSocket peer gets a transport Ping from a
+        The reader is the keepalive: no task per session waits for silence, and
+        no cancel scope is spent per receive. One scope covers a stretch of
+        reading; when its deadline passes and the peer was heard from since it
+        began, a new one starts at the last time heard. Only real silence gets
+        a check: TCP peers a ``ping`` they must answer within
+        ``keepalive_timeout``, WebSocket peers a transport Ping from a
         short-lived probe task while reading goes on.
         """
         interval = self._config.keepalive_interval
-        if interval <= 0:
-            return await self._receive()
+        heard = trio.current_time()
         while True:
-            with trio.move_on_after(interval):
-                return await self._receive()
+            with trio.move_on_at(heard + interval if interval > 0 else math.inf):
+                while True:
+                    for line in lines:
+                        event = self._decode(line)
+                        if event is not None:
+                            self._handle(event)
+                    lines = await self._receive()
+                    heard = trio.current_time()
+            lines = []
+            if trio.current_time() < heard + interval:
+                continue
             if self._conn.native_ping:
                 if self._probe is None and self._nursery is not None:
                     self._nursery.start_soon(self._ping_probe)
+                heard = trio.current_time()
                 continue
             self._send(encode(Ping(token=KEEPALIVE_TOKEN)))
             with trio.move_on_after(self._config.keepalive_timeout):
-                return await self._receive()
+                lines = await self._receive()
+                heard = trio.current_time()
+                continue
             self._drop_silent()
 
     async def _ping_probe(self) -> None:
