@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import resource
 import signal
 import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
+from functools import partial
 
 import pytest
 import trio
 
-from tests.server.helpers import skip_until
+from tests.server.helpers import host_port, skip_until
 from triochat.client import open_client
-from triochat.protocol.events import Notice
+from triochat.protocol.events import Notice, Welcome
 
 SERVE = [sys.executable, "-m", "triochat", "serve"]
 
@@ -33,6 +35,15 @@ class Proc:
         line, self.out = self.out.split(b"\n", 1)
         return line.decode()
 
+    async def wait_for_log(self, text: str) -> None:
+        """Read stderr until ``text`` appears (the process keeps running)."""
+        assert self.process.stderr is not None
+        seen = b""
+        while text.encode() not in seen:
+            chunk = await self.process.stderr.receive_some()
+            assert chunk, f"server exited early: {seen.decode()}"
+            seen += chunk
+
     async def stderr(self) -> str:
         assert self.process.stderr is not None
         data = b""
@@ -42,10 +53,18 @@ class Proc:
 
 
 @asynccontextmanager
-async def serving(*args: str) -> AsyncIterator[tuple[Proc, list[str]]]:
-    """Start ``triochat serve args``; yield it with the URLs of its two ``listening`` lines."""
+async def serving(
+    *args: str, max_files: int | None = None
+) -> AsyncIterator[tuple[Proc, list[str]]]:
+    """Start ``triochat serve args``; yield it with the URLs of its two ``listening`` lines.
+
+    ``max_files`` caps the server's open descriptors (RLIMIT_NOFILE).
+    """
+    limit = None
+    if max_files is not None:
+        limit = partial(resource.setrlimit, resource.RLIMIT_NOFILE, (max_files, max_files))
     process = await trio.lowlevel.open_process(
-        [*SERVE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [*SERVE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=limit
     )
     proc = Proc(process)
     try:
@@ -126,3 +145,18 @@ def test_help_documents_every_option() -> None:
     assert "default: 5000" in out
     assert "default: 5001" in out
     assert "127.0.0.1" in out
+
+
+async def test_out_of_descriptors_is_waited_out_and_serving_goes_on() -> None:
+    with trio.fail_after(30), ExitStack() as sockets:
+        async with serving("--port", "0", "--tcp-port", "0", max_files=40) as (proc, urls):
+            address = host_port(urls[1])
+            for _ in range(40):  # more than the server can hold; the rest wait in the backlog
+                sockets.enter_context(socket.create_connection(address))
+            await proc.wait_for_log("cannot accept: Too many open files; retrying")
+            sockets.close()  # descriptors come back as the server sees these go
+            async with open_client(urls[1], "ada") as ada:
+                assert isinstance(ada.welcome, Welcome)
+            proc.process.send_signal(signal.SIGTERM)
+            assert await proc.process.wait() == 0
+            assert "Traceback" not in await proc.stderr()

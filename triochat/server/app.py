@@ -12,9 +12,8 @@ opened is closed: that is what the nurseries guarantee.
 Each connection runs inside :func:`_contained`, the one place where a failure
 is caught: whatever one connection does (including trio-websocket raising from
 its reader task after a peer's Ping-after-Close, issue #184) ends that
-connection only. That is why WebSocket is served with ``trio.serve_tcp``-style
-listeners plus ``wrap_server_stream`` per connection rather than
-``serve_websocket``.
+connection only. That is why WebSocket is served by our own accept loop plus
+``wrap_server_stream`` per connection rather than ``serve_websocket``.
 """
 
 from __future__ import annotations
@@ -43,6 +42,10 @@ from triochat.transport.websocket import WebSocketLines
 log = logging.getLogger(__name__)
 
 Handler = Callable[[trio.SocketStream], Awaitable[None]]
+
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+"""accept() failures that mean "full for now", not "broken" (the same set as trio's)."""
+ACCEPT_RETRY_S = 0.1
 
 
 @dataclass(eq=False)
@@ -112,10 +115,8 @@ async def _serve(
     async with trio.open_nursery() as connections:
         async with trio.open_nursery() as listening:
             for handler, group in listeners:
-                contained = partial(_contained, server, handler)
-                listening.start_soon(
-                    partial(trio.serve_listeners, contained, group, handler_nursery=connections)
-                )
+                for listener in group:
+                    listening.start_soon(_accept_loop, server, handler, listener, connections)
             task_status.started(server)
             await server._stop.wait()
             listening.cancel_scope.cancel()
@@ -178,6 +179,29 @@ def _peer(stream: trio.SocketStream) -> str:
     except OSError:
         return "?"
     return hostport(host, port)
+
+
+async def _accept_loop(
+    server: Server, handler: Handler, listener: trio.SocketListener, connections: trio.Nursery
+) -> None:
+    """``trio.serve_listeners`` for one listener, without its per-connection wrapper.
+
+    That wrapper's task frame and ``aclose_forcefully`` cost memory and time on
+    every connection, and :func:`_contained` releases the stream anyway. Running
+    out of descriptors or memory is waited out, as trio does; the server keeps
+    serving the connections it has.
+    """
+    async with listener:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                log.warning("cannot accept: %s; retrying in %g s", exc.strerror, ACCEPT_RETRY_S)
+                await trio.sleep(ACCEPT_RETRY_S)
+                continue
+            connections.start_soon(_contained, server, handler, stream)
 
 
 # --- per connection -------------------------------------------------------------

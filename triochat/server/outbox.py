@@ -152,13 +152,15 @@ class Outbox:
         Raises :class:`OutboxClosed` at the end, or whatever ``send`` raises.
         """
         while True:
-            batch = await self._take_all()
-            self._busy = True
-            await send(batch)
+            # No local keeps the batch: an idle writer should not hold its last one.
+            await send(await self._take_all())
             self._busy = bool(self._lines)
 
     async def _take_all(self) -> bytes:
-        """Wait until woken with something queued, then take every line as one chunk."""
+        """Wait until woken with something queued, then take every line as one chunk.
+
+        The writer is busy from here until its queue is empty again.
+        """
         while not self._lines:
             if self._closed:
                 raise OutboxClosed
@@ -167,6 +169,7 @@ class Outbox:
         batch = b"".join(self._lines)
         self._lines.clear()
         self._events = self._bytes = 0
+        self._busy = True
         return batch
 
     def _abort_wait(self, raise_cancel: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
