@@ -83,8 +83,9 @@ class Session:
         self._close_code = CloseCode.NORMAL
         self._flushed = False
         self._io_scope = trio.CancelScope()
-        self._writer_scope = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
+        self._writer_deadline = math.inf
+        """When the writer must stop; the session nursery's deadline once it is open."""
         self._probe: trio.CancelScope | None = None
         """The keepalive Ping in flight, if any (WebSocket only)."""
 
@@ -120,10 +121,14 @@ class Session:
         self._io_scope.cancel()
         if self._probe is not None:
             self._probe.cancel()
+        # By now the reader is stopping, so the nursery's own scope bounds just
+        # the writer (and a probe): one cancel scope less per connection.
         if flush:
-            self._writer_scope.deadline = trio.current_time() + self._config.close_timeout
+            self._writer_deadline = trio.current_time() + self._config.close_timeout
         else:
-            self._writer_scope.cancel()
+            self._writer_deadline = -math.inf
+        if self._nursery is not None:
+            self._nursery.cancel_scope.deadline = self._writer_deadline
 
     def announce_shutdown(self) -> None:
         """Queue the ``shutting_down`` notice as the last thing this client will get.
@@ -147,6 +152,7 @@ class Session:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                nursery.cancel_scope.deadline = self._writer_deadline
                 nursery.start_soon(self._write_loop)
                 with self._io_scope:
                     try:
@@ -260,14 +266,13 @@ class Session:
             return lines
 
     async def _write_loop(self) -> None:
-        with self._writer_scope:
-            try:
-                await self._outbox.drain(self._conn.send)
-            except OutboxClosed:
-                self._flushed = True
-            except ConnectionLost as exc:
-                log.debug("%s", exc)
-                self.close(LeftReason.DISCONNECTED, flush=False)
+        try:
+            await self._outbox.drain(self._conn.send)
+        except OutboxClosed:
+            self._flushed = True
+        except ConnectionLost as exc:
+            log.debug("%s", exc)
+            self.close(LeftReason.DISCONNECTED, flush=False)
 
     async def _say_goodbye(self) -> None:
         """Close politely (WebSocket close code, TCP FIN) unless the peer is already gone.
