@@ -114,7 +114,7 @@ class Hub:
     :meth:`take_unsaved`, writes them, then calls :meth:`release`. Whatever is
     emitted while something is held waits behind it, so each client still sees
     events in emission order, and nobody hears of an event that a crash could
-    lose. ``on_held`` is called whenever something starts waiting.
+    lose. ``on_held`` is called when the held list goes from empty to non-empty.
     """
 
     def __init__(
@@ -336,9 +336,11 @@ class Hub:
         before it is released (and already has the event in its replay) does
         not get it twice.
         """
-        if (room_event and self._durable) or self._held or self._in_flight:
-            self._held.append((tuple(members), line, replay))
-            self.on_held()
+        held = self._held
+        if (room_event and self._durable) or held or self._in_flight:
+            if not held:
+                self.on_held()
+            held.append((tuple(members), line, replay))
             return
         self._deliver(members, line, replay)
 
