@@ -29,6 +29,12 @@ class Inbox:
         self.lines.append(line)
         return True
 
+    def queue(self, line: bytes) -> None:
+        self.lines.append(line)
+
+    def flush(self) -> bool:
+        return len(self.lines) <= self.capacity
+
     def evict(self) -> None:
         self.evicted = True
         assert self.member is not None
@@ -114,11 +120,16 @@ def test_outbox_bounds_events_and_bytes_but_not_replay() -> None:
     box = Outbox(max_events=2, max_bytes=10)
     assert box.put(b"12345")
     assert box.put(b"12345")
-    assert not box.put(b"1")
+    assert not box.put(b"1")  # a line for this client alone: the event bound holds at once
     assert box.put(b"x" * 100, replay=True)
+    assert box.flush()  # replay counts toward neither bound
+    box.queue(b"1")  # fan-out's unchecked append...
+    assert not box.flush()  # ...is caught when the outbox is flushed
     roomy = Outbox(max_events=100, max_bytes=10)
     assert roomy.put(b"1234567890")
-    assert not roomy.put(b"1")
+    assert roomy.flush()
+    roomy.queue(b"1")
+    assert not roomy.flush()  # the byte bound
 
 
 def test_durable_hub_delivers_nothing_before_the_commit_and_keeps_order() -> None:

@@ -110,3 +110,17 @@ async def test_a_closed_socket_is_never_written_even_if_its_number_is_reused() -
         newcomer_peer.recv(10)  # nothing went to the newcomer
     for sock in (peer, newcomer, newcomer_peer):
         sock.close()
+
+
+async def test_a_closed_outbox_sends_what_it_had_and_drops_what_fan_out_still_queues() -> None:
+    conn, peer = _pair()
+    box = _outbox(conn)
+    fan_out = box.queue  # what the hub holds for this client
+    assert box.put(LINES[0])
+    box.close()
+    fan_out(LINES[1])  # e.g. a delivery held for a commit, released after the close
+    assert box.put(LINES[2])  # swallowed too
+    with trio.fail_after(5):
+        await _drain_quietly(box, conn)
+    assert _read_what_is_there(peer) == LINES[0]
+    peer.close()

@@ -92,6 +92,7 @@ async def serve(
             else Hub(config)
         )
         server = Server(config=config, hub=hub, flusher=Flusher(config.batch_turns))
+        hub.on_fanout = server.flusher.mark_group
         listeners = await _open_all(server)
         async with trio.open_nursery() as background:
             background.start_soon(server.flusher.run)

@@ -8,12 +8,21 @@ a time, so each call is atomic with respect to every other session, and the
 order in which the hub assigns a room's ``seq`` is exactly the order in which
 every member receives those events. No locks, no hub task.
 
-Fan-out encodes an event once and hands the same bytes to every member's
-:class:`Peer` through a non-blocking ``deliver``. A peer whose outbox is full
-answers ``False``; it is evicted *after* the fan-out loop finishes (never while
-iterating a room) through a work queue, because evicting broadcasts a ``left``
-that may overflow yet another peer. The queue makes that cascade iterative and
-lets each peer be evicted exactly once.
+Fan-out encodes a room event once and appends the same bytes to every
+member's queue with :meth:`Peer.queue`, an unchecked append (a C call per
+recipient: this loop is the server's hottest). It then hands the room's member
+snapshot to ``on_fanout``; the server's flusher flushes those peers a few
+scheduler turns later, once per burst rather than once per event, and a peer
+whose queue has passed its bound is evicted then. Lines for one client
+(welcome, acks, errors, replays) go through the checked :meth:`Peer.deliver`
+instead. Both paths append to the same queue, so each client gets its lines in
+emission order.
+
+Evictions found by the hub itself (a full ``deliver``, or the immediate flush
+``on_fanout`` does when no flusher is attached) wait until the fan-out loop
+finishes, through a work queue, because evicting broadcasts a ``left`` that may
+overflow yet another peer. The queue makes that cascade iterative and lets each
+peer be evicted exactly once.
 
 The hub knows nothing of trio or sockets, so its rules are tested directly.
 """
@@ -46,6 +55,17 @@ from triochat.server.roomlog import RoomLog
 class Peer(Protocol):
     """What the hub needs from a connected client: somewhere to put bytes."""
 
+    def queue(self, line: bytes) -> object:
+        """Append a room event's line, unchecked; :meth:`flush` checks the bound.
+
+        A closed peer drops what it is given.
+        """
+        ...
+
+    def flush(self) -> bool:
+        """Send what is queued, or hand it to the writer; ``False`` if over the bound."""
+        ...
+
     def deliver(self, line: bytes, *, replay: bool = False) -> bool:
         """Queue one encoded line without blocking; ``False`` means the outbox is full.
 
@@ -67,11 +87,16 @@ class Member:
     nick: str
     peer: Peer
     rooms: set[str] = field(default_factory=set)
-    deliver: Callable[[bytes], bool] = field(init=False, repr=False)
-    """``peer.deliver``, looked up once: fan-out calls it for every recipient."""
+    queue: Callable[[bytes], object] = field(init=False, repr=False)
+    """``peer.queue``, looked up once: fan-out calls it for every recipient."""
+    flush: Callable[[], bool] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.deliver = self.peer.deliver
+        self.queue = self.peer.queue
+        self.flush = self.peer.flush
+
+    def evict(self) -> None:
+        self.peer.evict()
 
     @property
     def key(self) -> str:
@@ -83,10 +108,26 @@ class Room:
     name: str
     log: RoomLog
     members: dict[str, Member] = field(default_factory=dict)
-    """Keyed by :func:`rules.nick_key`, in join order."""
+    """Keyed by :func:`rules.nick_key`, in join order. Call :meth:`changed` after a change."""
+    _recipients: tuple[Member, ...] | None = None
 
     def nicks(self) -> list[str]:
         return [m.nick for m in self.members.values()]
+
+    @property
+    def recipients(self) -> tuple[Member, ...]:
+        """The members, as one tuple shared by every fan-out until membership changes.
+
+        Sharing it lets the flusher flush a room once per burst however many
+        events the burst held; being immutable, it also serves as the
+        recipients of a held delivery.
+        """
+        if self._recipients is None:
+            self._recipients = tuple(self.members.values())
+        return self._recipients
+
+    def changed(self) -> None:
+        self._recipients = None
 
 
 class Row(NamedTuple):
@@ -98,8 +139,8 @@ class Row(NamedTuple):
     line: bytes
 
 
-Held = tuple[tuple["Member", ...], bytes, bool]
-"""A delivery waiting for a commit: recipients, encoded line, replay flag."""
+Held = tuple[tuple["Member", ...], bytes, bool, bool]
+"""A delivery waiting for a commit: recipients, encoded line, replay flag, room event flag."""
 
 
 def _now() -> float:
@@ -134,6 +175,8 @@ class Hub:
         self._in_flight = False
         """A group is being written: everything emitted meanwhile queues behind it."""
         self.on_held: Callable[[], None] = lambda: None
+        self.on_fanout: Callable[[tuple[Member, ...]], None] = self._flush_now
+        """Told the recipients after each fan-out; by default they are flushed at once."""
         self._rooms: dict[str, Room] = {
             name: Room(name=name, log=RoomLog.restore(config.retention, rows))
             for name, rows in (past or {}).items()
@@ -193,6 +236,7 @@ class Hub:
             )
         target = self._room(name)
         target.members[member.key] = member
+        target.changed()
         member.rooms.add(name)
         seq = target.log.next_seq
         self._publish(target, Joined(room=name, nick=member.nick, seq=seq, ts=_now()))
@@ -210,6 +254,7 @@ class Hub:
             Left(room=room.name, nick=member.nick, reason=reason, seq=room.log.next_seq, ts=_now()),
         )
         del room.members[member.key]
+        room.changed()
         member.rooms.discard(room.name)
 
     def _room(self, name: str) -> Room:
@@ -262,6 +307,7 @@ class Hub:
             room = self._rooms[name]
             # Rebuilt rather than re-keyed in place, so the member keeps its place in join order.
             room.members = {(key if k == old_key else k): m for k, m in room.members.items()}
+            room.changed()
         line = encode(NickChanged(old=old, new=nick))
         for peer_member in self._neighbours(member):
             self._send(peer_member, line)
@@ -317,14 +363,14 @@ class Hub:
         room.log.append(event.seq, line)
         if self._durable:
             self._unsaved.append(Row(room.name, event.seq, event.ts, line))
-        self._emit(room.members.values(), line, room_event=True)
+        self._emit(room.recipients, line, room_event=True)
 
     def _send(self, member: Member, line: bytes, *, replay: bool = False) -> None:
         self._emit((member,), line, replay=replay)
 
     def _emit(
         self,
-        members: Iterable[Member],
+        members: tuple[Member, ...],
         line: bytes,
         *,
         replay: bool = False,
@@ -340,15 +386,25 @@ class Hub:
         if (room_event and self._durable) or held or self._in_flight:
             if not held:
                 self.on_held()
-            held.append((tuple(members), line, replay))
+            held.append((members, line, replay, room_event))
             return
-        self._deliver(members, line, replay)
+        self._deliver(members, line, replay, room_event)
 
-    def _deliver(self, members: Iterable[Member], line: bytes, replay: bool) -> None:
-        if replay:
-            overflowed = [m for m in members if not m.peer.deliver(line, replay=True)]
-        else:  # the hot path: one call per recipient, no keyword arguments
-            overflowed = [m for m in members if not m.deliver(line)]
+    def _deliver(
+        self, members: tuple[Member, ...], line: bytes, replay: bool, room_event: bool
+    ) -> None:
+        if room_event:  # the hot path: one C-level append per recipient
+            for member in members:
+                member.queue(line)
+            self.on_fanout(members)
+            return
+        overflowed = [m for m in members if not m.peer.deliver(line, replay=replay)]
+        self._evict_later(overflowed)
+
+    def _flush_now(self, members: tuple[Member, ...]) -> None:
+        self._evict_later([m for m in members if not m.flush()])
+
+    def _evict_later(self, overflowed: list[Member]) -> None:
         if overflowed:
             self._evictions.extend(overflowed)
             self._run_evictions()
@@ -370,8 +426,8 @@ class Hub:
     def release(self, held: list[Held]) -> None:
         """Deliver what waited for a commit, in the order it was emitted."""
         self._in_flight = False
-        for members, line, replay in held:
-            self._deliver(members, line, replay)
+        for members, line, replay, room_event in held:
+            self._deliver(members, line, replay, room_event)
 
     def _run_evictions(self) -> None:
         """Evict every overflowed member; runs once at the outermost fan-out."""

@@ -2,18 +2,26 @@
 
 Theory of operation
 -------------------
-The hub puts with :meth:`Outbox.put`, which never blocks: a full outbox is
-reported to the caller (who evicts the client), never waited on. Whatever is
-queued goes out as one write, so one write carries as many events as arrived
-since the last one.
+Lines reach an outbox two ways, neither of which blocks:
+
+* :meth:`Outbox.queue`, fan-out's hot path, is the list's own ``append``: no
+  check at all. The bound is checked when the outbox is flushed, so a client
+  can pass it by at most one burst before it is evicted;
+* :meth:`Outbox.put`, for lines meant for this one client, checks the event
+  bound at once and reports a full outbox to the caller (who evicts).
+
+Both append to the same list, so order is the order of the calls, and whatever
+is queued goes out as one write.
 
 Batching needs one more thing: if the first event of a burst were written at
 once, it would go alone while the readers carrying the rest of the burst are
-still waiting for their turn. So an outbox that goes from empty to non-empty
-tells the :class:`Flusher`, a single task that lets a few scheduler turns pass
+still waiting for their turn. So nothing is written when it is queued; the
+:class:`Flusher`, a single task, is told (an outbox that ``put`` made
+non-empty, or the recipients of a fan-out), lets a few scheduler turns pass
 (each turn also polls the network, so readers with data waiting run) and then
-flushes every outbox with something queued. The turns are spent once per
-burst by one task, not once per client.
+flushes everything it was told about. The turns are spent once per burst by
+one task, and a room's recipients are flushed once per burst however many
+events the burst held.
 
 Flushing is a write without waiting where the connection offers one (a TCP
 socket we own): the common case, a socket with room in its buffer, costs one
@@ -22,13 +30,13 @@ connection without such a write (WebSocket, whose framing and stream belong to
 trio-websocket), is left to the client's writer task, which waits as long as
 it takes. The writer is *busy* from the moment it is handed data until its
 queue is empty again; while it is busy nothing else writes, so bytes never
-interleave and order is the order of :meth:`Outbox.put`.
+interleave.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import NoReturn
+from collections.abc import Awaitable, Callable, Iterable
+from typing import NoReturn, Protocol
 
 import trio
 
@@ -40,28 +48,50 @@ class OutboxClosed(Exception):
     """The outbox was closed and everything in it has been taken."""
 
 
+class Flushable(Protocol):
+    def flush(self) -> bool:
+        """Send or hand over what is queued; ``False`` if over the bound."""
+        ...
+
+    def evict(self) -> None: ...
+
+
 class Flusher:
-    """Flushes the non-empty outboxes, a few scheduler turns after the first put."""
+    """Flushes what it is told about, a few scheduler turns after the first news."""
 
     def __init__(self, turns: int) -> None:
         self._turns = turns
-        self._dirty: list[Outbox] = []
+        self._dirty: list[Flushable] = []
+        self._groups: dict[int, Iterable[Flushable]] = {}
+        """Fan-out recipients, by identity: a room's shared tuple is flushed once per burst."""
         self._waiting = trio.lowlevel.ParkingLot()
 
-    def mark(self, outbox: Outbox) -> None:
-        if not self._dirty:
+    def mark(self, outbox: Flushable) -> None:
+        if not self._dirty and not self._groups:
             self._waiting.unpark()
         self._dirty.append(outbox)
 
+    def mark_group(self, recipients: Iterable[Flushable]) -> None:
+        if not self._dirty and not self._groups:
+            self._waiting.unpark()
+        self._groups[id(recipients)] = recipients
+
     async def run(self) -> None:
         while True:
-            while not self._dirty:
+            while not self._dirty and not self._groups:
                 await self._waiting.park()
             for _ in range(self._turns):
                 await trio.lowlevel.cancel_shielded_checkpoint()
             dirty, self._dirty = self._dirty, []
+            groups, self._groups = self._groups, {}
+            # An eviction publishes ``left``, which may mark more: that is the next round.
             for outbox in dirty:
-                outbox.flush()
+                if not outbox.flush():
+                    outbox.evict()
+            for group in groups.values():
+                for recipient in group:
+                    if not recipient.flush():
+                        recipient.evict()
 
 
 class Outbox:
@@ -71,19 +101,23 @@ class Outbox:
         max_bytes: int,
         flusher: Flusher | None = None,
         write_now: WriteNow | None = None,
+        on_overflow: Callable[[], None] = lambda: None,
     ) -> None:
         """Without a ``flusher`` every put wakes the writer directly.
 
-        ``write_now`` is the connection's write without waiting, if it has one.
+        ``write_now`` is the connection's write without waiting, if it has one;
+        ``on_overflow`` evicts the client when the flusher finds it over the bound.
         """
         self._max_events = max_events
         self._max_bytes = max_bytes
         self._flusher = flusher
         self._write_now = write_now
+        self.evict = on_overflow
         self._lines: list[bytes] = []
-        self._events = 0
-        """Events not yet written; a partly written batch is one chunk in ``_lines``."""
-        self._bytes = 0
+        self.queue: Callable[[bytes], None] = self._lines.append
+        self._exempt_events = 0
+        self._exempt_bytes = 0
+        """Queued replay lines and partly written batches, which the bound does not count."""
         self._busy = False
         """The writer task owns what is queued (see the module docstring)."""
         self._closed = False
@@ -91,50 +125,61 @@ class Outbox:
         """The writer task while it waits for lines (one task: no ParkingLot needed)."""
 
     def __len__(self) -> int:
-        return self._events
+        return len(self._lines)
 
     def put(self, line: bytes, *, replay: bool = False) -> bool:
-        """Queue ``line``; ``False`` if that would pass the bound (it is then dropped).
+        """Queue ``line``; ``False`` if the outbox is full (the line is then dropped).
 
         ``replay`` lines bypass the bound (see :meth:`triochat.server.hub.Peer.deliver`).
         A closed outbox swallows lines: its client is on its way out.
         """
         if self._closed:
             return True
-        size = self._bytes + len(line)
-        if not replay and (self._events >= self._max_events or size > self._max_bytes):
-            return False
         lines = self._lines
+        if replay:
+            self._exempt_events += 1
+            self._exempt_bytes += len(line)
+        elif len(lines) - self._exempt_events >= self._max_events:
+            return False
         if not lines:
             if self._flusher is None:
                 self.wake()
             else:
                 self._flusher.mark(self)
         lines.append(line)
-        self._events += 1
-        self._bytes = size
         return True
 
-    def flush(self) -> None:
-        """Write what is queued without waiting if possible; hand the rest to the writer."""
-        if self._busy or self._closed or self._write_now is None or not self._lines:
+    def flush(self) -> bool:
+        """Write what is queued without waiting if possible; hand the rest to the writer.
+
+        ``False`` if what is queued is over the bound (nothing is written then).
+        """
+        lines = self._lines
+        if self._closed or not lines:
+            return True
+        if len(lines) - self._exempt_events > self._max_events:
+            return False
+        if self._busy or self._write_now is None:
+            if sum(map(len, lines)) - self._exempt_bytes > self._max_bytes:
+                return False
             self.wake()
-            return
-        data = b"".join(self._lines)
+            return True
+        data = b"".join(lines)
+        if len(data) - self._exempt_bytes > self._max_bytes:
+            return False
         try:
             sent = self._write_now(data)
         except OSError:
             sent = 0  # the writer's own send meets the error and ends the session
+        lines.clear()
+        self._exempt_events = self._exempt_bytes = 0
         if sent < len(data):
             rest = data[sent:]
-            self._lines[:] = [rest]
-            self._events = rest.count(b"\n")
-            self._bytes = len(rest)
+            lines.append(rest)  # accepted already: exempt, like a batch the writer holds
+            self._exempt_events, self._exempt_bytes = 1, len(rest)
             self._busy = True
             self.wake()
-            return
-        self._lines.clear()
-        self._events = self._bytes = 0
+        return True
 
     def wake(self) -> None:
         writer, self._writer = self._writer, None
@@ -142,8 +187,13 @@ class Outbox:
             trio.lowlevel.reschedule(writer)
 
     def close(self) -> None:
-        """No more puts; the writer gets what is left, then :class:`OutboxClosed`."""
+        """No more lines; the writer gets what is left, then :class:`OutboxClosed`.
+
+        :attr:`queue` stays bound to the old list, so fan-out that still
+        reaches this client (a delivery held for a commit) goes nowhere.
+        """
         self._closed = True
+        self._lines = self._lines[:]
         self.wake()
 
     async def drain(self, send: Callable[[bytes], Awaitable[None]]) -> NoReturn:
@@ -168,7 +218,7 @@ class Outbox:
             await trio.lowlevel.wait_task_rescheduled(self._abort_wait)
         batch = b"".join(self._lines)
         self._lines.clear()
-        self._events = self._bytes = 0
+        self._exempt_events = self._exempt_bytes = 0
         self._busy = True
         return batch
 

@@ -73,10 +73,15 @@ class Session:
         self._conn = conn
         self._hub = hub
         self._config = config
-        self._outbox = Outbox(config.outbox_events, config.outbox_bytes, flusher, conn.write_now)
-        # Peer.deliver is the outbox's put itself: fan-out calls it once per
-        # recipient, so it is worth one Python frame less.
-        self.deliver: Callable[..., bool] = self._outbox.put
+        outbox = Outbox(
+            config.outbox_events, config.outbox_bytes, flusher, conn.write_now, self.evict
+        )
+        self._outbox = outbox
+        # The Peer methods are the outbox's own: one Python frame less on paths
+        # taken once per recipient.
+        self.deliver: Callable[..., bool] = outbox.put
+        self.queue: Callable[[bytes], object] = outbox.queue
+        self.flush: Callable[[], bool] = outbox.flush
         self._bucket = TokenBucket(config.rate_limit, config.burst, trio.current_time())
         self._member: Member | None = None
         self._reason: LeftReason | None = None
