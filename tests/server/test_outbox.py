@@ -124,3 +124,21 @@ async def test_a_closed_outbox_sends_what_it_had_and_drops_what_fan_out_still_qu
         await _drain_quietly(box, conn)
     assert _read_what_is_there(peer) == LINES[0]
     peer.close()
+
+
+async def test_a_flush_due_during_a_commit_waits_for_that_one_commit_only(
+    nursery: trio.Nursery,
+) -> None:
+    conn, peer = _pair()
+    flusher = Flusher(turns=0)
+    box = Outbox(10_000, 10 << 20, flusher, conn.write_now)
+    nursery.start_soon(flusher.run)
+    with flusher.committing():
+        assert box.put(LINES[0])
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(box) == 1  # held back while a history group is being saved...
+    with flusher.committing():
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(box) == 0  # ...but only that one: a steady stream of commits cannot starve it
+    assert _read_what_is_there(peer) == LINES[0]
+    peer.close()

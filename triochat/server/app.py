@@ -97,7 +97,7 @@ async def serve(
         async with trio.open_nursery() as background:
             background.start_soon(server.flusher.run)
             if store is not None:
-                background.start_soon(run_committer, server.hub, store)
+                background.start_soon(run_committer, server.hub, store, server.flusher)
             await _serve(server, listeners, task_status)
             background.cancel_scope.cancel()
     finally:

@@ -35,7 +35,8 @@ interleave.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import NoReturn, Protocol
 
 import trio
@@ -65,6 +66,26 @@ class Flusher:
         self._groups: dict[int, Iterable[Flushable]] = {}
         """Fan-out recipients, by identity: a room's shared tuple is flushed once per burst."""
         self._waiting = trio.lowlevel.ParkingLot()
+        self._saving = False
+        self._saved = trio.lowlevel.ParkingLot()
+
+    @contextmanager
+    def committing(self) -> Iterator[None]:
+        """Mark a history group being written (see :func:`triochat.server.store.run_committer`).
+
+        A flush that comes due meanwhile waits for that group's release and
+        sends both at once. Without this, the events that arrive while one
+        group is saved form the next group, whose senders then answer together
+        while the group after is saved: every burst stays split in two, and
+        each write carries half as much. It waits for one group at most, so a
+        steady stream of commits cannot hold writes back.
+        """
+        self._saving = True
+        try:
+            yield
+        finally:
+            self._saving = False
+            self._saved.unpark_all()
 
     def mark(self, outbox: Flushable) -> None:
         if not self._dirty and not self._groups:
@@ -82,6 +103,8 @@ class Flusher:
                 await self._waiting.park()
             for _ in range(self._turns):
                 await trio.lowlevel.cancel_shielded_checkpoint()
+            if self._saving:
+                await self._saved.park()
             dirty, self._dirty = self._dirty, []
             groups, self._groups = self._groups, {}
             # An eviction publishes ``left``, which may mark more: that is the next round.

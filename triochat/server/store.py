@@ -34,6 +34,7 @@ import trio
 
 from triochat.errors import StoreError
 from triochat.server.hub import Hub, Row
+from triochat.server.outbox import Flusher
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -132,8 +133,13 @@ async def open_store(path: Path | str, retention: int) -> Opened:
         raise StoreError(f"cannot open history database {path}: {exc}") from None
 
 
-async def run_committer(hub: Hub, store: HistoryStore) -> None:
-    """Save and release held deliveries forever (see the module docstring)."""
+async def run_committer(hub: Hub, store: HistoryStore, flusher: Flusher | None = None) -> None:
+    """Save and release held deliveries forever (see the module docstring).
+
+    The ``flusher`` is told while a group is being written (see
+    :meth:`Flusher.committing`), so a group that arrives while the one before
+    it is saved does not split every later burst in two.
+    """
     wakeup = trio.lowlevel.ParkingLot()
 
     def wake() -> None:
@@ -144,7 +150,11 @@ async def run_committer(hub: Hub, store: HistoryStore) -> None:
         while True:
             while not hub.holding:
                 await wakeup.park()
-            await commit_once(hub, store)
+            if flusher is None:
+                await commit_once(hub, store)
+                continue
+            with flusher.committing():
+                await commit_once(hub, store)
     finally:
         hub.on_held = lambda: None
 
