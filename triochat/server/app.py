@@ -41,7 +41,8 @@ from triochat.transport.websocket import WebSocketLines
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[trio.SocketStream], Awaitable[None]]
+Handler = Callable[[trio.SocketStream, str], Awaitable[None]]
+"""Serves one accepted connection; also given the peer's address, for logs."""
 
 ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 """accept() failures that mean "full for now", not "broken" (the same set as trio's)."""
@@ -212,7 +213,7 @@ async def _contained(server: Server, handler: Handler, stream: trio.SocketStream
     """Run one connection; whatever it raises stops here and ends only this connection."""
     remote = _peer(stream)
     try:
-        await handler(stream)
+        await handler(stream, remote)
     except* (ConnectionLost, trio.BrokenResourceError, trio.ClosedResourceError) as group:
         log.debug("%s: connection lost: %r", remote, group.exceptions)
     except* Exception as group:
@@ -224,23 +225,23 @@ async def _contained(server: Server, handler: Handler, stream: trio.SocketStream
         await release(stream)
 
 
-async def _handle_tcp(server: Server, stream: trio.SocketStream) -> None:
-    conn = StreamConnection(stream, max_line=server.config.max_line, remote=_peer(stream))
+async def _handle_tcp(server: Server, stream: trio.SocketStream, remote: str) -> None:
+    conn = StreamConnection(stream, max_line=server.config.max_line, remote=remote)
     await _run_session(server, conn)
 
 
-async def _handle_websocket(server: Server, stream: trio.SocketStream) -> None:
+async def _handle_websocket(server: Server, stream: trio.SocketStream, remote: str) -> None:
     config = server.config
     async with trio.open_nursery() as ws_tasks:  # trio-websocket's reader lives here
-        ws = await _upgrade(server, ws_tasks, stream)
+        ws = await _upgrade(server, ws_tasks, stream, remote)
         if ws is not None:
-            conn = WebSocketLines(ws, stream=stream, max_line=config.max_line, remote=_peer(stream))
+            conn = WebSocketLines(ws, stream=stream, max_line=config.max_line, remote=remote)
             await _run_session(server, conn)
         ws_tasks.cancel_scope.cancel()
 
 
 async def _upgrade(
-    server: Server, nursery: trio.Nursery, stream: trio.SocketStream
+    server: Server, nursery: trio.Nursery, stream: trio.SocketStream, remote: str
 ) -> WebSocketConnection | None:
     """The WebSocket handshake, within the handshake deadline (slowloris protection)."""
     config = server.config
@@ -255,7 +256,7 @@ async def _upgrade(
             return ws
         finally:
             server._handshakes.discard(scope)
-    log.debug("%s: no WebSocket handshake in time", _peer(stream))
+    log.debug("%s: no WebSocket handshake in time", remote)
     return None
 
 
