@@ -12,15 +12,18 @@ from triochat.server.outbox import Flusher, Outbox, OutboxClosed
 from triochat.transport.tcp import StreamConnection
 
 LINES = [f"{n:05d}:{'x' * 993}\n".encode() for n in range(400)]  # 1,000 bytes each
+READ_TIMEOUT = 10.0
 
 
 def _pair(sndbuf: int | None = None) -> tuple[StreamConnection, socket.socket]:
     """A connection as the server holds it, and the peer's end (a blocking stdlib socket).
 
     The peer reads synchronously, so a test can make room in the buffer and act
-    before any trio task (the writer) gets a turn.
+    before any trio task (the writer) gets a turn; its reads give up after
+    ``READ_TIMEOUT`` seconds rather than hang the test.
     """
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    theirs.settimeout(READ_TIMEOUT)
     if sndbuf is not None:
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
     stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
@@ -83,7 +86,7 @@ def _read_what_is_there(peer: socket.socket) -> bytes:
             data += chunk
     except BlockingIOError:
         pass
-    peer.setblocking(True)
+    peer.settimeout(READ_TIMEOUT)
     return bytes(data)
 
 
