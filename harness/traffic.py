@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import trio
 
 from harness.context import Context
-from harness.fleet import SEND_ERRORS, Sim
+from harness.fleet import SEND_ERRORS, Fleet, Sim
 from harness.model import ScenarioResult
 from harness.tally import Book
 from harness.wire import counted_text, now_ns
@@ -173,6 +173,14 @@ def _errors(sims: list[Sim]) -> dict[str, int]:
         for code, count in sim.tally.errors.items():
             total[code] = total.get(code, 0) + count
     return total
+
+
+async def open_members(
+    ctx: Context, fleet: Fleet, scenario: str, room: str, count: int
+) -> list[Sim]:
+    """Connect the scenario's ``count`` numbered members to ``room``, showing progress."""
+    ctx.progress(f"{scenario}: connecting {count}", 0, count)
+    return await fleet.open([ctx.nick(scenario, str(i)) for i in range(count)], [room])
 
 
 def connect_check(result: ScenarioResult, sims: list[Sim]) -> bool:

@@ -15,7 +15,7 @@ from harness.context import Context
 from harness.fleet import Fleet
 from harness.model import ScenarioResult
 from harness.raw import RawClient, open_raw
-from harness.traffic import connect_check, delivery_checks, run_phase
+from harness.traffic import connect_check, delivery_checks, open_members, run_phase
 from harness.wire import decode_line
 from triochat.errors import ConnectionLost, TriochatError
 
@@ -47,8 +47,7 @@ async def run(ctx: Context, result: ScenarioResult) -> None:
     room = ctx.room(NAME)
     async with ctx.target(NAME) as target, trio.open_nursery() as nursery:
         fleet = Fleet(nursery, target.urls)
-        ctx.progress(f"{NAME}: connecting {good}", 0, good)
-        sims = await fleet.open([ctx.nick(NAME, str(i)) for i in range(good)], [room])
+        sims = await open_members(ctx, fleet, NAME, room, good)
         if connect_check(result, sims):
             outcomes: list[str | None] = [None] * bad
             max_line = fleet.limits.max_line if fleet.limits else 64 * 1024

@@ -7,7 +7,7 @@ import trio
 from harness.context import Context
 from harness.fleet import Fleet
 from harness.model import ScenarioResult
-from harness.traffic import connect_check, delivery_checks, run_phase
+from harness.traffic import connect_check, delivery_checks, open_members, run_phase
 
 NAME = "broadcast"
 PROVES = "fan-out reaches every member exactly once, in the room's seq order, and how fast"
@@ -18,8 +18,7 @@ async def run(ctx: Context, result: ScenarioResult) -> None:
     room = ctx.room(NAME)
     async with ctx.target(NAME) as target, trio.open_nursery() as nursery:
         fleet = Fleet(nursery, target.urls)
-        ctx.progress(f"{NAME}: connecting {n}", 0, n)
-        sims = await fleet.open([ctx.nick(NAME, str(i)) for i in range(n)], [room])
+        sims = await open_members(ctx, fleet, NAME, room, n)
         if connect_check(result, sims):
             live = fleet.connected()
             total = n * ctx.options.messages_per_client()

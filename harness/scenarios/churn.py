@@ -18,7 +18,7 @@ from harness.context import Context, Target
 from harness.fleet import SEND_ERRORS, Fleet, Sim
 from harness.model import ScenarioResult
 from harness.scenarios.common import barrier, room_members, wait_until
-from harness.traffic import connect_check
+from harness.traffic import connect_check, open_members
 from triochat.client import open_client
 from triochat.errors import ConnectionLost
 
@@ -35,8 +35,7 @@ async def run(ctx: Context, result: ScenarioResult) -> None:
     room = ctx.room(NAME)
     async with ctx.target(NAME) as target, trio.open_nursery() as nursery:
         fleet = Fleet(nursery, target.urls)
-        ctx.progress(f"{NAME}: connecting {n - workers}", 0, n - workers)
-        stable = await fleet.open([ctx.nick(NAME, str(i)) for i in range(n - workers)], [room])
+        stable = await open_members(ctx, fleet, NAME, room, n - workers)
         if connect_check(result, stable):
             churned: list[str] = []
             failures: list[str] = []

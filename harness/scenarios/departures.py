@@ -18,7 +18,7 @@ from harness.fleet import SEND_ERRORS, Fleet, Sim
 from harness.model import ScenarioResult
 from harness.raw import RawClient, open_raw
 from harness.scenarios.common import barrier, room_members, wait_until
-from harness.traffic import connect_check, delivery_checks, run_phase
+from harness.traffic import connect_check, delivery_checks, open_members, run_phase
 from triochat.errors import TriochatError
 
 DISCONNECT_PROVES = "clean quits mid-run: one left{quit} each, member list right, nobody else hurt"
@@ -40,8 +40,7 @@ async def run_disconnect(ctx: Context, result: ScenarioResult) -> None:
     room = ctx.room(name)
     async with ctx.target(name) as target, trio.open_nursery() as nursery:
         fleet = Fleet(nursery, target.urls)
-        ctx.progress(f"{name}: connecting {n}", 0, n)
-        sims = await fleet.open([ctx.nick(name, str(i)) for i in range(n)], [room])
+        sims = await open_members(ctx, fleet, name, room, n)
         if connect_check(result, sims):
             live = fleet.connected()
             leaving = ctx.rng.sample(live, _departures(ctx, len(live), 1))

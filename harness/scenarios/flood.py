@@ -18,7 +18,7 @@ from harness.context import Context
 from harness.fleet import SEND_ERRORS, Fleet, Sim
 from harness.model import ScenarioResult
 from harness.scenarios.common import wait_until
-from harness.traffic import connect_check, delivery_checks, latency_check, run_phase
+from harness.traffic import connect_check, delivery_checks, latency_check, open_members, run_phase
 from harness.wire import now_ns
 from triochat.protocol import encode
 from triochat.protocol.events import Say
@@ -33,8 +33,7 @@ async def run(ctx: Context, result: ScenarioResult) -> None:
     room = ctx.room(NAME)
     async with ctx.target(NAME) as target, trio.open_nursery() as nursery:
         fleet = Fleet(nursery, target.urls)
-        ctx.progress(f"{NAME}: connecting {n}", 0, n)
-        sims = await fleet.open([ctx.nick(NAME, str(i)) for i in range(n)], [room])
+        sims = await open_members(ctx, fleet, NAME, room, n)
         (flooder,) = await fleet.open([ctx.nick(NAME, "flooder")], [room])
         if connect_check(result, [*sims, flooder]):
             total = ctx.options.fault_messages()

@@ -25,7 +25,7 @@ from harness.fleet import SEND_ERRORS, Fleet, Sim
 from harness.model import ScenarioResult
 from harness.raw import RawClient, open_raw
 from harness.scenarios.common import wait_until
-from harness.traffic import connect_check, delivery_checks, latency_check, run_phase
+from harness.traffic import connect_check, delivery_checks, latency_check, open_members, run_phase
 from harness.wire import now_ns
 from triochat.protocol import encode
 from triochat.protocol.events import Say
@@ -44,8 +44,7 @@ async def run(ctx: Context, result: ScenarioResult) -> None:
     slow_nick = ctx.nick(NAME, "stalled")
     async with ctx.target(NAME) as target, trio.open_nursery() as nursery:
         fleet = Fleet(nursery, target.urls)
-        ctx.progress(f"{NAME}: connecting {n}", 0, n)
-        sims = await fleet.open([ctx.nick(NAME, str(i)) for i in range(n)], [room])
+        sims = await open_members(ctx, fleet, NAME, room, n)
         pushers = await fleet.open([ctx.nick(NAME, f"p{i}") for i in range(PUSHERS)], [bulk])
         if connect_check(result, sims + pushers):
             async with open_raw(target.urls[0], receive_buffer=RECEIVE_BUFFER) as stalled:
