@@ -165,9 +165,17 @@ def print_report(results: Results, console: Console) -> None:
         console.print(f"[yellow]note:[/] {note}")
 
 
+def _table(title: str, *columns: str) -> Table:
+    """A table whose ``server`` column, if any, is left-aligned and every other right-aligned."""
+    table = Table(title=title)
+    for name in columns:
+        table.add_column(name, justify="left" if name == "server" else "right")
+    return table
+
+
 def _throughput_table(results: Results) -> Table:
-    table = Table(title="Fan-out: every member receives every broadcast (100-byte text)")
-    for name in (
+    table = _table(
+        "Fan-out: every member receives every broadcast (100-byte text)",
         "server",
         "N",
         "in flight",
@@ -181,8 +189,7 @@ def _throughput_table(results: Results) -> Table:
         "loadgen CPU",
         "deliv/read",
         "RSS/conn KiB",
-    ):
-        table.add_column(name, justify="left" if name == "server" else "right")
+    )
     for row in results.rows:
         label = short_label(row.server, row.transport, history=row.history)
         if row.error:
@@ -213,8 +220,8 @@ def _throughput_table(results: Results) -> Table:
 
 
 def _history_table(results: Results) -> Table:
-    table = Table(title=f"History on (--db) vs --no-history, N={results.settings.history_size}")
-    for name in (
+    table = _table(
+        f"History on (--db) vs --no-history, N={results.settings.history_size}",
         "transport",
         "in flight",
         "--no-history",
@@ -224,8 +231,7 @@ def _history_table(results: Results) -> Table:
         "on",
         "p99 ms off",
         "on",
-    ):
-        table.add_column(name, justify="right")
+    )
     n = results.settings.history_size
     for transport in ("ws", "tcp"):
         for k in results.settings.history_in_flight:
@@ -249,16 +255,15 @@ def _history_table(results: Results) -> Table:
 
 
 def _handshake_table(results: Results) -> Table:
-    table = Table(title="WebSocket handshakes (connect, upgrade, close)")
-    for name in (
+    table = _table(
+        "WebSocket handshakes (connect, upgrade, close)",
         "server",
         "per second",
         "server CPU us each",
         "server CPU",
         "loadgen CPU",
         "failed",
-    ):
-        table.add_column(name, justify="left" if name == "server" else "right")
+    )
     for e in results.handshakes:
         if e.error:
             table.add_row(e.server, f"[red]{e.error}[/]")
@@ -275,9 +280,14 @@ def _handshake_table(results: Results) -> Table:
 
 
 def _idle_table(results: Results) -> Table:
-    table = Table(title="Idle connections held by one server process (hello'd, rooms of 10)")
-    for name in ("server", "connections", "RSS/conn KiB", "base RSS MiB", "connect s"):
-        table.add_column(name, justify="left" if name == "server" else "right")
+    table = _table(
+        "Idle connections held by one server process (hello'd, rooms of 10)",
+        "server",
+        "connections",
+        "RSS/conn KiB",
+        "base RSS MiB",
+        "connect s",
+    )
     for e in results.idle:
         label = short_label(e.server, e.transport)
         if e.error:
