@@ -21,10 +21,12 @@ from trio_websocket import WebSocketConnection, wrap_client_stream
 
 from triochat.client import CLIENT_MAX_LINE, Address, parse_url
 from triochat.errors import ConnectError, ConnectionLost
-from triochat.protocol import LineSplitter, encode, split_message
+from triochat.protocol import encode
 from triochat.protocol.events import Hello
+from triochat.transport.base import Connection
+from triochat.transport.tcp import StreamConnection
+from triochat.transport.websocket import WebSocketLines
 
-RECEIVE_SIZE = 64 * 1024
 HALF_LINE = b'{"type":"say","room":"lobby","text":"this line never'
 
 
@@ -37,7 +39,12 @@ class RawClient:
         self.address = address
         self._stream = stream
         self._ws = ws
-        self._splitter = LineSplitter(CLIENT_MAX_LINE)
+        # Receiving is ordinary: the client library's own transports do it.
+        self._incoming: Connection = (
+            StreamConnection(stream, max_line=CLIENT_MAX_LINE, remote=str(address))
+            if ws is None
+            else WebSocketLines(ws, stream=stream, max_line=CLIENT_MAX_LINE, remote=str(address))
+        )
 
     @property
     def is_ws(self) -> bool:
@@ -72,26 +79,7 @@ class RawClient:
 
     async def receive_lines(self) -> list[bytes]:
         """The next lines the server sent; :class:`ConnectionLost` once it closed."""
-        while True:
-            lines = await self._receive_some()
-            if lines:
-                return lines
-
-    async def _receive_some(self) -> list[bytes]:
-        if self._ws is not None:
-            try:
-                message = await self._ws.get_message()
-            except WsClosed as exc:
-                raise ConnectionLost(f"{self.address}: {exc.reason}") from None
-            data = message.encode() if isinstance(message, str) else message
-            return split_message(data, CLIENT_MAX_LINE)
-        try:
-            data = await self._stream.receive_some(RECEIVE_SIZE)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise ConnectionLost(f"{self.address}: {exc!r}") from None
-        if not data:
-            raise ConnectionLost(f"{self.address}: closed by peer")
-        return self._splitter.feed(data)
+        return await self._incoming.receive_lines()
 
     async def hello(self, nick: str, rooms: list[str]) -> list[bytes]:
         """Say hello and read up to ``welcome``; return every line read on the way.
