@@ -10,6 +10,8 @@ keeps serving: a new client connects and is answered afterwards.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Awaitable, Callable
+from functools import partial
 
 import trio
 
@@ -18,7 +20,7 @@ from harness.fleet import SEND_ERRORS, Fleet, Sim
 from harness.model import ScenarioResult
 from harness.raw import RawClient, open_raw
 from harness.scenarios.common import barrier, room_members, wait_until
-from harness.traffic import connect_check, delivery_checks, open_members, run_phase
+from harness.traffic import Phase, connect_check, delivery_checks, open_members, run_phase
 from triochat.errors import TriochatError
 
 DISCONNECT_PROVES = "clean quits mid-run: one left{quit} each, member list right, nobody else hurt"
@@ -45,11 +47,7 @@ async def run_disconnect(ctx: Context, result: ScenarioResult) -> None:
             live = fleet.connected()
             leaving = ctx.rng.sample(live, _departures(ctx, len(live), 1))
             stayers = [sim for sim in live if sim not in leaving]
-            total = ctx.options.fault_messages()
-            midway = total / ctx.options.send_rate() / 2
-            async with trio.open_nursery() as quitting:
-                quitting.start_soon(_quit_after, midway, leaving)
-                phase = await run_phase(ctx, name, "", room, stayers, stayers, total)
+            phase = await _phase_faulted_midway(ctx, name, room, stayers, partial(_quit, leaving))
             delivery_checks(result, phase, "every staying client")
             await _closed_check(ctx, result, leaving)
             nicks = [sim.nick for sim in leaving]
@@ -57,8 +55,23 @@ async def run_disconnect(ctx: Context, result: ScenarioResult) -> None:
         await fleet.close(notes=result.notes)
 
 
-async def _quit_after(delay: float, leaving: list[Sim]) -> None:
+async def _phase_faulted_midway(
+    ctx: Context, name: str, room: str, sims: list[Sim], fault: Callable[[], Awaitable[None]]
+) -> Phase:
+    """A fault phase among ``sims``, with ``fault`` run halfway through its sending."""
+    total = ctx.options.fault_messages()
+    midway = total / ctx.options.send_rate() / 2
+    async with trio.open_nursery() as faults:
+        faults.start_soon(_after, midway, fault)
+        return await run_phase(ctx, name, "", room, sims, sims, total)
+
+
+async def _after(delay: float, fault: Callable[[], Awaitable[None]]) -> None:
     await trio.sleep(delay)
+    await fault()
+
+
+async def _quit(leaving: list[Sim]) -> None:
     for sim in leaving:
         if sim.client is not None:
             with contextlib.suppress(*SEND_ERRORS):
@@ -163,11 +176,7 @@ async def run_broken_pipe(ctx: Context, result: ScenarioResult) -> None:
         )
         if ok:
             live = fleet.connected()
-            total = ctx.options.fault_messages()
-            midway = total / ctx.options.send_rate() / 2
-            async with trio.open_nursery() as faults:
-                faults.start_soon(_set_after, midway, go)
-                phase = await run_phase(ctx, name, "", room, live, live, total)
+            phase = await _phase_faulted_midway(ctx, name, room, live, partial(_set, go))
             delivery_checks(result, phase, "every remaining client")
             await _left_checks(ctx, result, name, room, live, vanished, "disconnected")
             await _still_serving(ctx, result, target.urls[0], room)
@@ -175,8 +184,7 @@ async def run_broken_pipe(ctx: Context, result: ScenarioResult) -> None:
         await fleet.close(notes=result.notes)
 
 
-async def _set_after(delay: float, event: trio.Event) -> None:
-    await trio.sleep(delay)
+async def _set(event: trio.Event) -> None:
     event.set()
 
 
