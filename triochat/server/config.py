@@ -49,7 +49,7 @@ class ServerConfig:
     """SQLite file for durable history; None keeps history in memory only."""
     batch_turns: int = 2
     """Scheduler turns the flusher lets pass between the first event of a burst and
-    waking the writers, so events already on their way land in the same write
+    flushing, so events already on their way land in the same write
     (see triochat/server/outbox.py)."""
 
     def limits(self) -> Limits:

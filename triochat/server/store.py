@@ -133,7 +133,7 @@ async def open_store(path: Path | str, retention: int) -> Opened:
         raise StoreError(f"cannot open history database {path}: {exc}") from None
 
 
-async def run_committer(hub: Hub, store: HistoryStore, flusher: Flusher | None = None) -> None:
+async def run_committer(hub: Hub, store: HistoryStore, flusher: Flusher) -> None:
     """Save and release held deliveries forever (see the module docstring).
 
     The ``flusher`` is told while a group is being written (see
@@ -150,9 +150,6 @@ async def run_committer(hub: Hub, store: HistoryStore, flusher: Flusher | None =
         while True:
             while not hub.holding:
                 await wakeup.park()
-            if flusher is None:
-                await commit_once(hub, store)
-                continue
             with flusher.committing():
                 await commit_once(hub, store)
     finally:
