@@ -25,6 +25,8 @@ class Proc:
     def __init__(self, process: trio.Process) -> None:
         self.process = process
         self.out = b""
+        self.err = b""
+        """Everything read from stderr so far."""
 
     async def read_line(self) -> str:
         assert self.process.stdout is not None
@@ -38,18 +40,17 @@ class Proc:
     async def wait_for_log(self, text: str) -> None:
         """Read stderr until ``text`` appears (the process keeps running)."""
         assert self.process.stderr is not None
-        seen = b""
-        while text.encode() not in seen:
+        while text.encode() not in self.err:
             chunk = await self.process.stderr.receive_some()
-            assert chunk, f"server exited early: {seen.decode()}"
-            seen += chunk
+            assert chunk, f"server exited early: {self.err.decode()}"
+            self.err += chunk
 
     async def stderr(self) -> str:
+        """All of stderr, including what :meth:`wait_for_log` already read."""
         assert self.process.stderr is not None
-        data = b""
         while chunk := await self.process.stderr.receive_some():
-            data += chunk
-        return data.decode()
+            self.err += chunk
+        return self.err.decode()
 
 
 @asynccontextmanager
