@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
+from itertools import chain
 from typing import NoReturn, Protocol
 
 import trio
@@ -108,13 +109,9 @@ class Flusher:
             dirty, self._dirty = self._dirty, []
             groups, self._groups = self._groups, {}
             # An eviction publishes ``left``, which may mark more: that is the next round.
-            for outbox in dirty:
-                if not outbox.flush():
-                    outbox.evict()
-            for group in groups.values():
-                for recipient in group:
-                    if not recipient.flush():
-                        recipient.evict()
+            for recipient in chain(dirty, *groups.values()):
+                if not recipient.flush():
+                    recipient.evict()
 
 
 class Outbox:
