@@ -76,7 +76,7 @@ QUICK = Settings(
 @dataclass(frozen=True)
 class Setup:
     server: str
-    """``triochat`` or ``websockets peer``."""
+    """``triochat``, ``websockets peer`` or ``trio-websocket floor``."""
     transport: str
     history: bool = False
 
@@ -86,6 +86,7 @@ class Setup:
 
 
 PEER_WS = Setup("websockets peer", "ws")
+FLOOR_WS = Setup("trio-websocket floor", "ws")
 TRIO_WS = Setup("triochat", "ws")
 TRIO_TCP = Setup("triochat", "tcp")
 TRIO_WS_DB = Setup("triochat", "ws", history=True)
@@ -186,12 +187,14 @@ class Bench:
 
     def _setups(self, n: int) -> list[Setup]:
         if n != self.settings.history_size:
-            return [PEER_WS, TRIO_WS, TRIO_TCP]
-        return [PEER_WS, TRIO_WS, TRIO_WS_DB, TRIO_TCP, TRIO_TCP_DB]
+            return [PEER_WS, FLOOR_WS, TRIO_WS, TRIO_TCP]
+        return [PEER_WS, FLOOR_WS, TRIO_WS, TRIO_WS_DB, TRIO_TCP, TRIO_TCP_DB]
 
     def _spec(self, setup: Setup) -> servers.ServerSpec:
-        if setup.server != "triochat":
+        if setup == PEER_WS:
             return servers.peer()
+        if setup == FLOOR_WS:
+            return servers.floor()
         if not setup.history:
             return servers.triochat(db_path=None)
         path = tempfile.mktemp(prefix="history-", suffix=".sqlite3", dir=self.db_dir)
@@ -308,7 +311,7 @@ class Bench:
     # --- handshakes ---------------------------------------------------------------------
 
     def handshakes(self) -> None:
-        for setup in (PEER_WS, TRIO_WS):
+        for setup in (PEER_WS, FLOOR_WS, TRIO_WS):
             entry = Handshakes(setup.server)
             self.results.handshakes.append(entry)
             self.progress(f"{setup.label}: handshakes")
@@ -343,7 +346,7 @@ class Bench:
 
     def idle(self) -> None:
         count = self.results.idle_wanted
-        for setup in (PEER_WS, TRIO_WS, TRIO_TCP):
+        for setup in (PEER_WS, FLOOR_WS, TRIO_WS, TRIO_TCP):
             entry = Idle(setup.server, setup.transport)
             self.results.idle.append(entry)
             self.progress(f"{setup.label}: {count} idle connections")

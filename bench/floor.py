@@ -1,0 +1,123 @@
+"""The trio-websocket floor: issue 6's batching design and nothing else.
+
+This is the third row of the issue's table, built only on trio-websocket's public
+API: one task per client reads its messages, a ``say`` is encoded once and
+appended to every member's queue, and each client's writer task drains its whole
+queue into one ``send_message``. No validation beyond what the load generator
+needs, no history, no acks, no flood control, no keepalive, no bounds on a
+queue: the cheapest server trio-websocket allows, so the bench can show how far
+triochat is from it and which targets that floor already rules out.
+
+It speaks the same protocol subset as ``bench.peer``. Run as
+``python -m bench.floor --port 0``; it prints ``listening ws://HOST:PORT`` and
+stops cleanly on SIGTERM or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import time
+from collections import defaultdict
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
+
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+class Member:
+    """One client's queue and the event its writer waits on."""
+
+    __slots__ = ("lines", "ready")
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.ready = trio.Event()
+
+    def put(self, line: str) -> None:
+        self.lines.append(line)
+        self.ready.set()
+
+
+class Rooms:
+    def __init__(self) -> None:
+        self.members: defaultdict[str, list[Member]] = defaultdict(list)
+        self.seq: defaultdict[str, int] = defaultdict(int)
+
+    def say(self, room: str, nick: str, text: str, ref: object) -> None:
+        self.seq[room] += 1
+        event = {
+            "type": "message",
+            "room": room,
+            "seq": self.seq[room],
+            "from": nick,
+            "text": text,
+            "ts": round(time.time(), 3),
+            "id": ref,
+        }
+        line = _encode(event) + "\n"
+        for member in self.members[room]:
+            member.put(line)
+
+
+async def _writer(ws: WebSocketConnection, member: Member) -> None:
+    while True:
+        await member.ready.wait()
+        member.ready = trio.Event()
+        batch, member.lines = member.lines, []
+        await ws.send_message("".join(batch))
+
+
+async def _session(rooms: Rooms, ws: WebSocketConnection) -> None:
+    hello = json.loads(await ws.get_message())
+    nick, joined = str(hello["nick"]), [str(r) for r in hello.get("rooms") or ["lobby"]]
+    await ws.send_message(_encode({"type": "welcome", "nick": nick, "rooms": joined}) + "\n")
+    member = Member()
+    for room in joined:
+        rooms.members[room].append(member)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_writer, ws, member)
+            while True:
+                message = await ws.get_message()
+                text = message if isinstance(message, str) else message.decode()
+                for line in text.splitlines():
+                    event = json.loads(line)
+                    if event.get("type") == "say" and event.get("room") in joined:
+                        rooms.say(event["room"], nick, event["text"], event.get("id"))
+    finally:
+        for room in joined:
+            rooms.members[room].remove(member)
+
+
+async def run(host: str, port: int) -> None:
+    rooms = Rooms()
+
+    async def handler(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        try:
+            await _session(rooms, ws)
+        except* ConnectionClosed:  # a client leaving is not an error
+            pass
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(serve_websocket, handler, host, port, None)
+            print(f"listening ws://{host}:{server.port}", flush=True)
+            async for _ in signals:
+                nursery.cancel_scope.cancel()
+                break
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="The issue's batching design on trio-websocket.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    trio.run(run, args.host, args.port)
+
+
+if __name__ == "__main__":
+    main()
