@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench.runner import DISTURBED, FLOOR_WS, PEER_WS, Idle, Results, Row
+from bench.runner import DISTURBED, FLOOR_WS, PEER_WS, WSPROTO_WS, Idle, Results, Row
 
 
 @dataclass(frozen=True)
@@ -68,30 +68,43 @@ def targets(results: Results) -> list[Target]:
     ]
 
 
+FLOORS = ((FLOOR_WS, "trio-websocket floor"), (WSPROTO_WS, "wsproto floor"))
+"""The reference servers a WebSocket target's figure is shown beside."""
+
+
+def _beside(measured: str, figures: list[tuple[str, str | None]]) -> str:
+    """``measured`` followed by each reference figure this run has (``; label figure``)."""
+    return measured + "".join(f"; {label} {fig}" for label, fig in figures if fig is not None)
+
+
+def _floor_rows(results: Results, n: int, k: int) -> list[tuple[str, Row | None]]:
+    return [(label, find(results, setup.server, "ws", n, k)) for setup, label in FLOORS]
+
+
 def _throughput_targets(results: Results) -> list[Target]:
     ws = find(results, "triochat", "ws", 200, 32)
     tcp = find(results, "triochat", "tcp", 200, 32)
     peer = find(results, PEER_WS.server, "ws", 200, 32)
-    out = []
-    floor = find(results, FLOOR_WS.server, "ws", 200, 32)
+    floors = _floor_rows(results, 200, 32)
+    goal = "N=200, 32 in flight: WS >= 5x the peer"
     if ws and peer:
         ratio = ws.deliveries_per_s / peer.deliveries_per_s
         measured = f"{ratio:.2f}x ({rate(ws.deliveries_per_s)} vs {rate(peer.deliveries_per_s)}/s)"
-        if floor is not None and floor.vs_peer is not None:
-            measured += f"; floor {floor.vs_peer:.2f}x"
-        out.append(Target(1, "N=200, 32 in flight: WS >= 5x the peer", measured, ratio >= 5))
+        figures = [(label, f"{r.vs_peer:.2f}x" if r and r.vs_peer else None) for label, r in floors]
+        out = [Target(1, goal, _beside(measured, figures), ratio >= 5)]
     else:
-        out.append(Target(1, "N=200, 32 in flight: WS >= 5x the peer", "not measured", None))
+        out = [Target(1, goal, "not measured", None)]
     for row, limit, name in ((ws, 1.5, "WS"), (tcp, 1.0, "TCP")):
         goal = f"N=200, 32 in flight: {name} <= {limit} us server CPU per delivery"
         if row is None:
             out.append(Target(1, goal, "not measured", None))
-        else:
-            us = row.server_cpu_us_per_delivery
-            measured = f"{us:.2f} us"
-            if name == "WS" and floor is not None:
-                measured += f"; floor {floor.server_cpu_us_per_delivery:.2f} us"
-            out.append(Target(1, goal, measured, us <= limit))
+            continue
+        us = row.server_cpu_us_per_delivery
+        figures = [
+            (label, f"{r.server_cpu_us_per_delivery:.2f} us" if r else None)
+            for label, r in (floors if name == "WS" else [])
+        ]
+        out.append(Target(1, goal, _beside(f"{us:.2f} us", figures), us <= limit))
     return out
 
 
@@ -104,13 +117,9 @@ def _latency_targets(results: Results) -> list[Target]:
         if ours is None or peer is None:
             out.append(Target(2, goal, "not measured", None))
             continue
-        measured = f"{ours.p99_ms:.2f} ms vs {peer.p99_ms:.2f} ms"
-        for label, row in (
-            ("TCP", find(results, "triochat", "tcp", n, 1)),
-            ("floor", find(results, FLOOR_WS.server, "ws", n, 1)),
-        ):
-            if row is not None:
-                measured += f"; {label} {row.p99_ms:.2f} ms"
+        others = [("TCP", find(results, "triochat", "tcp", n, 1)), *_floor_rows(results, n, 1)]
+        figures = [(label, f"{r.p99_ms:.2f} ms" if r else None) for label, r in others]
+        measured = _beside(f"{ours.p99_ms:.2f} ms vs {peer.p99_ms:.2f} ms", figures)
         out.append(Target(2, goal, measured, ours.p99_ms <= peer.p99_ms))
     return out
 
@@ -127,13 +136,10 @@ def _idle_target(results: Results) -> Target:
     entry = _idle_entry(results, "triochat", "ws")
     if entry is None:
         return Target(3, goal, "not measured", None)
-    measured = f"{entry.rss_per_conn_kib:.1f} KiB at {entry.connections:,}"
-    for label, other in (
-        ("TCP", _idle_entry(results, "triochat", "tcp")),
-        ("floor", _idle_entry(results, FLOOR_WS.server, FLOOR_WS.transport)),
-    ):
-        if other is not None:
-            measured += f"; {label} {other.rss_per_conn_kib:.1f} KiB"
+    others = [("TCP", _idle_entry(results, "triochat", "tcp"))]
+    others += [(label, _idle_entry(results, setup.server, "ws")) for setup, label in FLOORS]
+    figures = [(label, f"{e.rss_per_conn_kib:.1f} KiB" if e else None) for label, e in others]
+    measured = _beside(f"{entry.rss_per_conn_kib:.1f} KiB at {entry.connections:,}", figures)
     met = entry.rss_per_conn_kib <= 24 if entry.connections >= 10_000 else None
     return Target(3, goal, measured, met)
 
@@ -144,11 +150,11 @@ def _handshake_target(results: Results) -> Target:
     entry = by_server.get("triochat")
     if entry is None:
         return Target(4, goal, "not measured", None)
-    measured = f"{entry.per_s:,.0f}/s"
-    floor = by_server.get(FLOOR_WS.server)
-    if floor is not None:
-        measured += f"; floor {floor.per_s:,.0f}/s"
-    return Target(4, goal, measured, entry.per_s >= 2000)
+    figures = []
+    for setup, label in FLOORS:
+        other = by_server.get(setup.server)
+        figures.append((label, f"{other.per_s:,.0f}/s" if other else None))
+    return Target(4, goal, _beside(f"{entry.per_s:,.0f}/s", figures), entry.per_s >= 2000)
 
 
 def _history_targets(results: Results) -> list[Target]:

@@ -42,6 +42,8 @@ RETRY_BUDGET = 8
 """Shapes measured a second time per run because other work disturbed their window."""
 DISTURBED = 0.10
 """Share of a core taken by other work (or by steal) that makes a window suspect."""
+FLOORS_UP_TO = 200
+"""The largest N at which a target is set, and so the floors are measured."""
 FD_RESERVE = 64
 """Descriptors each process keeps for itself (listeners, pipes, logs, the SQLite file)."""
 
@@ -76,7 +78,8 @@ QUICK = Settings(
 @dataclass(frozen=True)
 class Setup:
     server: str
-    """``triochat``, ``websockets peer`` or ``trio-websocket floor``."""
+    """``triochat``, or a reference: ``websockets peer``, ``trio-websocket floor``,
+    ``wsproto floor`` (see bench/peer.py, bench/floor.py, bench/wsproto_floor.py)."""
     transport: str
     history: bool = False
 
@@ -87,6 +90,7 @@ class Setup:
 
 PEER_WS = Setup("websockets peer", "ws")
 FLOOR_WS = Setup("trio-websocket floor", "ws")
+WSPROTO_WS = Setup("wsproto floor", "ws")
 TRIO_WS = Setup("triochat", "ws")
 TRIO_TCP = Setup("triochat", "tcp")
 TRIO_WS_DB = Setup("triochat", "ws", history=True)
@@ -186,15 +190,19 @@ class Bench:
         return self.results
 
     def _setups(self, n: int) -> list[Setup]:
-        if n != self.settings.history_size:
-            return [PEER_WS, FLOOR_WS, TRIO_WS, TRIO_TCP]
-        return [PEER_WS, FLOOR_WS, TRIO_WS, TRIO_WS_DB, TRIO_TCP, TRIO_TCP_DB]
+        """Who runs at ``n`` clients: the floors only where a target is set (N <= 200)."""
+        floors = [FLOOR_WS, WSPROTO_WS] if n <= FLOORS_UP_TO else []
+        if n == self.settings.history_size:
+            return [PEER_WS, *floors, TRIO_WS, TRIO_WS_DB, TRIO_TCP, TRIO_TCP_DB]
+        return [PEER_WS, *floors, TRIO_WS, TRIO_TCP]
 
     def _spec(self, setup: Setup) -> servers.ServerSpec:
         if setup == PEER_WS:
             return servers.peer()
         if setup == FLOOR_WS:
             return servers.floor()
+        if setup == WSPROTO_WS:
+            return servers.wsproto_floor()
         if not setup.history:
             return servers.triochat(db_path=None)
         path = tempfile.mktemp(prefix="history-", suffix=".sqlite3", dir=self.db_dir)
@@ -311,7 +319,7 @@ class Bench:
     # --- handshakes ---------------------------------------------------------------------
 
     def handshakes(self) -> None:
-        for setup in (PEER_WS, FLOOR_WS, TRIO_WS):
+        for setup in (PEER_WS, FLOOR_WS, WSPROTO_WS, TRIO_WS):
             entry = Handshakes(setup.server)
             self.results.handshakes.append(entry)
             self.progress(f"{setup.label}: handshakes")
@@ -346,7 +354,7 @@ class Bench:
 
     def idle(self) -> None:
         count = self.results.idle_wanted
-        for setup in (PEER_WS, FLOOR_WS, TRIO_WS, TRIO_TCP):
+        for setup in (PEER_WS, FLOOR_WS, WSPROTO_WS, TRIO_WS, TRIO_TCP):
             entry = Idle(setup.server, setup.transport)
             self.results.idle.append(entry)
             self.progress(f"{setup.label}: {count} idle connections")

@@ -66,6 +66,12 @@ def floor() -> ServerSpec:
     return ServerSpec(name="trio-websocket floor", argv=argv, schemes=("ws",), cwd=root)
 
 
+def wsproto_floor() -> ServerSpec:
+    argv = (sys.executable, "-m", "bench.wsproto_floor", "--host", "127.0.0.1", "--port", "0")
+    root = str(Path(__file__).resolve().parents[1])
+    return ServerSpec(name="wsproto floor", argv=argv, schemes=("ws",), cwd=root)
+
+
 def proc_cpu_s(pid: int) -> float:
     """User + system CPU seconds of every thread of ``pid`` so far (``/proc/<pid>/stat``)."""
     with open(f"/proc/{pid}/stat", "rb") as f:
