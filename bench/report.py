@@ -44,9 +44,14 @@ def find(
     return None
 
 
+SHORT_NAMES = {"trio-websocket floor": "tw-floor", "wsproto floor": "wsp-floor"}
+"""Narrow names for the floors (the fan-out table's title says what they are)."""
+
+
 def short_label(server: str, transport: str, *, history: bool = False) -> str:
-    """``websockets ws``, ``triochat tcp+db``: narrow enough for one table column."""
-    return f"{server.split()[0]} {transport}" + ("+db" if history else "")
+    """``websockets ws``, ``tw-floor ws``, ``triochat tcp+db``: narrow enough for one column."""
+    name = SHORT_NAMES.get(server, server.split()[0])
+    return f"{name} {transport}" + ("+db" if history else "")
 
 
 # --- targets -----------------------------------------------------------------------------
@@ -199,7 +204,9 @@ def _table(title: str, *columns: str) -> Table:
 
 def _throughput_table(results: Results) -> Table:
     table = _table(
-        "Fan-out: every member receives every broadcast (100-byte text)",
+        "Fan-out: every member receives every broadcast (100-byte text)\n"
+        "tw-floor: the issue's batching design on trio-websocket (bench/floor.py); "
+        "wsp-floor: WebSocket on wsproto, flushed like TCP (bench/wsproto_floor.py)",
         "server",
         "N",
         "in flight",
