@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sqlite3
+from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from triochat.client import open_client
 from triochat.errors import ConnectionLost
 from triochat.protocol.events import Ack, HistoryPage, Joined, Left, LeftReason, Message
 from triochat.server import Server, serve
+from triochat.server.hub import Row
+from triochat.server.store import TRIM_EVERY, HistoryStore
 
 
 async def _chat_then_stop(config: object, texts: list[str]) -> None:
@@ -132,3 +135,24 @@ async def test_server_id_is_kept_by_the_database_and_new_without_one(tmp_path: P
         memory_a, memory_b = await welcome_id(TEST_CONFIG), await welcome_id(TEST_CONFIG)
     assert first == again
     assert len({first, memory_a, memory_b}) == 3
+
+
+def test_store_keeps_the_retained_events_and_trims_the_rest_in_steps(tmp_path: Path) -> None:
+    """Groups of any size, rooms interleaved: ``load`` gives each room's newest
+    ``retention`` events, and the file never holds more than a trim step beyond them."""
+    path = tmp_path / "h.sqlite3"
+    retention, group, last = 10, 7, 1000
+    store = HistoryStore(path, retention)
+    for start in range(1, last + 1, group):
+        seqs = range(start, min(start + group, last + 1))
+        store.write([Row(room, seq, 0.0, b"%d\n" % seq) for seq in seqs for room in "ab"])
+    past = store.load()
+    store.close()
+    for room in "ab":
+        assert [row.seq for row in past[room]] == list(range(last - retention + 1, last + 1))
+        assert past[room][-1].line == b"%d\n" % last
+    with closing(sqlite3.connect(path)) as db:
+        counts = dict(db.execute("SELECT room, COUNT(*) FROM events GROUP BY room"))
+    assert counts.keys() == {"a", "b"}
+    for count in counts.values():
+        assert retention <= count < retention + TRIM_EVERY + group
