@@ -45,6 +45,16 @@ events more than ``retention`` per room; :meth:`HistoryStore.load` reads only th
 newest ``retention``, so nobody sees the difference.
 """
 
+CHECKPOINT_PAGES = 200
+"""Copy the WAL into the database every this many pages (SQLite's default: 1000).
+
+SQLite checkpoints inside the COMMIT that crosses the mark, so the group being
+saved waits for it, about 10 µs per page plus an fsync. At 1000 pages under load
+that is a 10-13 ms stall about once a second, which set the p99 of every
+durable shape in the bench; at 200 it is 3-4 ms, for ~30 µs more per commit
+on average (measured on 32-row groups).
+"""
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     room TEXT NOT NULL,
@@ -76,6 +86,7 @@ class HistoryStore:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_PAGES}")
         self._db.executescript(SCHEMA)
 
     def server_id(self) -> str:
