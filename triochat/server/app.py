@@ -47,6 +47,8 @@ Handler = Callable[[trio.SocketStream, str], Awaitable[None]]
 ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 """accept() failures that mean "full for now", not "broken" (the same set as trio's)."""
 ACCEPT_RETRY_S = 0.1
+ACCEPT_REMIND_S = 10.0
+"""While accepting keeps failing, one reminder this often (the retries are every 0.1 s)."""
 
 
 @dataclass(eq=False)
@@ -193,6 +195,7 @@ async def _accept_loop(
     out of descriptors or memory is waited out, as trio does; the server keeps
     serving the connections it has.
     """
+    starved = _Starved()
     async with listener:
         while True:
             try:
@@ -200,10 +203,40 @@ async def _accept_loop(
             except OSError as exc:
                 if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
                     raise
-                log.warning("cannot accept: %s; retrying in %g s", exc.strerror, ACCEPT_RETRY_S)
+                starved.failed(exc)
                 await trio.sleep(ACCEPT_RETRY_S)
                 continue
+            if starved.since is not None:
+                starved.recovered()
             connections.start_soon(_contained, server, handler, stream)
+
+
+class _Starved:
+    """The log of one listener running out of descriptors or memory.
+
+    One warning when accepting starts to fail, a reminder every
+    ``ACCEPT_REMIND_S`` while it goes on, and one line when it ends: an
+    operator sees the episode and its length, not a line per retry.
+    """
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+        """When accepting started to fail; None while it works."""
+        self._reminded = 0.0
+
+    def failed(self, exc: OSError) -> None:
+        now = trio.current_time()
+        if self.since is None:
+            self.since = self._reminded = now
+            log.warning("cannot accept: %s; retrying every %g s", exc.strerror, ACCEPT_RETRY_S)
+        elif now - self._reminded >= ACCEPT_REMIND_S:
+            self._reminded = now
+            log.warning("still cannot accept after %.0f s: %s", now - self.since, exc.strerror)
+
+    def recovered(self) -> None:
+        assert self.since is not None
+        log.warning("accepting again after %.1f s", trio.current_time() - self.since)
+        self.since = None
 
 
 # --- per connection -------------------------------------------------------------
