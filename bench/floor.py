@@ -15,16 +15,14 @@ stops cleanly on SIGTERM or Ctrl-C.
 
 from __future__ import annotations
 
-import argparse
 import json
 import signal
-import time
 from collections import defaultdict
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+from bench.reference import message, parse_args, welcome
 
 
 class Member:
@@ -48,16 +46,7 @@ class Rooms:
 
     def say(self, room: str, nick: str, text: str, ref: object) -> None:
         self.seq[room] += 1
-        event = {
-            "type": "message",
-            "room": room,
-            "seq": self.seq[room],
-            "from": nick,
-            "text": text,
-            "ts": round(time.time(), 3),
-            "id": ref,
-        }
-        line = _encode(event) + "\n"
+        line = message(room, self.seq[room], nick, text, ref)
         for member in self.members[room]:
             member.put(line)
 
@@ -73,7 +62,7 @@ async def _writer(ws: WebSocketConnection, member: Member) -> None:
 async def _session(rooms: Rooms, ws: WebSocketConnection) -> None:
     hello = json.loads(await ws.get_message())
     nick, joined = str(hello["nick"]), [str(r) for r in hello.get("rooms") or ["lobby"]]
-    await ws.send_message(_encode({"type": "welcome", "nick": nick, "rooms": joined}) + "\n")
+    await ws.send_message(welcome(nick, joined))
     member = Member()
     for room in joined:
         rooms.members[room].append(member)
@@ -112,10 +101,7 @@ async def run(host: str, port: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="The issue's batching design on trio-websocket.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    args = parser.parse_args()
+    args = parse_args("The issue's batching design on trio-websocket.")
     trio.run(run, args.host, args.port)
 
 

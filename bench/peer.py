@@ -13,19 +13,17 @@ like ``triochat serve`` and stops cleanly on SIGTERM or Ctrl-C.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
 import signal
-import time
 from collections import defaultdict
 from collections.abc import Iterable
 
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
 
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+from bench.reference import message, parse_args, welcome
 
 
 class Rooms:
@@ -37,16 +35,7 @@ class Rooms:
 
     def say(self, room: str, nick: str, text: str, ref: object) -> None:
         self.seq[room] += 1
-        event = {
-            "type": "message",
-            "room": room,
-            "seq": self.seq[room],
-            "from": nick,
-            "text": text,
-            "ts": round(time.time(), 3),
-            "id": ref,
-        }
-        broadcast(self.members[room], _encode(event) + "\n")
+        broadcast(self.members[room], message(room, self.seq[room], nick, text, ref))
 
     def leave(self, conn: ServerConnection, rooms: Iterable[str]) -> None:
         for room in rooms:
@@ -56,7 +45,7 @@ class Rooms:
 async def _session(rooms: Rooms, conn: ServerConnection) -> None:
     hello = json.loads(await conn.recv())
     nick, joined = str(hello["nick"]), [str(r) for r in hello.get("rooms") or ["lobby"]]
-    await conn.send(_encode({"type": "welcome", "nick": nick, "rooms": joined}) + "\n")
+    await conn.send(welcome(nick, joined))
     for room in joined:
         rooms.members[room].add(conn)
     try:
@@ -91,10 +80,7 @@ async def run(host: str, port: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Reference broadcast peer on `websockets`.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    args = parser.parse_args()
+    args = parse_args("Reference broadcast peer on `websockets`.")
     asyncio.run(run(args.host, args.port))
 
 

@@ -20,20 +20,19 @@ the change, not to serve anyone. Run as ``python -m bench.wsproto_floor --port 0
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import errno
 import json
 import os
 import signal
-import time
 from collections import defaultdict
 
 import trio
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Ping, Request, TextMessage
 
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+from bench.reference import message, parse_args, welcome
+
 PENDING_LIMIT = 1 << 20
 """Unwritten bytes past which a member is dropped."""
 
@@ -69,16 +68,7 @@ class Hub:
 
     def say(self, room: str, nick: str, text: str, ref: object) -> None:
         self.seq[room] += 1
-        event = {
-            "type": "message",
-            "room": room,
-            "seq": self.seq[room],
-            "from": nick,
-            "text": text,
-            "ts": round(time.time(), 3),
-            "id": ref,
-        }
-        line = (_encode(event) + "\n").encode()
+        line = message(room, self.seq[room], nick, text, ref).encode()
         for member in self.members[room]:
             member.lines.append(line)
         self.dirty.add(room)
@@ -172,8 +162,7 @@ async def _session(hub: Hub, stream: trio.SocketStream) -> None:
                     msg = json.loads(line)
                     if member is None and msg.get("type") == "hello":
                         nick, joined = str(msg["nick"]), [str(r) for r in msg.get("rooms") or []]
-                        welcome = {"type": "welcome", "nick": nick, "rooms": joined}
-                        await stream.send_all(text_frame((_encode(welcome) + "\n").encode()))
+                        await stream.send_all(text_frame(welcome(nick, joined).encode()))
                         member = Member(stream)
                         for room in joined:
                             hub.members[room].append(member)
@@ -207,10 +196,7 @@ async def run(host: str, port: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="WebSocket on wsproto, flushed like TCP.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    args = parser.parse_args()
+    args = parse_args("WebSocket on wsproto, flushed like TCP.")
     trio.run(run, args.host, args.port)
 
 
