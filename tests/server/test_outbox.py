@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-from triochat.server.outbox import Flusher, Outbox, OutboxClosed
+from triochat.server.outbox import SAVE_WAIT_S, Flusher, Outbox, OutboxClosed
 from triochat.transport.tcp import StreamConnection
 
 LINES = [f"{n:05d}:{'x' * 993}\n".encode() for n in range(400)]  # 1,000 bytes each
@@ -144,4 +144,21 @@ async def test_a_flush_due_during_a_commit_waits_for_that_one_commit_only(
         await trio.testing.wait_all_tasks_blocked()
         assert len(box) == 0  # ...but only that one: a steady stream of commits cannot starve it
     assert _read_what_is_there(peer) == LINES[0]
+    peer.close()
+
+
+async def test_a_stalled_commit_holds_a_flush_back_for_save_wait_at_most(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    conn, peer = _pair()
+    flusher = Flusher(turns=0)
+    box = Outbox(10_000, 10 << 20, flusher, conn.write_now)
+    nursery.start_soon(flusher.run)
+    with flusher.committing():  # a group whose write does not finish while we watch
+        assert box.put(LINES[0])
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(box) == 1  # held back, as while any group is saved...
+        await trio.sleep(2 * SAVE_WAIT_S)  # (virtual time: the clock jumps)
+        assert len(box) == 0  # ...but not for longer than SAVE_WAIT_S
+        assert _read_what_is_there(peer) == LINES[0]
     peer.close()

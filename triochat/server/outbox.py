@@ -46,6 +46,15 @@ WriteNow = Callable[[bytes], int]
 """Write what fits without waiting; return the number of bytes taken. Raises ``OSError``."""
 
 
+SAVE_WAIT_S = 0.05
+"""The longest a flush waits for a history group being saved (see :meth:`Flusher.committing`).
+
+A group takes about a millisecond; a disk that stalls (a slow fsync) must not
+hold back what does not wait for history (errors, pongs, private lines) for
+longer than this.
+"""
+
+
 class OutboxClosed(Exception):
     """The outbox was closed and everything in it has been taken."""
 
@@ -78,8 +87,9 @@ class Flusher:
         sends both at once. Without this, the events that arrive while one
         group is saved form the next group, whose senders then answer together
         while the group after is saved: every burst stays split in two, and
-        each write carries half as much. It waits for one group at most, so a
-        steady stream of commits cannot hold writes back.
+        each write carries half as much. It waits for one group at most, and
+        at most ``SAVE_WAIT_S``, so neither a steady stream of commits nor a
+        stalled one can hold writes back.
         """
         self._saving = True
         try:
@@ -105,7 +115,8 @@ class Flusher:
             for _ in range(self._turns):
                 await trio.lowlevel.cancel_shielded_checkpoint()
             if self._saving:
-                await self._saved.park()
+                with trio.move_on_after(SAVE_WAIT_S):
+                    await self._saved.park()
             dirty, self._dirty = self._dirty, []
             groups, self._groups = self._groups, {}
             # An eviction publishes ``left``, which may mark more: that is the next round.
