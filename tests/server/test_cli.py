@@ -55,17 +55,24 @@ class Proc:
 
 @asynccontextmanager
 async def serving(
-    *args: str, max_files: int | None = None
+    *args: str, max_files: int | None = None, max_file_size: int | None = None
 ) -> AsyncIterator[tuple[Proc, list[str]]]:
     """Start ``triochat serve args``; yield it with the URLs of its two ``listening`` lines.
 
-    ``max_files`` caps the server's open descriptors (RLIMIT_NOFILE).
+    ``max_files`` caps the server's open descriptors (RLIMIT_NOFILE);
+    ``max_file_size`` the size of any file it writes (RLIMIT_FSIZE; Python
+    ignores SIGXFSZ, so a write past it fails with EFBIG, as on a full disk).
     """
-    limit = None
-    if max_files is not None:
-        limit = partial(resource.setrlimit, resource.RLIMIT_NOFILE, (max_files, max_files))
+    limits = [
+        (resource.RLIMIT_NOFILE, max_files),
+        (resource.RLIMIT_FSIZE, max_file_size),
+    ]
+    wanted = [(which, value) for which, value in limits if value is not None]
     process = await trio.lowlevel.open_process(
-        [*SERVE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=limit
+        [*SERVE, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=partial(_set_limits, wanted) if wanted else None,
     )
     proc = Proc(process)
     try:
@@ -76,6 +83,12 @@ async def serving(
         if process.returncode is None:
             process.kill()
         await process.wait()
+
+
+def _set_limits(limits: list[tuple[int, int]]) -> None:
+    """Runs in the child before exec."""
+    for which, value in limits:
+        resource.setrlimit(which, (value, value))
 
 
 def _free_port() -> int:

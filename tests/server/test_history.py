@@ -6,6 +6,7 @@ import signal
 import sqlite3
 from contextlib import closing
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -65,7 +66,7 @@ async def test_shutdown_leaves_left_shutdown_in_the_history(tmp_path: Path) -> N
 
 
 async def _say_until_killed(
-    url: str, acked: list[int], *, task_status: trio.TaskStatus[None]
+    url: str, acked: list[int], *, pad: str = "", task_status: trio.TaskStatus[None]
 ) -> None:
     """Send as fast as acks allow, keeping every acknowledged seq, until the server dies."""
     try:
@@ -74,7 +75,7 @@ async def _say_until_killed(
             n = 0
             while True:
                 for _ in range(20):
-                    await writer.say("crash", f"m{n}", id=n)
+                    await writer.say("crash", f"m{n}{pad}", id=n)
                     n += 1
                 async for event in writer:
                     if isinstance(event, Ack):
@@ -104,19 +105,42 @@ async def test_sigkill_mid_broadcast_loses_nothing_acknowledged(tmp_path: Path) 
                 proc.process.send_signal(signal.SIGKILL)
                 assert await proc.process.wait() == -signal.SIGKILL
     assert len(acked) > 400
-    with sqlite3.connect(db) as conn:
+    await _check_nothing_acked_was_lost_and_a_restart_goes_on(db, acked)
+
+
+async def _check_nothing_acked_was_lost_and_a_restart_goes_on(db: Path, acked: list[int]) -> None:
+    with closing(sqlite3.connect(db)) as conn:
         stored = [
             seq for (seq,) in conn.execute("SELECT seq FROM events WHERE room='crash' ORDER BY seq")
         ]
     assert stored == list(range(1, len(stored) + 1)), "seq has a hole"
     assert set(acked) <= set(stored), "an acknowledged message was lost"
-    # ...and a restarted server carries on from there.
     with trio.fail_after(10):
         async with serving("--port", "0", "--tcp-port", "0", "--db", str(db)) as (proc, urls):
             async with open_client(urls[1], "after", rooms=["crash"]) as after:
                 await expect(after, Joined, room="crash", seq=len(stored) + 1)
             proc.process.send_signal(signal.SIGTERM)
             assert await proc.process.wait() == 0
+
+
+async def test_a_database_that_stops_taking_writes_stops_the_server_in_order(
+    tmp_path: Path,
+) -> None:
+    """A full disk: one line in the log, clients closed, exit 1, nothing acknowledged lost."""
+    db = tmp_path / "full.sqlite3"
+    acked: list[int] = []
+    args = ("--port", "0", "--tcp-port", "0", "--db", str(db), "--rate-limit", "0")
+    with trio.fail_after(30):
+        async with serving(*args, max_file_size=256 << 10) as (proc, urls):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(partial(_say_until_killed, urls[1], acked, pad="x" * 200))
+            assert await proc.process.wait() == 1
+            stderr = await proc.stderr()
+    assert "Traceback" not in stderr
+    assert "cannot save history to" in stderr
+    assert stderr.strip().splitlines()[-1].startswith("triochat: cannot save history to")
+    assert len(acked) > 100
+    await _check_nothing_acked_was_lost_and_a_restart_goes_on(db, acked)
 
 
 async def test_server_id_is_kept_by_the_database_and_new_without_one(tmp_path: Path) -> None:

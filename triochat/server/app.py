@@ -28,12 +28,12 @@ from functools import partial
 import trio
 from trio_websocket import WebSocketConnection, wrap_server_stream
 
-from triochat.errors import ConnectionLost, ListenError
+from triochat.errors import ConnectionLost, ListenError, StoreError
 from triochat.server.config import ServerConfig
 from triochat.server.hub import Hub
 from triochat.server.outbox import Flusher
 from triochat.server.session import Session
-from triochat.server.store import commit_once, open_store, run_committer
+from triochat.server.store import HistoryStore, commit_once, open_store, run_committer
 from triochat.transport.base import Connection, hostport
 from triochat.transport.release import release
 from triochat.transport.tcp import StreamConnection
@@ -63,6 +63,8 @@ class Server:
     _stop: trio.Event = field(default_factory=trio.Event)
     _sessions: set[Session] = field(default_factory=set)
     _handshakes: set[trio.CancelScope] = field(default_factory=set)
+    _failure: StoreError | None = None
+    """Why the server stopped on its own, raised by :func:`serve` once it has stopped."""
 
     def url(self, scheme: str) -> str:
         """The first listener URL with ``scheme`` (``ws`` or ``tcp``)."""
@@ -77,6 +79,11 @@ class Server:
         """Begin an orderly shutdown; :func:`serve` returns once it is done."""
         self._stop.set()
 
+    def fail(self, exc: StoreError) -> None:
+        """Stop in order because of ``exc``, which :func:`serve` then raises."""
+        self._failure = self._failure or exc
+        self.stop()
+
 
 async def serve(
     config: ServerConfig, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED
@@ -85,9 +92,12 @@ async def serve(
 
     Start-up failures (:class:`ListenError`, :class:`StoreError`) are raised
     before any task starts, so they come out bare, not in an exception group.
+    A history database that fails later stops the server in order (clients get
+    the shutdown close) and its :class:`StoreError` is raised after that.
     """
     opened = await open_store(config.db_path, config.retention) if config.db_path else None
     store = opened.store if opened else None
+    server: Server | None = None
     try:
         hub = (
             Hub(config, durable=True, past=opened.past, server_id=opened.server_id)
@@ -100,14 +110,33 @@ async def serve(
         async with trio.open_nursery() as background:
             background.start_soon(server.flusher.run)
             if store is not None:
-                background.start_soon(run_committer, server.hub, store, server.flusher)
+                background.start_soon(_commit_or_stop, server, store)
             await _serve(server, listeners, task_status)
             background.cancel_scope.cancel()
+        if server._failure is not None:
+            raise server._failure
     finally:
         if store is not None:
             with trio.CancelScope(shield=True):
-                await commit_once(server.hub, store)  # goodbyes (left{shutdown}) are history too
+                # Goodbyes (left{shutdown}) are history too; after a failed write
+                # they are not: that group's rows are gone, and seq must not skip them.
+                if server is not None and server._failure is None:
+                    await commit_once(server.hub, store)
                 await trio.to_thread.run_sync(store.close)
+
+
+async def _commit_or_stop(server: Server, store: HistoryStore) -> None:
+    """The committer; if the database fails, the server stops.
+
+    Without a database that takes writes it could only hold every room event
+    (nobody may hear of one that is not saved) until memory ran out.
+    """
+    try:
+        await run_committer(server.hub, store, server.flusher)
+    except StoreError as exc:
+        # One line for the operator: the message says it all, a traceback would not.
+        log.error("%s; stopping", exc)  # noqa: TRY400
+        server.fail(exc)
 
 
 async def _serve(

@@ -80,6 +80,7 @@ class HistoryStore:
     """The SQLite file. Blocking: call it from a worker thread, one call at a time."""
 
     def __init__(self, path: Path | str, retention: int) -> None:
+        self.path = path
         self._retention = retention
         if str(path) != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -110,14 +111,21 @@ class HistoryStore:
         return dict(rooms)
 
     def write(self, rows: Iterable[Row]) -> None:
-        """Save ``rows`` and trim the rooms due a trim, in one transaction."""
+        """Save ``rows`` and trim the rooms due a trim, in one transaction.
+
+        Raises :class:`StoreError` if the database cannot take them (disk full,
+        I/O error); the transaction is then rolled back whole.
+        """
         due: dict[str, int] = {}
-        with self._transaction():
-            self._db.executemany("INSERT INTO events VALUES (?, ?, ?, ?)", rows_iter(rows, due))
-            self._db.executemany(
-                "DELETE FROM events WHERE room = ? AND seq <= ?",
-                [(room, seq - self._retention) for room, seq in due.items()],
-            )
+        try:
+            with self._transaction():
+                self._db.executemany("INSERT INTO events VALUES (?, ?, ?, ?)", rows_iter(rows, due))
+                self._db.executemany(
+                    "DELETE FROM events WHERE room = ? AND seq <= ?",
+                    [(room, seq - self._retention) for room, seq in due.items()],
+                )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot save history to {self.path}: {exc}") from None
 
     def close(self) -> None:
         self._db.close()
@@ -183,7 +191,11 @@ async def run_committer(hub: Hub, store: HistoryStore, flusher: Flusher) -> None
 
 
 async def commit_once(hub: Hub, store: HistoryStore) -> None:
-    """One group: write what is unsaved, then deliver what waited for it."""
+    """One group: write what is unsaved, then deliver what waited for it.
+
+    If the write fails (:class:`StoreError`), nothing is released: every
+    delivery stays held, since nobody may hear of an event that is not saved.
+    """
     rows, held = hub.take_unsaved()
     if rows:
         await trio.to_thread.run_sync(store.write, rows)
