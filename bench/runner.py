@@ -197,12 +197,8 @@ class Bench:
         return [PEER_WS, *floors, TRIO_WS, TRIO_TCP]
 
     def _spec(self, setup: Setup) -> servers.ServerSpec:
-        if setup == PEER_WS:
-            return servers.peer()
-        if setup == FLOOR_WS:
-            return servers.floor()
-        if setup == WSPROTO_WS:
-            return servers.wsproto_floor()
+        if setup.server in servers.REFERENCES:
+            return servers.reference(setup.server)
         if not setup.history:
             return servers.triochat(db_path=None)
         path = tempfile.mktemp(prefix="history-", suffix=".sqlite3", dir=self.db_dir)

@@ -53,23 +53,20 @@ def triochat(*, db_path: str | None) -> ServerSpec:
     return ServerSpec(name=name, argv=tuple(argv), schemes=("ws", "tcp"))
 
 
-def peer() -> ServerSpec:
-    argv = (sys.executable, "-m", "bench.peer", "--host", "127.0.0.1", "--port", "0")
+REFERENCES = {
+    "websockets peer": "peer",
+    "trio-websocket floor": "floor",
+    "wsproto floor": "wsproto_floor",
+}
+"""Each reference server's name in the tables, and its module in this package."""
+
+
+def reference(name: str) -> ServerSpec:
+    """``python -m bench.<module> --port 0`` for the reference called ``name``."""
+    argv = (sys.executable, "-m", f"bench.{REFERENCES[name]}", "--host", "127.0.0.1", "--port", "0")
     # Run from the directory holding the bench package, wherever the bench was started.
     root = str(Path(__file__).resolve().parents[1])
-    return ServerSpec(name="websockets peer", argv=argv, schemes=("ws",), cwd=root)
-
-
-def floor() -> ServerSpec:
-    argv = (sys.executable, "-m", "bench.floor", "--host", "127.0.0.1", "--port", "0")
-    root = str(Path(__file__).resolve().parents[1])
-    return ServerSpec(name="trio-websocket floor", argv=argv, schemes=("ws",), cwd=root)
-
-
-def wsproto_floor() -> ServerSpec:
-    argv = (sys.executable, "-m", "bench.wsproto_floor", "--host", "127.0.0.1", "--port", "0")
-    root = str(Path(__file__).resolve().parents[1])
-    return ServerSpec(name="wsproto floor", argv=argv, schemes=("ws",), cwd=root)
+    return ServerSpec(name=name, argv=argv, schemes=("ws",), cwd=root)
 
 
 def proc_cpu_s(pid: int) -> float:
