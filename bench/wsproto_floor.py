@@ -80,7 +80,7 @@ class Hub:
             self.wake = trio.Event()
             rooms, self.dirty = self.dirty, set()
             for room in rooms:
-                for member in self.members[room]:
+                for member in tuple(self.members[room]):  # a flush may drop a member
                     if member.lines:
                         self._flush(member)
 
