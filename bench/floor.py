@@ -70,8 +70,8 @@ async def _session(rooms: Rooms, ws: WebSocketConnection) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_writer, ws, member)
             while True:
-                message = await ws.get_message()
-                text = message if isinstance(message, str) else message.decode()
+                data = await ws.get_message()
+                text = data if isinstance(data, str) else data.decode()
                 for line in text.splitlines():
                     event = json.loads(line)
                     if event.get("type") == "say" and event.get("room") in joined:

@@ -49,8 +49,8 @@ async def _session(rooms: Rooms, conn: ServerConnection) -> None:
     for room in joined:
         rooms.members[room].add(conn)
     try:
-        async for message in conn:
-            text = message if isinstance(message, str) else message.decode()
+        async for data in conn:
+            text = data if isinstance(data, str) else data.decode()
             for line in text.splitlines():
                 event = json.loads(line)
                 if event.get("type") == "say" and event.get("room") in joined:
