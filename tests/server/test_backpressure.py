@@ -9,7 +9,18 @@ import trio
 from tests.server.helpers import host_port, settle_join, skip_until
 from triochat.client import Client, open_client
 from triochat.protocol import decode_server, encode
-from triochat.protocol.events import Hello, Joined, Left, LeftReason, Members, Message, Say, Welcome
+from triochat.protocol.events import (
+    Hello,
+    History,
+    HistoryPage,
+    Joined,
+    Left,
+    LeftReason,
+    Members,
+    Message,
+    Say,
+    Welcome,
+)
 from triochat.server import Server, ServerConfig, serve
 
 TEXT = "x" * 4000
@@ -92,3 +103,53 @@ async def test_a_writer_sends_everything_queued_in_one_websocket_message(server:
             batch = [decode_server(line) for line in await ada.receive_lines()]
             assert [e.text for e in batch if isinstance(e, Message)] == ["one", "two", "three"]
             assert len(batch) == 3
+
+
+LONG = "y" * 7900
+"""A message near ``max_text``: 300 of them are 2.4 MB, several outbox bounds' worth."""
+
+
+async def _fill(client: Client, count: int) -> None:
+    """Say ``count`` long messages, reading the echoes every 50 (so as not to be evicted)."""
+    for n in range(count):
+        await client.say("lobby", f"{n}:{LONG}")
+        if n % 50 == 49 or n == count - 1:
+            await skip_until(client, Message, text=f"{n}:{LONG}")
+
+
+async def test_a_history_page_asked_for_is_capped_at_half_the_bound_and_pages_on(
+    nursery: trio.Nursery,
+) -> None:
+    config = ServerConfig(port=0, tcp_port=0, rate_limit=0)
+    server: Server = await nursery.start(serve, config)
+    with trio.fail_after(20):
+        async with open_client(server.url("tcp"), "ada") as ada:
+            await settle_join(ada)
+            await _fill(ada, 300)
+            await ada.history("lobby", limit=500)
+            first = await skip_until(ada, HistoryPage, room="lobby")
+            await ada.history("lobby", before_seq=first.events[0].seq, limit=500)
+            second = await skip_until(ada, HistoryPage, room="lobby")
+    for page in (first, second):
+        assert 0 < sum(len(encode(e)) for e in page.events) <= config.outbox_bytes // 2
+    seqs = [e.seq for e in second.events + first.events]
+    assert seqs == list(range(seqs[0], seqs[-1] + 1)), "the pages join up"
+    assert isinstance(first.events[-1], Message)
+    assert first.events[-1].text == f"299:{LONG}", "a page holds the newest events that fit"
+
+
+async def test_asking_for_history_without_reading_it_gets_a_client_evicted(
+    nursery: trio.Nursery,
+) -> None:
+    """Pages asked for count against the bound: they cannot pile up in the server's memory."""
+    server: Server = await nursery.start(serve, ServerConfig(port=0, tcp_port=0, rate_limit=0))
+    with trio.fail_after(30):
+        async with open_client(server.url("tcp"), "ada") as ada:
+            await settle_join(ada)
+            await _fill(ada, 300)
+            hoarder = await _stalled_tcp_member(server.url("tcp"), "hoarder")
+            ask = encode(History(room="lobby", limit=500))
+            await hoarder.send_all(ask * 100)  # ~50 MB of pages, and not a byte read
+            left = await skip_until(ada, Left, nick="hoarder")
+            assert left.reason == LeftReason.SLOW_CONSUMER
+            await hoarder.aclose()

@@ -7,7 +7,7 @@ import pytest
 from triochat.protocol import ErrorCode, ProtocolError, decode_server
 from triochat.protocol.events import Left, LeftReason, Message
 from triochat.server.config import ServerConfig
-from triochat.server.hub import Hub, Member
+from triochat.server.hub import Hub, Member, newest_within
 from triochat.server.outbox import Outbox
 from triochat.server.ratelimit import TokenBucket
 from triochat.server.roomlog import RoomLog
@@ -147,3 +147,20 @@ def test_durable_hub_delivers_nothing_before_the_commit_and_keeps_order() -> Non
     hub.release(held)
     assert type(decode_server(inbox.lines[-1])).__name__ == "Members"
     assert len(inbox.lines) == 4
+
+
+@pytest.mark.parametrize(
+    ("sizes", "budget", "kept"),
+    [
+        ([], 10, []),
+        ([3, 3, 3], 10, [3, 3, 3]),  # all fit
+        ([3, 3, 3], 7, [3, 3]),  # the newest that fit
+        ([3, 3, 3], 6, [3, 3]),  # exactly at the budget
+        ([1, 9, 20], 10, [20]),  # the newest alone is over: still sent, never an empty page
+    ],
+)
+def test_newest_within_keeps_the_newest_lines_that_fit(
+    sizes: list[int], budget: int, kept: list[int]
+) -> None:
+    lines = [b"x" * n for n in sizes]
+    assert [len(line) for line in newest_within(lines, budget)] == kept

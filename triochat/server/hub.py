@@ -143,6 +143,16 @@ Held = tuple[tuple["Member", ...], bytes, bool, bool]
 """A delivery waiting for a commit: recipients, encoded line, replay flag, room event flag."""
 
 
+def newest_within(lines: list[bytes], budget: int) -> list[bytes]:
+    """The newest of ``lines`` whose sizes add up to at most ``budget`` (always the newest one)."""
+    total = 0
+    for start in range(len(lines) - 1, -1, -1):
+        total += len(lines[start])
+        if total > budget and start < len(lines) - 1:
+            return lines[start + 1 :]
+    return lines
+
+
 def _now() -> float:
     return round(time.time(), 3)
 
@@ -332,12 +342,19 @@ class Hub:
         self._send(member, encode(Members(room=name, nicks=self.room_nicks(name))))
 
     def history(self, member: Member, room: str, before_seq: int | None, limit: int | None) -> None:
-        """One page of ``room``'s past, oldest first, ending before ``before_seq``."""
+        """One page of ``room``'s past, oldest first, ending before ``before_seq``.
+
+        Unlike the replay owed on join, a page asked for counts against the
+        outbox bound, so it is capped at half of it in bytes (the newest events
+        that fit): a client that reads what it asks for is never evicted, and
+        one that keeps asking without reading is, instead of piling up pages.
+        """
         target = self._rooms[self._membership(member, room)]
         wanted = self._config.history_limit if limit is None else limit
         page = min(max(wanted, 0), self._config.history_max_page)
         lines = target.log.before(before_seq, page) if page else []
-        self._send(member, encode_history(target.name, lines), replay=True)
+        budget = self._config.outbox_bytes // 2
+        self._send(member, encode_history(target.name, newest_within(lines, budget)))
 
     def _past(self, log: RoomLog, seq: int, resume_after: int | None) -> list[bytes]:
         if resume_after is None:
