@@ -40,6 +40,10 @@ class Inbox:
         assert self.member is not None
         self.hub.detach(self.member, LeftReason.SLOW_CONSUMER)
 
+    @property
+    def replay_queued(self) -> bool:
+        return False  # it keeps everything: nothing ever waits to be sent
+
 
 def _attach(hub: Hub, nick: str, capacity: int = 10_000) -> tuple[Inbox, Member]:
     inbox = Inbox(hub, capacity)

@@ -79,6 +79,11 @@ class Peer(Protocol):
         """Drop this client because it cannot keep up (``slow_consumer``)."""
         ...
 
+    @property
+    def replay_queued(self) -> bool:
+        """Whether ``replay`` lines given to :meth:`deliver` are still waiting to be sent."""
+        ...
+
 
 @dataclass(eq=False)
 class Member:
@@ -230,11 +235,24 @@ class Hub:
 
     # --- rooms --------------------------------------------------------------
 
-    def join(self, member: Member, room: str, *, resume_after: int | None = None) -> None:
+    def join(
+        self,
+        member: Member,
+        room: str,
+        *,
+        resume_after: int | None = None,
+        requested: bool = False,
+    ) -> None:
         """Join ``room``: everyone gets ``joined``; the joiner then gets the past and the members.
 
         With ``resume_after`` the joiner gets every retained event after that
         ``seq`` instead of the recent past, so a reconnecting client has no gap.
+
+        The past is owed, so it does not count against the joiner's outbox
+        bound; for a ``join`` the client asked for (``requested``, not its
+        ``hello``), only while no earlier replay is still unsent. Otherwise a
+        client joining and leaving a busy room without reading would pile up
+        replays in the server's memory; this way it is evicted.
         """
         name = rules.check_room(room)
         if name in member.rooms:
@@ -249,8 +267,9 @@ class Hub:
         target.changed()
         member.rooms.add(name)
         seq = target.log.next_seq
+        owed = not (requested and member.peer.replay_queued)
         self._publish(target, Joined(room=name, nick=member.nick, seq=seq, ts=_now()))
-        self._replay(member, target, self._past(target.log, seq, resume_after))
+        self._replay(member, target, self._past(target.log, seq, resume_after), owed=owed)
         self._send(member, encode(Members(room=name, nicks=target.nicks())))
 
     def part(self, member: Member, room: str) -> None:
@@ -361,16 +380,16 @@ class Hub:
             return log.before(seq, self._config.history_limit)
         return log.between(resume_after, seq)
 
-    def _replay(self, member: Member, room: Room, lines: list[bytes]) -> None:
+    def _replay(self, member: Member, room: Room, lines: list[bytes], *, owed: bool) -> None:
         """Send ``lines`` as ``history`` events of at most one page each, oldest first.
 
         An empty past still sends one empty page, so a client can tell "nothing
-        happened" from "still loading".
+        happened" from "still loading". ``owed`` pages are exempt from the bound.
         """
         page = self._config.history_max_page
         chunks = [lines[i : i + page] for i in range(0, len(lines), page)] or [[]]
         for chunk in chunks:
-            self._send(member, encode_history(room.name, chunk), replay=True)
+            self._send(member, encode_history(room.name, chunk), replay=owed)
 
     # --- fan-out ------------------------------------------------------------------
 

@@ -158,6 +158,11 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._lines)
 
+    @property
+    def replay_queued(self) -> bool:
+        """Whether exempt lines (replay, or bytes a writer owns) wait to be taken."""
+        return self._exempt_events > 0
+
     def put(self, line: bytes, *, replay: bool = False) -> bool:
         """Queue ``line``; ``False`` if the outbox is full (the line is then dropped).
 

@@ -105,6 +105,10 @@ class Session:
 
     # --- Peer -----------------------------------------------------------------
 
+    @property
+    def replay_queued(self) -> bool:
+        return self._outbox.replay_queued
+
     def evict(self) -> None:
         log.info("%s: evicted, outbox full (%d queued)", self._conn.remote, len(self._outbox))
         self.close(LeftReason.SLOW_CONSUMER, CloseCode.POLICY, flush=False)
@@ -359,7 +363,7 @@ class Session:
             case Dm(to=to, text=text, id=ref):
                 hub.dm(member, to, self._check_text(text), ref)
             case Join(room=room):
-                hub.join(member, room)
+                hub.join(member, room, requested=True)
             case Part(room=room):
                 hub.part(member, room)
             case Nick(nick=nick):
