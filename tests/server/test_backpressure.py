@@ -120,10 +120,9 @@ async def _fill(client: Client, count: int) -> None:
 
 
 async def test_a_history_page_asked_for_is_capped_at_half_the_bound_and_pages_on(
-    nursery: trio.Nursery,
+    server: Server,
 ) -> None:
-    config = ServerConfig(port=0, tcp_port=0, rate_limit=0)
-    server: Server = await nursery.start(serve, config)
+    config = server.config
     with trio.fail_after(20):
         async with open_client(server.url("tcp"), "ada") as ada:
             await settle_join(ada)
@@ -141,10 +140,9 @@ async def test_a_history_page_asked_for_is_capped_at_half_the_bound_and_pages_on
 
 
 async def test_asking_for_history_without_reading_it_gets_a_client_evicted(
-    nursery: trio.Nursery,
+    server: Server,
 ) -> None:
     """Pages asked for count against the bound: they cannot pile up in the server's memory."""
-    server: Server = await nursery.start(serve, ServerConfig(port=0, tcp_port=0, rate_limit=0))
     with trio.fail_after(30):
         async with open_client(server.url("tcp"), "ada") as ada:
             await settle_join(ada)
@@ -158,10 +156,9 @@ async def test_asking_for_history_without_reading_it_gets_a_client_evicted(
 
 
 async def test_joining_again_and_again_without_reading_gets_a_client_evicted(
-    nursery: trio.Nursery,
+    server: Server,
 ) -> None:
     """The past owed on a join is exempt from the bound one replay at a time."""
-    server: Server = await nursery.start(serve, ServerConfig(port=0, tcp_port=0, rate_limit=0))
     evicted = False
     with trio.fail_after(30):
         async with open_client(server.url("tcp"), "ada", rooms=["lobby", "big"]) as ada:
