@@ -50,7 +50,8 @@ class ServerConfig:
     batch_turns: int = 2
     """Scheduler turns the flusher lets pass between the first event of a burst and
     flushing, so events already on their way land in the same write
-    (see triochat/server/outbox.py)."""
+    (see triochat/server/outbox.py); the history committer does the same before
+    taking a group (see triochat/server/store.py)."""
 
     def limits(self) -> Limits:
         return Limits(
