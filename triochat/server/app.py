@@ -132,7 +132,7 @@ async def _commit_or_stop(server: Server, store: HistoryStore) -> None:
     (nobody may hear of one that is not saved) until memory ran out.
     """
     try:
-        await run_committer(server.hub, store, server.flusher, server.config.batch_turns)
+        await run_committer(server.hub, store, server.flusher)
     except StoreError as exc:
         # One line for the operator: the message says it all, a traceback would not.
         log.error("%s; stopping", exc)  # noqa: TRY400

@@ -108,12 +108,21 @@ class Flusher:
             self._waiting.unpark()
         self._groups[id(recipients)] = recipients
 
+    async def settle(self) -> None:
+        """Let the scheduler turns pass that a burst's events need to arrive.
+
+        Each turn also polls the network, so readers with data waiting run.
+        The flusher does this before flushing; the history committer before
+        taking a group, so both serve a burst whole.
+        """
+        for _ in range(self._turns):
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
     async def run(self) -> None:
         while True:
             while not self._dirty and not self._groups:
                 await self._waiting.park()
-            for _ in range(self._turns):
-                await trio.lowlevel.cancel_shielded_checkpoint()
+            await self.settle()
             if self._saving:
                 with trio.move_on_after(SAVE_WAIT_S):
                     await self._saved.park()

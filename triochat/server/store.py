@@ -167,13 +167,13 @@ async def open_store(path: Path | str, retention: int) -> Opened:
         raise StoreError(f"cannot open history database {path}: {exc}") from None
 
 
-async def run_committer(hub: Hub, store: HistoryStore, flusher: Flusher, turns: int) -> None:
+async def run_committer(hub: Hub, store: HistoryStore, flusher: Flusher) -> None:
     """Save and release held deliveries forever (see the module docstring).
 
-    Like the flusher, the committer lets ``turns`` scheduler turns pass between
-    the first held event and taking the group, so the rest of a burst already
-    on its way joins it: each group then pays SQLite's fixed cost (BEGIN, COMMIT,
-    the WAL write; about 100 µs) once per burst instead of about twice.
+    Like the flusher, the committer lets a burst settle (:meth:`Flusher.settle`)
+    between the first held event and taking the group, so the rest of the burst
+    already on its way joins it: each group then pays SQLite's fixed cost (BEGIN,
+    COMMIT, the WAL write; about 100 µs) once per burst instead of about twice.
 
     The ``flusher`` is told while a group is being written (see
     :meth:`Flusher.committing`), so a group that arrives while the one before
@@ -189,8 +189,7 @@ async def run_committer(hub: Hub, store: HistoryStore, flusher: Flusher, turns: 
         while True:
             while not hub.holding:
                 await wakeup.park()
-            for _ in range(turns):
-                await trio.lowlevel.cancel_shielded_checkpoint()
+            await flusher.settle()
             with flusher.committing():
                 await commit_once(hub, store)
     finally:
