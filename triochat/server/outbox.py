@@ -42,9 +42,7 @@ from typing import NoReturn, Protocol
 
 import trio
 
-WriteNow = Callable[[bytes], int]
-"""Write what fits without waiting; return the number of bytes taken. Raises ``OSError``."""
-
+from triochat.transport.base import WriteNow
 
 SAVE_WAIT_S = 0.05
 """The longest a flush waits for a history group being saved (see :meth:`Flusher.committing`).

@@ -6,6 +6,12 @@ from collections.abc import Callable
 from enum import IntEnum
 from typing import Protocol
 
+WriteNow = Callable[[bytes], int]
+"""Write what fits without waiting; return the number of bytes taken. Raises ``OSError``.
+
+Only while no :meth:`Connection.send` is running: the two would interleave bytes.
+"""
+
 
 def hostport(host: str, port: int) -> str:
     """``host:port``, with an IPv6 host in brackets (as in URLs)."""
@@ -36,9 +42,8 @@ class Connection(Protocol):
     """True when :meth:`ping` is a transport-level check (WebSocket Ping/Pong)."""
 
     @property
-    def write_now(self) -> Callable[[bytes], int] | None:
-        """Write what fits without waiting and return the bytes taken (``OSError`` if broken),
-        only while no :meth:`send` is running; ``None`` if the transport has no such write."""
+    def write_now(self) -> WriteNow | None:
+        """The transport's :data:`WriteNow`; ``None`` if it has no such write."""
         ...
 
     async def receive_lines(self) -> list[bytes]:

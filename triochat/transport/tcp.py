@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 
 import trio
 
 from triochat.errors import ConnectionLost
 from triochat.protocol import LineSplitter
-from triochat.transport.base import CloseCode
+from triochat.transport.base import CloseCode, WriteNow
 from triochat.transport.release import release
 
 RECEIVE_SIZE = 64 * 1024
@@ -22,7 +21,7 @@ class StreamConnection:
         self._stream = stream
         self._splitter = LineSplitter(max_line)
         self.remote = remote
-        self.write_now: Callable[[bytes], int] | None = None
+        self.write_now: WriteNow | None = None
         if isinstance(stream, trio.SocketStream):
             self._socket = stream.socket
             self.write_now = self._write_now

@@ -10,21 +10,19 @@ tests/server/test_bad_input.py); either way only that peer is gone.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import trio
 from trio_websocket import ConnectionClosed as WsClosed
 from trio_websocket import WebSocketConnection
 
 from triochat.errors import ConnectionLost
 from triochat.protocol import ErrorCode, ProtocolError, split_message
-from triochat.transport.base import CloseCode
+from triochat.transport.base import CloseCode, WriteNow
 from triochat.transport.release import release
 
 
 class WebSocketLines:
     native_ping = True
-    write_now: Callable[[bytes], int] | None = None
+    write_now: WriteNow | None = None
     """Framing and the stream belong to trio-websocket: every send goes through it."""
 
     def __init__(
