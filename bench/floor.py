@@ -16,13 +16,11 @@ stops cleanly on SIGTERM or Ctrl-C.
 from __future__ import annotations
 
 import json
-import signal
-from collections import defaultdict
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
-from bench.reference import message, parse_args, welcome
+from bench.reference import Rooms, parse_args, until_signalled, welcome
 
 
 class Member:
@@ -39,18 +37,6 @@ class Member:
         self.ready.set()
 
 
-class Rooms:
-    def __init__(self) -> None:
-        self.members: defaultdict[str, list[Member]] = defaultdict(list)
-        self.seq: defaultdict[str, int] = defaultdict(int)
-
-    def say(self, room: str, nick: str, text: str, ref: object) -> None:
-        self.seq[room] += 1
-        line = message(room, self.seq[room], nick, text, ref)
-        for member in self.members[room]:
-            member.put(line)
-
-
 async def _writer(ws: WebSocketConnection, member: Member) -> None:
     while True:
         await member.ready.wait()
@@ -59,13 +45,12 @@ async def _writer(ws: WebSocketConnection, member: Member) -> None:
         await ws.send_message("".join(batch))
 
 
-async def _session(rooms: Rooms, ws: WebSocketConnection) -> None:
+async def _session(rooms: Rooms[Member], ws: WebSocketConnection) -> None:
     hello = json.loads(await ws.get_message())
     nick, joined = str(hello["nick"]), [str(r) for r in hello.get("rooms") or ["lobby"]]
     await ws.send_message(welcome(nick, joined))
     member = Member()
-    for room in joined:
-        rooms.members[room].append(member)
+    rooms.join(member, joined)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_writer, ws, member)
@@ -75,14 +60,16 @@ async def _session(rooms: Rooms, ws: WebSocketConnection) -> None:
                 for line in text.splitlines():
                     event = json.loads(line)
                     if event.get("type") == "say" and event.get("room") in joined:
-                        rooms.say(event["room"], nick, event["text"], event.get("id"))
+                        room = event["room"]
+                        out = rooms.message(room, nick, event["text"], event.get("id"))
+                        for other in rooms.members[room]:
+                            other.put(out)
     finally:
-        for room in joined:
-            rooms.members[room].remove(member)
+        rooms.leave(member, joined)
 
 
 async def run(host: str, port: int) -> None:
-    rooms = Rooms()
+    rooms: Rooms[Member] = Rooms()
 
     async def handler(request: WebSocketRequest) -> None:
         ws = await request.accept()
@@ -91,13 +78,9 @@ async def run(host: str, port: int) -> None:
         except* ConnectionClosed:  # a client leaving is not an error
             pass
 
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-            server = await nursery.start(serve_websocket, handler, host, port, None)
-            print(f"listening ws://{host}:{server.port}", flush=True)
-            async for _ in signals:
-                nursery.cancel_scope.cancel()
-                break
+    async with until_signalled() as nursery:
+        server = await nursery.start(serve_websocket, handler, host, port, None)
+        print(f"listening ws://{host}:{server.port}", flush=True)
 
 
 def main() -> None:

@@ -17,50 +17,33 @@ import asyncio
 import contextlib
 import json
 import signal
-from collections import defaultdict
-from collections.abc import Iterable
 
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
 
-from bench.reference import message, parse_args, welcome
+from bench.reference import Rooms, parse_args, welcome
 
 
-class Rooms:
-    """Room name → members, and each room's sequence number."""
-
-    def __init__(self) -> None:
-        self.members: defaultdict[str, set[ServerConnection]] = defaultdict(set)
-        self.seq: defaultdict[str, int] = defaultdict(int)
-
-    def say(self, room: str, nick: str, text: str, ref: object) -> None:
-        self.seq[room] += 1
-        broadcast(self.members[room], message(room, self.seq[room], nick, text, ref))
-
-    def leave(self, conn: ServerConnection, rooms: Iterable[str]) -> None:
-        for room in rooms:
-            self.members[room].discard(conn)
-
-
-async def _session(rooms: Rooms, conn: ServerConnection) -> None:
+async def _session(rooms: Rooms[ServerConnection], conn: ServerConnection) -> None:
     hello = json.loads(await conn.recv())
     nick, joined = str(hello["nick"]), [str(r) for r in hello.get("rooms") or ["lobby"]]
     await conn.send(welcome(nick, joined))
-    for room in joined:
-        rooms.members[room].add(conn)
+    rooms.join(conn, joined)
     try:
         async for data in conn:
             text = data if isinstance(data, str) else data.decode()
             for line in text.splitlines():
                 event = json.loads(line)
                 if event.get("type") == "say" and event.get("room") in joined:
-                    rooms.say(event["room"], nick, event["text"], event.get("id"))
+                    room = event["room"]
+                    out = rooms.message(room, nick, event["text"], event.get("id"))
+                    broadcast(rooms.members[room], out)
     finally:
         rooms.leave(conn, joined)
 
 
 async def run(host: str, port: int) -> None:
-    rooms = Rooms()
+    rooms: Rooms[ServerConnection] = Rooms()
 
     async def handler(conn: ServerConnection) -> None:
         with contextlib.suppress(ConnectionClosed):  # a client leaving is not an error

@@ -1,4 +1,4 @@
-"""What the reference servers share: the protocol subset the load generator speaks, and a CLI.
+"""What the reference servers share: the protocol subset the load generator speaks, rooms, a CLI.
 
 ``bench.peer``, ``bench.floor`` and ``bench.wsproto_floor`` each answer a
 ``hello`` with one ``welcome`` and push every ``say`` to every member of its
@@ -10,7 +10,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import Generic, TypeVar
+
+import trio
+
+M = TypeVar("M")
 
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
@@ -39,3 +48,40 @@ def parse_args(description: str) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     return parser.parse_args()
+
+
+class Rooms(Generic[M]):
+    """Room name → its members in join order, and each room's ``seq``."""
+
+    def __init__(self) -> None:
+        self.members: defaultdict[str, list[M]] = defaultdict(list)
+        self._seq: defaultdict[str, int] = defaultdict(int)
+
+    def join(self, member: M, rooms: Iterable[str]) -> None:
+        for room in rooms:
+            self.members[room].append(member)
+
+    def leave(self, member: M, rooms: Iterable[str]) -> None:
+        for room in rooms:
+            if member in self.members[room]:
+                self.members[room].remove(member)
+
+    def message(self, room: str, nick: str, text: str, ref: object) -> str:
+        """The room's next ``message`` line, numbered here."""
+        self._seq[room] += 1
+        return message(room, self._seq[room], nick, text, ref)
+
+
+@asynccontextmanager
+async def until_signalled() -> AsyncIterator[trio.Nursery]:
+    """A nursery for a trio reference server, cancelled at the first SIGINT or SIGTERM.
+
+    The signal receiver exists before the body starts listening, so a signal sent
+    right after the ``listening`` line stops the server in order.
+    """
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            yield nursery
+            async for _ in signals:
+                nursery.cancel_scope.cancel()
+                break

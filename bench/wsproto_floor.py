@@ -24,14 +24,12 @@ import contextlib
 import errno
 import json
 import os
-import signal
-from collections import defaultdict
 
 import trio
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Ping, Request, TextMessage
 
-from bench.reference import message, parse_args, welcome
+from bench.reference import Rooms, parse_args, until_signalled, welcome
 
 PENDING_LIMIT = 1 << 20
 """Unwritten bytes past which a member is dropped."""
@@ -58,17 +56,15 @@ class Member:
         """Bytes a writer task owns; while set, nothing else writes to the socket."""
 
 
-class Hub:
+class Hub(Rooms[Member]):
     def __init__(self, nursery: trio.Nursery) -> None:
+        super().__init__()
         self.nursery = nursery
-        self.members: defaultdict[str, list[Member]] = defaultdict(list)
-        self.seq: defaultdict[str, int] = defaultdict(int)
         self.dirty: set[str] = set()
         self.wake = trio.Event()
 
     def say(self, room: str, nick: str, text: str, ref: object) -> None:
-        self.seq[room] += 1
-        line = message(room, self.seq[room], nick, text, ref).encode()
+        line = self.message(room, nick, text, ref).encode()
         for member in self.members[room]:
             member.lines.append(line)
         self.dirty.add(room)
@@ -116,9 +112,7 @@ class Hub:
             member.pending = None
 
     def drop(self, member: Member) -> None:
-        for members in self.members.values():
-            if member in members:
-                members.remove(member)
+        self.leave(member, list(self.members))
         member.stream.socket.close()
 
 
@@ -164,8 +158,7 @@ async def _session(hub: Hub, stream: trio.SocketStream) -> None:
                         nick, joined = str(msg["nick"]), [str(r) for r in msg.get("rooms") or []]
                         await stream.send_all(text_frame(welcome(nick, joined).encode()))
                         member = Member(stream)
-                        for room in joined:
-                            hub.members[room].append(member)
+                        hub.join(member, joined)
                     elif msg.get("type") == "say" and msg.get("room") in joined:
                         hub.say(msg["room"], nick, msg["text"], msg.get("id"))
     finally:
@@ -174,25 +167,21 @@ async def _session(hub: Hub, stream: trio.SocketStream) -> None:
 
 
 async def run(host: str, port: int) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-            hub = Hub(nursery)
-            nursery.start_soon(hub.flusher)
+    async with until_signalled() as nursery:
+        hub = Hub(nursery)
+        nursery.start_soon(hub.flusher)
 
-            async def handler(stream: trio.SocketStream) -> None:
-                # A client leaving is not an error.
-                gone = contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError)
-                async with stream:
-                    with gone:
-                        await _session(hub, stream)
+        async def handler(stream: trio.SocketStream) -> None:
+            # A client leaving is not an error.
+            gone = contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError)
+            async with stream:
+                with gone:
+                    await _session(hub, stream)
 
-            listeners = await trio.open_tcp_listeners(port, host=host, backlog=4096)
-            bound = listeners[0].socket.getsockname()
-            nursery.start_soon(trio.serve_listeners, handler, listeners)
-            print(f"listening ws://{bound[0]}:{bound[1]}", flush=True)
-            async for _ in signals:
-                nursery.cancel_scope.cancel()
-                break
+        listeners = await trio.open_tcp_listeners(port, host=host, backlog=4096)
+        bound = listeners[0].socket.getsockname()
+        nursery.start_soon(trio.serve_listeners, handler, listeners)
+        print(f"listening ws://{bound[0]}:{bound[1]}", flush=True)
 
 
 def main() -> None:
