@@ -158,6 +158,8 @@ class Outbox:
         """Queued replay lines and partly written batches, which the bound does not count."""
         self._busy = False
         """The writer task owns what is queued (see the module docstring)."""
+        self._held = False
+        """The connection holds bytes of a flush that only the writer's send can write."""
         self._closed = False
         self._writer: trio.lowlevel.Task | None = None
         """The writer task while it waits for lines (one task: no ParkingLot needed)."""
@@ -167,8 +169,8 @@ class Outbox:
 
     @property
     def replay_queued(self) -> bool:
-        """Whether exempt lines (replay, or bytes a writer owns) wait to be taken."""
-        return self._exempt_events > 0
+        """Whether replay lines, or bytes only the writer can send, wait to be sent."""
+        return self._exempt_events > 0 or self._held
 
     def put(self, line: bytes, *, replay: bool = False) -> bool:
         """Queue ``line``; ``False`` if the outbox is full (the line is then dropped).
@@ -210,17 +212,11 @@ class Outbox:
         data = b"".join(lines)
         if len(data) - self._exempt_bytes > self._max_bytes:
             return False
-        try:
-            sent = self._write_now(data)
-        except OSError:
-            sent = 0  # the writer's own send meets the error and ends the session
         lines.clear()
         self._exempt_events = self._exempt_bytes = 0
-        if sent < len(data):
-            rest = data[sent:]
-            lines.append(rest)  # accepted already: exempt, like a batch the writer holds
-            self._exempt_events, self._exempt_bytes = 1, len(rest)
-            self._busy = True
+        if not self._write_now(data):
+            # The connection holds the rest (see WriteNow): the writer's send takes it.
+            self._busy = self._held = True
             self.wake()
         return True
 
@@ -254,7 +250,7 @@ class Outbox:
 
         The writer is busy from here until its queue is empty again.
         """
-        while not self._lines:
+        while not self._lines and not self._held:
             if self._closed:
                 raise OutboxClosed
             self._writer = trio.lowlevel.current_task()
@@ -262,7 +258,7 @@ class Outbox:
         batch = b"".join(self._lines)
         self._lines.clear()
         self._exempt_events = self._exempt_bytes = 0
-        self._busy = True
+        self._busy, self._held = True, False
         return batch
 
     def _abort_wait(self, raise_cancel: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:

@@ -6,10 +6,16 @@ from collections.abc import Callable
 from enum import IntEnum
 from typing import Protocol
 
-WriteNow = Callable[[bytes], int]
-"""Write what fits without waiting; return the number of bytes taken. Raises ``OSError``.
+WriteNow = Callable[[bytes], bool]
+"""Send ``data`` (whole lines) without waiting, as far as the socket takes it.
 
-Only while no :meth:`Connection.send` is running: the two would interleave bytes.
+``True``: all of it is on the wire. ``False``: the connection holds the rest, in
+wire form (a WebSocket frame cannot be cut and framed again), and writes it
+first on the next :meth:`Connection.send`, which the caller must make;
+``send(b"")`` is enough. Never raises: after a failed write the data is held,
+and that send meets the error.
+
+Only while no :meth:`Connection.send` is running.
 """
 
 
@@ -51,7 +57,10 @@ class Connection(Protocol):
         ...
 
     async def send(self, data: bytes) -> None:
-        """Send ``data`` (whole lines, newline-terminated) in one write or message."""
+        """Send what :data:`WriteNow` left held, then ``data`` (whole lines) as one message.
+
+        ``data`` may be empty: then only the held bytes go.
+        """
         ...
 
     async def ping(self) -> None:

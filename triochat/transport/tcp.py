@@ -22,22 +22,31 @@ class StreamConnection:
         self._splitter = LineSplitter(max_line)
         self.remote = remote
         self.write_now: WriteNow | None = None
+        self._held = b""
+        """What :meth:`_write_now` could not write; :meth:`send` writes it first."""
         if isinstance(stream, trio.SocketStream):
             self._socket = stream.socket
             self.write_now = self._write_now
 
-    def _write_now(self, data: bytes) -> int:
-        """Write what the socket buffer takes now; only while no :meth:`send` is running.
+    def _write_now(self, data: bytes) -> bool:
+        """Write what the socket buffer takes now (see :data:`WriteNow`).
 
         Trio keeps no user-space send buffer, so a plain write on the
         (non-blocking) descriptor is all a send is when the buffer has room.
         The descriptor is looked up on every call: a closed socket's is -1
         (``EBADF``), never a number that may already belong to another connection.
         """
+        if self._held:
+            self._held += data
+            return False
         try:
-            return os.write(self._socket.fileno(), data)
-        except BlockingIOError:
-            return 0
+            written = os.write(self._socket.fileno(), data)
+        except OSError:  # the buffer is full, or the socket is gone: send() will tell
+            written = 0
+        if written < len(data):
+            self._held = data[written:]
+            return False
+        return True
 
     async def receive_lines(self) -> list[bytes]:
         self._splitter.check()  # an over-long line may wait behind the lines last returned
@@ -53,6 +62,8 @@ class StreamConnection:
                 return lines
 
     async def send(self, data: bytes) -> None:
+        if self._held:
+            data, self._held = self._held + data, b""
         try:
             await self._stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
