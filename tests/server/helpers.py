@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
+import trio
+import wsproto
+from wsproto.events import AcceptConnection, Request, TextMessage
+
 from triochat.client import Client, parse_url
 from triochat.protocol.events import ServerEvent
 
@@ -40,3 +44,31 @@ async def settle_join(client: Client) -> None:
     await expect(client, Joined)
     await expect(client, HistoryPage)
     await expect(client, Members)
+
+
+class RawWebSocket:
+    """A WebSocket client made of wsproto and a bare socket, free to break the rules."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+
+    @classmethod
+    async def connect(cls, url: str) -> RawWebSocket:
+        host, port = host_port(url)
+        raw = cls(await trio.open_tcp_stream(host, port))
+        await raw.stream.send_all(raw.ws.send(Request(host=host, target="/")))
+        await raw.next_event(AcceptConnection)
+        return raw
+
+    async def send_text(self, text: str) -> None:
+        await self.stream.send_all(self.ws.send(TextMessage(data=text)))
+
+    async def next_event(self, kind: type[wsproto.events.Event]) -> wsproto.events.Event:
+        while True:
+            for event in self.ws.events():
+                if isinstance(event, kind):
+                    return event
+            data = await self.stream.receive_some()
+            assert data, "server closed before the expected event"
+            self.ws.receive_data(data)

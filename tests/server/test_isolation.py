@@ -11,10 +11,9 @@ import socket
 import struct
 
 import trio
-import wsproto
-from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
+from wsproto.events import CloseConnection
 
-from tests.server.helpers import host_port, settle_join, skip_until
+from tests.server.helpers import RawWebSocket, host_port, settle_join, skip_until
 from triochat.client import open_client
 from triochat.protocol import encode
 from triochat.protocol.events import Ack, Hello, Joined, Left, LeftReason, Quit
@@ -26,34 +25,6 @@ async def _still_serving(server: Server) -> None:
         await settle_join(newcomer)
         await newcomer.say("lobby", "still here?", id="ok")
         await skip_until(newcomer, Ack, id="ok")
-
-
-class RawWebSocket:
-    """A WebSocket client made of wsproto and a bare socket, free to break the rules."""
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        self.ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
-
-    @classmethod
-    async def connect(cls, url: str) -> RawWebSocket:
-        host, port = host_port(url)
-        raw = cls(await trio.open_tcp_stream(host, port))
-        await raw.stream.send_all(raw.ws.send(Request(host=host, target="/")))
-        await raw.next_event(AcceptConnection)
-        return raw
-
-    async def send_text(self, text: str) -> None:
-        await self.stream.send_all(self.ws.send(TextMessage(data=text)))
-
-    async def next_event(self, kind: type[wsproto.events.Event]) -> wsproto.events.Event:
-        while True:
-            for event in self.ws.events():
-                if isinstance(event, kind):
-                    return event
-            data = await self.stream.receive_some()
-            assert data, "server closed before the expected event"
-            self.ws.receive_data(data)
 
 
 async def test_ping_after_server_close_does_not_crash_the_server(

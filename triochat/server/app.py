@@ -21,7 +21,8 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -29,7 +30,7 @@ import trio
 from trio_websocket import WebSocketConnection, wrap_server_stream
 
 from triochat.errors import ConnectionLost, ListenError, StoreError
-from triochat.server.config import ServerConfig
+from triochat.server.config import ServerConfig, WsEngine
 from triochat.server.hub import Hub
 from triochat.server.outbox import Flusher
 from triochat.server.session import Session
@@ -38,6 +39,8 @@ from triochat.transport.base import Connection, hostport
 from triochat.transport.release import release
 from triochat.transport.tcp import StreamConnection
 from triochat.transport.websocket import WebSocketLines
+from triochat.transport.wsproto_ws import WsprotoConnection
+from triochat.transport.wsproto_ws import accept as accept_wsproto
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +170,7 @@ async def _serve(
 async def _open_all(server: Server) -> list[tuple[Handler, list[trio.SocketListener]]]:
     config = server.config
     wanted: list[tuple[str, int | None, Handler]] = [
-        ("ws", config.port, partial(_handle_websocket, server)),
+        ("ws", config.port, partial(WS_HANDLERS[config.ws_engine], server)),
         ("tcp", config.tcp_port, partial(_handle_tcp, server)),
     ]
     opened = []
@@ -293,33 +296,58 @@ async def _handle_tcp(server: Server, stream: trio.SocketStream, remote: str) ->
 
 
 async def _handle_websocket(server: Server, stream: trio.SocketStream, remote: str) -> None:
+    """WebSocket through trio-websocket's connection object (``--ws-engine trio-websocket``)."""
     config = server.config
     async with trio.open_nursery() as ws_tasks:  # trio-websocket's reader lives here
-        ws = await _upgrade(server, ws_tasks, stream, remote)
+        ws: WebSocketConnection | None = None
+        with _handshake_deadline(server, remote):
+            request = await wrap_server_stream(
+                ws_tasks, stream, max_message_size=_max_message(config)
+            )
+            ws = await request.accept()
         if ws is not None:
             conn = WebSocketLines(ws, stream=stream, max_line=config.max_line, remote=remote)
             await _run_session(server, conn)
         ws_tasks.cancel_scope.cancel()
 
 
-async def _upgrade(
-    server: Server, nursery: trio.Nursery, stream: trio.SocketStream, remote: str
-) -> WebSocketConnection | None:
-    """The WebSocket handshake, within the handshake deadline (slowloris protection)."""
+async def _handle_wsproto(server: Server, stream: trio.SocketStream, remote: str) -> None:
+    """WebSocket on wsproto, framed and written by us (``--ws-engine wsproto``)."""
     config = server.config
-    # A whole WebSocket message may hold one line plus framing slack; longer lines
-    # are refused per line with too_large, longer messages by trio-websocket (1009).
-    max_message = config.max_line * 4
-    with trio.move_on_after(config.handshake_timeout) as scope:
+    conn: WsprotoConnection | None = None
+    with _handshake_deadline(server, remote):
+        conn = await accept_wsproto(
+            stream, max_line=config.max_line, max_message=_max_message(config), remote=remote
+        )
+    if conn is not None:
+        await _run_session(server, conn)
+
+
+WS_HANDLERS: dict[WsEngine, Callable[[Server, trio.SocketStream, str], Awaitable[None]]] = {
+    "trio-websocket": _handle_websocket,
+    "wsproto": _handle_wsproto,
+}
+
+
+def _max_message(config: ServerConfig) -> int:
+    """A whole WebSocket message may hold one line plus framing slack.
+
+    Longer lines are refused per line with ``too_large``, longer messages with close code 1009.
+    """
+    return config.max_line * 4
+
+
+@contextmanager
+def _handshake_deadline(server: Server, remote: str) -> Iterator[None]:
+    """The WebSocket handshake's deadline (slowloris protection); a stop cuts it short too."""
+    with trio.move_on_after(server.config.handshake_timeout) as scope:
         server._handshakes.add(scope)
         try:
-            request = await wrap_server_stream(nursery, stream, max_message_size=max_message)
-            ws: WebSocketConnection = await request.accept()
-            return ws
+            yield
         finally:
             server._handshakes.discard(scope)
-    log.debug("%s: no WebSocket handshake in time", remote)
-    return None
+    if scope.cancelled_caught:
+        log.debug("%s: no WebSocket handshake in time", remote)
 
 
 async def _run_session(server: Server, conn: Connection) -> None:

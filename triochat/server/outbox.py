@@ -24,11 +24,11 @@ one task, and a room's recipients are flushed once per burst however many
 events the burst held.
 
 Flushing is a write without waiting where the connection offers one (a TCP
-socket we own): the common case, a socket with room in its buffer, costs one
-system call and no task switch. Whatever does not fit, and everything on a
-connection without such a write (WebSocket, whose framing and stream belong to
-trio-websocket), is left to the client's writer task, which waits as long as
-it takes. The writer is *busy* from the moment it is handed data until its
+socket, or WebSocket on wsproto, whose frames we build): the common case, a
+socket with room in its buffer, costs one system call and no task switch.
+Whatever does not fit (the connection holds it), and everything on a
+connection without such a write (trio-websocket, which owns framing and the
+stream), is left to the client's writer task, which waits as long as it takes. The writer is *busy* from the moment it is handed data until its
 queue is empty again; while it is busy nothing else writes, so bytes never
 interleave.
 """
