@@ -28,9 +28,10 @@ socket, or WebSocket on wsproto, whose frames we build): the common case, a
 socket with room in its buffer, costs one system call and no task switch.
 Whatever does not fit (the connection holds it), and everything on a
 connection without such a write (trio-websocket, which owns framing and the
-stream), is left to the client's writer task, which waits as long as it takes. The writer is *busy* from the moment it is handed data until its
-queue is empty again; while it is busy nothing else writes, so bytes never
-interleave.
+stream), is left to the client's writer task, which waits as long as it
+takes; that task is started the first time it is needed. The writer is *busy*
+from the moment it is handed data until its queue is empty again; while it is
+busy nothing else writes, so bytes never interleave.
 """
 
 from __future__ import annotations
@@ -163,6 +164,9 @@ class Outbox:
         self._closed = False
         self._writer: trio.lowlevel.Task | None = None
         """The writer task while it waits for lines (one task: no ParkingLot needed)."""
+        self._spawn: Callable[[], None] | None = None
+        self._writer_started = False
+        """The writer task is started on first need (see :meth:`start`), then stays."""
 
     def __len__(self) -> int:
         return len(self._lines)
@@ -186,12 +190,12 @@ class Outbox:
             self._exempt_bytes += len(line)
         elif len(lines) - self._exempt_events >= self._max_events:
             return False
-        if not lines:
+        lines.append(line)
+        if len(lines) == 1:  # was empty: nobody has been told yet
             if self._flusher is None:
-                self.wake()
+                self.wake()  # after the append: a writer not yet started is started for it
             else:
                 self._flusher.mark(self)
-        lines.append(line)
         return True
 
     def flush(self) -> bool:
@@ -220,10 +224,28 @@ class Outbox:
             self.wake()
         return True
 
+    @property
+    def sent_all(self) -> bool:
+        """Whether everything accepted has been handed to the connection's socket."""
+        return not self._lines and not self._held and not self._busy
+
+    def start(self, spawn: Callable[[], None]) -> None:
+        """``spawn`` starts a task running :meth:`drain`; called when a writer is first needed.
+
+        Where writes without waiting carry everything (the common case on TCP
+        and wsproto WebSocket), no writer task is ever started: an idle client
+        costs one task, not two, and a short-lived one starts one fewer.
+        """
+        self._spawn = spawn
+        self.wake()
+
     def wake(self) -> None:
         writer, self._writer = self._writer, None
         if writer is not None:
             trio.lowlevel.reschedule(writer)
+        elif not self._writer_started and self._spawn is not None and not self.sent_all:
+            self._writer_started = True
+            self._spawn()
 
     def close(self) -> None:
         """No more lines; the writer gets what is left, then :class:`OutboxClosed`.
@@ -240,6 +262,7 @@ class Outbox:
 
         Raises :class:`OutboxClosed` at the end, or whatever ``send`` raises.
         """
+        self._writer_started = True
         while True:
             # No local keeps the batch: an idle writer should not hold its last one.
             await send(await self._take_all())

@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-A session runs two tasks in its own nursery:
+A session runs up to two tasks in its own nursery:
 
 * the **reader** (the session's main task) decodes lines, applies flood
   control and hands events to the hub; before ``hello`` it only accepts
@@ -10,13 +10,15 @@ A session runs two tasks in its own nursery:
   scope). It is also the keepalive: a cancel scope per stretch of reading
   (not per receive) notices silence, which gets a TCP ``ping`` or a
   short-lived WebSocket Ping probe task;
-* the **writer** drains the outbox: everything queued goes out in one write
-  (on TCP the flusher usually writes it first, without waking the writer).
+* the **writer** drains the outbox: everything queued goes out in one write.
+  Where the connection can write without waiting (TCP, wsproto WebSocket) the
+  flusher usually writes first, and the writer is started only when a write
+  leaves bytes behind; on trio-websocket it starts with the first flush.
 
 Every way a session ends goes through :meth:`Session.close`, exactly once: it
 records the reason, seals the outbox, detaches from the hub (so the room sees
 ``left`` at once, not when the socket is finally gone), and stops the reader
-and any probe. With ``flush`` the writer sends what is queued and the connection
+and any probe. With ``flush`` the writer sends what is still queued and the connection
 closes politely (bounded by ``close_timeout``); without it, the writer is
 cancelled and the connection is dropped. A slow consumer is closed from
 *another* session's task (the one whose fan-out found the outbox full), which
@@ -28,6 +30,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from functools import partial
 from typing import NoReturn
 
 import trio
@@ -86,7 +89,8 @@ class Session:
         self._member: Member | None = None
         self._reason: LeftReason | None = None
         self._close_code = CloseCode.NORMAL
-        self._flushed = False
+        self._peer_gone = False
+        """The connection failed under us (EOF, reset): no goodbye can reach the peer."""
         self._io_scope = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
         self._writer_deadline = math.inf
@@ -162,7 +166,7 @@ class Session:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.cancel_scope.deadline = self._writer_deadline
-                nursery.start_soon(self._write_loop)
+                self._outbox.start(partial(nursery.start_soon, self._write_loop))
                 with self._io_scope:
                     try:
                         await self._converse()
@@ -191,6 +195,7 @@ class Session:
         """
         if isinstance(exc, ConnectionLost):
             log.debug("%s", exc)
+            self._peer_gone = True
             self.close(LeftReason.DISCONNECTED, flush=False)
         else:  # too_large: framing is lost, so is the connection
             self._error(exc.code, exc.message)
@@ -278,9 +283,10 @@ class Session:
         try:
             await self._outbox.drain(self._conn.send)
         except OutboxClosed:
-            self._flushed = True
+            pass
         except ConnectionLost as exc:
             log.debug("%s", exc)
+            self._peer_gone = True
             self.close(LeftReason.DISCONNECTED, flush=False)
 
     async def _say_goodbye(self) -> None:
@@ -288,9 +294,12 @@ class Session:
 
         Even when the outbox was abandoned (eviction, keepalive timeout) the close
         code is worth a try; ``close_timeout`` bounds it if the peer reads nothing.
+        A session that ended in ``DISCONNECTED`` tries only if its writer sent
+        everything (``too_large``, ``hello_timeout``: the error line, then the close).
         """
         try:
-            if self._reason is not LeftReason.DISCONNECTED or self._flushed:
+            polite = self._reason is not LeftReason.DISCONNECTED or self._outbox.sent_all
+            if polite and not self._peer_gone:
                 with trio.move_on_after(self._config.close_timeout):
                     await self._conn.close(self._close_code)
         finally:
