@@ -78,8 +78,9 @@ QUICK = Settings(
 @dataclass(frozen=True)
 class Setup:
     server: str
-    """``triochat``, or a reference: ``websockets peer``, ``trio-websocket floor``,
-    ``wsproto floor`` (see bench/peer.py, bench/floor.py, bench/wsproto_floor.py)."""
+    """``triochat`` (``--ws-engine trio-websocket``), ``triochat wsproto``, or a reference:
+    ``websockets peer``, ``trio-websocket floor``, ``wsproto floor`` (see bench/peer.py,
+    bench/floor.py, bench/wsproto_floor.py)."""
     transport: str
     history: bool = False
 
@@ -92,8 +93,11 @@ PEER_WS = Setup("websockets peer", "ws")
 FLOOR_WS = Setup("trio-websocket floor", "ws")
 WSPROTO_WS = Setup("wsproto floor", "ws")
 TRIO_WS = Setup("triochat", "ws")
+TRIO_WSP = Setup("triochat wsproto", "ws")
+"""triochat with ``--ws-engine wsproto`` (TCP is the same code in both engines)."""
 TRIO_TCP = Setup("triochat", "tcp")
 TRIO_WS_DB = Setup("triochat", "ws", history=True)
+TRIO_WSP_DB = Setup("triochat wsproto", "ws", history=True)
 TRIO_TCP_DB = Setup("triochat", "tcp", history=True)
 
 
@@ -193,16 +197,17 @@ class Bench:
         """Who runs at ``n`` clients: the floors only where a target is set (N <= 200)."""
         floors = [FLOOR_WS, WSPROTO_WS] if n <= FLOORS_UP_TO else []
         if n == self.settings.history_size:
-            return [PEER_WS, *floors, TRIO_WS, TRIO_WS_DB, TRIO_TCP, TRIO_TCP_DB]
-        return [PEER_WS, *floors, TRIO_WS, TRIO_TCP]
+            ours = [TRIO_WS, TRIO_WS_DB, TRIO_WSP, TRIO_WSP_DB, TRIO_TCP, TRIO_TCP_DB]
+            return [PEER_WS, *floors, *ours]
+        return [PEER_WS, *floors, TRIO_WS, TRIO_WSP, TRIO_TCP]
 
     def _spec(self, setup: Setup) -> servers.ServerSpec:
         if setup.server in servers.REFERENCES:
             return servers.reference(setup.server)
         if not setup.history:
-            return servers.triochat(db_path=None)
+            return servers.triochat(setup.server, db_path=None)
         path = tempfile.mktemp(prefix="history-", suffix=".sqlite3", dir=self.db_dir)
-        return servers.triochat(db_path=path)
+        return servers.triochat(setup.server, db_path=path)
 
     @contextmanager
     def _server(self, setup: Setup) -> Iterator[tuple[servers.RunningServer, Endpoint]]:
@@ -315,7 +320,7 @@ class Bench:
     # --- handshakes ---------------------------------------------------------------------
 
     def handshakes(self) -> None:
-        for setup in (PEER_WS, FLOOR_WS, WSPROTO_WS, TRIO_WS):
+        for setup in (PEER_WS, FLOOR_WS, WSPROTO_WS, TRIO_WS, TRIO_WSP):
             entry = Handshakes(setup.server)
             self.results.handshakes.append(entry)
             self.progress(f"{setup.label}: handshakes")
@@ -350,7 +355,7 @@ class Bench:
 
     def idle(self) -> None:
         count = self.results.idle_wanted
-        for setup in (PEER_WS, FLOOR_WS, WSPROTO_WS, TRIO_WS, TRIO_TCP):
+        for setup in (PEER_WS, FLOOR_WS, WSPROTO_WS, TRIO_WS, TRIO_WSP, TRIO_TCP):
             entry = Idle(setup.server, setup.transport)
             self.results.idle.append(entry)
             self.progress(f"{setup.label}: {count} idle connections")
