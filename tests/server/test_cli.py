@@ -99,14 +99,17 @@ def _free_port() -> int:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-async def test_serve_prints_listeners_and_stops_cleanly_on_signal(signum: int) -> None:
+async def test_serve_prints_listeners_and_stops_cleanly_on_signal(
+    signum: int, ws_engine: str
+) -> None:
     with trio.fail_after(20):
-        async with serving("--port", "0", "--tcp-port", "0") as (proc, urls):
+        args = ("--port", "0", "--tcp-port", "0", "--ws-engine", ws_engine)
+        async with serving(*args) as (proc, urls):
             assert urls[0].startswith("ws://127.0.0.1:")
             assert not urls[0].endswith(":0")
             assert urls[1].startswith("tcp://127.0.0.1:")
             assert not urls[1].endswith(":0")
-            async with open_client(urls[1], "ada") as ada:
+            async with open_client(urls[0], "ada") as ada:
                 proc.process.send_signal(signum)
                 await skip_until(ada, Notice, code="shutting_down")
             assert await proc.process.wait() == 0
@@ -154,6 +157,7 @@ def test_help_documents_every_option() -> None:
         "--handshake-timeout",
         "--keepalive-interval",
         "--drain-timeout",
+        "--ws-engine",
     ):
         assert option in out
     assert "default: 5000" in out
