@@ -24,6 +24,7 @@ from harness.runner import run_harness
 from triochat import argtypes
 from triochat.client import parse_url
 from triochat.errors import ConnectError
+from triochat.server.config import WS_ENGINES
 
 FDS_PER_CLIENT_OWN = 2
 """An in-process server holds both ends of every connection."""
@@ -71,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--transport", choices=("ws", "tcp"), default="ws", help="in-process server's transport"
     )
+    p.add_argument(
+        "--ws-engine",
+        choices=WS_ENGINES,
+        default="trio-websocket",
+        help="in-process server's WebSocket engine (as triochat serve --ws-engine)",
+    )
     p.add_argument("--json", metavar="PATH", help="write a machine-readable report to PATH")
     p.add_argument("--seed", type=int, help="seed for the scenarios' random choices")
     p.add_argument(
@@ -98,6 +105,7 @@ def options_from(args: argparse.Namespace) -> Options:
         scenarios=tuple(dict.fromkeys(args.scenario)) if args.scenario else SCENARIOS,
         urls=tuple(args.url or ()),
         transport=args.transport,
+        ws_engine=args.ws_engine,
         json_path=args.json,
         seed=args.seed,
         evict_within=args.evict_within,

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from triochat.server.config import WsEngine
+
 SCENARIOS = (
     "broadcast",
     "disconnect",
@@ -43,6 +45,8 @@ class Options:
     """Servers to test; empty starts one in-process."""
     transport: str = "ws"
     """Transport of the in-process server."""
+    ws_engine: WsEngine = "trio-websocket"
+    """How the in-process server speaks WebSocket (``triochat serve --ws-engine``)."""
     json_path: str | None = None
     seed: int | None = None
     evict_within: float = 15.0

@@ -11,6 +11,7 @@ from harness.model import Report
 from harness.options import SCENARIOS, Options
 from harness.runner import run_harness
 from triochat.server import Server, ServerConfig, serve
+from triochat.server.config import WsEngine
 
 SMALL = Options(
     clients=6, messages=4, rate=300.0, duration=1.0, settle=5.0, evict_within=10.0, quiet=True
@@ -27,10 +28,16 @@ def failures(report: Report) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("transport", ["ws", "tcp"])
+@pytest.mark.parametrize(
+    ("transport", "engine"),
+    [("ws", "trio-websocket"), ("ws", "wsproto"), ("tcp", "trio-websocket")],
+    ids=["ws", "ws-wsproto", "tcp"],
+)
 @pytest.mark.parametrize("scenario", SCENARIOS)
-async def test_scenario_passes_on_own_server(scenario: str, transport: str) -> None:
-    options = replace(SMALL, scenarios=(scenario,), transport=transport, seed=1)
+async def test_scenario_passes_on_own_server(
+    scenario: str, transport: str, engine: WsEngine
+) -> None:
+    options = replace(SMALL, scenarios=(scenario,), transport=transport, ws_engine=engine, seed=1)
     with trio.fail_after(60):
         report = await run_harness(options)
     assert failures(report) == []
