@@ -14,8 +14,11 @@ hypothesis and pytest-trio never have to share a loop.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
+import pytest
 import trio
 import trio.testing
 from hypothesis import HealthCheck, given, settings
@@ -23,13 +26,15 @@ from hypothesis import strategies as st
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from tests.protocol.strategies import writes
-from tests.server.helpers import host_port
+from tests.server.helpers import RawWebSocket, host_port, skip_until
 from triochat.client import open_client
 from triochat.protocol import ErrorCode, LineSplitter, decode_server, encode
 from triochat.protocol.events import (
     Ack,
     Error,
     Hello,
+    Joined,
+    Left,
     Members,
     Message,
     Say,
@@ -37,6 +42,7 @@ from triochat.protocol.events import (
     Welcome,
 )
 from triochat.server import Server, ServerConfig, serve
+from triochat.server.config import WS_ENGINES, WsEngine
 from triochat.server.hub import Hub
 from triochat.server.session import Session
 from triochat.transport.tcp import StreamConnection
@@ -230,10 +236,10 @@ async def _fresh_clients_chat(server: Server) -> None:
                 break
 
 
-async def _fuzz_server(payload: Sequence[bytes]) -> None:
+async def _fuzz_server(payload: Sequence[bytes], engine: WsEngine) -> None:
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
-            server: Server = await nursery.start(serve, CONFIG)
+            server: Server = await nursery.start(serve, replace(CONFIG, ws_engine=engine))
             async with trio.open_nursery() as fuzzers:
                 fuzzers.start_soon(_fuzz_tcp, server, payload)
                 fuzzers.start_soon(_fuzz_ws, server, payload)
@@ -241,10 +247,65 @@ async def _fuzz_server(payload: Sequence[bytes]) -> None:
             server.stop()
 
 
+@pytest.mark.parametrize("engine", WS_ENGINES)
 @settings(FUZZ, max_examples=25)
 @given(st.lists(writes, max_size=8))
-def test_live_server_answers_junk_only_with_valid_events(payload: list[bytes]) -> None:
-    trio.run(_fuzz_server, payload)
+def test_live_server_answers_junk_only_with_valid_events(
+    engine: WsEngine, payload: list[bytes]
+) -> None:
+    trio.run(_fuzz_server, payload, engine)
+
+
+# --- WebSocket frames of junk -------------------------------------------------------------
+
+frames = st.builds(
+    lambda opcode, fin, masked, payload: _frame(opcode, fin=fin, masked=masked, payload=payload),
+    st.integers(0, 15),
+    st.booleans(),
+    st.booleans(),
+    st.binary(max_size=300),
+)
+"""Any opcode (reserved ones too), final or not, masked or not (a server must refuse unmasked)."""
+
+
+def _frame(opcode: int, *, fin: bool, masked: bool, payload: bytes) -> bytes:
+    size = len(payload)
+    head = bytes([(0x80 if fin else 0) | opcode])
+    length = size if size < 126 else 126
+    head += bytes([(0x80 if masked else 0) | length])
+    if length == 126:
+        head += size.to_bytes(2, "big")
+    if not masked:
+        return head + payload
+    return head + b"\x00\x00\x00\x00" + payload  # a zero mask leaves the payload as is
+
+
+async def _fuzz_frames(chunks: Sequence[bytes], engine: WsEngine) -> None:
+    """Upgrade, say hello, send the frames; the fuzzer is gone and the server serves others."""
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            server: Server = await nursery.start(serve, replace(CONFIG, ws_engine=engine))
+            async with open_client(server.url("tcp"), "watcher") as watcher:
+                fuzzer = await RawWebSocket.connect(server.url("ws"))
+                await fuzzer.send_text(encode(Hello(nick="frames")).decode())
+                await skip_until(watcher, Joined, nick="frames")
+                with contextlib.suppress(trio.BrokenResourceError):  # closed on a bad frame
+                    for chunk in chunks:
+                        await fuzzer.stream.send_all(chunk)
+                await fuzzer.stream.aclose()  # whatever the frames did, the peer is now gone
+                await skip_until(watcher, Left, nick="frames")
+            await _fresh_clients_chat(server)
+            assert server.connections == 0
+            server.stop()
+
+
+@pytest.mark.parametrize("engine", WS_ENGINES)
+@settings(FUZZ, max_examples=25)
+@given(st.lists(st.one_of(frames, st.binary(max_size=40)), max_size=8))
+def test_websocket_frames_of_junk_end_only_that_connection(
+    engine: WsEngine, chunks: list[bytes]
+) -> None:
+    trio.run(_fuzz_frames, chunks, engine)
 
 
 def test_the_harness_sees_real_answers() -> None:
