@@ -165,3 +165,23 @@ async def test_a_stalled_commit_holds_a_flush_back_for_save_wait_at_most(
         assert len(box) == 0  # ...but not for longer than SAVE_WAIT_S
         assert _read_what_is_there(peer) == LINES[0]
     peer.close()
+
+
+async def test_the_writer_is_started_once_and_only_when_a_flush_leaves_bytes_behind() -> None:
+    conn, peer = _pair(sndbuf=8192)
+    box = _outbox(conn)
+    starts: list[None] = []
+    box.start(lambda: starts.append(None))  # what the session does: start a drain() task
+    assert box.put(LINES[0])
+    box.flush()
+    assert starts == []  # the socket took it: no task needed
+    assert _read_exactly(peer, 1000) == LINES[0]
+    for line in LINES:
+        assert box.put(line)
+    box.flush()
+    assert starts == [None]  # the socket could not take it all: now the writer is needed
+    assert box.put(LINES[0])
+    box.flush()
+    box.close()
+    assert starts == [None]  # started once; from then on it is woken, never started again
+    peer.close()

@@ -30,7 +30,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from functools import partial
 from typing import NoReturn
 
 import trio
@@ -166,7 +165,7 @@ class Session:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.cancel_scope.deadline = self._writer_deadline
-                self._outbox.start(partial(nursery.start_soon, self._write_loop))
+                self._outbox.start(self._start_writer)
                 with self._io_scope:
                     try:
                         await self._converse()
@@ -176,9 +175,15 @@ class Session:
                     self._error(ErrorCode.HELLO_TIMEOUT, "no hello before the handshake deadline")
                     self.close(LeftReason.DISCONNECTED, CloseCode.POLICY)
         finally:
+            self._nursery = None  # it takes no new tasks once it has exited
             if self._member is not None:
                 self._hub.detach(self._member, self._reason or LeftReason.DISCONNECTED)
             await self._say_goodbye()
+
+    def _start_writer(self) -> None:
+        """Called by the outbox (from any task) the first time it needs its writer."""
+        if self._nursery is not None:
+            self._nursery.start_soon(self._write_loop)
 
     async def _converse(self) -> NoReturn:
         # The handshake deadline sits on the io scope itself (one cancel scope less
