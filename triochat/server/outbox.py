@@ -156,7 +156,7 @@ class Outbox:
         self.queue: Callable[[bytes], None] = self._lines.append
         self._exempt_events = 0
         self._exempt_bytes = 0
-        """Queued replay lines and partly written batches, which the bound does not count."""
+        """Queued replay lines, which the bound does not count."""
         self._busy = False
         """The writer task owns what is queued (see the module docstring)."""
         self._held = False
