@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from enum import IntEnum
 from typing import Protocol
+
+import trio
 
 WriteNow = Callable[[bytes], bool]
 """Send ``data`` (whole lines) without waiting, as far as the socket takes it.
@@ -17,6 +20,22 @@ and that send meets the error.
 
 Only while no :meth:`Connection.send` is running.
 """
+
+
+def write_without_waiting(sock: trio.socket.SocketType, data: bytes) -> bytes:
+    """Write what the socket's buffer takes now; return the rest (``b""`` when all of it went).
+
+    Trio keeps no user-space send buffer, so a plain write on the (non-blocking)
+    descriptor is all a send is when the buffer has room. The descriptor is
+    looked up on every call: a closed socket's is -1 (``EBADF``), never a number
+    that may already belong to another connection. A failure leaves all of
+    ``data`` unwritten, for the connection's next awaited send to meet the error.
+    """
+    try:
+        written = os.write(sock.fileno(), data)
+    except OSError:  # the buffer is full, or the socket is gone
+        return data
+    return data[written:]
 
 
 def hostport(host: str, port: int) -> str:

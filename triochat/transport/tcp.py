@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 import trio
 
 from triochat.errors import ConnectionLost
 from triochat.protocol import LineSplitter
-from triochat.transport.base import CloseCode, WriteNow
+from triochat.transport.base import CloseCode, WriteNow, write_without_waiting
 from triochat.transport.release import release
 
 RECEIVE_SIZE = 64 * 1024
@@ -29,24 +27,12 @@ class StreamConnection:
             self.write_now = self._write_now
 
     def _write_now(self, data: bytes) -> bool:
-        """Write what the socket buffer takes now (see :data:`WriteNow`).
-
-        Trio keeps no user-space send buffer, so a plain write on the
-        (non-blocking) descriptor is all a send is when the buffer has room.
-        The descriptor is looked up on every call: a closed socket's is -1
-        (``EBADF``), never a number that may already belong to another connection.
-        """
+        """Write what the socket buffer takes now (see :data:`WriteNow`)."""
         if self._held:
             self._held += data
-            return False
-        try:
-            written = os.write(self._socket.fileno(), data)
-        except OSError:  # the buffer is full, or the socket is gone: send() will tell
-            written = 0
-        if written < len(data):
-            self._held = data[written:]
-            return False
-        return True
+        else:
+            self._held = write_without_waiting(self._socket, data)
+        return not self._held
 
     async def receive_lines(self) -> list[bytes]:
         self._splitter.check()  # an over-long line may wait behind the lines last returned

@@ -30,8 +30,6 @@ What trio-websocket did for us and is done here, each in one place:
 
 from __future__ import annotations
 
-import os
-
 import trio
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import Connection as Protocol
@@ -50,7 +48,7 @@ from wsproto.utilities import RemoteProtocolError
 
 from triochat.errors import ConnectionLost
 from triochat.protocol import ErrorCode, ProtocolError, split_message
-from triochat.transport.base import CloseCode, WriteNow
+from triochat.transport.base import CloseCode, WriteNow, write_without_waiting
 from triochat.transport.release import release
 
 RECEIVE_SIZE = 64 * 1024
@@ -133,16 +131,9 @@ class WsprotoConnection:
         frame = text_frame(data)
         if self._held or self._lock.locked():
             self._held += frame
-            return False
-        try:
-            # Looked up on every call: a closed socket's descriptor is -1, never reused.
-            written = os.write(self._socket.fileno(), frame)
-        except OSError:  # the buffer is full, or the socket is gone: send() will tell
-            written = 0
-        if written < len(frame):
-            self._held = frame[written:]
-            return False
-        return True
+        else:
+            self._held = write_without_waiting(self._socket, frame)
+        return not self._held
 
     async def send(self, data: bytes) -> None:
         await self._write(text_frame(data) if data else b"")
