@@ -30,10 +30,19 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Ping, Request, TextMessage
 
 from bench.reference import Rooms, parse_args, until_signalled, welcome
-from triochat.transport.wsproto_ws import text_frame
 
 PENDING_LIMIT = 1 << 20
 """Unwritten bytes past which a member is dropped."""
+
+
+def text_frame(payload: bytes) -> bytes:
+    """One unmasked, final text frame (RFC 6455 §5.2)."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 1 << 16:
+        return b"\x81\x7e" + n.to_bytes(2, "big") + payload
+    return b"\x81\x7f" + n.to_bytes(8, "big") + payload
 
 
 class Member:
