@@ -8,8 +8,9 @@ import trio
 import wsproto
 from wsproto.events import AcceptConnection, Request, TextMessage
 
-from triochat.client import Client, parse_url
-from triochat.protocol.events import ServerEvent
+from triochat.client import Client, open_client, parse_url
+from triochat.protocol.events import Ack, ServerEvent
+from triochat.server import Server
 
 E = TypeVar("E")
 
@@ -35,6 +36,14 @@ async def skip_until(client: Client, kind: type[E], **fields: Any) -> E:
         event: ServerEvent = await client.receive()
         if isinstance(event, kind) and all(getattr(event, k) == v for k, v in fields.items()):
             return event
+
+
+async def still_serving(server: Server) -> None:
+    """A brand-new WebSocket client joins and gets its ``say`` acknowledged."""
+    async with open_client(server.url("ws"), "newcomer") as newcomer:
+        await settle_join(newcomer)
+        await newcomer.say("lobby", "still here?", id="ok")
+        await skip_until(newcomer, Ack, id="ok")
 
 
 async def settle_join(client: Client) -> None:

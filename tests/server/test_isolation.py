@@ -13,18 +13,11 @@ import struct
 import trio
 from wsproto.events import CloseConnection
 
-from tests.server.helpers import RawWebSocket, host_port, settle_join, skip_until
+from tests.server.helpers import RawWebSocket, host_port, settle_join, skip_until, still_serving
 from triochat.client import open_client
 from triochat.protocol import encode
-from triochat.protocol.events import Ack, Hello, Joined, Left, LeftReason, Quit
+from triochat.protocol.events import Hello, Joined, Left, LeftReason, Quit
 from triochat.server import Server
-
-
-async def _still_serving(server: Server) -> None:
-    async with open_client(server.url("ws"), "newcomer") as newcomer:
-        await settle_join(newcomer)
-        await newcomer.say("lobby", "still here?", id="ok")
-        await skip_until(newcomer, Ack, id="ok")
 
 
 async def test_ping_after_server_close_does_not_crash_the_server(
@@ -42,7 +35,7 @@ async def test_ping_after_server_close_does_not_crash_the_server(
             await rude.stream.send_all(b"\x89\x80\x00\x00\x00\x00")
             await skip_until(watcher, Left, nick="rude", reason=LeftReason.QUIT)
             await _drain_until_closed(rude.stream)
-            await _still_serving(server)
+            await still_serving(server)
 
 
 async def _drain_until_closed(stream: trio.SocketStream) -> None:
@@ -66,7 +59,7 @@ async def test_reset_mid_line_is_a_disconnect_for_that_client_only(server: Serve
             await stream.aclose()  # with SO_LINGER 0: an RST, not a FIN
             left = await skip_until(watcher, Left, nick="vanisher")
             assert left.reason is LeftReason.DISCONNECTED
-            await _still_serving(server)
+            await still_serving(server)
 
 
 async def test_invalid_websocket_frames_end_only_that_connection(server: Server) -> None:
@@ -81,4 +74,4 @@ async def test_invalid_websocket_frames_end_only_that_connection(server: Server)
             left = await skip_until(watcher, Left, nick="garbler")
             assert left.reason is LeftReason.DISCONNECTED
             await _drain_until_closed(garbler.stream)
-            await _still_serving(server)
+            await still_serving(server)

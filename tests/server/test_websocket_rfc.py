@@ -27,10 +27,10 @@ from wsproto.events import (
 )
 
 from tests.server.conftest import TEST_CONFIG
-from tests.server.helpers import RawWebSocket, host_port, settle_join, skip_until
+from tests.server.helpers import RawWebSocket, host_port, settle_join, skip_until, still_serving
 from triochat.client import open_client
 from triochat.protocol import encode
-from triochat.protocol.events import Ack, Hello, Left, LeftReason, Message
+from triochat.protocol.events import Hello, Left, LeftReason, Message
 from triochat.protocol.events import Pong as LinePong
 from triochat.server import Server, serve
 from triochat.server.config import WsEngine
@@ -68,13 +68,6 @@ async def _events_until_closed(raw: RawWebSocket) -> list[Event]:
         raw.ws.receive_data(data)
 
 
-async def _chat_works(server: Server) -> None:
-    async with open_client(server.url("ws"), "newcomer") as newcomer:
-        await settle_join(newcomer)
-        await newcomer.say("lobby", "still here?", id="ok")
-        await skip_until(newcomer, Ack, id="ok")
-
-
 async def test_a_request_that_is_not_an_upgrade_gets_an_http_error(server: Server) -> None:
     with trio.fail_after(TIMEOUT):
         async with await trio.open_tcp_stream(*host_port(server.url("ws"))) as stream:
@@ -83,7 +76,7 @@ async def test_a_request_that_is_not_an_upgrade_gets_an_http_error(server: Serve
             while chunk := await stream.receive_some():
                 response += chunk
         assert response.startswith(b"HTTP/1.1 4"), response
-        await _chat_works(server)
+        await still_serving(server)
 
 
 async def test_a_fragmented_message_is_one_message(server: Server) -> None:
