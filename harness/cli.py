@@ -35,7 +35,7 @@ WIDE = 160
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = argtypes.Parser(
         prog="harness",
         description="Load and fault harness for triochat servers: proves broadcast, disconnect,"
         " broken-pipe, slow-reader, flood, bad-input, churn and resume handling, and measures"

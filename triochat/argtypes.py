@@ -1,36 +1,74 @@
-"""argparse value types shared by the command lines (``triochat``, ``harness``).
+"""argparse value types and parser shared by the command lines (``triochat``, ``harness``).
 
-Each turns a bad value into argparse's own one-line usage error.
+A bad command line is one line on stderr and exit status 2: the flag, the value,
+and what is allowed. Each type here turns a bad value into that line.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Callable
+from typing import NoReturn
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a refused command line as one line instead of a usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _number(text: str, kind: type[int] | type[float]) -> float:
+    try:
+        value = kind(text)
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
 
 
 def port(text: str) -> int:
-    value = int(text)
+    value = int(_number(text, int))
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"{value} is not a port (0-65535)")
     return value
 
 
 def non_negative(text: str) -> float:
-    value = float(text)
+    value = _number(text, float)
     if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
+        raise argparse.ArgumentTypeError(f"{value:g} must be 0 or more")
     return value
 
 
 def positive(text: str) -> float:
-    value = float(text)
+    value = _number(text, float)
     if not value > 0:
-        raise argparse.ArgumentTypeError(f"{value} must be more than 0")
+        raise argparse.ArgumentTypeError(f"{value:g} must be more than 0")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(_number(text, int))
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
     return value
 
 
 def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be 1 or more")
-    return value
+    return at_least(1)(text)
+
+
+def at_least(low: int) -> Callable[[str], int]:
+    """A whole number of ``low`` or more (e.g. ``--max-line``'s floor)."""
+
+    def parse(text: str) -> int:
+        value = int(_number(text, int))
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} must be {low} or more")
+        return value
+
+    return parse

@@ -185,9 +185,7 @@ def _run_tui(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="triochat", description="A chat server and client on Trio."
-    )
+    parser = argtypes.Parser(prog="triochat", description="A chat server and client on Trio.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve_parser = commands.add_parser(
         "serve",

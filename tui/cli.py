@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from triochat import argtypes
 from triochat.client import parse_url
 from triochat.errors import ConnectError
 from triochat.protocol import ProtocolError, rules
@@ -47,7 +48,7 @@ def _check(url: str, nick: str | None, room: str | None) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tui", description="The triochat chat client.")
+    parser = argtypes.Parser(prog="python -m tui", description="The triochat chat client.")
     add_arguments(parser)
     args = parser.parse_args(argv)
     return run_tui(args.url, args.nick, args.room)
