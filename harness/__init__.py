@@ -1,1 +1,1 @@
-"""The load and fault harness (see issue 3)."""
+"""The load and fault harness: simulated clients that test a server (docs/harness.md)."""

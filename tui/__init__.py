@@ -1,1 +1,1 @@
-"""The Textual chat client (see issue 4)."""
+"""The Textual chat client (docs/tui.md)."""
