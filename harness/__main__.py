@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import sys
+from triochat.entry import harness
 
-from harness.cli import main
-
-sys.exit(main())
+raise SystemExit(harness())

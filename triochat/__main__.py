@@ -1,5 +1,5 @@
 from __future__ import annotations
 
-from triochat.cli import main
+from triochat.entry import triochat
 
-raise SystemExit(main())
+raise SystemExit(triochat())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import NoReturn
 
 
@@ -72,3 +73,13 @@ def at_least(low: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def file_in_existing_folder(text: str) -> str:
+    """A file path whose folder exists: a mistyped path is refused, never created."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path is not a file")
+    folder = Path(text).parent
+    if not folder.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: no such directory {folder}")
+    return text

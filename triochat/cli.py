@@ -14,7 +14,7 @@ import trio
 from triochat import argtypes
 from triochat.errors import ListenError, StoreError
 from triochat.server import ServerConfig, serve
-from triochat.server.config import WS_ENGINES
+from triochat.server.config import MIN_MAX_LINE, WS_ENGINES
 from triochat.server.store import default_db_path
 from tui.cli import add_arguments as add_tui_arguments
 
@@ -70,13 +70,13 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--drain-timeout",
-        type=argtypes.non_negative,
+        type=argtypes.positive,
         default=DEFAULTS.drain_timeout,
         help="seconds to say goodbye to every client on shutdown",
     )
     p.add_argument(
         "--max-line",
-        type=argtypes.positive_int,
+        type=argtypes.at_least(MIN_MAX_LINE),
         default=DEFAULTS.max_line,
         help="longest accepted line in bytes",
     )
@@ -94,7 +94,7 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--history",
-        type=int,
+        type=argtypes.non_negative_int,
         default=DEFAULTS.history_limit,
         help="events of a room's past sent on join",
     )
@@ -106,8 +106,8 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--db",
-        default=str(default_db_path()),
-        help="SQLite file that keeps room history across restarts",
+        type=argtypes.file_in_existing_folder,
+        help=f"SQLite file that keeps room history across restarts (default: {default_db_path()})",
     )
     p.add_argument(
         "--no-history",
@@ -139,8 +139,15 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         outbox_bytes=args.outbox_bytes,
         history_limit=args.history,
         retention=args.retention,
-        db_path=None if args.no_history else args.db,
+        db_path=None if args.no_history else (args.db or _default_db()),
     )
+
+
+def _default_db() -> str:
+    """The default history file; its folder is made here (and only for the default)."""
+    path = default_db_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return str(path)
 
 
 async def _serve_until_signalled(config: ServerConfig) -> None:

@@ -79,16 +79,15 @@ class Address:
 
 def parse_url(url: str) -> Address:
     """``ws://host:port`` or ``tcp://host:port``; :class:`ConnectError` if it is neither."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("ws", "tcp"):
-        raise ConnectError(f"{url!r}: use ws://HOST:PORT or tcp://HOST:PORT")
-    try:
-        port = parts.port
+    usage = ConnectError(f"{url!r}: use ws://HOST:PORT or tcp://HOST:PORT")
+    try:  # urlsplit refuses some hosts itself ("[::1", "[zz]"); so does .port a bad port
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
     except ValueError:
-        port = None
-    if not parts.hostname or port is None:
-        raise ConnectError(f"{url!r}: use ws://HOST:PORT or tcp://HOST:PORT")
-    return Address(parts.scheme, parts.hostname, port)
+        raise usage from None
+    if parts.scheme not in ("ws", "tcp") or not host or not port:
+        raise usage
+    return Address(parts.scheme, host, port)
 
 
 class Client:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import resource
 import signal
 import socket
@@ -10,13 +11,18 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import ExitStack, asynccontextmanager
 from functools import partial
+from pathlib import Path
 
 import pytest
 import trio
 
+from tests.conftest import DataHome
 from tests.server.helpers import host_port, skip_until
+from triochat import cli
 from triochat.client import open_client
-from triochat.protocol.events import Notice, Welcome
+from triochat.protocol import encode, rules
+from triochat.protocol.events import Hello, Notice, Welcome
+from triochat.server.config import MIN_MAX_LINE
 
 SERVE = [sys.executable, "-m", "triochat", "serve"]
 
@@ -181,3 +187,98 @@ async def test_out_of_descriptors_is_waited_out_and_serving_goes_on() -> None:
             stderr = await proc.stderr()
             assert "Traceback" not in stderr
             assert stderr.count("cannot accept") == 1, "one warning per episode, not per retry"
+
+
+async def test_serve_without_db_keeps_history_in_the_data_home(data_home: DataHome) -> None:
+    """The default history file follows XDG_DATA_HOME: here, the run's temporary one."""
+    expected = Path(os.environ["XDG_DATA_HOME"]) / "triochat" / "history.sqlite3"
+    assert expected.is_relative_to(data_home.root)
+    expected.unlink(missing_ok=True)
+    with trio.fail_after(20):
+        async with serving("--port", "0", "--tcp-port", "0") as (proc, urls):
+            async with open_client(urls[1], "ada"):
+                pass
+            proc.process.send_signal(signal.SIGTERM)
+            assert await proc.process.wait() == 0
+    assert expected.stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "says"),
+    [
+        ("--history", "-1", "-1 must be 0 or more"),
+        ("--retention", "0", "0 must be 1 or more"),
+        ("--retention", "-5", "-5 must be 1 or more"),
+        ("--max-line", "100", f"100 must be {MIN_MAX_LINE} or more"),
+        ("--db", "", "an empty path is not a file"),
+        ("--db", "/no/such/h.sqlite3", "/no/such/h.sqlite3: no such directory /no/such"),
+        ("--handshake-timeout", "0", "0 must be more than 0"),
+        ("--handshake-timeout", "inf", "'inf' is not a finite number"),
+        ("--keepalive-timeout", "-1", "-1 must be more than 0"),
+        ("--drain-timeout", "0", "0 must be more than 0"),
+        ("--port", "70000", "70000 is not a port (0-65535)"),
+    ],
+)
+def test_a_flag_value_that_cannot_work_is_one_line_naming_it(
+    flag: str, value: str, says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["serve", flag, value])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err == f"triochat serve: argument {flag}: {says} (see triochat serve --help)\n"
+
+
+@pytest.mark.parametrize("url", ["ws://[::1", "ws://[zz]:5000"])
+def test_a_malformed_tui_url_is_one_line(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["tui", "--url", url]) == 2
+    err = capsys.readouterr().err
+    assert err == f"triochat tui: {url!r}: use ws://HOST:PORT or tcp://HOST:PORT\n"
+
+
+def test_max_line_floor_fits_the_longest_hello() -> None:
+    room = "r" * rules.MAX_ROOM
+    hello = Hello(nick="n" * rules.MAX_NICK, rooms=[room], resume={room: 2**53})
+    assert len(encode(hello)) <= MIN_MAX_LINE
+
+
+STALL_IMPORT = """
+import sys, time
+
+class Stall:
+    def find_spec(self, name, path=None, target=None):
+        if name == {module!r}:
+            sys.stdout.write("importing\\n")
+            sys.stdout.flush()
+            time.sleep(30)
+        return None
+
+sys.meta_path.insert(0, Stall())
+"""
+
+
+@pytest.mark.parametrize(
+    ("command", "module"),
+    [("triochat serve", "trio"), ("triochat tui", "textual"), ("harness", "rich")],
+)
+async def test_ctrl_c_while_modules_import_is_one_line_and_status_130(
+    command: str, module: str, tmp_path: Path
+) -> None:
+    """A Ctrl-C that lands inside an import (held there by a stalling import hook)."""
+    (tmp_path / "sitecustomize.py").write_text(STALL_IMPORT.format(module=module))
+    program, *args = command.split()
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    script = str(Path(sys.executable).parent / program)
+    with trio.fail_after(20):
+        process = await trio.lowlevel.open_process(
+            [script, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+        )
+        proc = Proc(process)
+        try:
+            assert await proc.read_line() == "importing"
+            process.send_signal(signal.SIGINT)
+            assert await process.wait() == 130
+        finally:
+            process.kill()
+            await process.wait()
+        assert await proc.stderr() == f"{program}: interrupted\n"

@@ -33,7 +33,18 @@ async def test_unknown_host_is_one_clear_line() -> None:
             pass
 
 
-@pytest.mark.parametrize("url", ["http://x:1", "ws://nohostport", "tcp://h:notaport"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://x:1",
+        "ws://nohostport",
+        "tcp://h:notaport",
+        "ws://[::1",
+        "ws://[zz]:5000",
+        "ws://h:0",
+        "tcp://h:70000",
+    ],
+)
 async def test_bad_urls_are_refused_before_connecting(url: str) -> None:
     with pytest.raises(ConnectError, match="use ws://HOST:PORT or tcp://HOST:PORT"):
         async with open_client(url, "ada"):

@@ -14,6 +14,10 @@ WS_ENGINES: tuple[WsEngine, ...] = ("trio-websocket", "wsproto")
 KIB = 1024
 MIB = 1024 * KIB
 
+MIN_MAX_LINE = 512
+"""The smallest ``max_line`` a server may have: room for a ``hello`` with the
+longest nick, the longest room name and a resume ``seq`` for it."""
+
 
 @dataclass(frozen=True, kw_only=True)
 class ServerConfig:

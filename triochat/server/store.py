@@ -82,8 +82,6 @@ class HistoryStore:
     def __init__(self, path: Path | str, retention: int) -> None:
         self.path = path
         self._retention = retention
-        if str(path) != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
