@@ -48,8 +48,11 @@ async def _writer(ws: WebSocketConnection, member: Member) -> None:
 async def _session(rooms: Rooms[Member], ws: WebSocketConnection) -> None:
     hello = json.loads(await ws.get_message())
     nick, joined = str(hello["nick"]), [str(r) for r in hello.get("rooms") or ["lobby"]]
-    await ws.send_message(welcome(nick, joined))
     member = Member()
+    # The writer is the only task that sends on ``ws``, and the welcome heads its
+    # queue before the member joins, with no checkpoint between: every broadcast
+    # line is queued, and so sent, after the welcome.
+    member.put(welcome(nick, joined))
     rooms.join(member, joined)
     try:
         async with trio.open_nursery() as nursery:

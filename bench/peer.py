@@ -2,7 +2,8 @@
 
 It speaks just enough of triochat's protocol for the same load generator to
 drive it: ``hello`` gets one ``welcome`` line and membership of the hello's
-rooms; ``say`` gets the message encoded once and pushed to every member with
+rooms, in one step, so a client holding its welcome is a member; ``say`` gets
+the message encoded once and pushed to every member with
 ``websockets.broadcast()`` (which writes to each connection's transport
 without awaiting). No history, no acks, no flood control, no keepalive pings:
 this is the peer's best case, the figure the issue's table quotes for it.
@@ -27,7 +28,10 @@ from bench.reference import Rooms, parse_args, welcome
 async def _session(rooms: Rooms[ServerConnection], conn: ServerConnection) -> None:
     hello = json.loads(await conn.recv())
     nick, joined = str(hello["nick"]), [str(r) for r in hello.get("rooms") or ["lobby"]]
-    await conn.send(welcome(nick, joined))
+    # Welcome and membership in one synchronous step: broadcast() writes to the
+    # transport without awaiting, so no say can run between the two, and every
+    # message line for these rooms reaches the transport after the welcome.
+    broadcast([conn], welcome(nick, joined))
     rooms.join(conn, joined)
     try:
         async for data in conn:

@@ -63,6 +63,19 @@ class Hub(Rooms[Member]):
         self.dirty: set[str] = set()
         self.wake = trio.Event()
 
+    def admit(self, stream: trio.SocketStream, rooms: list[str], welcome: str) -> Member:
+        """A member of ``rooms`` whose welcome is written or queued like any broadcast.
+
+        Joining and the welcome's ``_flush`` are one step with no checkpoint, so no
+        ``say`` falls between them, and every later line is written after the welcome.
+        It joins first so that a ``_flush`` that drops it leaves it in no room.
+        """
+        member = Member(stream)
+        self.join(member, rooms)
+        member.lines.append(welcome.encode())
+        self._flush(member)
+        return member
+
     def say(self, room: str, nick: str, text: str, ref: object) -> None:
         line = self.message(room, nick, text, ref).encode()
         for member in self.members[room]:
@@ -156,9 +169,7 @@ async def _session(hub: Hub, stream: trio.SocketStream) -> None:
                     msg = json.loads(line)
                     if member is None and msg.get("type") == "hello":
                         nick, joined = str(msg["nick"]), [str(r) for r in msg.get("rooms") or []]
-                        await stream.send_all(text_frame(welcome(nick, joined).encode()))
-                        member = Member(stream)
-                        hub.join(member, joined)
+                        member = hub.admit(stream, joined, welcome(nick, joined))
                     elif msg.get("type") == "say" and msg.get("room") in joined:
                         hub.say(msg["room"], nick, msg["text"], msg.get("id"))
     finally:
