@@ -65,6 +65,9 @@ async def test_silent_tcp_peer_is_pinged_then_dropped_with_timeout(
         lines = await _read_to_eof(client_end)
     events = [decode_server(line) for line in lines]
     assert Ping(token="keepalive") in events
+    last = events[-1]
+    assert isinstance(last, Error)
+    assert (last.code, last.message) == ("timeout", "no answer to the keepalive ping within 20 s")
     assert session.reason is LeftReason.TIMEOUT
     limit = CONFIG.keepalive_interval + CONFIG.keepalive_timeout
     assert limit <= trio.current_time() < limit + CONFIG.close_timeout + 1

@@ -23,6 +23,8 @@ class ErrorCode(StrEnum):
     HELLO_FIRST = "hello_first"
     HELLO_TIMEOUT = "hello_timeout"
     TOO_MANY_ROOMS = "too_many_rooms"
+    TIMEOUT = "timeout"
+    WRONG_PORT = "wrong_port"
 
 
 class ProtocolError(Exception):

@@ -34,7 +34,7 @@ from typing import NoReturn
 
 import trio
 
-from triochat.errors import ConnectionLost
+from triochat.errors import ConnectionLost, WrongPort
 from triochat.protocol import ErrorCode, ProtocolError, decode_client, encode, rules
 from triochat.protocol.events import (
     ClientEvent,
@@ -169,7 +169,7 @@ class Session:
                 with self._io_scope:
                     try:
                         await self._converse()
-                    except (ConnectionLost, ProtocolError) as exc:
+                    except (ConnectionLost, WrongPort, ProtocolError) as exc:
                         self._fail(exc)
                 if self._reason is None:  # the io scope's deadline: no hello in time
                     self._error(ErrorCode.HELLO_TIMEOUT, "no hello before the handshake deadline")
@@ -193,12 +193,12 @@ class Session:
         self._io_scope.deadline = math.inf
         await self._read_loop(rest)
 
-    def _fail(self, exc: ConnectionLost | ProtocolError) -> None:
+    def _fail(self, exc: ConnectionLost | WrongPort | ProtocolError) -> None:
         """The close that matches a peer's failure; called in the task that caught it.
 
         (Caught where raised: a nursery would wrap it in an ExceptionGroup.)
         """
-        if isinstance(exc, ConnectionLost):
+        if isinstance(exc, ConnectionLost | WrongPort):  # nothing more to say to the peer
             log.debug("%s", exc)
             self._peer_gone = True
             self.close(LeftReason.DISCONNECTED, flush=False)
@@ -270,8 +270,15 @@ class Session:
             self._drop_silent()
 
     def _drop_silent(self) -> None:
+        """End a session whose peer did not answer the keepalive in time.
+
+        The peer may be alive and just not answering (a person on ``nc``), so it
+        is told why before the close; ``close_timeout`` bounds that goodbye if it is gone.
+        """
         log.info("%s: no answer to keepalive, dropping", self._conn.remote)
-        self.close(LeftReason.TIMEOUT, CloseCode.GOING_AWAY, flush=False)
+        timeout = self._config.keepalive_timeout
+        self._error(ErrorCode.TIMEOUT, f"no answer to the keepalive ping within {timeout:g} s")
+        self.close(LeftReason.TIMEOUT, CloseCode.GOING_AWAY)
 
     async def _receive(self) -> list[bytes]:
         while True:
