@@ -16,6 +16,7 @@ not a single one got through and the first failure was a
 
 from __future__ import annotations
 
+from contextlib import suppress
 from dataclasses import dataclass, field
 
 import trio
@@ -32,6 +33,9 @@ CONNECTS_IN_FLIGHT = 64
 CONNECT_TIMEOUT = 10.0
 CONNECT_TIMEOUT_PER_CLIENT = 0.03
 """A big run saturates the machine (its own server shares the process): allow more time."""
+QUIT_GRACE = 5.0
+"""Seconds the server has to end sessions after the harness says ``quit``."""
+QUIT_REASON = "harness run finished"
 SEND_ERRORS = (TriochatError, trio.BusyResourceError)
 """What a send may raise when the connection ends under it. ``BusyResourceError``
 escapes the client library when its close (``send_eof``) overlaps a send
@@ -138,11 +142,21 @@ class Fleet:
         return [sim for sim in self.sims if sim.client is not None]
 
     async def close(self, sims: list[Sim] | None = None, *, notes: list[str] | None = None) -> None:
-        """Stop reading and close politely; returns when every one has closed.
+        """Leave the way the protocol asks: ``quit``, then read until the server closes.
 
-        Close races of the WebSocket library (see :meth:`_live`) go to ``notes``.
+        So a shared server records ``left{quit}`` and frees the nicks at once.
+        Clients the server has not let go within :data:`QUIT_GRACE` are closed
+        from this side. Returns when every one has closed; close races of the
+        WebSocket library (see :meth:`_live`) go to ``notes``.
         """
         chosen = self.sims if sims is None else sims
+        with trio.move_on_after(QUIT_GRACE):
+            for sim in chosen:
+                if sim.client is not None and sim.alive:
+                    with suppress(*SEND_ERRORS):
+                        await sim.client.quit(QUIT_REASON)
+            for sim in chosen:
+                await sim.ended.wait()  # the reader sees the server close, then ends
         for sim in chosen:
             sim.stop.cancel()
         for sim in chosen:
@@ -160,6 +174,14 @@ async def _read(client: Client, sim: Sim) -> None:
             sim.tally.take(await client.receive_lines())
     except ConnectionLost:
         sim.closed_at_ns = now_ns()
+
+
+async def quit_and_wait(client: Client) -> None:
+    """Say ``quit`` and read until the server closes (within :data:`QUIT_GRACE`)."""
+    with trio.move_on_after(QUIT_GRACE), suppress(*SEND_ERRORS):
+        await client.quit(QUIT_REASON)
+        while True:
+            await client.receive_lines()
 
 
 def _first_leaf(exc: BaseException) -> BaseException:

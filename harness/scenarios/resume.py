@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from contextlib import suppress
 from dataclasses import dataclass, field
 from enum import Enum, auto
 
@@ -46,14 +47,14 @@ import trio
 from wsproto.utilities import LocalProtocolError
 
 from harness.context import Context
-from harness.fleet import CONNECT_TIMEOUT_PER_CLIENT, Fleet, Sim
+from harness.fleet import CONNECT_TIMEOUT_PER_CLIENT, QUIT_REASON, SEND_ERRORS, Fleet, Sim
 from harness.model import ScenarioResult
 from harness.raw import RawClient, open_raw
 from harness.tally import Tally
 from harness.traffic import Phase, delivery_checks, run_phase
 from harness.wire import Line, decode_line, now_ns, parse_counted
 from triochat.client import Client, open_client
-from triochat.errors import ConnectError, Rejected, TriochatError
+from triochat.errors import ConnectError, ConnectionLost, Rejected, TriochatError
 from triochat.protocol import ErrorCode, ProtocolError, decode_server, encode
 from triochat.protocol.events import HistoryPage, Ping, Pong, ServerEvent, Welcome
 
@@ -189,6 +190,10 @@ class Dropper:
     nick_retries: int = 0
     close_race: bool = False
     resumption: Resumption | None = None
+    client: Client | None = None
+    """The resumed session's client, while it is open."""
+    leaving: bool = False
+    """The scenario is over and this dropper said ``quit``: the server closing is expected."""
 
     @property
     def resumed(self) -> bool:
@@ -307,9 +312,21 @@ class Dropper:
         assert self.resumption is not None
         self.server_ids.append(client.welcome.server_id if client.welcome else "?")
         self.step = "after resuming"
+        self.client = client
         with self.stop:
-            while True:
-                self.resumption.take(await client.receive(), now_ns())
+            try:
+                while True:
+                    self.resumption.take(await client.receive(), now_ns())
+            except ConnectionLost:
+                if not self.leaving:
+                    raise
+
+    async def leave(self) -> None:
+        """Say ``quit`` on the resumed session, if it is open; the server then closes it."""
+        self.leaving = True
+        if self.client is not None:
+            with suppress(*SEND_ERRORS):
+                await self.client.quit(QUIT_REASON)
 
 
 def _first_leaf(exc: BaseException) -> BaseException:
@@ -385,9 +402,10 @@ async def _traffic(ctx: Context, room: str, stayers: list[Sim], droppers: list[D
     rate = min(ctx.options.send_rate(), total / MIN_TRAFFIC_S)
     span = total / rate
     start = trio.current_time()
+    rng = ctx.rng(NAME)
     for dropper in droppers:
-        dropper.drop_scope.deadline = start + ctx.rng.uniform(*DROP_AT) * span
-        dropper.away_s = ctx.rng.uniform(*AWAY) * span
+        dropper.drop_scope.deadline = start + rng.uniform(*DROP_AT) * span
+        dropper.away_s = rng.uniform(*AWAY) * span
     receivers = stayers + [dropper.sim for dropper in droppers]
     # Reconnecting is a join that every member hears, plus a replay: at large N
     # the droppers catch up as slowly as they connected in the first place.
@@ -398,14 +416,16 @@ async def _traffic(ctx: Context, room: str, stayers: list[Sim], droppers: list[D
 
 
 async def _stop(ctx: Context, droppers: list[Dropper]) -> None:
-    """Close resumed sessions politely (within a grace); the caller cancels the rest."""
+    """Resumed sessions quit (within a grace), then stop reading; the caller cancels the rest."""
     ctx.progress(f"{NAME}: closing", 0, 1)
-    for dropper in droppers:
-        dropper.stop.cancel()
     with trio.move_on_after(CLOSE_GRACE_S):
+        for dropper in droppers:
+            await dropper.leave()
         for dropper in droppers:
             if dropper.resumption is not None:
                 await dropper.ended.wait()
+    for dropper in droppers:
+        dropper.stop.cancel()
 
 
 def _checks(result: ScenarioResult, phase: Phase, droppers: list[Dropper]) -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+import re
+from dataclasses import dataclass, field, replace
 
 import pytest
 import trio
@@ -10,6 +11,8 @@ import trio
 from harness.model import Report
 from harness.options import SCENARIOS, Options
 from harness.runner import run_harness
+from triochat.client import open_client
+from triochat.protocol.events import HistoryPage, Left, Members
 from triochat.server import Server, ServerConfig, serve
 from triochat.server.config import WsEngine
 
@@ -48,8 +51,15 @@ async def test_scenario_passes_on_own_server(
 
 
 async def test_mixed_transports_against_a_running_server(nursery: trio.Nursery) -> None:
-    """``--url`` twice: clients spread over the ws and tcp listeners of one server."""
-    server: Server = await nursery.start(serve, ServerConfig(port=0, tcp_port=0))
+    """``--url`` twice: clients spread over the ws and tcp listeners of one server.
+
+    Afterwards the shared server holds nobody of the run, and every client that
+    was not meant to vanish left its rooms with ``quit`` (see docs/harness.md,
+    "What a run leaves behind on a server").
+    """
+    # The whole room log is replayed on join, so the observer below sees every event.
+    config = ServerConfig(port=0, tcp_port=0, history_limit=10_000)
+    server: Server = await nursery.start(serve, config)
     options = replace(SMALL, urls=(server.url("ws"), server.url("tcp")))
     with trio.fail_after(60):
         report = await run_harness(options)
@@ -57,4 +67,45 @@ async def test_mixed_transports_against_a_running_server(nursery: trio.Nursery) 
     assert [s.name for s in report.scenarios] == list(SCENARIOS)
     broadcast = report.scenarios[0]
     assert broadcast.figures["deliveries"] == 6 * 4 * 6
+    rooms = [f"{report.run_id}-{name}" for name in SCENARIOS] + [
+        f"{report.run_id}-slow_reader-bulk"
+    ]
+    with trio.fail_after(10):
+        left = await look_behind(server.url("tcp"), rooms)
+    assert left.online == ["observer"]
+    assert left.members == {room: ["observer"] for room in rooms}
+    assert left.last_reasons, "no harness client left any room"
+    assert {r for nick, r in left.last_reasons.items() if not VANISH.search(nick)} == {"quit"}
     server.stop()
+
+
+VANISH = re.compile(r"-(v\d+|w\d+x\d+|stalled|bad\d+)$")
+"""Clients whose way out is what their scenario tests (resets, churn, eviction, too_large)."""
+
+
+@dataclass
+class LeftBehind:
+    online: list[str] = field(default_factory=list)
+    members: dict[str, list[str]] = field(default_factory=dict)
+    last_reasons: dict[str, str] = field(default_factory=dict)
+    """Each nick's last ``left`` reason in any room (rooms of one run never share nicks)."""
+
+
+async def look_behind(url: str, rooms: list[str]) -> LeftBehind:
+    """Join ``rooms`` as ``observer``: their members, their whole logs, and who is online."""
+    seen = LeftBehind()
+    async with open_client(url, "observer", rooms=rooms) as client:
+        while len(seen.members) < len(rooms):
+            event = await client.receive()
+            if isinstance(event, HistoryPage):
+                for past in event.events:
+                    if isinstance(past, Left):
+                        seen.last_reasons[past.nick] = past.reason
+            elif isinstance(event, Members) and event.room is not None:
+                seen.members[event.room] = event.nicks
+        await client.who()
+        while not seen.online:
+            event = await client.receive()
+            if isinstance(event, Members) and event.room is None:
+                seen.online = event.nicks
+    return seen
