@@ -26,15 +26,15 @@ import socket
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 import trio
-from trio_websocket import HandshakeError, wrap_client_stream
+from trio_websocket import ConnectionRejected, HandshakeError, wrap_client_stream
 
 from triochat.errors import ConnectError, ConnectionClosed, ConnectionLost, Rejected
-from triochat.protocol import ErrorCode, decode_server, encode
+from triochat.protocol import ErrorCode, ProtocolError, decode_server, encode
 from triochat.protocol.events import (
     Dm,
     Error,
@@ -72,6 +72,14 @@ class Address:
     @property
     def hostport(self) -> str:
         return hostport(self.host, self.port)
+
+    def wrong_port(self) -> ConnectError:
+        """What to tell a person whose URL names the other listener of a triochat server."""
+        if self.scheme == "ws":
+            return ConnectError(
+                f"{self}: this looks like triochat's TCP port; use tcp://{self.hostport}"
+            )
+        return ConnectError(f"{self}: this looks like a WebSocket port; use ws://{self.hostport}")
 
     def __str__(self) -> str:
         return f"{self.scheme}://{self.hostport}"
@@ -191,11 +199,15 @@ class Client:
                 line = await self._next_line()
             except ConnectionLost:
                 raise ConnectError(f"{self.address}: the server closed the connection") from None
+            if line.startswith(b"HTTP/"):  # an HTTP server's answer to our hello line
+                raise self.address.wrong_port()
             event = decode_server(line)
             if isinstance(event, Welcome):
                 self._pending.extendleft(reversed(early))
                 self.welcome = event
                 return event
+            if isinstance(event, Error) and event.code == ErrorCode.WRONG_PORT:
+                raise self.address.wrong_port()
             if isinstance(event, Error) and event.code in _HELLO_REFUSALS:
                 raise Rejected(event.code, event.message)
             early.append(line)
@@ -242,10 +254,10 @@ async def open_client(
     address = parse_url(url)
     with _unwrapped():
         async with trio.open_nursery() as nursery:
-            library_tasks = await nursery.start(_contain_library_tasks, address)
+            library = await nursery.start(_contain_library_tasks, address)
             client = await _connect_and_greet(
                 address,
-                library_tasks,
+                library,
                 Hello(nick=nick, rooms=rooms, resume=resume),
                 connect_timeout,
             )
@@ -264,34 +276,58 @@ async def open_client(
                 nursery.cancel_scope.cancel()
 
 
+@dataclass(eq=False)
+class _Library:
+    """Where trio-websocket's reader task runs, and what it said while we connected."""
+
+    nursery: trio.Nursery
+    connecting: trio.CancelScope = field(default_factory=trio.CancelScope)
+    """Cancelled when the reader finds the upgrade refused (it raises there, not to us)."""
+    refused: ConnectionRejected | None = None
+
+    def refuse(self, exc: ConnectionRejected) -> None:
+        self.refused = self.refused or exc
+        self.connecting.cancel()
+
+
 async def _contain_library_tasks(
-    address: Address, *, task_status: trio.TaskStatus[trio.Nursery]
+    address: Address, *, task_status: trio.TaskStatus[_Library]
 ) -> None:
     """A nursery for trio-websocket's reader task whose failures stay here.
 
     The reader can raise on its own, e.g. wsproto refusing to answer a server's
     Ping that arrives while we are closing (the client-side twin of
     trio-websocket #184). For the caller that is a lost connection (their next
-    receive says so), never an exception out of the ``async with``.
+    receive says so), never an exception out of the ``async with``. A refused
+    upgrade is raised there too, while :func:`connect` waits: it is handed to
+    the connecting code, which would otherwise wait until its deadline.
     """
+    library: _Library | None = None
     try:
         async with trio.open_nursery() as nursery:
-            task_status.started(nursery)
+            library = _Library(nursery)
+            task_status.started(library)
             await trio.sleep_forever()
+    except* ConnectionRejected as group:
+        if library is not None:
+            library.refuse(group.exceptions[0])  # type: ignore[arg-type]
     except* Exception as group:
         log.debug("%s: WebSocket reader failed: %r", address, group.exceptions)
 
 
 async def _connect_and_greet(
-    address: Address, nursery: trio.Nursery, hello: Hello, limit: float
+    address: Address, library: _Library, hello: Hello, limit: float
 ) -> Client:
     try:
         with trio.fail_after(limit):
-            client = Client(await connect(address, nursery), address)
-            await client.greet(hello)
-            return client
+            with library.connecting:
+                client = Client(await connect(address, library.nursery), address)
+                await client.greet(hello)
+                return client
     except trio.TooSlowError:
         raise ConnectError(f"{address}: timed out") from None
+    assert library.refused is not None  # nothing else cancels ``connecting``
+    raise _refusal(address, library.refused)
 
 
 @contextmanager
@@ -322,10 +358,33 @@ async def connect(address: Address, nursery: trio.Nursery) -> Connection:
         ws = await wrap_client_stream(
             nursery, stream, address.host, "/", max_message_size=CLIENT_MAX_LINE
         )
+    except ConnectionRejected as exc:
+        await trio.aclose_forcefully(stream)
+        if _is_wrong_port(exc.body):
+            raise address.wrong_port() from None
+        raise ConnectError(
+            f"{address}: WebSocket upgrade refused: HTTP {exc.status_code}"
+        ) from None
     except HandshakeError as exc:
         await trio.aclose_forcefully(stream)
         raise ConnectError(f"{address}: WebSocket handshake failed ({exc!r})") from None
     return WebSocketLines(ws, stream=stream, max_line=CLIENT_MAX_LINE, remote=str(address))
+
+
+def _refusal(address: Address, exc: ConnectionRejected) -> ConnectError:
+    """A refused WebSocket upgrade, in one line; a triochat TCP listener is named as such."""
+    if _is_wrong_port(exc.body):
+        return address.wrong_port()
+    return ConnectError(f"{address}: WebSocket upgrade refused (HTTP {exc.status_code})")
+
+
+def _is_wrong_port(body: bytes | None) -> bool:
+    """Whether an HTTP refusal's body is a triochat TCP listener's ``error{wrong_port}``."""
+    try:
+        event = decode_server((body or b"").strip())
+    except ProtocolError:
+        return False
+    return isinstance(event, Error) and event.code == ErrorCode.WRONG_PORT
 
 
 async def open_stream(address: Address) -> trio.SocketStream:

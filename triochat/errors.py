@@ -20,6 +20,10 @@ class ConnectionClosed(TriochatError):
     """We closed this connection ourselves and then tried to use it."""
 
 
+class WrongPort(TriochatError):
+    """The peer spoke the other listener's protocol (HTTP on the TCP port); it has been told."""
+
+
 class ConnectError(TriochatError):
     """Could not reach a server. The message is one line meant for a person."""
 

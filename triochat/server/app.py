@@ -30,6 +30,8 @@ import trio
 from trio_websocket import WebSocketConnection, wrap_server_stream
 
 from triochat.errors import ConnectionLost, ListenError, StoreError
+from triochat.protocol import ErrorCode, encode
+from triochat.protocol.events import Error
 from triochat.server.config import ServerConfig, WsEngine
 from triochat.server.hub import Hub
 from triochat.server.outbox import Flusher
@@ -37,7 +39,7 @@ from triochat.server.session import Session
 from triochat.server.store import HistoryStore, commit_once, open_store, run_committer
 from triochat.transport.base import Connection, hostport
 from triochat.transport.release import release
-from triochat.transport.tcp import StreamConnection
+from triochat.transport.tcp import RECEIVE_SIZE, StreamConnection
 from triochat.transport.websocket import WebSocketLines
 from triochat.transport.wsproto_ws import WsprotoConnection
 from triochat.transport.wsproto_ws import accept as accept_wsproto
@@ -68,6 +70,9 @@ class Server:
     _handshakes: set[trio.CancelScope] = field(default_factory=set)
     _failure: StoreError | None = None
     """Why the server stopped on its own, raised by :func:`serve` once it has stopped."""
+    wrong_port: dict[str, bytes] = field(default_factory=dict)
+    """Per listener scheme, the one ``error{wrong_port}`` line for a peer that speaks
+    the other listener's protocol there (see :func:`wrong_port_line`)."""
 
     def url(self, scheme: str) -> str:
         """The first listener URL with ``scheme`` (``ws`` or ``tcp``)."""
@@ -181,6 +186,8 @@ async def _open_all(server: Server) -> list[tuple[Handler, list[trio.SocketListe
             group = await _listen(scheme, config.host, port)
             opened.append((handler, group))
             server.urls += [f"{scheme}://{_endpoint(lst)}" for lst in group]
+        for scheme in ("ws", "tcp"):
+            server.wrong_port[scheme] = wrong_port_line(scheme, server.urls)
     except BaseException:
         for _, group in opened:
             for lst in group:
@@ -290,9 +297,51 @@ async def _contained(server: Server, handler: Handler, stream: trio.SocketStream
         await release(stream)
 
 
+def wrong_port_line(scheme: str, urls: list[str]) -> bytes:
+    """What a peer on the ``scheme`` listener is told when it speaks the other protocol."""
+    other = "tcp" if scheme == "ws" else "ws"
+    there = next((url for url in urls if url.startswith(f"{other}://")), None)
+    if scheme == "tcp":
+        text = "this is triochat's TCP port, for NDJSON lines, not HTTP; " + (
+            f"WebSocket clients connect to {there}" if there else "this server has no WebSocket"
+        )
+    else:
+        text = "this is triochat's WebSocket port; " + (
+            f"line clients connect to {there}" if there else "this server has no TCP listener"
+        )
+    return encode(Error(code=ErrorCode.WRONG_PORT, message=text))
+
+
 async def _handle_tcp(server: Server, stream: trio.SocketStream, remote: str) -> None:
-    conn = StreamConnection(stream, max_line=server.config.max_line, remote=remote)
+    conn = StreamConnection(
+        stream,
+        max_line=server.config.max_line,
+        remote=remote,
+        http_answer=server.wrong_port["tcp"],
+    )
     await _run_session(server, conn)
+
+
+async def _refused_line_client(server: Server, stream: trio.SocketStream, remote: str) -> bool:
+    """Whether the peer opened with a JSON line instead of an upgrade, and was told so.
+
+    The first byte is peeked, not read, so a WebSocket peer's request is left
+    whole for the engine. The answer is one ``error{wrong_port}`` line, then a
+    lingering close: the peer's unread line must not turn our close into a reset.
+    """
+    try:
+        first = await stream.socket.recv(1, socket.MSG_PEEK)
+    except OSError:
+        return False
+    if first != b"{":
+        return False
+    log.debug("%s: a JSON line on the WebSocket port", remote)
+    await stream.send_all(server.wrong_port["ws"])
+    with trio.move_on_after(server.config.close_timeout):
+        await stream.send_eof()
+        while await stream.receive_some(RECEIVE_SIZE):
+            pass
+    return True
 
 
 async def _handle_websocket(server: Server, stream: trio.SocketStream, remote: str) -> None:
@@ -301,6 +350,8 @@ async def _handle_websocket(server: Server, stream: trio.SocketStream, remote: s
     async with trio.open_nursery() as ws_tasks:  # trio-websocket's reader lives here
         ws: WebSocketConnection | None = None
         with _handshake_deadline(server, remote):
+            if await _refused_line_client(server, stream, remote):
+                return
             request = await wrap_server_stream(
                 ws_tasks, stream, max_message_size=_max_message(config)
             )
@@ -316,6 +367,8 @@ async def _handle_wsproto(server: Server, stream: trio.SocketStream, remote: str
     config = server.config
     conn: WsprotoConnection | None = None
     with _handshake_deadline(server, remote):
+        if await _refused_line_client(server, stream, remote):
+            return
         conn = await accept_wsproto(
             stream, max_line=config.max_line, max_message=_max_message(config), remote=remote
         )

@@ -2,23 +2,50 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
+
 import trio
 
-from triochat.errors import ConnectionLost
+from triochat.errors import ConnectionLost, WrongPort
 from triochat.protocol import LineSplitter
 from triochat.transport.base import CloseCode, WriteNow, write_without_waiting
 from triochat.transport.release import release
 
 RECEIVE_SIZE = 64 * 1024
+HTTP_REQUEST = re.compile(rb"(GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH|CONNECT|TRACE) ")
+"""How an HTTP request starts; no NDJSON line does."""
+
+
+def http_refusal(body: bytes) -> bytes:
+    """An HTTP 400 response carrying ``body`` (one NDJSON ``error`` line), then close."""
+    head = (
+        "HTTP/1.1 400 Bad Request\r\n"
+        "Content-Type: application/x-ndjson\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    return head.encode() + body
 
 
 class StreamConnection:
     native_ping = False
 
-    def __init__(self, stream: trio.abc.Stream, *, max_line: int, remote: str = "?") -> None:
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        max_line: int,
+        remote: str = "?",
+        http_answer: bytes | None = None,
+    ) -> None:
         self._stream = stream
         self._splitter = LineSplitter(max_line)
         self.remote = remote
+        self._http_answer = http_answer
+        """A server's answer to a peer whose first bytes are an HTTP request: this is
+        sent in an HTTP response and the connection ends (:class:`WrongPort`).
+        Checked on the first bytes only, before anything has been written to the peer."""
         self.write_now: WriteNow | None = None
         self._held = b""
         """What :meth:`_write_now` could not write; :meth:`send` writes it first."""
@@ -43,9 +70,20 @@ class StreamConnection:
                 raise ConnectionLost(f"{self.remote}: {exc}") from None
             if not data:
                 raise ConnectionLost(f"{self.remote}: closed by peer")
+            if self._http_answer is not None:
+                await self._refuse_http(data)
             lines = self._splitter.feed(data)
             if lines:
                 return lines
+
+    async def _refuse_http(self, first: bytes | bytearray) -> None:
+        """:class:`WrongPort` (after answering in HTTP) if ``first`` starts an HTTP request."""
+        answer, self._http_answer = self._http_answer, None
+        if answer is None or not HTTP_REQUEST.match(first):
+            return
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await self._stream.send_all(http_refusal(answer))
+        raise WrongPort(f"{self.remote}: an HTTP request on the TCP port")
 
     async def send(self, data: bytes) -> None:
         if self._held:
