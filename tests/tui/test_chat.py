@@ -188,6 +188,15 @@ async def test_server_not_running_is_one_clear_line(server: ServerThread) -> Non
         assert "waiting" in rendered(app.query_one(StatusBar))
 
 
+async def test_the_websocket_port_given_as_tcp_is_named_at_once(server: ServerThread) -> None:
+    hostport = server.url.removeprefix("ws://")
+    app = ChatApp(f"tcp://{hostport}", "ada", backoff=SLOW)
+    async with app.run_test(size=SIZE):
+        await until(lambda: app.connection == "waiting", "the waiting state")
+        shown = " ".join(screen_log(app).split())  # as wrapped on screen
+        assert f"this looks like a WebSocket port; use ws://{hostport}" in shown
+
+
 @pytest.mark.parametrize("durable", [False, True], ids=["memory", "sqlite"])
 async def test_restarted_server_missed_messages_appear_exactly_once(
     tmp_path: Path, durable: bool
