@@ -27,5 +27,9 @@ def _run(prog: str, module: str) -> int:
         main = importlib.import_module(module).main
         return int(main())
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        pass
+    except BaseExceptionGroup as group:  # raised inside a nursery, e.g. before a handler is set
+        if group.split(KeyboardInterrupt)[1] is not None:
+            raise
+    print(f"{prog}: interrupted", file=sys.stderr)
+    return EXIT_INTERRUPTED
