@@ -1,12 +1,12 @@
-"""The trio-websocket floor: issue 6's batching design and nothing else.
+"""The trio-websocket floor: the original design's batching and nothing else.
 
-This is the third row of the issue's table, built only on trio-websocket's public
-API: one task per client reads its messages, a ``say`` is encoded once and
-appended to every member's queue, and each client's writer task drains its whole
-queue into one ``send_message``. No validation beyond what the load generator
-needs, no history, no acks, no flood control, no keepalive, no bounds on a
-queue: the cheapest server trio-websocket allows, so the bench can show how far
-triochat is from it and which targets that floor already rules out.
+Built only on trio-websocket's public API: one task per client reads its
+messages, a ``say`` is encoded once and appended to every member's queue, and
+each client's writer task drains its whole queue into one ``send_message``. No
+validation beyond what the load generator needs, no history, no acks, no flood
+control, no keepalive, no bounds on a queue: the cheapest server trio-websocket
+allows, so the bench can show how far triochat is from it and which performance
+targets that floor already rules out.
 
 It speaks the same protocol subset as ``bench.peer``. Run as
 ``python -m bench.floor --port 0``; it prints ``listening ws://HOST:PORT`` and
@@ -87,7 +87,7 @@ async def run(host: str, port: int) -> None:
 
 
 def main() -> None:
-    args = parse_args("The issue's batching design on trio-websocket.")
+    args = parse_args("The original design's batching on trio-websocket.")
     trio.run(run, args.host, args.port)
 
 

@@ -6,7 +6,8 @@ rooms, in one step, so a client holding its welcome is a member; ``say`` gets
 the message encoded once and pushed to every member with
 ``websockets.broadcast()`` (which writes to each connection's transport
 without awaiting). No history, no acks, no flood control, no keepalive pings:
-this is the peer's best case, the figure the issue's table quotes for it.
+this is the peer's best case, the figure the performance targets compare
+triochat against.
 
 Run as ``python -m bench.peer --port 0``; it prints ``listening ws://HOST:PORT``
 like ``triochat serve`` and stops cleanly on SIGTERM or Ctrl-C.

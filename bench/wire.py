@@ -26,7 +26,7 @@ WELCOME = b'"type":"welcome"'
 ERROR = b'"type":"error"'
 SENT_AT = re.compile(rb'"text":"B\d{5}:(\d{19}):')
 TEXT_BYTES = 100
-"""Length of every broadcast's text (the issue's "100-byte messages")."""
+"""Length of every broadcast's text: the performance targets are set for 100-byte messages."""
 
 _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _PREFIX = len(b"B00000:0000000000000000000:")

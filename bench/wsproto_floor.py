@@ -1,7 +1,8 @@
 """The design change, measured: WebSocket on wsproto's sans-IO API, flushed like triochat's TCP.
 
-issue 6 asks for the smallest honest design change where trio-websocket's public
-API cannot reach a target. This is it, reduced to what the load generator needs:
+Where trio-websocket's public API cannot reach a performance target, the smallest
+honest design change that can is wanted. This is it, reduced to what the load
+generator needs:
 
 - wsproto does the handshake and parses what clients send; there is no reader
   task and no message channel, only the connection's own task;
