@@ -1,7 +1,9 @@
 """``harness``: the command line. The exit status is the verdict.
 
 0: every check passed. 1: a check failed. 2: bad usage, or the server could
-not be reached (one line on stderr, never a traceback).
+not be reached (one line on stderr, never a traceback). 130 (SIGINT, Ctrl-C)
+or 143 (SIGTERM): interrupted; the report of what finished is still printed
+and written.
 """
 
 from __future__ import annotations
@@ -9,17 +11,19 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
+from functools import partial
 
 import trio
 from rich.console import Console
 
 from harness.fleet import Unreachable
-from harness.model import EXIT_USAGE, Report
-from harness.options import SCENARIOS, Options
-from harness.report import Display, render, write_json
+from harness.model import EXIT_SIGNAL_BASE, EXIT_USAGE, Report
+from harness.options import MIN_CLIENTS, SCENARIOS, Options
+from harness.report import Display, interruption_line, render, write_json
 from harness.runner import run_harness
 from triochat import argtypes
 from triochat.client import parse_url
@@ -32,6 +36,26 @@ FDS_SPARE = 128
 """Listeners, pushers, churn workers, stdio, and slack."""
 WIDE = 160
 """Columns for the report when stdout is not a terminal (a log file reads better wide)."""
+STOP_ON = (signal.SIGINT, signal.SIGTERM)
+"""Signals that stop a run: the report of what finished is still given."""
+MIN_SETTLE = 1.0
+"""Below a second, ordinary delivery latency would fail the checks: nothing left to prove."""
+MIN_RATE = 0.1
+"""Slower than a message per 10 s only stretches a run (and far slower overflows its clock)."""
+DEFAULT_TRANSPORT = "ws"
+DEFAULT_WS_ENGINE = "trio-websocket"
+
+
+def seconds_at_least(low: float) -> Callable[[str], float]:
+    """A finite number of seconds (or a rate) of ``low`` or more."""
+
+    def parse(text: str) -> float:
+        value = argtypes.positive(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value:g} must be {low:g} or more")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,10 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Load and fault harness for triochat servers: proves broadcast, disconnect,"
         " broken-pipe, slow-reader, flood, bad-input, churn and resume handling, and measures"
         " latency."
-        " Exit status: 0 all checks passed, 1 a check failed, 2 bad usage or unreachable.",
+        " Exit status: 0 all checks passed, 1 a check failed, 2 bad usage or unreachable,"
+        " 130 interrupted by Ctrl-C (143 by SIGTERM): the report of the scenarios that"
+        " finished is still printed and written.",
     )
     p.add_argument(
-        "--clients", type=argtypes.positive_int, default=50, help="simulated clients (50)"
+        "--clients",
+        type=argtypes.positive_int,
+        default=50,
+        help="simulated clients (50); disconnect, slow_reader, flood, bad_input and resume need"
+        " 3 or more, broken_pipe 5, churn 2",
     )
     p.add_argument(
         "--messages",
@@ -51,7 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="messages each client sends in broadcast (auto)",
     )
     p.add_argument(
-        "--rate", type=argtypes.positive, help="messages per second offered by all senders (auto)"
+        "--rate",
+        type=seconds_at_least(MIN_RATE),
+        help=f"messages per second offered by all senders, {MIN_RATE:g} or more (auto)",
     )
     p.add_argument(
         "--duration", type=argtypes.positive, default=3.0, help="seconds of connect/leave churn (3)"
@@ -70,16 +102,23 @@ def build_parser() -> argparse.ArgumentParser:
         " listeners of one server); default: start one in-process",
     )
     p.add_argument(
-        "--transport", choices=("ws", "tcp"), default="ws", help="in-process server's transport"
+        "--transport",
+        choices=("ws", "tcp"),
+        help=f"in-process server's transport ({DEFAULT_TRANSPORT}); not with --url",
     )
     p.add_argument(
         "--ws-engine",
         choices=WS_ENGINES,
-        default="trio-websocket",
-        help="in-process server's WebSocket engine (as triochat serve --ws-engine)",
+        help="in-process ws server's WebSocket engine, as triochat serve --ws-engine"
+        f" ({DEFAULT_WS_ENGINE}); not with --url or --transport tcp",
     )
     p.add_argument("--json", metavar="PATH", help="write a machine-readable report to PATH")
-    p.add_argument("--seed", type=int, help="seed for the scenarios' random choices")
+    p.add_argument(
+        "--seed",
+        type=int,
+        help="seed for the scenarios' random choices, any whole number (default: a fresh one,"
+        " reported so the run can be replayed)",
+    )
     p.add_argument(
         "--evict-within",
         type=argtypes.positive,
@@ -88,12 +127,47 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--settle",
-        type=argtypes.positive,
+        type=seconds_at_least(MIN_SETTLE),
         default=10.0,
-        help="seconds to wait for deliveries after the last scheduled send, at least (10)",
+        help="seconds to wait for deliveries after the last scheduled send, at least;"
+        f" {MIN_SETTLE:g} or more (10)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="list every check with its criterion and every figure (the JSON always has them)",
+    )
     return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line, with the combinations argparse cannot check refused as usage errors."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    problem = _combination_problem(args)
+    if problem:
+        parser.error(problem)
+    args.transport = args.transport or DEFAULT_TRANSPORT
+    args.ws_engine = args.ws_engine or DEFAULT_WS_ENGINE
+    return args
+
+
+def _combination_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with flags that are each fine alone (None: nothing)."""
+    if args.url and args.transport:
+        return "argument --transport: not with --url (it sets the in-process server's transport)"
+    if args.url and args.ws_engine:
+        return "argument --ws-engine: not with --url (it sets the in-process server's engine)"
+    if args.transport == "tcp" and args.ws_engine:
+        return "argument --ws-engine: not with --transport tcp (the engine only speaks ws)"
+    for name in args.scenario or SCENARIOS:
+        if args.clients < MIN_CLIENTS[name]:
+            return (
+                f"argument --clients: {args.clients} is too few for scenario {name}"
+                f" (it needs {MIN_CLIENTS[name]} or more; choose scenarios with --scenario)"
+            )
+    return None
 
 
 def options_from(args: argparse.Namespace) -> Options:
@@ -111,6 +185,7 @@ def options_from(args: argparse.Namespace) -> Options:
         evict_within=args.evict_within,
         settle=args.settle,
         quiet=args.quiet,
+        verbose=args.verbose,
     )
 
 
@@ -142,15 +217,24 @@ def _usage_problem(options: Options) -> str | None:
         except ConnectError as exc:
             return str(exc)
     if options.json_path:
-        folder = os.path.dirname(os.path.abspath(options.json_path))
-        if not os.path.isdir(folder):
-            return f"--json {options.json_path}: no such directory {folder}"
+        return _json_path_problem(options.json_path)
+    return None
+
+
+def _json_path_problem(path: str) -> str | None:
+    """Refuse now a report path that could only fail once the run is over."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        return f"--json {path}: no such directory {folder}"
+    if os.path.isdir(path):
+        return f"--json {path}: is a directory (give a file name)"
+    if not os.access(folder, os.W_OK):
+        return f"--json {path}: cannot write in {folder}"
     return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    options = options_from(args)
+    options = options_from(parse_args(argv))
     problem = _usage_problem(options)
     if problem:
         print(f"harness: {problem}", file=sys.stderr)
@@ -167,15 +251,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"harness: cannot reach the server: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("harness: interrupted", file=sys.stderr)
-        return EXIT_USAGE
+        # Only outside the run's signal receiver: before it opens or after it closes.
+        print("harness: interrupted (no report)", file=sys.stderr)
+        return EXIT_SIGNAL_BASE + signal.SIGINT
     report.notes[:0] = notes
-    render(console, report)
+    render(console, report, verbose=options.verbose)
     if options.json_path:
         write_json(options.json_path, report)
+    if report.interrupted is not None:
+        print(f"harness: {interruption_line(report)}", file=sys.stderr)
     return report.exit_code
 
 
 def _run(options: Options, console: Console) -> Report:
+    run = partial(run_harness, stop_on=STOP_ON)
     with Display(console, options.quiet) as display:
-        return trio.run(run_harness, options, display.update, display.scenario_done)
+        return trio.run(run, options, display.update, display.scenario_done)

@@ -48,10 +48,14 @@ class Context:
     options: Options
     progress: Progress = _no_progress
     run_id: str = field(default_factory=lambda: "h" + secrets.token_hex(2))
-    rng: random.Random = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.rng = random.Random(self.options.seed)
+    def rng(self, scenario: str) -> random.Random:
+        """``scenario``'s random choices: the same for the same ``--seed``, whatever else runs.
+
+        Seeded from the seed and the scenario's name, so ``--scenario X --seed N``
+        replays the choices X made in a full run with ``--seed N``.
+        """
+        return random.Random(f"{self.options.seed}:{scenario}")
 
     def nick(self, scenario: str, label: str) -> str:
         """A nick unique to this run and scenario (32 characters at most)."""

@@ -10,6 +10,8 @@ Figure = int | float | str
 EXIT_PASSED = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_SIGNAL_BASE = 128
+"""An interrupted run exits 128 + the signal's number, as shells do: 130 for SIGINT."""
 
 
 @dataclass
@@ -60,20 +62,40 @@ class ScenarioResult:
         }
 
 
+@dataclass(frozen=True)
+class Interruption:
+    """A signal stopped the run; the scenario it cut short is not in the report."""
+
+    signal: str
+    signum: int
+    during: str | None
+    """The scenario that was running (None: before the first one started)."""
+
+    def as_json(self) -> dict[str, Any]:
+        return {"signal": self.signal, "during": self.during}
+
+
 @dataclass
 class Report:
     target: str
     clients: int
     settings: dict[str, Figure]
+    run_id: str = ""
+    """The prefix of every room and nick this run used (``h<hex>``)."""
     scenarios: list[ScenarioResult] = field(default_factory=list)
+    """Finished scenarios only, in the order they ran."""
     notes: list[str] = field(default_factory=list)
+    interrupted: Interruption | None = None
 
     @property
     def passed(self) -> bool:
-        return all(s.passed for s in self.scenarios)
+        """Every check passed and the run was not cut short."""
+        return self.interrupted is None and all(s.passed for s in self.scenarios)
 
     @property
     def exit_code(self) -> int:
+        if self.interrupted is not None:
+            return EXIT_SIGNAL_BASE + self.interrupted.signum
         return EXIT_PASSED if self.passed else EXIT_FAILED
 
     def as_json(self) -> dict[str, Any]:
@@ -81,7 +103,9 @@ class Report:
             "version": 1,
             "passed": self.passed,
             "exit_code": self.exit_code,
+            "interrupted": self.interrupted.as_json() if self.interrupted else None,
             "target": self.target,
+            "run_id": self.run_id,
             "clients": self.clients,
             "settings": self.settings,
             "notes": self.notes,

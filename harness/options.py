@@ -23,6 +23,17 @@ SCENARIOS = (
     "churn",
     "resume",
 )
+MIN_CLIENTS = {
+    "broadcast": 1,
+    "disconnect": 3,  # a quitter and two who stay to see it go
+    "broken_pipe": 5,  # three vanish (one of each kind), two stay
+    "slow_reader": 3,  # the stalled reader and two others
+    "flood": 3,  # the flooder and two others
+    "bad_input": 3,  # a bad client and two well-behaved ones
+    "churn": 2,  # a churn worker and one stable client that watches
+    "resume": 3,  # two droppers (one of each kind) and a sender
+}
+"""The fewest ``--clients`` each scenario proves its claim with; the command line refuses fewer."""
 PER_CLIENT_RATE = 10.0
 """Messages per second one simulated client sends by default."""
 MAX_DELIVERIES = 1_000_000
@@ -54,6 +65,8 @@ class Options:
     settle: float = 10.0
     """Seconds to wait for deliveries after the last scheduled send, at least."""
     quiet: bool = False
+    verbose: bool = False
+    """The report lists every check with its criterion, and every figure."""
 
     @property
     def own_server(self) -> bool:

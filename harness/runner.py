@@ -1,63 +1,145 @@
-"""One harness run: check the target is there, run each scenario, collect the report."""
+"""One harness run: check the target is there, run each scenario, collect the report.
+
+A signal named in ``stop_on`` (the command line passes SIGINT and SIGTERM)
+cancels the work in hand; the report then holds the scenarios that finished
+and says which one was cut short, and :func:`run_harness` returns it as usual.
+"""
 
 from __future__ import annotations
+
+import random
+import signal
+from collections.abc import Callable, Collection
+from dataclasses import replace
 
 import trio
 
 from harness.context import Context, Progress
-from harness.fleet import Unreachable
-from harness.model import Report, ScenarioResult
+from harness.fleet import Unreachable, quit_and_wait
+from harness.model import Interruption, Report, ScenarioResult
 from harness.options import Options
 from harness.registry import SCENARIOS
 from triochat.client import open_client, parse_url
 from triochat.errors import ConnectError, Rejected
 
 PROBE_TIMEOUT = 10.0
+SEED_RANGE = 2**32
+"""A seed the harness picks itself is below this (short enough to type back)."""
 
 
 def _quiet(description: str, completed: float, total: float) -> None:
     pass
 
 
+def with_seed(options: Options) -> Options:
+    """``options`` with a seed: the one given, or a fresh one (reported, so it can be replayed)."""
+    if options.seed is not None:
+        return options
+    return replace(options, seed=random.SystemRandom().randrange(SEED_RANGE))
+
+
 async def run_harness(
     options: Options,
     progress: Progress = _quiet,
-    on_result: object = None,
+    on_result: Callable[[ScenarioResult], None] | None = None,
+    *,
+    stop_on: Collection[signal.Signals] = (),
 ) -> Report:
     """Run ``options.scenarios`` in order; :class:`Unreachable` if the target is not there."""
+    options = with_seed(options)
     ctx = Context(options, progress=progress)
-    report = Report(target=_describe(options), clients=options.clients, settings=_settings(options))
-    for url in options.urls:
-        await _probe(ctx, url)
-    for name in options.scenarios:
-        proves, run = SCENARIOS[name]
-        result = ScenarioResult(name, proves)
-        started = trio.current_time()
-        try:
-            await run(ctx, result)
-        except Exception as exc:  # a scenario's own crash is a failed check, never a traceback
-            unreachable = _find_unreachable(exc)
-            if unreachable is not None:
-                raise unreachable from None
-            result.check(
-                "ran to completion",
-                "the scenario finishes without an internal error",
-                False,
-                _describe_exc(exc),
-            )
-        result.seconds = trio.current_time() - started
-        report.scenarios.append(result)
-        if callable(on_result):
-            on_result(result)
+    report = Report(
+        target=_describe(options),
+        clients=options.clients,
+        settings=_settings(options),
+        run_id=ctx.run_id,
+    )
+    running: list[str | None] = [None]
+    """The scenario in hand, for the signal watcher to name."""
+    work = trio.CancelScope()
+    unreachable: Unreachable | None = None
+    async with trio.open_nursery() as nursery:
+        if stop_on:
+            await nursery.start(_watch, stop_on, work, report, running)
+        with work:
+            try:
+                await _run_all(ctx, report, running, on_result)
+            except Unreachable as exc:  # raised bare below, not inside the nursery's group
+                unreachable = exc
+        nursery.cancel_scope.cancel()
+    if unreachable is not None:
+        raise unreachable
     return report
+
+
+async def _run_all(
+    ctx: Context,
+    report: Report,
+    running: list[str | None],
+    on_result: Callable[[ScenarioResult], None] | None,
+) -> None:
+    for url in ctx.options.urls:
+        await _probe(ctx, url)
+    for name in ctx.options.scenarios:
+        running[0] = name
+        result = await _run_one(ctx, name)
+        if report.interrupted is not None:
+            return  # cut short: whatever it recorded is incomplete
+        report.scenarios.append(result)
+        if on_result is not None:
+            on_result(result)
+
+
+async def _run_one(ctx: Context, name: str) -> ScenarioResult:
+    proves, run = SCENARIOS[name]
+    result = ScenarioResult(name, proves)
+    started = trio.current_time()
+    try:
+        await run(ctx, result)
+    except Exception as exc:  # a scenario's own crash is a failed check, never a traceback
+        unreachable = _find_unreachable(exc)
+        if unreachable is not None:
+            raise unreachable from None
+        result.check(
+            "ran to completion",
+            "the scenario finishes without an internal error",
+            False,
+            _describe_exc(exc),
+        )
+    result.seconds = trio.current_time() - started
+    return result
+
+
+async def _watch(
+    signals: Collection[signal.Signals],
+    work: trio.CancelScope,
+    report: Report,
+    running: list[str | None],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """On the first signal, record it and cancel ``work``; later ones change nothing.
+
+    The receiver stays open until the run ends, so a second Ctrl-C during the
+    (bounded) clean-up cannot turn into a KeyboardInterrupt traceback.
+    """
+    with trio.open_signal_receiver(*signals) as received:
+        task_status.started()
+        async for signum in received:
+            if report.interrupted is None:
+                sig = signal.Signals(signum)
+                report.interrupted = Interruption(sig.name, int(sig), running[0])
+                work.cancel()
 
 
 async def _probe(ctx: Context, url: str) -> None:
     """Fail fast, with one line, when a ``--url`` cannot be reached."""
     try:
         parse_url(url)
-        async with open_client(url, ctx.nick("probe", "0"), connect_timeout=PROBE_TIMEOUT):
-            pass
+        async with open_client(
+            url, ctx.nick("probe", "0"), connect_timeout=PROBE_TIMEOUT
+        ) as client:
+            await quit_and_wait(client)
     except (ConnectError, Rejected) as exc:
         raise Unreachable(str(exc)) from None
 
@@ -103,7 +185,7 @@ def _settings(options: Options) -> dict[str, int | float | str]:
         "duration_s": options.duration,
         "evict_within_s": options.evict_within,
         "settle_s": options.settle,
-        "seed": "random" if options.seed is None else options.seed,
+        "seed": options.seed if options.seed is not None else "random",
         "scenarios": ",".join(options.scenarios),
         "transport": "urls" if options.urls else options.transport,
     }

@@ -45,7 +45,7 @@ async def run_disconnect(ctx: Context, result: ScenarioResult) -> None:
         sims = await open_members(ctx, fleet, name, room, n)
         if connect_check(result, sims):
             live = fleet.connected()
-            leaving = ctx.rng.sample(live, _departures(ctx, len(live), 1))
+            leaving = ctx.rng(name).sample(live, _departures(ctx, len(live), 1))
             stayers = [sim for sim in live if sim not in leaving]
             phase = await _phase_faulted_midway(ctx, name, room, stayers, partial(_quit, leaving))
             delivery_checks(result, phase, "every staying client")

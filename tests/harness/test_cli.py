@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import re
 import resource
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 
-from harness.cli import raise_open_files
+from harness.cli import main, raise_open_files
+from harness.context import Context
 from harness.options import Options
+from harness.runner import run_harness, with_seed
 
 HARNESS = [sys.executable, "-m", "harness"]
 
@@ -60,6 +64,11 @@ async def test_passing_run_exits_0_and_writes_json(tmp_path: Path) -> None:
     assert code == 0, out + err
     assert "all checks passed" in out
     report = json.loads(path.read_text())
+    seed = report["settings"]["seed"]
+    assert isinstance(seed, int)  # no --seed: the one picked is recorded, and how to replay it
+    assert f"seed {seed} (replay with --seed {seed})" in out.splitlines()[-1]
+    assert re.fullmatch(r"h[0-9a-f]{4}", report["run_id"])
+    assert report["interrupted"] is None
     assert report["passed"] is True
     assert report["exit_code"] == 0
     assert [s["name"] for s in report["scenarios"]] == ["broadcast", "churn"]
@@ -77,3 +86,68 @@ def test_open_files_limit_caps_clients() -> None:
     assert options.clients < 10**8
     assert any("caps clients at" in note for note in notes)
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+# --- the seed ------------------------------------------------------------------------------
+
+
+async def test_a_run_without_seed_records_the_one_it_used() -> None:
+    report = await run_harness(Options(scenarios=()))
+    assert isinstance(report.settings["seed"], int)
+    assert with_seed(Options(seed=-7)).seed == -7
+
+
+def test_the_same_seed_makes_the_same_choices_whatever_else_runs() -> None:
+    def draws(seed: int, scenario: str, *others: str) -> list[float]:
+        ctx = Context(Options(seed=seed, scenarios=(*others, scenario)))
+        rng = ctx.rng(scenario)
+        return [rng.random() for _ in range(3)]
+
+    assert draws(5, "resume") == draws(5, "resume", "broadcast", "disconnect")
+    assert draws(5, "resume") != draws(6, "resume")
+    assert draws(5, "resume") != draws(5, "disconnect")
+
+
+# --- refused command lines ------------------------------------------------------------------
+
+UNREACHABLE = ["--url", "tcp://127.0.0.1:1"]
+"""Keeps a case quick should it wrongly be accepted: the run stops at the probe."""
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["--clients", "0", *UNREACHABLE], "--clients"),
+        (["--clients", "4", *UNREACHABLE], "--clients"),  # broken_pipe needs 5
+        (["--clients", "2", "--scenario", "disconnect", *UNREACHABLE], "--clients"),
+        (["--messages", "0", *UNREACHABLE], "--messages"),
+        (["--messages", "1.5", *UNREACHABLE], "--messages"),
+        (["--rate", "0.01", *UNREACHABLE], "--rate"),
+        (["--rate", "nan", *UNREACHABLE], "--rate"),
+        (["--duration", "0", *UNREACHABLE], "--duration"),
+        (["--duration", "inf", *UNREACHABLE], "--duration"),
+        (["--settle", "0.5", *UNREACHABLE], "--settle"),
+        (["--evict-within", "-1", *UNREACHABLE], "--evict-within"),
+        (["--seed", "1.5", *UNREACHABLE], "--seed"),
+        (["--json", "/", *UNREACHABLE], "--json"),
+        (["--transport", "tcp", *UNREACHABLE], "--transport"),
+        (["--transport", "ws", *UNREACHABLE], "--transport"),  # the default, given: still refused
+        (["--ws-engine", "wsproto", *UNREACHABLE], "--ws-engine"),
+        (
+            ["--ws-engine", "wsproto", "--transport", "tcp", "--scenario", "broadcast"],
+            "--ws-engine",
+        ),
+    ],
+)
+def test_a_value_that_cannot_work_is_one_line_naming_the_flag(
+    argv: list[str], flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code  # type: ignore[assignment]
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1, err
+    assert err.startswith("harness: ")
+    assert flag in err
