@@ -13,7 +13,7 @@ import os
 import resource
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from functools import partial
 
@@ -46,18 +46,6 @@ DEFAULT_TRANSPORT = "ws"
 DEFAULT_WS_ENGINE = "trio-websocket"
 
 
-def seconds_at_least(low: float) -> Callable[[str], float]:
-    """A finite number of seconds (or a rate) of ``low`` or more."""
-
-    def parse(text: str) -> float:
-        value = argtypes.positive(text)
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{value:g} must be {low:g} or more")
-        return value
-
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argtypes.Parser(
         prog="harness",
@@ -82,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--rate",
-        type=seconds_at_least(MIN_RATE),
+        type=argtypes.number_at_least(MIN_RATE),
         help=f"messages per second offered by all senders, {MIN_RATE:g} or more (auto)",
     )
     p.add_argument(
@@ -127,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--settle",
-        type=seconds_at_least(MIN_SETTLE),
+        type=argtypes.number_at_least(MIN_SETTLE),
         default=10.0,
         help="seconds to wait for deliveries after the last scheduled send, at least;"
         f" {MIN_SETTLE:g} or more (10)",

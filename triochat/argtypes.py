@@ -75,6 +75,18 @@ def at_least(low: int) -> Callable[[str], int]:
     return parse
 
 
+def number_at_least(low: float) -> Callable[[str], float]:
+    """A finite number of ``low`` or more (seconds, a rate)."""
+
+    def parse(text: str) -> float:
+        value = _number(text, float)
+        if not value >= low:
+            raise argparse.ArgumentTypeError(f"{value:g} must be {low:g} or more")
+        return value
+
+    return parse
+
+
 def file_in_existing_folder(text: str) -> str:
     """A file path whose folder exists: a mistyped path is refused, never created."""
     if not text:
