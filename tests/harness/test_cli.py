@@ -137,6 +137,8 @@ UNREACHABLE = ["--url", "tcp://127.0.0.1:1"]
             ["--ws-engine", "wsproto", "--transport", "tcp", "--scenario", "broadcast"],
             "--ws-engine",
         ),
+        (["--url", "ws://[::1"], "ws://[::1"),
+        (["--url", "ws://[zz]:5000"], "ws://[zz]:5000"),
     ],
 )
 def test_a_value_that_cannot_work_is_one_line_naming_the_flag(
