@@ -81,6 +81,85 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
         help="longest accepted line in bytes",
     )
     p.add_argument(
+        "--message-timeout",
+        type=argtypes.positive,
+        default=DEFAULTS.message_timeout,
+        help="seconds a line or WebSocket message may take from its first byte to its last",
+    )
+    p.add_argument(
+        "--max-rooms",
+        type=argtypes.positive_int,
+        default=DEFAULTS.max_rooms,
+        help="rooms the server holds at once (too_many_rooms beyond)",
+    )
+    p.add_argument(
+        "--max-rooms-per-client",
+        type=argtypes.positive_int,
+        default=DEFAULTS.max_rooms_per_client,
+        help="rooms one client may be in at once (too_many_rooms beyond)",
+    )
+    p.add_argument(
+        "--history-bytes",
+        type=argtypes.positive_int,
+        default=DEFAULTS.history_bytes,
+        help="bytes of history all rooms together keep in memory",
+    )
+    p.add_argument(
+        "--room-history-bytes",
+        type=argtypes.positive_int,
+        default=DEFAULTS.room_history_bytes,
+        help="bytes of history one room keeps in memory (oldest events go first)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=argtypes.positive_int,
+        default=DEFAULTS.max_connections,
+        help="connections served at once (default: what the open-files limit allows,"
+        " less a reserve for refusing politely)",
+    )
+    p.add_argument(
+        "--max-connections-per-ip",
+        type=argtypes.positive_int,
+        default=DEFAULTS.max_connections_per_ip,
+        help="connections one address may hold at once",
+    )
+    p.add_argument(
+        "--connect-rate",
+        type=argtypes.positive,
+        default=DEFAULTS.connect_rate,
+        help="new connections per second one address may open",
+    )
+    p.add_argument(
+        "--connect-burst",
+        type=argtypes.positive_int,
+        default=DEFAULTS.connect_burst,
+        help="new connections one address may open at once before --connect-rate applies",
+    )
+    p.add_argument(
+        "--join-rate",
+        type=argtypes.positive,
+        default=DEFAULTS.join_rate,
+        help="room joins per second one address may make, all its connections together",
+    )
+    p.add_argument(
+        "--join-burst",
+        type=argtypes.positive_int,
+        default=DEFAULTS.join_burst,
+        help="room joins one address may make at once before --join-rate applies",
+    )
+    p.add_argument(
+        "--limit-loopback",
+        action="store_true",
+        help="apply the per-address limits to loopback clients too",
+    )
+    p.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="a proxy (address or network) whose X-Forwarded-For names the client (repeatable)",
+    )
+    p.add_argument(
         "--outbox-events",
         type=argtypes.positive_int,
         default=DEFAULTS.outbox_events,
@@ -135,6 +214,19 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         keepalive_timeout=args.keepalive_timeout,
         drain_timeout=args.drain_timeout,
         max_line=args.max_line,
+        message_timeout=args.message_timeout,
+        max_rooms=args.max_rooms,
+        max_rooms_per_client=args.max_rooms_per_client,
+        history_bytes=args.history_bytes,
+        room_history_bytes=args.room_history_bytes,
+        max_connections=args.max_connections,
+        max_connections_per_ip=args.max_connections_per_ip,
+        connect_rate=args.connect_rate,
+        connect_burst=args.connect_burst,
+        join_rate=args.join_rate,
+        join_burst=args.join_burst,
+        limit_loopback=args.limit_loopback,
+        trusted_proxies=tuple(args.trusted_proxy),
         outbox_events=args.outbox_events,
         outbox_bytes=args.outbox_bytes,
         history_limit=args.history,

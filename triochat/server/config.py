@@ -44,8 +44,31 @@ class ServerConfig:
 
     max_line: int = 64 * KIB
     max_text: int = 8000
-    max_rooms: int = 100
-    """Rooms one client may be in at once."""
+    message_timeout: float = 30.0
+    """Seconds a line (TCP) or a WebSocket message may take from its first byte to its last."""
+    max_rooms_per_client: int = 100
+    """Rooms one client may be in at once (``welcome.limits.max_rooms`` on the wire)."""
+    max_rooms: int = 100_000
+    """Rooms the server holds at once; a join that would create one more is refused."""
+    history_bytes: int = 256 * MIB
+    """Bytes of retained history all rooms together may keep in memory."""
+    room_history_bytes: int = 8 * MIB
+    """Bytes of retained history one room may keep in memory (its oldest events go first)."""
+
+    max_connections: int | None = None
+    """Connections served at once; None: as many as the open-files limit allows, less a reserve."""
+    max_connections_per_ip: int = 32
+    """Connections one address may hold at once (loopback exempt unless ``limit_loopback``)."""
+    connect_rate: float = 10.0
+    """New connections per second one address may open, after ``connect_burst``."""
+    connect_burst: int = 30
+    join_rate: float = 20.0
+    """Room joins per second one address may make (all its connections together)."""
+    join_burst: int = 120
+    limit_loopback: bool = False
+    """Apply the per-address limits to loopback peers too (off: local tools and tests)."""
+    trusted_proxies: tuple[str, ...] = ()
+    """Addresses (or networks) whose ``X-Forwarded-For`` names the real client."""
     outbox_events: int = 1000
     outbox_bytes: int = 1 * MIB
     rate_limit: float = 20.0
@@ -71,7 +94,7 @@ class ServerConfig:
             max_text=self.max_text,
             max_nick=rules.MAX_NICK,
             max_room=rules.MAX_ROOM,
-            max_rooms=self.max_rooms,
+            max_rooms=self.max_rooms_per_client,
             rate_limit=self.rate_limit,
             burst=self.burst,
             max_history_page=self.history_max_page,

@@ -258,9 +258,10 @@ class Hub:
         if name in member.rooms:
             self._send(member, encode(Members(room=name, nicks=self._rooms[name].nicks())))
             return
-        if len(member.rooms) >= self._config.max_rooms:
+        if len(member.rooms) >= self._config.max_rooms_per_client:
             raise ProtocolError(
-                ErrorCode.TOO_MANY_ROOMS, f"at most {self._config.max_rooms} rooms at once"
+                ErrorCode.TOO_MANY_ROOMS,
+                f"at most {self._config.max_rooms_per_client} rooms at once",
             )
         target = self._room(name)
         target.members[member.key] = member

@@ -344,9 +344,11 @@ class Session:
         resume_after = {room: (hello.resume or {})[raw] for raw, room in resume.items()}
         wanted = list(resume_after) + list(self._valid_rooms(hello.rooms or []).values())
         rooms = list(dict.fromkeys(wanted or [rules.DEFAULT_ROOM]))
-        if len(rooms) > self._config.max_rooms:
-            self._error(ErrorCode.TOO_MANY_ROOMS, f"at most {self._config.max_rooms} rooms")
-            rooms = rooms[: self._config.max_rooms]
+        if len(rooms) > self._config.max_rooms_per_client:
+            self._error(
+                ErrorCode.TOO_MANY_ROOMS, f"at most {self._config.max_rooms_per_client} rooms"
+            )
+            rooms = rooms[: self._config.max_rooms_per_client]
         welcome = Welcome(
             nick=member.nick,
             rooms=rooms,
