@@ -7,6 +7,7 @@ and what is allowed. Each type here turns a bad value into that line.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -85,6 +86,14 @@ def number_at_least(low: float) -> Callable[[str], float]:
         return value
 
     return parse
+
+
+def network(text: str) -> str:
+    """An IP address or network (``10.0.0.0/8``); host bits are allowed (``10.1.2.3/8``)."""
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address or network") from None
 
 
 def file_in_existing_folder(text: str) -> str:

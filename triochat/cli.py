@@ -15,6 +15,7 @@ from triochat import argtypes
 from triochat.errors import ListenError, StoreError
 from triochat.server import ServerConfig, serve
 from triochat.server.config import MIN_MAX_LINE, WS_ENGINES
+from triochat.server.limits import raise_open_files_limit
 from triochat.server.store import default_db_path
 from tui.cli import add_arguments as add_tui_arguments
 
@@ -155,6 +156,7 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--trusted-proxy",
         action="append",
+        type=argtypes.network,
         default=[],
         metavar="ADDRESS",
         help="a proxy (address or network) whose X-Forwarded-For names the client (repeatable)",
@@ -269,6 +271,8 @@ def _run_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # Before anything opens a descriptor: max_connections' default is derived from it.
+    raise_open_files_limit()
     try:
         trio.run(_serve_until_signalled, _config(args))
     except (ListenError, StoreError) as exc:

@@ -25,6 +25,7 @@ class ErrorCode(StrEnum):
     TOO_MANY_ROOMS = "too_many_rooms"
     TIMEOUT = "timeout"
     WRONG_PORT = "wrong_port"
+    TOO_MANY_CONNECTIONS = "too_many_connections"
 
 
 class ProtocolError(Exception):

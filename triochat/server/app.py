@@ -21,23 +21,35 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 
 import trio
 from trio_websocket import WebSocketConnection, wrap_server_stream
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection
+from wsproto.events import Request as WsRequest
+from wsproto.utilities import RemoteProtocolError
 
 from triochat.errors import ConnectionLost, ListenError, StoreError
 from triochat.protocol import ErrorCode, encode
 from triochat.protocol.events import Error
 from triochat.server.config import ServerConfig, WsEngine
 from triochat.server.hub import Hub
+from triochat.server.limits import (
+    NDJSON_HEADERS,
+    REFUSE_TIMEOUT_S,
+    REFUSING_MAX,
+    Claim,
+    ConnectionLimits,
+    Refusal,
+)
 from triochat.server.outbox import Flusher
 from triochat.server.session import Session
 from triochat.server.store import HistoryStore, commit_once, open_store, run_committer
-from triochat.transport.base import Connection, hostport
+from triochat.transport.base import Connection, hostport, write_without_waiting
 from triochat.transport.release import release
 from triochat.transport.tcp import RECEIVE_SIZE, StreamConnection
 from triochat.transport.websocket import WebSocketLines
@@ -46,8 +58,9 @@ from triochat.transport.wsproto_ws import accept as accept_wsproto
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[trio.SocketStream, str], Awaitable[None]]
-"""Serves one accepted connection; also given the peer's address, for logs."""
+Handler = Callable[[trio.SocketStream, str, Claim], Awaitable[None]]
+"""Serves one accepted connection; also given the peer's address (for logs) and what
+the connection holds against the connection limits."""
 
 ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 """accept() failures that mean "full for now", not "broken" (the same set as trio's)."""
@@ -73,6 +86,10 @@ class Server:
     wrong_port: dict[str, bytes] = field(default_factory=dict)
     """Per listener scheme, the one ``error{wrong_port}`` line for a peer that speaks
     the other listener's protocol there (see :func:`wrong_port_line`)."""
+    limits: ConnectionLimits = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.limits = ConnectionLimits(self.config)
 
     def url(self, scheme: str) -> str:
         """The first listener URL with ``scheme`` (``ws`` or ``tcp``)."""
@@ -149,15 +166,17 @@ async def _commit_or_stop(server: Server, store: HistoryStore) -> None:
 
 async def _serve(
     server: Server,
-    listeners: list[tuple[Handler, list[trio.SocketListener]]],
+    listeners: Listeners,
     task_status: trio.TaskStatus[Server],
 ) -> None:
     config = server.config
     async with trio.open_nursery() as connections:
         async with trio.open_nursery() as listening:
-            for handler, group in listeners:
+            for scheme, handler, group in listeners:
                 for listener in group:
-                    listening.start_soon(_accept_loop, server, handler, listener, connections)
+                    listening.start_soon(
+                        _accept_loop, server, scheme, handler, listener, connections
+                    )
             task_status.started(server)
             await server._stop.wait()
             listening.cancel_scope.cancel()
@@ -172,24 +191,28 @@ async def _serve(
             session.shutdown()
 
 
-async def _open_all(server: Server) -> list[tuple[Handler, list[trio.SocketListener]]]:
+Listeners = list[tuple[str, Handler, list[trio.SocketListener]]]
+"""Per scheme (``ws``, ``tcp``), its handler and its listeners (one per address family)."""
+
+
+async def _open_all(server: Server) -> Listeners:
     config = server.config
     wanted: list[tuple[str, int | None, Handler]] = [
         ("ws", config.port, partial(WS_HANDLERS[config.ws_engine], server)),
         ("tcp", config.tcp_port, partial(_handle_tcp, server)),
     ]
-    opened = []
+    opened: Listeners = []
     try:
         for scheme, port, handler in wanted:
             if port is None:
                 continue
             group = await _listen(scheme, config.host, port)
-            opened.append((handler, group))
+            opened.append((scheme, handler, group))
             server.urls += [f"{scheme}://{_endpoint(lst)}" for lst in group]
         for scheme in ("ws", "tcp"):
             server.wrong_port[scheme] = wrong_port_line(scheme, server.urls)
     except BaseException:
-        for _, group in opened:
+        for _, _, group in opened:
             for lst in group:
                 await trio.aclose_forcefully(lst)
         raise
@@ -216,16 +239,21 @@ def _endpoint(listener: trio.SocketListener) -> str:
     return hostport(host, port)
 
 
-def _peer(stream: trio.SocketStream) -> str:
+def _peer(stream: trio.SocketStream) -> tuple[str, str] | None:
+    """The peer's host, and ``host:port`` for logs; None if it is gone already."""
     try:
         host, port = stream.socket.getpeername()[:2]
     except OSError:
-        return "?"
-    return hostport(host, port)
+        return None
+    return host, hostport(host, port)
 
 
 async def _accept_loop(
-    server: Server, handler: Handler, listener: trio.SocketListener, connections: trio.Nursery
+    server: Server,
+    scheme: str,
+    handler: Handler,
+    listener: trio.SocketListener,
+    connections: trio.Nursery,
 ) -> None:
     """``trio.serve_listeners`` for one listener, without its per-connection wrapper.
 
@@ -247,7 +275,82 @@ async def _accept_loop(
                 continue
             if starved.since is not None:
                 starved.recovered()
-            connections.start_soon(_contained, server, handler, stream)
+            _admit(server, scheme, handler, stream, connections)
+
+
+def _admit(
+    server: Server,
+    scheme: str,
+    handler: Handler,
+    stream: trio.SocketStream,
+    connections: trio.Nursery,
+) -> None:
+    """Serve ``stream`` if the connection limits allow it, else refuse it.
+
+    A trusted proxy's WebSocket connection is counted against its client's
+    address only once the upgrade request names that client.
+    """
+    peer = _peer(stream)
+    if peer is None:
+        stream.socket.close()
+        return
+    host, remote = peer
+    limits = server.limits
+    why = limits.enter()
+    if why is not None:
+        _refuse(server, scheme, stream, why, connections)
+        return
+    if scheme == "ws" and limits.trusts(host):
+        claim = Claim(proxy=host)
+    else:
+        address = limits.claim(host)
+        if isinstance(address, Refusal):
+            limits.leave(None)
+            _refuse(server, scheme, stream, address, connections)
+            return
+        claim = Claim(address) if address is not None else Claim.EXEMPT
+    connections.start_soon(_contained, server, handler, stream, remote, claim)
+
+
+def _refuse(
+    server: Server,
+    scheme: str,
+    stream: trio.SocketStream,
+    why: Refusal,
+    connections: trio.Nursery,
+) -> None:
+    """Answer a refused connection at once (an HTTP response or one line) and close it.
+
+    The answer fits a fresh socket's buffer, so it is written without waiting.
+    Up to ``REFUSING_MAX`` refusals then wait briefly for their peer (see
+    :func:`_linger`); beyond that they close at once: under a flood, a reset
+    is cheaper than a descriptor.
+    """
+    limits = server.limits
+    unsent = write_without_waiting(stream.socket, limits.answers[scheme][why])
+    if unsent or limits.refusing >= REFUSING_MAX:
+        stream.socket.close()
+        return
+    limits.refusing += 1
+    connections.start_soon(_linger, server, stream)
+
+
+async def _linger(server: Server, stream: trio.SocketStream) -> None:
+    """Close a refused connection once its peer has read the answer and closed.
+
+    Closing with the peer's request unread would make the kernel send a reset,
+    which may destroy the answer before the peer reads it.
+    """
+    try:
+        with trio.move_on_after(REFUSE_TIMEOUT_S):
+            stream.socket.shutdown(socket.SHUT_WR)
+            while await stream.receive_some(4096):
+                pass
+    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    finally:
+        server.limits.refusing -= 1
+        stream.socket.close()
 
 
 class _Starved:
@@ -281,11 +384,12 @@ class _Starved:
 # --- per connection -------------------------------------------------------------
 
 
-async def _contained(server: Server, handler: Handler, stream: trio.SocketStream) -> None:
+async def _contained(
+    server: Server, handler: Handler, stream: trio.SocketStream, remote: str, claim: Claim
+) -> None:
     """Run one connection; whatever it raises stops here and ends only this connection."""
-    remote = _peer(stream)
     try:
-        await handler(stream, remote)
+        await handler(stream, remote, claim)
     except* (ConnectionLost, trio.BrokenResourceError, trio.ClosedResourceError) as group:
         log.debug("%s: connection lost: %r", remote, group.exceptions)
     except* Exception as group:
@@ -294,6 +398,7 @@ async def _contained(server: Server, handler: Handler, stream: trio.SocketStream
         log.warning("%s: connection failed: %r", remote, group.exceptions)
         log.debug("%s: connection failure details", remote, exc_info=group)
     finally:
+        server.limits.leave(claim.address)
         await release(stream)
 
 
@@ -312,14 +417,14 @@ def wrong_port_line(scheme: str, urls: list[str]) -> bytes:
     return encode(Error(code=ErrorCode.WRONG_PORT, message=text))
 
 
-async def _handle_tcp(server: Server, stream: trio.SocketStream, remote: str) -> None:
+async def _handle_tcp(server: Server, stream: trio.SocketStream, remote: str, claim: Claim) -> None:
     conn = StreamConnection(
         stream,
         max_line=server.config.max_line,
         remote=remote,
         http_answer=server.wrong_port["tcp"],
     )
-    await _run_session(server, conn)
+    await _run_session(server, conn, claim)
 
 
 async def _refused_line_client(server: Server, stream: trio.SocketStream, remote: str) -> bool:
@@ -344,7 +449,9 @@ async def _refused_line_client(server: Server, stream: trio.SocketStream, remote
     return True
 
 
-async def _handle_websocket(server: Server, stream: trio.SocketStream, remote: str) -> None:
+async def _handle_websocket(
+    server: Server, stream: trio.SocketStream, remote: str, claim: Claim
+) -> None:
     """WebSocket through trio-websocket's connection object (``--ws-engine trio-websocket``)."""
     config = server.config
     async with trio.open_nursery() as ws_tasks:  # trio-websocket's reader lives here
@@ -355,15 +462,26 @@ async def _handle_websocket(server: Server, stream: trio.SocketStream, remote: s
             request = await wrap_server_stream(
                 ws_tasks, stream, max_message_size=_max_message(config)
             )
+            why = _claim_forwarded(server, claim, request.headers)
+            if why is not None:
+                body = server.limits.lines[why]
+                await request.reject(why.status, extra_headers=list(NDJSON_HEADERS), body=body)
+                ws_tasks.cancel_scope.cancel()
+                return
             ws = await request.accept()
         if ws is not None:
             conn = WebSocketLines(ws, stream=stream, max_line=config.max_line, remote=remote)
-            await _run_session(server, conn)
+            await _run_session(server, conn, claim)
         ws_tasks.cancel_scope.cancel()
 
 
-async def _handle_wsproto(server: Server, stream: trio.SocketStream, remote: str) -> None:
+async def _handle_wsproto(
+    server: Server, stream: trio.SocketStream, remote: str, claim: Claim
+) -> None:
     """WebSocket on wsproto, framed and written by us (``--ws-engine wsproto``)."""
+    if claim.proxy is not None:
+        await _handle_wsproto_forwarded(server, stream, remote, claim)
+        return
     config = server.config
     conn: WsprotoConnection | None = None
     with _handshake_deadline(server, remote):
@@ -373,10 +491,75 @@ async def _handle_wsproto(server: Server, stream: trio.SocketStream, remote: str
             stream, max_line=config.max_line, max_message=_max_message(config), remote=remote
         )
     if conn is not None:
-        await _run_session(server, conn)
+        await _run_session(server, conn, claim)
 
 
-WS_HANDLERS: dict[WsEngine, Callable[[Server, trio.SocketStream, str], Awaitable[None]]] = {
+def _claim_forwarded(
+    server: Server, claim: Claim, headers: Iterable[tuple[bytes, bytes]]
+) -> Refusal | None:
+    """For a trusted proxy's connection, count it against the client it names.
+
+    The client is taken from ``X-Forwarded-For`` (the proxy itself if there is none).
+    """
+    if claim.proxy is None:
+        return None
+    values = [v.decode("latin-1") for k, v in headers if k.lower() == b"x-forwarded-for"]
+    address = server.limits.claim(server.limits.forwarded_client(claim.proxy, values))
+    if isinstance(address, Refusal):
+        return address
+    claim.address = address
+    return None
+
+
+async def _handle_wsproto_forwarded(
+    server: Server, stream: trio.SocketStream, remote: str, claim: Claim
+) -> None:
+    """:func:`_handle_wsproto` for a trusted proxy's connection."""
+    conn: WsprotoConnection | None = None
+    with _handshake_deadline(server, remote):
+        if await _refused_line_client(server, stream, remote):
+            return
+        conn = await _accept_wsproto_forwarded(server, stream, remote, claim)
+    if conn is not None:
+        await _run_session(server, conn, claim)
+
+
+async def _accept_wsproto_forwarded(
+    server: Server, stream: trio.SocketStream, remote: str, claim: Claim
+) -> WsprotoConnection | None:
+    """:func:`accept_wsproto` for a trusted proxy: the request's client may be refused (429)."""
+    config = server.config
+    ws = WSConnection(ConnectionType.SERVER)
+    while True:
+        data = await stream.receive_some(RECEIVE_SIZE)
+        if not data:
+            return None
+        try:
+            ws.receive_data(data)
+        except RemoteProtocolError as exc:
+            if exc.event_hint is not None:
+                await stream.send_all(ws.send(exc.event_hint))
+            return None
+        for event in ws.events():
+            if not isinstance(event, WsRequest):
+                continue
+            why = _claim_forwarded(server, claim, event.extra_headers)
+            if why is not None:
+                await stream.send_all(server.limits.answers["ws"][why])
+                return None
+            await stream.send_all(ws.send(AcceptConnection()))
+            assert ws.connection is not None  # accepting opened it
+            return WsprotoConnection(
+                stream,
+                ws.connection,
+                max_line=config.max_line,
+                max_message=_max_message(config),
+                remote=remote,
+            )
+
+
+ServerHandler = Callable[[Server, trio.SocketStream, str, Claim], Awaitable[None]]
+WS_HANDLERS: dict[WsEngine, ServerHandler] = {
     "trio-websocket": _handle_websocket,
     "wsproto": _handle_wsproto,
 }
@@ -403,8 +586,8 @@ def _handshake_deadline(server: Server, remote: str) -> Iterator[None]:
         log.debug("%s: no WebSocket handshake in time", remote)
 
 
-async def _run_session(server: Server, conn: Connection) -> None:
-    session = Session(conn, server.hub, server.config, server.flusher)
+async def _run_session(server: Server, conn: Connection, claim: Claim) -> None:
+    session = Session(conn, server.hub, server.config, server.flusher, address=claim.address)
     server._sessions.add(session)
     try:
         if server._stop.is_set():

@@ -57,6 +57,7 @@ from triochat.protocol.events import (
 )
 from triochat.server.config import ServerConfig
 from triochat.server.hub import Hub, Member
+from triochat.server.limits import Address
 from triochat.server.outbox import Flusher, Outbox, OutboxClosed
 from triochat.server.ratelimit import TokenBucket
 from triochat.transport.base import CloseCode, Connection
@@ -70,9 +71,17 @@ class Session:
     """One connected client. Implements :class:`triochat.server.hub.Peer`."""
 
     def __init__(
-        self, conn: Connection, hub: Hub, config: ServerConfig, flusher: Flusher | None = None
+        self,
+        conn: Connection,
+        hub: Hub,
+        config: ServerConfig,
+        flusher: Flusher | None = None,
+        *,
+        address: Address | None = None,
     ) -> None:
         self._conn = conn
+        self._address = address
+        """The client's address, whose join bucket its connections share; None: exempt."""
         self._hub = hub
         self._config = config
         outbox = Outbox(
@@ -349,6 +358,7 @@ class Session:
                 ErrorCode.TOO_MANY_ROOMS, f"at most {self._config.max_rooms_per_client} rooms"
             )
             rooms = rooms[: self._config.max_rooms_per_client]
+        rooms = [room for room in rooms if self._may_join(room)]
         welcome = Welcome(
             nick=member.nick,
             rooms=rooms,
@@ -385,6 +395,8 @@ class Session:
                 hub.say(member, room, self._check_text(text), ref)
             case Dm(to=to, text=text, id=ref):
                 hub.dm(member, to, self._check_text(text), ref)
+            case Join(room=room) if not self._may_join(room):
+                pass  # refused, and the client told
             case Join(room=room):
                 hub.join(member, room, requested=True)
             case Part(room=room):
@@ -403,6 +415,17 @@ class Session:
                 self.close(LeftReason.QUIT)
             case Hello():
                 raise ProtocolError(ErrorCode.BAD_EVENT, "already said hello")
+
+    def _may_join(self, room: str) -> bool:
+        """Whether the address's join rate allows joining ``room`` (if not, the client is told).
+
+        Every connection of an address shares its bucket, so reconnecting does
+        not get round it; the connection's own event bucket applies as well.
+        """
+        if self._address is None or self._address.take_join():
+            return True
+        self._error(ErrorCode.RATE_LIMITED, f"slow down: too many joins from your address ({room})")
+        return False
 
     def _check_text(self, text: str) -> str:
         if not text:
