@@ -11,6 +11,9 @@ same per-line limit with ``too_large``.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from triochat.protocol.errors import ErrorCode, ProtocolError
 
 
@@ -34,11 +37,18 @@ def split_message(message: bytes, max_line: int) -> list[bytes]:
 
 
 class LineSplitter:
-    """Incremental splitter for a byte stream; feed chunks, get whole lines."""
+    """Incremental splitter for a byte stream; feed chunks, get whole lines.
 
-    def __init__(self, max_line: int) -> None:
+    The unfinished line is a ``bytearray`` that chunks are appended to, so a line
+    that arrives a byte at a time costs linear time, not a copy per byte.
+    """
+
+    def __init__(self, max_line: int, clock: Callable[[], float] = time.monotonic) -> None:
         self._max_line = max_line
-        self._partial = b""
+        self._clock = clock
+        self._partial = bytearray()
+        self.since: float | None = None
+        """When (by ``clock``) the first byte of the unfinished line arrived; None without one."""
 
     @property
     def pending(self) -> int:
@@ -53,10 +63,21 @@ class LineSplitter:
         """
         self.check()
         if b"\n" not in data:
+            if data and not self._partial:
+                self.since = self._clock()
             self._partial += data
             self.check()
             return []
-        *lines, self._partial = (self._partial + data).split(b"\n")
+        if self._partial:
+            self._partial += data
+            data = bytes(self._partial)
+            self._partial.clear()
+        *lines, rest = bytes(data).split(b"\n")
+        if rest:
+            self._partial += rest
+            self.since = self._clock()
+        else:
+            self.since = None
         return _complete(lines, self._max_line)
 
     def check(self) -> None:
