@@ -14,6 +14,7 @@ class ErrorCode(StrEnum):
     BAD_JSON = "bad_json"
     BAD_EVENT = "bad_event"
     TOO_LARGE = "too_large"
+    MESSAGE_TIMEOUT = "message_timeout"
     RATE_LIMITED = "rate_limited"
     NICK_TAKEN = "nick_taken"
     NICK_INVALID = "nick_invalid"

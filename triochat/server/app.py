@@ -52,7 +52,7 @@ from triochat.server.store import HistoryStore, commit_once, open_store, run_com
 from triochat.transport.base import Connection, hostport, write_without_waiting
 from triochat.transport.release import release
 from triochat.transport.tcp import RECEIVE_SIZE, StreamConnection
-from triochat.transport.websocket import WebSocketLines
+from triochat.transport.websocket import MessageWatch, WebSocketLines
 from triochat.transport.wsproto_ws import WsprotoConnection
 from triochat.transport.wsproto_ws import accept as accept_wsproto
 
@@ -421,6 +421,7 @@ async def _handle_tcp(server: Server, stream: trio.SocketStream, remote: str, cl
     conn = StreamConnection(
         stream,
         max_line=server.config.max_line,
+        message_timeout=server.config.message_timeout,
         remote=remote,
         http_answer=server.wrong_port["tcp"],
     )
@@ -459,8 +460,9 @@ async def _handle_websocket(
         with _handshake_deadline(server, remote):
             if await _refused_line_client(server, stream, remote):
                 return
+            watch = MessageWatch(stream, config.message_timeout)
             request = await wrap_server_stream(
-                ws_tasks, stream, max_message_size=_max_message(config)
+                ws_tasks, watch, max_message_size=_max_message(config)
             )
             why = _claim_forwarded(server, claim, request.headers)
             if why is not None:
@@ -470,7 +472,9 @@ async def _handle_websocket(
                 return
             ws = await request.accept()
         if ws is not None:
-            conn = WebSocketLines(ws, stream=stream, max_line=config.max_line, remote=remote)
+            conn = WebSocketLines(
+                ws, stream=stream, watch=watch, max_line=config.max_line, remote=remote
+            )
             await _run_session(server, conn, claim)
         ws_tasks.cancel_scope.cancel()
 
@@ -488,7 +492,11 @@ async def _handle_wsproto(
         if await _refused_line_client(server, stream, remote):
             return
         conn = await accept_wsproto(
-            stream, max_line=config.max_line, max_message=_max_message(config), remote=remote
+            stream,
+            max_line=config.max_line,
+            max_message=_max_message(config),
+            message_timeout=config.message_timeout,
+            remote=remote,
         )
     if conn is not None:
         await _run_session(server, conn, claim)
@@ -554,6 +562,7 @@ async def _accept_wsproto_forwarded(
                 ws.connection,
                 max_line=config.max_line,
                 max_message=_max_message(config),
+                message_timeout=config.message_timeout,
                 remote=remote,
             )
 

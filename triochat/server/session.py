@@ -60,7 +60,7 @@ from triochat.server.hub import Hub, Member
 from triochat.server.limits import Address
 from triochat.server.outbox import Flusher, Outbox, OutboxClosed
 from triochat.server.ratelimit import TokenBucket
-from triochat.transport.base import CloseCode, Connection
+from triochat.transport.base import ENDS_CONNECTION, CloseCode, Connection
 
 log = logging.getLogger(__name__)
 
@@ -211,9 +211,9 @@ class Session:
             log.debug("%s", exc)
             self._peer_gone = True
             self.close(LeftReason.DISCONNECTED, flush=False)
-        else:  # too_large: framing is lost, so is the connection
+        else:  # too_large, message_timeout: framing is lost, so is the connection
             self._error(exc.code, exc.message)
-            self.close(LeftReason.DISCONNECTED, CloseCode.TOO_BIG)
+            self.close(LeftReason.DISCONNECTED, ENDS_CONNECTION.get(exc.code, CloseCode.POLICY))
 
     async def _await_hello(self) -> list[bytes]:
         """Read until a ``hello`` is accepted; return the lines that came after it."""
@@ -294,7 +294,7 @@ class Session:
             try:
                 lines = await self._conn.receive_lines()
             except ProtocolError as exc:
-                if exc.code is ErrorCode.TOO_LARGE:
+                if exc.code in ENDS_CONNECTION:
                     raise
                 self._error(exc.code, exc.message)
                 continue

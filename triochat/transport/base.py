@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from enum import IntEnum
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import trio
+
+from triochat.protocol import ErrorCode, ProtocolError
+
+T = TypeVar("T")
+
+DRIP_PAUSE = 0.01
+"""Seconds between reads of a peer whose unfinished line or message comes in small pieces."""
+DRIP_SIZE = 1024
+"""A read shorter than this (in bytes) that leaves a line or message unfinished is a small piece."""
 
 WriteNow = Callable[[bytes], bool]
 """Send ``data`` (whole lines) without waiting, as far as the socket takes it.
@@ -52,13 +61,46 @@ class CloseCode(IntEnum):
     TOO_BIG = 1009
 
 
+ENDS_CONNECTION = {
+    ErrorCode.TOO_LARGE: CloseCode.TOO_BIG,
+    ErrorCode.MESSAGE_TIMEOUT: CloseCode.POLICY,
+}
+"""Errors of :meth:`Connection.receive_lines` after which the stream is no longer
+usable, each with the close code the connection ends with."""
+
+
+async def receive_unfinished(
+    receive: Callable[[], Awaitable[T]], since: float, limit: float, *, pause: bool
+) -> T:
+    """``receive()`` for a peer part-way through a line or message that began at ``since``.
+
+    The line or message must end within ``limit`` seconds of its first byte, however its
+    pieces are spaced: ``message_timeout`` once that has passed. Between lines a
+    peer is not timed here: silence is the keepalive's business. ``pause`` (the last
+    read was a small piece) waits :data:`DRIP_PAUSE` before reading, so a peer that
+    drips costs a wakeup per pause, not per byte: what arrives meanwhile is one read.
+    """
+    with trio.move_on_at(since + limit):
+        if pause:
+            await trio.sleep(DRIP_PAUSE)
+        return await receive()
+    raise message_timeout(limit)
+
+
+def message_timeout(limit: float) -> ProtocolError:
+    """The error of a line or message not complete ``limit`` seconds after its first byte."""
+    return ProtocolError(
+        ErrorCode.MESSAGE_TIMEOUT, f"a line or message still unfinished {limit:g} s after it began"
+    )
+
+
 class Connection(Protocol):
     """One peer, after any transport handshake.
 
     Errors: :class:`~triochat.errors.ConnectionLost` when the peer went away;
     :class:`~triochat.protocol.ProtocolError` when what it sent breaks framing
-    (``too_large``: the stream is no longer usable; ``bad_event``: a binary
-    WebSocket frame, which is skipped).
+    (``too_large``, ``message_timeout``: the stream is no longer usable, see
+    :data:`ENDS_CONNECTION`; ``bad_event``: a binary WebSocket message, which is skipped).
     """
 
     remote: str

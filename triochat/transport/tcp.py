@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 
 import trio
 
 from triochat.errors import ConnectionLost, WrongPort
 from triochat.protocol import LineSplitter
-from triochat.transport.base import CloseCode, WriteNow, write_without_waiting
+from triochat.transport.base import (
+    DRIP_SIZE,
+    CloseCode,
+    WriteNow,
+    receive_unfinished,
+    write_without_waiting,
+)
 from triochat.transport.release import release
 
 RECEIVE_SIZE = 64 * 1024
@@ -36,11 +43,15 @@ class StreamConnection:
         stream: trio.abc.Stream,
         *,
         max_line: int,
+        message_timeout: float = math.inf,
         remote: str = "?",
         http_answer: bytes | None = None,
     ) -> None:
         self._stream = stream
-        self._splitter = LineSplitter(max_line)
+        self._splitter = LineSplitter(max_line, trio.current_time)
+        self._message_timeout = message_timeout
+        self._small = False
+        """The last read was a small piece of a line it did not finish."""
         self.remote = remote
         self._http_answer = http_answer
         """A server's answer to a peer whose first bytes are an HTTP request: this is
@@ -64,17 +75,28 @@ class StreamConnection:
     async def receive_lines(self) -> list[bytes]:
         self._splitter.check()  # an over-long line may wait behind the lines last returned
         while True:
-            try:
-                data = await self._stream.receive_some(RECEIVE_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise ConnectionLost(f"{self.remote}: {exc}") from None
-            if not data:
-                raise ConnectionLost(f"{self.remote}: closed by peer")
+            since = self._splitter.since
+            if since is None:
+                data = await self._receive_some()
+            else:
+                data = await receive_unfinished(
+                    self._receive_some, since, self._message_timeout, pause=self._small
+                )
             if self._http_answer is not None:
                 await self._refuse_http(data)
             lines = self._splitter.feed(data)
             if lines:
                 return lines
+            self._small = len(data) < DRIP_SIZE
+
+    async def _receive_some(self) -> bytes | bytearray:
+        try:
+            data = await self._stream.receive_some(RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise ConnectionLost(f"{self.remote}: {exc}") from None
+        if not data:
+            raise ConnectionLost(f"{self.remote}: closed by peer")
+        return data
 
     async def _refuse_http(self, first: bytes | bytearray) -> None:
         """:class:`WrongPort` (after answering in HTTP) if ``first`` starts an HTTP request."""

@@ -21,14 +21,19 @@ What trio-websocket did for us and is done here, each in one place:
 
 - the close handshake: a peer's Close is answered at once (:meth:`_on_close`);
   ours waits for the peer's answer, bounded by the caller (:meth:`close`);
+  once a Close is sent or received no text frame is made (:meth:`_text_frame`);
 - a Ping is answered with a Pong, except after our Close (trio-websocket #184);
-- fragmented messages are reassembled, at most ``max_message`` bytes (1009);
+- fragmented messages are reassembled, at most ``max_message`` bytes over all
+  their fragments (``too_large``, 1009), and must end within ``message_timeout``
+  of their first fragment (``message_timeout``, 1008);
 - a frame wsproto cannot accept (invalid UTF-8, a bad header) gets the close
   code wsproto names (1007, 1002), which trio-websocket 0.12 does not send;
 - a request that is not a WebSocket upgrade gets wsproto's HTTP error.
 """
 
 from __future__ import annotations
+
+import math
 
 import trio
 from wsproto import ConnectionType, WSConnection
@@ -48,10 +53,17 @@ from wsproto.utilities import RemoteProtocolError
 
 from triochat.errors import ConnectionLost
 from triochat.protocol import ErrorCode, ProtocolError, split_message
-from triochat.transport.base import CloseCode, WriteNow, write_without_waiting
+from triochat.transport.base import (
+    DRIP_SIZE,
+    CloseCode,
+    WriteNow,
+    receive_unfinished,
+    write_without_waiting,
+)
 from triochat.transport.release import release
 
 RECEIVE_SIZE = 64 * 1024
+_OPEN = ConnectionState.OPEN
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -65,7 +77,12 @@ def text_frame(payload: bytes) -> bytes:
 
 
 async def accept(
-    stream: trio.SocketStream, *, max_line: int, max_message: int, remote: str = "?"
+    stream: trio.SocketStream,
+    *,
+    max_line: int,
+    max_message: int,
+    message_timeout: float = math.inf,
+    remote: str = "?",
 ) -> WsprotoConnection | None:
     """The server's side of the opening handshake.
 
@@ -88,7 +105,12 @@ async def accept(
                 await stream.send_all(ws.send(AcceptConnection()))
                 assert ws.connection is not None  # accepting opened it
                 return WsprotoConnection(
-                    stream, ws.connection, max_line=max_line, max_message=max_message, remote=remote
+                    stream,
+                    ws.connection,
+                    max_line=max_line,
+                    max_message=max_message,
+                    message_timeout=message_timeout,
+                    remote=remote,
                 )
 
 
@@ -104,6 +126,7 @@ class WsprotoConnection:
         *,
         max_line: int,
         max_message: int,
+        message_timeout: float = math.inf,
         remote: str = "?",
     ) -> None:
         self._stream = stream
@@ -118,17 +141,34 @@ class WsprotoConnection:
         """Wire bytes accepted but not yet written; they go before anything else."""
         self._broken = False
         """A write was cut short mid-frame: the byte stream is no longer WebSocket."""
-        self._message: list[bytes] = []
-        """The fragments of the text message being received, UTF-8."""
+        self._message = bytearray()
+        """The text message being received, UTF-8, while it is unfinished."""
         self._message_size = 0
+        """Bytes of the message being received so far (text or binary)."""
+        self._message_since: float | None = None
+        """When its first fragment arrived; None between messages."""
+        self._message_timeout = message_timeout
+        self._small = False
+        """The last read was a small piece of a message it did not finish."""
         self._pongs: dict[bytes, trio.Event] = {}
         self._pings_sent = 0
 
     # --- writing ----------------------------------------------------------------
 
+    def _text_frame(self, data: bytes) -> bytes:
+        """``data`` as a text frame, or nothing once a Close was sent or received.
+
+        Every text frame is made here, so none can follow a Close on the wire: after
+        ours the peer must get nothing but control frames (RFC 6455 §5.5.1), and
+        after its Close the session is ending.
+        """
+        if self._ws.state is not _OPEN:
+            return b""
+        return text_frame(data)
+
     def _write_now(self, data: bytes) -> bool:
         """Frame ``data`` and write what the socket takes now (see :data:`WriteNow`)."""
-        frame = text_frame(data)
+        frame = self._text_frame(data)
         if self._held or self._lock.locked():
             self._held += frame
         else:
@@ -136,7 +176,7 @@ class WsprotoConnection:
         return not self._held
 
     async def send(self, data: bytes) -> None:
-        await self._write(text_frame(data) if data else b"")
+        await self._write(self._text_frame(data) if data else b"")
 
     async def _write(self, wire: bytes) -> None:
         """Write what is held, then ``wire``: every write that may wait comes here."""
@@ -162,9 +202,17 @@ class WsprotoConnection:
                 if lines:
                     # Events not yet taken stay with wsproto for the next call.
                     return lines
-            await self._receive_some()
+            since = self._message_since
+            if since is None:
+                await self._receive_some()
+            else:
+                size = await receive_unfinished(
+                    self._receive_some, since, self._message_timeout, pause=self._small
+                )
+                self._small = size < DRIP_SIZE
 
-    async def _receive_some(self) -> None:
+    async def _receive_some(self) -> int:
+        """Read once and give wsproto what came; how many bytes that was."""
         try:
             data = await self._stream.receive_some(RECEIVE_SIZE)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -172,18 +220,20 @@ class WsprotoConnection:
         if not data:
             raise ConnectionLost(f"{self.remote}: closed by peer without a Close frame")
         self._ws.receive_data(data)
+        return len(data)
 
     async def _on_event(self, event: Event) -> list[bytes]:
         """Handle one event; the lines of a text message it completes."""
         if isinstance(event, TextMessage):
             return self._on_text(event)
         if isinstance(event, BytesMessage):
+            self._count(event.data, event.message_finished)
             if event.message_finished:
                 raise ProtocolError(
                     ErrorCode.BAD_EVENT, "binary messages are not part of the protocol"
                 )
         elif isinstance(event, Ping):
-            if self._ws.state is ConnectionState.OPEN:
+            if self._ws.state is _OPEN:
                 await self._write(self._ws.send(event.response()))
         elif isinstance(event, Pong):
             answered = self._pongs.pop(bytes(event.payload), None)
@@ -195,20 +245,31 @@ class WsprotoConnection:
 
     def _on_text(self, event: TextMessage) -> list[bytes]:
         part = event.data.encode()
+        if self._message_since is None and event.message_finished:  # the usual: one whole frame
+            if len(part) > self._max_message:
+                raise self._too_large()
+            return split_message(part, self._max_line)
+        self._count(part, event.message_finished)
+        self._message += part
+        if not event.message_finished:
+            return []
+        message = bytes(self._message)
+        self._message.clear()
+        return split_message(message, self._max_line)
+
+    def _count(self, part: bytes | bytearray, finished: bool) -> None:
+        """Account for one piece of a message: its size over all pieces, and its deadline."""
+        if self._message_since is None:
+            self._message_since = trio.current_time()
         self._message_size += len(part)
         if self._message_size > self._max_message:
-            raise ProtocolError(
-                ErrorCode.TOO_LARGE, f"message longer than {self._max_message} bytes"
-            )
-        if not event.message_finished:
-            self._message.append(part)
-            return []
-        if self._message:
-            self._message.append(part)
-            part = b"".join(self._message)
-            self._message.clear()
-        self._message_size = 0
-        return split_message(part, self._max_line)
+            raise self._too_large()
+        if finished:
+            self._message_size = 0
+            self._message_since = None
+
+    def _too_large(self) -> ProtocolError:
+        return ProtocolError(ErrorCode.TOO_LARGE, f"message longer than {self._max_message} bytes")
 
     async def _on_close(self, event: CloseConnection) -> None:
         """The peer closed, or wsproto found a frame it cannot accept: answer, then end.
@@ -217,17 +278,13 @@ class WsprotoConnection:
         still OPEN; then the code it names (1007 for invalid UTF-8, 1002 for
         framing) is ours to send.
         """
-        if self._ws.state is ConnectionState.OPEN:
+        if self._ws.state is _OPEN:
             reply = self._ws.send(CloseConnection(code=event.code, reason=event.reason))
             why = f"protocol error ({event.code}): {event.reason}"
         else:
             reply = self._ws.send(event.response())
             why = f"closed by peer ({event.code})"
-        try:
-            await self._write(reply)
-        finally:
-            # The peer gets no more of anything: the writer must not race the Close.
-            self._broken = True
+        await self._write(reply)
         raise ConnectionLost(f"{self.remote}: {why}")
 
     # --- keepalive and goodbye ---------------------------------------------------
@@ -237,7 +294,7 @@ class WsprotoConnection:
         payload = self._pings_sent.to_bytes(4, "big")
         answered = self._pongs[payload] = trio.Event()
         try:
-            if self._ws.state is not ConnectionState.OPEN:
+            if self._ws.state is not _OPEN:
                 raise ConnectionLost(f"{self.remote}: closing")
             await self._write(self._ws.send(Ping(payload)))
             await answered.wait()
@@ -250,7 +307,7 @@ class WsprotoConnection:
         The caller bounds the wait; the stream is released either way.
         """
         try:
-            if self._ws.state is ConnectionState.OPEN:
+            if self._ws.state is _OPEN:
                 await self._write(self._ws.send(CloseConnection(code=code)))
             while self._ws.state is ConnectionState.LOCAL_CLOSING:
                 await self._receive_some()
