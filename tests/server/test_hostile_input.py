@@ -1,0 +1,315 @@
+"""Hostile input over real sockets: deep JSON, lines and messages that never end, oversized
+fragments, and the wire after a Close (issue 13, findings 6 and 8).
+
+Each case ends only the offending connection (or not even that), and a brand-new
+client still chats afterwards. The peer's pacing (a byte or a fragment every
+``DRIP_EVERY`` seconds) is what is under test, not a way to wait for the server:
+every wait on the server is on what it sends.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import pytest
+import trio
+import wsproto
+from wsproto.connection import ConnectionState
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Event,
+    Request,
+    TextMessage,
+)
+
+from tests.server.conftest import TEST_CONFIG
+from tests.server.helpers import RawWebSocket, settle_join, still_serving
+from tests.server.test_bad_input import Reader, open_raw
+from triochat.client import Client, open_client
+from triochat.errors import ConnectionLost
+from triochat.protocol import decode_server, encode
+from triochat.protocol.codec import MAX_DEPTH
+from triochat.protocol.events import Ack, Error, Hello, Ping, Pong
+from triochat.server import Server, serve
+from triochat.server.config import WsEngine
+from triochat.transport.wsproto_ws import accept
+
+TIMEOUT = 10
+MESSAGE_TIMEOUT = 0.3
+DRIP_EVERY = 0.05
+"""Well inside MESSAGE_TIMEOUT: a deadline counted per read would never pass."""
+MAX_LINE = 1000
+"""So a WebSocket message may be 4,000 bytes (app._max_message)."""
+
+
+def nested_say(depth: int, ref: int) -> bytes:
+    """A valid ``say`` whose unknown field ``z`` nests arrays ``depth`` deep (the object is 1)."""
+    z = b"[" * (depth - 1) + b"]" * (depth - 1)
+    return b'{"type":"say","room":"lobby","text":"deep","id":%d,"z":%s}' % (ref, z)
+
+
+@pytest.fixture
+async def strict(nursery: trio.Nursery, ws_engine: WsEngine) -> AsyncIterator[Server]:
+    """A server with a short message deadline and a small line limit, per WebSocket engine."""
+    config = replace(
+        TEST_CONFIG, ws_engine=ws_engine, message_timeout=MESSAGE_TIMEOUT, max_line=MAX_LINE
+    )
+    running: Server = await nursery.start(serve, config)
+    yield running
+    running.stop()
+
+
+# --- nesting ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("depth", [MAX_DEPTH + 1, 1000, 30_000])
+async def test_json_nested_too_deep_is_bad_json_and_the_session_goes_on(
+    server: Server, url: str, depth: int
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with open_raw(url) as peer:
+            await peer.hello(f"deep{depth}")
+            await peer.send(nested_say(depth, 1) + b"\n")
+            error = await peer.expect_error("bad_json")
+            assert str(MAX_DEPTH) in error.message
+            await peer.send(b'{"type":"say","room":"lobby","text":"flat","id":2}\n')
+            await _expect_ack(peer, 2)
+        await still_serving(server)
+
+
+async def test_json_nested_to_the_limit_is_accepted(server: Server, url: str) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with open_raw(url) as peer:
+            await peer.hello("limit")
+            await peer.send(nested_say(MAX_DEPTH, 1) + b"\n")
+            await _expect_ack(peer, 1)
+
+
+async def _expect_ack(peer: Reader, ref: int) -> None:
+    while not isinstance(event := await peer.receive(), Ack):
+        assert not isinstance(event, Error), event
+    assert event.id == ref, event
+
+
+# --- a TCP line that never ends -------------------------------------------------------------
+
+
+async def test_a_dripped_tcp_line_gets_message_timeout_then_the_close(strict: Server) -> None:
+    url = strict.url("tcp")
+    with trio.fail_after(TIMEOUT):
+        async with open_raw(url) as peer, trio.open_nursery() as nursery:
+            await peer.hello("dripper")
+            began = trio.current_time()
+            nursery.start_soon(_drip_bytes, peer, b'{"type":"say","room":"lobby","text":"' * 50)
+            await peer.expect_error("message_timeout")
+            assert trio.current_time() - began >= MESSAGE_TIMEOUT
+            assert await peer.closed() is None  # TCP: the server's FIN
+            nursery.cancel_scope.cancel()
+        await still_serving(strict)
+
+
+async def _drip_bytes(peer: Reader, data: bytes) -> None:
+    """One byte every DRIP_EVERY seconds, until the server stops taking them."""
+    try:
+        for byte in data:
+            await peer.send(bytes([byte]))
+            await trio.sleep(DRIP_EVERY)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+
+
+async def test_idle_connections_are_not_timed(strict: Server) -> None:
+    """Only an unfinished line or message has a deadline; silence is the keepalive's business."""
+    with trio.fail_after(TIMEOUT):
+        async with open_raw(strict.url("tcp")) as tcp, open_raw(strict.url("ws")) as ws:
+            for n, peer in enumerate((tcp, ws)):
+                await peer.hello(f"idle{n}")
+            await trio.sleep(2 * MESSAGE_TIMEOUT)  # the condition under test: idle that long
+            for peer in (tcp, ws):
+                await peer.send_event(Ping(token="alive?"))
+                while (event := await peer.receive()) != Pong(token="alive?"):
+                    assert not isinstance(event, Error), event
+
+
+# --- a WebSocket message that never ends ------------------------------------------------------
+
+
+async def test_an_unfinished_fragmented_message_gets_message_timeout_and_1008(
+    strict: Server,
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        raw = await _hello_ws(strict, "fragments")
+        async with trio.open_nursery() as nursery:
+            began = trio.current_time()
+            nursery.start_soon(_drip_fragments, raw, "[", 10_000)
+            events = await _events_until_closed(raw, answer=False)
+            nursery.cancel_scope.cancel()
+        assert trio.current_time() - began >= MESSAGE_TIMEOUT
+        assert _errors(events) == ["message_timeout"]
+        assert [e.code for e in events if isinstance(e, CloseConnection)] == [1008]
+        await raw.stream.aclose()
+        await still_serving(strict)
+
+
+async def test_a_dripped_single_frame_gets_message_timeout_and_1008(strict: Server) -> None:
+    """One text frame whose payload comes a byte at a time: unfinished too."""
+    with trio.fail_after(TIMEOUT):
+        raw = await _hello_ws(strict, "frame")
+        frame = raw.ws.send(TextMessage(data="x" * 500))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_drip_raw, raw, frame)
+            events = await _events_until_closed(raw, answer=False)
+            nursery.cancel_scope.cancel()
+        assert _errors(events) == ["message_timeout"]
+        assert [e.code for e in events if isinstance(e, CloseConnection)] == [1008]
+        await raw.stream.aclose()
+        await still_serving(strict)
+
+
+@pytest.mark.parametrize("kind", [TextMessage, BytesMessage])
+async def test_fragments_adding_up_past_the_limit_get_1009(
+    strict: Server, kind: type[TextMessage] | type[BytesMessage]
+) -> None:
+    """Each fragment is small; together they pass 4 x max_line, and nothing more is held."""
+    piece = "x" * (MAX_LINE // 2)
+    with trio.fail_after(TIMEOUT):
+        raw = await _hello_ws(strict, "pieces")
+        for _ in range(9):  # 4,500 bytes, never finished
+            data = piece if kind is TextMessage else piece.encode()
+            await raw.stream.send_all(raw.ws.send(kind(data=data, message_finished=False)))  # type: ignore[arg-type]
+        events = await _events_until_closed(raw)
+        assert [e.code for e in events if isinstance(e, CloseConnection)] == [1009]
+        assert set(_errors(events)) <= {"too_large"}  # trio-websocket closes without a line
+        await raw.stream.aclose()
+        await still_serving(strict)
+
+
+async def _hello_ws(server: Server, nick: str) -> RawWebSocket:
+    raw = await RawWebSocket.connect(server.url("ws"))
+    await raw.send_text(encode(Hello(nick=nick)).decode())
+    while '"type":"members"' not in getattr(await raw.next_event(TextMessage), "data", ""):
+        pass
+    return raw
+
+
+async def _drip_fragments(raw: RawWebSocket, piece: str, count: int) -> None:
+    """A text message begun and continued a fragment every DRIP_EVERY seconds, never finished.
+
+    This task is the peer's only sender, so it is the one that answers the server's
+    Close (between two fragments, where a control frame may go).
+    """
+    try:
+        for _ in range(count):
+            if raw.ws.state is ConnectionState.REMOTE_CLOSING:
+                await raw.stream.send_all(raw.ws.send(CloseConnection(code=1000)))
+                return
+            await raw.stream.send_all(raw.ws.send(TextMessage(data=piece, message_finished=False)))
+            await trio.sleep(DRIP_EVERY)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+
+
+async def _drip_raw(raw: RawWebSocket, wire: bytes) -> None:
+    try:
+        for byte in wire:
+            await raw.stream.send_all(bytes([byte]))
+            await trio.sleep(DRIP_EVERY)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+
+
+async def _events_until_closed(
+    raw: RawWebSocket, *, answer: bool = True, to_the_end: bool = False
+) -> list[Event]:
+    """Every event the server sends until its Close, or with ``to_the_end`` until the socket ends.
+
+    ``answer``: this task answers the server's Close (else another task does, or
+    nobody: a peer mid-frame cannot).
+    """
+    events: list[Event] = []
+    while True:
+        for event in raw.ws.events():
+            events.append(event)
+            if not isinstance(event, CloseConnection):
+                continue
+            if answer:
+                await raw.stream.send_all(raw.ws.send(event.response()))
+            elif not to_the_end:
+                return events
+        try:
+            data = await raw.stream.receive_some()
+        except trio.BrokenResourceError:
+            data = b""
+        if not data:
+            return events
+        raw.ws.receive_data(data)
+
+
+def _errors(events: list[Event]) -> list[str]:
+    """The codes of the error lines among ``events`` (every text line must decode)."""
+    codes = []
+    for event in events:
+        if isinstance(event, TextMessage):
+            for line in event.data.splitlines():
+                decoded = decode_server(line)
+                if isinstance(decoded, Error):
+                    codes.append(decoded.code)
+    return codes
+
+
+# --- nothing after a Close --------------------------------------------------------------------
+
+
+async def test_nothing_follows_the_close_on_the_wire_while_the_room_chats(strict: Server) -> None:
+    """A closing peer's room keeps talking; after the server's Close no text frame comes."""
+    with trio.fail_after(TIMEOUT):
+        async with open_client(strict.url("tcp"), "chatter") as chatter:
+            await settle_join(chatter)
+            raw = await _hello_ws(strict, "leaving")
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_chat, chatter)
+                nursery.start_soon(_drip_fragments, raw, "[", 10_000)
+                events = await _events_until_closed(raw, answer=False, to_the_end=True)
+                nursery.cancel_scope.cancel()
+            closes = [n for n, e in enumerate(events) if isinstance(e, CloseConnection)]
+            assert closes == [len(events) - 1], events[-3:]
+            await raw.stream.aclose()
+
+
+async def _chat(chatter: Client) -> None:
+    for n in range(10_000):
+        await chatter.say("lobby", f"chat {n}")
+        await trio.sleep(0.005)
+
+
+async def test_the_wsproto_engine_makes_no_text_frame_after_a_close() -> None:
+    """At the byte level: after the peer's Close, lines offered either way are not framed."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    theirs.setblocking(False)
+    stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
+    client = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+    theirs.sendall(client.send(Request(host="pair", target="/")))
+    with trio.fail_after(TIMEOUT):
+        conn = await accept(stream, max_line=MAX_LINE, max_message=4 * MAX_LINE)
+        assert conn is not None
+        await trio.lowlevel.wait_readable(theirs)
+        client.receive_data(theirs.recv(1 << 16))
+        assert isinstance(next(client.events()), AcceptConnection)
+        theirs.sendall(client.send(CloseConnection(code=1000)))
+        with pytest.raises(ConnectionLost, match="closed by peer"):
+            await conn.receive_lines()  # answers the Close
+        assert conn.write_now is not None
+        conn.write_now(b'{"type":"notice"}\n')
+        await conn.send(b'{"type":"notice"}\n')
+        await conn.abort()
+    wire = b""
+    while chunk := theirs.recv(1 << 16):
+        wire += chunk
+    client.receive_data(wire)
+    assert [type(e) for e in client.events()] == [CloseConnection]
+    assert wire == b"\x88\x02\x03\xe8"  # the Close (1000) and nothing after it
+    theirs.close()
