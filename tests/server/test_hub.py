@@ -40,10 +40,6 @@ class Inbox:
         assert self.member is not None
         self.hub.detach(self.member, LeftReason.SLOW_CONSUMER)
 
-    @property
-    def replay_queued(self) -> bool:
-        return False  # it keeps everything: nothing ever waits to be sent
-
 
 def _attach(hub: Hub, nick: str, capacity: int = 10_000) -> tuple[Inbox, Member]:
     inbox = Inbox(hub, capacity)
@@ -120,20 +116,19 @@ def test_token_bucket_allows_burst_then_rate() -> None:
     assert all(TokenBucket(0, 1, 0.0).take(0.0) for _ in range(1000))
 
 
-def test_outbox_bounds_events_and_bytes_but_not_replay() -> None:
-    box = Outbox(max_events=2, max_bytes=10)
+def test_outbox_counts_every_put_line_against_both_bounds_at_once() -> None:
+    box = Outbox(max_events=3, max_bytes=10)
     assert box.put(b"12345")
-    assert box.put(b"12345")
-    assert not box.put(b"1")  # a line for this client alone: the event bound holds at once
-    assert box.put(b"x" * 100, replay=True)
-    assert box.flush()  # replay counts toward neither bound
+    assert not box.put(b"123456")  # the byte bound holds at once, not at the next flush
+    assert box.put(b"12345", replay=True)  # a replay page counts like any other line
+    assert not box.put(b"1", replay=True)
+    assert box.put(b"shutting down", last_word=True)  # only the last word is taken when full
+    assert not box.put(b"1")  # the event bound
+    box = Outbox(max_events=100, max_bytes=10)
+    assert box.put(b"1234567890")
+    assert box.flush()
     box.queue(b"1")  # fan-out's unchecked append...
     assert not box.flush()  # ...is caught when the outbox is flushed
-    roomy = Outbox(max_events=100, max_bytes=10)
-    assert roomy.put(b"1234567890")
-    assert roomy.flush()
-    roomy.queue(b"1")
-    assert not roomy.flush()  # the byte bound
 
 
 def test_durable_hub_delivers_nothing_before_the_commit_and_keeps_order() -> None:

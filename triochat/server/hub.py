@@ -32,7 +32,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
@@ -69,19 +69,13 @@ class Peer(Protocol):
     def deliver(self, line: bytes, *, replay: bool = False) -> bool:
         """Queue one encoded line without blocking; ``False`` means the outbox is full.
 
-        ``replay`` lines (history the server owes the client) do not count
-        against the outbox bound: their amount is set by retention, not by how
-        fast the client reads.
+        Every line counts against the bound. ``replay`` marks a page of a
+        catch-up: once it is written, the peer calls :meth:`Hub.pump` for the next.
         """
         ...
 
     def evict(self) -> None:
         """Drop this client because it cannot keep up (``slow_consumer``)."""
-        ...
-
-    @property
-    def replay_queued(self) -> bool:
-        """Whether ``replay`` lines given to :meth:`deliver` are still waiting to be sent."""
         ...
 
 
@@ -92,6 +86,8 @@ class Member:
     nick: str
     peer: Peer
     rooms: set[str] = field(default_factory=set)
+    catch_ups: deque[CatchUp] = field(default_factory=deque)
+    """Joins whose past is still being sent, oldest first (see :meth:`Hub.pump`)."""
     queue: Callable[[bytes], object] = field(init=False, repr=False)
     """``peer.queue``, looked up once: fan-out calls it for every recipient."""
     flush: Callable[[], bool] = field(init=False, repr=False)
@@ -114,6 +110,9 @@ class Room:
     log: RoomLog
     members: dict[str, Member] = field(default_factory=dict)
     """Keyed by :func:`rules.nick_key`, in join order. Call :meth:`changed` after a change."""
+    catching_up: set[Member] = field(default_factory=set)
+    """Members whose past is still being sent: they get this room's events from its
+    log until they are level, and only then from fan-out."""
     _recipients: tuple[Member, ...] | None = None
 
     def nicks(self) -> list[str]:
@@ -128,11 +127,20 @@ class Room:
         recipients of a held delivery.
         """
         if self._recipients is None:
-            self._recipients = tuple(self.members.values())
+            catching = self.catching_up
+            self._recipients = tuple(m for m in self.members.values() if m not in catching)
         return self._recipients
 
     def changed(self) -> None:
         self._recipients = None
+
+
+@dataclass(eq=False)
+class CatchUp:
+    """One join's past being sent a page at a time; ``pages`` returns False if it fell behind."""
+
+    room: Room
+    pages: Generator[bytes, None, bool]
 
 
 class Row(NamedTuple):
@@ -231,28 +239,23 @@ class Hub:
             return
         for name in sorted(member.rooms):
             self._leave(self._rooms[name], member, reason)
+        member.catch_ups.clear()
         del self._members[member.key]
 
     # --- rooms --------------------------------------------------------------
 
-    def join(
-        self,
-        member: Member,
-        room: str,
-        *,
-        resume_after: int | None = None,
-        requested: bool = False,
-    ) -> None:
+    def join(self, member: Member, room: str, *, resume_after: int | None = None) -> None:
         """Join ``room``: everyone gets ``joined``; the joiner then gets the past and the members.
 
         With ``resume_after`` the joiner gets every retained event after that
         ``seq`` instead of the recent past, so a reconnecting client has no gap.
 
-        The past is owed, so it does not count against the joiner's outbox
-        bound; for a ``join`` the client asked for (``requested``, not its
-        ``hello``), only while no earlier replay is still unsent. Otherwise a
-        client joining and leaving a busy room without reading would pile up
-        replays in the server's memory; this way it is evicted.
+        The joiner's own ``joined``, its past, ``members``, and whatever the room
+        said meanwhile reach it through :meth:`pump`, a page at a time, from the
+        room's log; it gets the room's fan-out once it is level. Every page
+        counts against its outbox bound, so a client that does not read holds
+        its bound at most, never retention x rooms. A small past (the usual
+        case) is all sent here, and the joiner is level before this returns.
         """
         name = rules.check_room(room)
         if name in member.rooms:
@@ -265,13 +268,74 @@ class Hub:
             )
         target = self._room(name)
         target.members[member.key] = member
+        target.catching_up.add(member)
         target.changed()
         member.rooms.add(name)
-        seq = target.log.next_seq
-        owed = not (requested and member.peer.replay_queued)
-        self._publish(target, Joined(room=name, nick=member.nick, seq=seq, ts=_now()))
-        self._replay(member, target, self._past(target.log, seq, resume_after), owed=owed)
-        self._send(member, encode(Members(room=name, nicks=target.nicks())))
+        joined = Joined(room=name, nick=member.nick, seq=target.log.next_seq, ts=_now())
+        line = self._publish(target, joined)
+        pages = self._catch_up(target, line, joined.seq, resume_after)
+        member.catch_ups.append(CatchUp(target, pages))
+        if len(member.catch_ups) == 1:  # otherwise a page is out, and its write calls pump
+            self.pump(member)
+
+    def pump(self, member: Member) -> None:
+        """Send ``member`` the next pages of its catch-ups, about half its bound's worth.
+
+        Called on join and by the member's outbox once the pages sent last have
+        been written; a member that has gone meanwhile gets nothing.
+        """
+        if self._members.get(member.key) is not member:
+            return
+        budget, sent = self._page_bytes, 0
+        while member.catch_ups and sent < budget:
+            catch_up = member.catch_ups[0]
+            try:
+                page = next(catch_up.pages)
+            except StopIteration as done:
+                member.catch_ups.popleft()
+                if not done.value:  # retention dropped events it had not been sent yet
+                    self._evict_later([member])
+                    return
+                catch_up.room.catching_up.discard(member)
+                catch_up.room.changed()
+                continue
+            sent += len(page)
+            self._send(member, page, replay=True)
+
+    def _catch_up(
+        self, room: Room, joined: bytes, seq: int, resume_after: int | None
+    ) -> Generator[bytes, None, bool]:
+        """A join's pages: its ``joined``, the past in ``history`` pages, ``members``, then
+        the room's events since the join, straight from its log, until the joiner is level.
+
+        False at the end if the room's retention dropped an event it still owed.
+        """
+        log, page_events, page_bytes = room.log, self._config.history_max_page, self._page_bytes
+        yield joined
+        after = seq - 1 - self._config.history_limit if resume_after is None else resume_after
+        first = True
+        while True:
+            after, lines = log.page(after, seq, page_events, page_bytes)
+            if lines or first:
+                yield encode_history(room.name, lines)
+            first = False
+            if not lines:
+                break
+        yield encode(Members(room=room.name, nicks=room.nicks()))
+        level = seq
+        while level < log.last_seq:
+            last, lines = log.page(level, log.next_seq, page_events, page_bytes)
+            if last - len(lines) != level:
+                return False
+            level = last
+            yield b"".join(lines)
+        return True
+
+    @property
+    def _page_bytes(self) -> int:
+        """The most a page of history or a replay holds: half the outbox bound, so a
+        client that reads what it is sent is never evicted for it."""
+        return self._config.outbox_bytes // 2
 
     def part(self, member: Member, room: str) -> None:
         name = self._membership(member, room)
@@ -279,10 +343,14 @@ class Hub:
 
     def _leave(self, room: Room, member: Member, reason: LeftReason) -> None:
         # Publish first so the leaver sees its own ``left`` too (when it still can).
-        self._publish(
+        line = self._publish(
             room,
             Left(room=room.name, nick=member.nick, reason=reason, seq=room.log.next_seq, ts=_now()),
         )
+        if member in room.catching_up:  # its past is abandoned; its own left still comes
+            room.catching_up.discard(member)
+            member.catch_ups = deque(c for c in member.catch_ups if c.room is not room)
+            self._send(member, line)
         del room.members[member.key]
         room.changed()
         member.rooms.discard(room.name)
@@ -373,34 +441,18 @@ class Hub:
         wanted = self._config.history_limit if limit is None else limit
         page = min(max(wanted, 0), self._config.history_max_page)
         lines = target.log.before(before_seq, page) if page else []
-        budget = self._config.outbox_bytes // 2
-        self._send(member, encode_history(target.name, newest_within(lines, budget)))
-
-    def _past(self, log: RoomLog, seq: int, resume_after: int | None) -> list[bytes]:
-        if resume_after is None:
-            return log.before(seq, self._config.history_limit)
-        return log.between(resume_after, seq)
-
-    def _replay(self, member: Member, room: Room, lines: list[bytes], *, owed: bool) -> None:
-        """Send ``lines`` as ``history`` events of at most one page each, oldest first.
-
-        An empty past still sends one empty page, so a client can tell "nothing
-        happened" from "still loading". ``owed`` pages are exempt from the bound.
-        """
-        page = self._config.history_max_page
-        chunks = [lines[i : i + page] for i in range(0, len(lines), page)] or [[]]
-        for chunk in chunks:
-            self._send(member, encode_history(room.name, chunk), replay=owed)
+        self._send(member, encode_history(target.name, newest_within(lines, self._page_bytes)))
 
     # --- fan-out ------------------------------------------------------------------
 
-    def _publish(self, room: Room, event: Joined | Left | Message) -> None:
+    def _publish(self, room: Room, event: Joined | Left | Message) -> bytes:
         """Record a room event and fan it out: encoded once, queued without waiting."""
         line = encode(event)
         room.log.append(event.seq, line)
         if self._durable:
             self._unsaved.append(Row(room.name, event.seq, event.ts, line))
         self._emit(room.recipients, line, room_event=True)
+        return line
 
     def _send(self, member: Member, line: bytes, *, replay: bool = False) -> None:
         self._emit((member,), line, replay=replay)

@@ -5,10 +5,19 @@ Theory of operation
 Lines reach an outbox two ways, neither of which blocks:
 
 * :meth:`Outbox.queue`, fan-out's hot path, is the list's own ``append``: no
-  check at all. The bound is checked when the outbox is flushed, so a client
-  can pass it by at most one burst before it is evicted;
-* :meth:`Outbox.put`, for lines meant for this one client, checks the event
-  bound at once and reports a full outbox to the caller (who evicts).
+  check at all. The bound is checked when the outbox is flushed, a few
+  scheduler turns later, so a client can pass it by at most one burst before
+  it is evicted. Those lines are shared: every recipient's list holds the same
+  bytes object, so a burst is in memory once, whatever the number of recipients;
+* :meth:`Outbox.put`, for lines meant for this one client (replies, history
+  pages, replays), counts every line against both bounds at once and reports a
+  full outbox to the caller (who evicts). Nothing is exempt: a client that
+  does not read pins its bound at most, whatever it asks for.
+
+A replay (the past sent on a join or resume) can be far larger than the bound,
+so the hub sends it a page at a time: a ``put`` with ``replay`` set makes the
+outbox call ``on_replay_sent`` once that page has been handed to the socket,
+and the hub then sends the next one (see :meth:`triochat.server.hub.Hub.pump`).
 
 Both append to the same list, so order is the order of the calls, and whatever
 is queued goes out as one write.
@@ -38,6 +47,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
+from enum import Enum
 from itertools import chain
 from typing import NoReturn, Protocol
 
@@ -56,6 +66,20 @@ longer than this.
 
 class OutboxClosed(Exception):
     """The outbox was closed and everything in it has been taken."""
+
+
+class _Replay(Enum):
+    """Where the last replay page put in the outbox is."""
+
+    NONE = 0
+    QUEUED = 1
+    """In the list, not yet taken."""
+    WRITING = 2
+    """Taken for a write that has not completed (a held rest included)."""
+
+
+def _nothing() -> None:
+    pass
 
 
 class Flushable(Protocol):
@@ -141,22 +165,27 @@ class Outbox:
         flusher: Flusher | None = None,
         write_now: WriteNow | None = None,
         on_overflow: Callable[[], None] = lambda: None,
+        on_replay_sent: Callable[[], None] = lambda: None,
     ) -> None:
         """Without a ``flusher`` every put wakes the writer directly.
 
         ``write_now`` is the connection's write without waiting, if it has one;
-        ``on_overflow`` evicts the client when the flusher finds it over the bound.
+        ``on_overflow`` evicts the client when the flusher finds it over the bound;
+        ``on_replay_sent`` asks for the next page of a replay (see the module docstring).
         """
         self._max_events = max_events
         self._max_bytes = max_bytes
         self._flusher = flusher
         self._write_now = write_now
         self.evict = on_overflow
+        self._on_replay_sent = on_replay_sent
         self._lines: list[bytes] = []
+        self._fanned: list[bytes] = self._lines
+        """The list :attr:`queue` appends to: ``_lines`` until :meth:`close`."""
         self.queue: Callable[[bytes], None] = self._lines.append
-        self._exempt_events = 0
-        self._exempt_bytes = 0
-        """Queued replay lines, which the bound does not count."""
+        self._put_bytes = 0
+        """Bytes of the lines :meth:`put` queued and nobody has taken yet."""
+        self._replay: _Replay = _Replay.NONE
         self._busy = False
         """The writer task owns what is queued (see the module docstring)."""
         self._held = False
@@ -171,25 +200,24 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._lines)
 
-    @property
-    def replay_queued(self) -> bool:
-        """Whether replay lines, or bytes only the writer can send, wait to be sent."""
-        return self._exempt_events > 0 or self._held
+    def put(self, line: bytes, *, replay: bool = False, last_word: bool = False) -> bool:
+        """Queue ``line``; ``False`` if it would pass a bound (the line is then dropped).
 
-    def put(self, line: bytes, *, replay: bool = False) -> bool:
-        """Queue ``line``; ``False`` if the outbox is full (the line is then dropped).
-
-        ``replay`` lines bypass the bound (see :meth:`triochat.server.hub.Peer.deliver`).
-        A closed outbox swallows lines: its client is on its way out.
+        ``replay``: a page of a replay; ``on_replay_sent`` follows its write.
+        ``last_word``: the one line a client gets after everything else (the
+        shutdown notice), taken even from a full outbox. A closed outbox
+        swallows lines: its client is on its way out.
         """
         if self._closed:
             return True
         lines = self._lines
+        size = len(line)
+        if not last_word:
+            if len(lines) >= self._max_events or self._put_bytes + size > self._max_bytes:
+                return False
+            self._put_bytes += size
         if replay:
-            self._exempt_events += 1
-            self._exempt_bytes += len(line)
-        elif len(lines) - self._exempt_events >= self._max_events:
-            return False
+            self._replay = _Replay.QUEUED
         lines.append(line)
         if len(lines) == 1:  # was empty: nobody has been told yet
             if self._flusher is None:
@@ -206,23 +234,37 @@ class Outbox:
         lines = self._lines
         if self._closed or not lines:
             return True
-        if len(lines) - self._exempt_events > self._max_events:
+        if len(lines) > self._max_events:
             return False
         if self._busy or self._write_now is None:
-            if sum(map(len, lines)) - self._exempt_bytes > self._max_bytes:
+            if sum(map(len, lines)) > self._max_bytes:
                 return False
             self.wake()
             return True
         data = b"".join(lines)
-        if len(data) - self._exempt_bytes > self._max_bytes:
+        if len(data) > self._max_bytes:
             return False
-        lines.clear()
-        self._exempt_events = self._exempt_bytes = 0
+        self._taken()
         if not self._write_now(data):
             # The connection holds the rest (see WriteNow): the writer's send takes it.
             self._busy = self._held = True
             self.wake()
+        else:
+            self._written()
         return True
+
+    def _taken(self) -> None:
+        """Everything queued is now the connection's (or the writer's batch)."""
+        self._lines.clear()
+        self._put_bytes = 0
+        if self._replay is _Replay.QUEUED:
+            self._replay = _Replay.WRITING
+
+    def _written(self) -> None:
+        """What was taken is on the socket: a replay page written asks for the next."""
+        if self._replay is _Replay.WRITING:
+            self._replay = _Replay.NONE
+            self._on_replay_sent()
 
     @property
     def sent_all(self) -> bool:
@@ -255,7 +297,22 @@ class Outbox:
         """
         self._closed = True
         self._lines = self._lines[:]
+        self._on_replay_sent = _nothing
         self.wake()
+
+    def discard(self) -> None:
+        """Drop everything queued and every callback: the client is gone for good.
+
+        A session that ended must not keep its buffers alive through whatever
+        still refers to it (a held delivery, a reference cycle the collector
+        has not reached yet).
+        """
+        self._closed = True
+        self._fanned.clear()
+        self._lines = []
+        self._put_bytes = 0
+        self._write_now = None
+        self.evict = self._on_replay_sent = _nothing
 
     async def drain(self, send: Callable[[bytes], Awaitable[None]]) -> NoReturn:
         """The writer task: send everything queued, batch by batch, until closed and empty.
@@ -267,6 +324,7 @@ class Outbox:
             # No local keeps the batch: an idle writer should not hold its last one.
             await send(await self._take_all())
             self._busy = bool(self._lines)
+            self._written()
 
     async def _take_all(self) -> bytes:
         """Wait until woken with something queued, then take every line as one chunk.
@@ -279,8 +337,7 @@ class Outbox:
             self._writer = trio.lowlevel.current_task()
             await trio.lowlevel.wait_task_rescheduled(self._abort_wait)
         batch = b"".join(self._lines)
-        self._lines.clear()
-        self._exempt_events = self._exempt_bytes = 0
+        self._taken()
         self._busy, self._held = True, False
         return batch
 

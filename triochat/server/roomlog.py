@@ -64,5 +64,27 @@ class RoomLog:
         start = max(self._index(after + 1), self._index(self.next_seq - self._retention))
         return self._lines[start : self._index(before)]
 
+    def page(
+        self, after: int, before: int, max_events: int, max_bytes: int
+    ) -> tuple[int, list[bytes]]:
+        """The oldest retained lines with ``after < seq < before``: at most ``max_events``
+        of them, adding up to at most ``max_bytes`` (but never none if there is one).
+
+        Returns the seq of the page's last line (``after`` when empty) and the lines.
+        """
+        start = max(self._index(after + 1), self._index(self.next_seq - self._retention))
+        end = min(self._index(before), start + max_events)
+        lines = self._lines
+        total = 0
+        stop = start
+        while stop < end:
+            total += len(lines[stop])
+            if total > max_bytes and stop > start:
+                break
+            stop += 1
+        if stop == start:
+            return after, []
+        return self._first_seq + stop - 1, lines[start:stop]
+
     def _index(self, seq: int) -> int:
         return min(max(seq - self._first_seq, 0), len(self._lines))

@@ -85,7 +85,12 @@ class Session:
         self._hub = hub
         self._config = config
         outbox = Outbox(
-            config.outbox_events, config.outbox_bytes, flusher, conn.write_now, self.evict
+            config.outbox_events,
+            config.outbox_bytes,
+            flusher,
+            conn.write_now,
+            self.evict,
+            self._replay_sent,
         )
         self._outbox = outbox
         # The Peer methods are the outbox's own: one Python frame less on paths
@@ -117,9 +122,9 @@ class Session:
 
     # --- Peer -----------------------------------------------------------------
 
-    @property
-    def replay_queued(self) -> bool:
-        return self._outbox.replay_queued
+    def _replay_sent(self) -> None:
+        if self._member is not None:
+            self._hub.pump(self._member)
 
     def evict(self) -> None:
         log.info("%s: evicted, outbox full (%d queued)", self._conn.remote, len(self._outbox))
@@ -158,7 +163,7 @@ class Session:
         sees other clients' ``left{shutdown}`` after its notice.
         """
         notice = Notice(code="shutting_down", text="the server is shutting down")
-        self._outbox.put(encode(notice), replay=True)
+        self._outbox.put(encode(notice), last_word=True)
         self._outbox.close()
 
     def shutdown(self) -> None:
@@ -187,7 +192,13 @@ class Session:
             self._nursery = None  # it takes no new tasks once it has exited
             if self._member is not None:
                 self._hub.detach(self._member, self._reason or LeftReason.DISCONNECTED)
-            await self._say_goodbye()
+            try:
+                await self._say_goodbye()
+            finally:
+                # Nothing of an ended session may outlive it: whatever still refers to
+                # it (a held delivery, a cycle the collector has not reached) holds no buffer.
+                self._outbox.discard()
+                self._member = None
 
     def _start_writer(self) -> None:
         """Called by the outbox (from any task) the first time it needs its writer."""
@@ -245,6 +256,8 @@ class Session:
             with trio.move_on_at(heard + interval if interval > 0 else math.inf):
                 while True:
                     for line in lines:
+                        if self._reason is not None:  # closed by an earlier line: ignore the rest
+                            break
                         event = self._decode(line)
                         if event is not None:
                             self._handle(event)
@@ -398,7 +411,7 @@ class Session:
             case Join(room=room) if not self._may_join(room):
                 pass  # refused, and the client told
             case Join(room=room):
-                hub.join(member, room, requested=True)
+                hub.join(member, room)
             case Part(room=room):
                 hub.part(member, room)
             case Nick(nick=nick):

@@ -1,0 +1,136 @@
+"""No client can make the server hold more than its bounds: a real ``triochat serve``, whose
+memory is read from /proc, attacked over real sockets at a size the suite can afford."""
+
+from __future__ import annotations
+
+import signal
+import socket
+from pathlib import Path
+
+import trio
+
+from tests.server.helpers import host_port, settle_join, skip_until
+from tests.server.test_cli import serving
+from triochat.client import Client, open_client
+from triochat.protocol import encode
+from triochat.protocol.events import Hello, History, Joined, Left, LeftReason, Message, Welcome
+
+MIB = 1 << 20
+HEAVY = "\x01" * 7990
+"""The longest text, each character stored escaped: a 48 KB line."""
+
+
+def rss(pid: int) -> int:
+    """The resident memory of process ``pid``, in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+async def stalled(url: str, hello: Hello) -> trio.SocketStream:
+    """A TCP client that says ``hello`` and then never reads (a tiny receive buffer)."""
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await sock.connect(host_port(url))
+    stream = trio.SocketStream(sock)
+    await stream.send_all(encode(hello))
+    return stream
+
+
+async def fill(client: Client, room: str, count: int, text: str) -> None:
+    """Say ``count`` messages, reading the echoes now and then (so as not to be evicted)."""
+    for n in range(count):
+        await client.say(room, f"{n}:{text}")
+        if n % 20 == 19 or n == count - 1:
+            await skip_until(client, Message, text=f"{n}:{text}")
+
+
+async def time_to_welcome(url: str) -> float:
+    started = trio.current_time()
+    async with open_client(url, "innocent") as innocent:
+        assert isinstance(innocent.welcome, Welcome)
+    return trio.current_time() - started
+
+
+async def test_history_requests_from_a_client_that_never_reads_pin_its_bound_at_most() -> None:
+    """Finding: 58 history pages queued in one read (about 28 MB) before any check."""
+    ask = encode(History(room="lobby", limit=500)) * 58
+    with trio.fail_after(60):
+        args = ("--port", "0", "--tcp-port", "0", "--no-history", "--rate-limit", "0")
+        async with serving(*args) as (proc, urls):
+            async with open_client(urls[1], "ada") as ada:
+                await settle_join(ada)
+                await fill(ada, "lobby", 11, HEAVY)
+                before = rss(proc.process.pid)
+                for n in range(6):
+                    hoarder = await stalled(urls[1], Hello(nick=f"hoarder{n}"))
+                    await hoarder.send_all(ask)
+                    left = await skip_until(ada, Left, nick=f"hoarder{n}")
+                    assert left.reason is LeftReason.SLOW_CONSUMER
+                    await hoarder.aclose()
+                grown = rss(proc.process.pid) - before
+                assert await time_to_welcome(urls[1]) < 1.0
+            proc.process.send_signal(signal.SIGTERM)
+            assert await proc.process.wait() == 0
+    assert grown < 8 * MIB, f"{grown / MIB:.1f} MiB more after six hoarders"
+
+
+async def test_resumes_by_clients_that_never_read_pin_their_bound_at_most() -> None:
+    """Finding: one small hello with ``resume`` copied a room's whole history into the outbox."""
+    with trio.fail_after(60):
+        args = ("--port", "0", "--tcp-port", "0", "--no-history", "--rate-limit", "0")
+        async with serving(*args) as (proc, urls):
+            async with open_client(urls[1], "ada") as ada:
+                await settle_join(ada)
+                await fill(ada, "lobby", 200, HEAVY)  # about 10 MB of history
+                before = rss(proc.process.pid)
+                attackers = []
+                for n in range(5):
+                    attackers.append(
+                        await stalled(urls[1], Hello(nick=f"r{n}", resume={"lobby": 0}))
+                    )
+                    await skip_until(ada, Joined, nick=f"r{n}")
+                grown = rss(proc.process.pid) - before
+                assert await time_to_welcome(urls[1]) < 1.0
+                for stream in attackers:
+                    await stream.aclose()
+            proc.process.send_signal(signal.SIGTERM)
+            assert await proc.process.wait() == 0
+    assert grown < 12 * MIB, f"{grown / MIB:.1f} MiB more after five stalled resumes"
+
+
+async def test_a_thousand_evicted_sessions_leave_nothing_behind() -> None:
+    """Evicted sessions each held a full outbox; none of it may outlive them, GC or not."""
+    ask = encode(History(room="lobby", limit=500)) * 8
+    with trio.fail_after(90):
+        args = (
+            "--port", "0", "--tcp-port", "0", "--no-history", "--rate-limit", "0",
+            "--outbox-bytes", "65536",
+        )  # fmt: skip
+        async with serving(*args) as (proc, urls):
+            async with open_client(urls[1], "ada") as ada:
+                await settle_join(ada)
+                await fill(ada, "lobby", 4, "z" * 7000)  # a page is 32 KB: two fill the outbox
+
+                async def hoard(n: int) -> None:
+                    stream = await stalled(urls[1], Hello(nick=f"h{n}", rooms=["lobby"]))
+                    await stream.send_all(ask)
+                    while await stream.receive_some(1 << 16):  # until the server closes
+                        pass
+                    await stream.aclose()
+
+                async def wave(first: int) -> None:
+                    async with trio.open_nursery() as nursery:
+                        for n in range(first, first + 25):
+                            nursery.start_soon(hoard, n)
+
+                await wave(0)
+                before = rss(proc.process.pid)
+                for first in range(25, 1000, 25):
+                    await wave(first)
+                grown = rss(proc.process.pid) - before
+                assert await time_to_welcome(urls[1]) < 1.0
+            proc.process.send_signal(signal.SIGTERM)
+            assert await proc.process.wait() == 0
+    assert grown < 16 * MIB, f"{grown / MIB:.1f} MiB more after 975 evictions"
