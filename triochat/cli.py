@@ -100,12 +100,6 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
         help="rooms one client may be in at once (too_many_rooms beyond)",
     )
     p.add_argument(
-        "--history-bytes",
-        type=argtypes.positive_int,
-        default=DEFAULTS.history_bytes,
-        help="bytes of history all rooms together keep in memory",
-    )
-    p.add_argument(
         "--room-history-bytes",
         type=argtypes.positive_int,
         default=DEFAULTS.room_history_bytes,
@@ -219,7 +213,6 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         message_timeout=args.message_timeout,
         max_rooms=args.max_rooms,
         max_rooms_per_client=args.max_rooms_per_client,
-        history_bytes=args.history_bytes,
         room_history_bytes=args.room_history_bytes,
         max_connections=args.max_connections,
         max_connections_per_ip=args.max_connections_per_ip,

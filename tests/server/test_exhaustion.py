@@ -13,7 +13,17 @@ from tests.server.helpers import host_port, settle_join, skip_until
 from tests.server.test_cli import serving
 from triochat.client import Client, open_client
 from triochat.protocol import encode
-from triochat.protocol.events import Hello, History, Joined, Left, LeftReason, Message, Welcome
+from triochat.protocol.events import (
+    Hello,
+    History,
+    Join,
+    Joined,
+    Left,
+    LeftReason,
+    Message,
+    Part,
+    Welcome,
+)
 
 MIB = 1 << 20
 HEAVY = "\x01" * 7990
@@ -134,3 +144,25 @@ async def test_a_thousand_evicted_sessions_leave_nothing_behind() -> None:
             proc.process.send_signal(signal.SIGTERM)
             assert await proc.process.wait() == 0
     assert grown < 16 * MIB, f"{grown / MIB:.1f} MiB more after 975 evictions"
+
+
+async def test_joining_again_and_again_without_reading_pins_the_bound_at_most() -> None:
+    """Each join owes a past; a client that never reads gets it a page at a time, never all."""
+    cycle = encode(Join(room="big")) + encode(Part(room="big"))
+    with trio.fail_after(60):
+        args = ("--port", "0", "--tcp-port", "0", "--no-history", "--rate-limit", "0")
+        async with serving(*args) as (proc, urls):
+            async with open_client(urls[1], "ada", rooms=["big"]) as ada:
+                await settle_join(ada)
+                await fill(ada, "big", 50, HEAVY)  # a join's past: 50 events, about 2.4 MB
+                churner = await stalled(urls[1], Hello(nick="churner", rooms=["lobby"]))
+                before = rss(proc.process.pid)
+                await churner.send_all(cycle * 100)
+                for _ in range(100):  # every cycle done, as the room saw it
+                    await skip_until(ada, Left, nick="churner", room="big")
+                grown = rss(proc.process.pid) - before
+                assert await time_to_welcome(urls[1]) < 1.0
+                await churner.aclose()
+            proc.process.send_signal(signal.SIGTERM)
+            assert await proc.process.wait() == 0
+    assert grown < 8 * MIB, f"{grown / MIB:.1f} MiB more after 100 joins never read"

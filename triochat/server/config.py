@@ -50,8 +50,6 @@ class ServerConfig:
     """Rooms one client may be in at once (``welcome.limits.max_rooms`` on the wire)."""
     max_rooms: int = 100_000
     """Rooms the server holds at once; a join that would create one more is refused."""
-    history_bytes: int = 256 * MIB
-    """Bytes of retained history all rooms together may keep in memory."""
     room_history_bytes: int = 8 * MIB
     """Bytes of retained history one room may keep in memory (its oldest events go first)."""
 

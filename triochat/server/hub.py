@@ -88,6 +88,8 @@ class Member:
     rooms: set[str] = field(default_factory=set)
     catch_ups: deque[CatchUp] = field(default_factory=deque)
     """Joins whose past is still being sent, oldest first (see :meth:`Hub.pump`)."""
+    paging: bool = False
+    """Pages sent by :meth:`Hub.pump` wait to be written; the outbox calls it once they are."""
     queue: Callable[[bytes], object] = field(init=False, repr=False)
     """``peer.queue``, looked up once: fan-out calls it for every recipient."""
     flush: Callable[[], bool] = field(init=False, repr=False)
@@ -201,7 +203,10 @@ class Hub:
         self.on_fanout: Callable[[tuple[Member, ...]], None] = self._flush_now
         """Told the recipients after each fan-out; by default they are flushed at once."""
         self._rooms: dict[str, Room] = {
-            name: Room(name=name, log=RoomLog.restore(config.retention, rows))
+            name: Room(
+                name=name,
+                log=RoomLog.restore(config.retention, rows, max_bytes=config.room_history_bytes),
+            )
             for name, rows in (past or {}).items()
         }
         self._members: dict[str, Member] = {}
@@ -275,18 +280,21 @@ class Hub:
         line = self._publish(target, joined)
         pages = self._catch_up(target, line, joined.seq, resume_after)
         member.catch_ups.append(CatchUp(target, pages))
-        if len(member.catch_ups) == 1:  # otherwise a page is out, and its write calls pump
+        if not member.paging:  # otherwise the write of the pages out calls pump
             self.pump(member)
 
     def pump(self, member: Member) -> None:
-        """Send ``member`` the next pages of its catch-ups, about half its bound's worth.
+        """Send ``member`` the next pages of its catch-ups, a quarter of its bound or one page.
 
         Called on join and by the member's outbox once the pages sent last have
         been written; a member that has gone meanwhile gets nothing.
         """
+        member.paging = False
         if self._members.get(member.key) is not member:
             return
-        budget, sent = self._page_bytes, 0
+        # A round stops once a quarter of the bound is out, and a page is at most half:
+        # what waits to be written stays under the bound, with room for live lines.
+        budget, sent = self._page_bytes // 2, 0
         while member.catch_ups and sent < budget:
             catch_up = member.catch_ups[0]
             try:
@@ -300,6 +308,7 @@ class Hub:
                 catch_up.room.changed()
                 continue
             sent += len(page)
+            member.paging = True
             self._send(member, page, replay=True)
 
     def _catch_up(
@@ -355,10 +364,30 @@ class Hub:
         room.changed()
         member.rooms.discard(room.name)
 
+    def admit(self, names: list[str]) -> tuple[list[str], list[str]]:
+        """``names`` split into the rooms that exist or can still be made, and the rest."""
+        room_for = self._config.max_rooms - len(self._rooms)
+        admitted, refused = [], []
+        for name in names:
+            if name in self._rooms or room_for > 0:
+                room_for -= name not in self._rooms
+                admitted.append(name)
+            else:
+                refused.append(name)
+        return admitted, refused
+
     def _room(self, name: str) -> Room:
+        """The room ``name``, made if new; ``too_many_rooms`` if the server holds its limit."""
         found = self._rooms.get(name)
         if found is None:
-            found = self._rooms[name] = Room(name=name, log=RoomLog(self._config.retention))
+            config = self._config
+            if len(self._rooms) >= config.max_rooms:
+                raise ProtocolError(
+                    ErrorCode.TOO_MANY_ROOMS,
+                    f"the server holds its limit of {config.max_rooms} rooms",
+                )
+            log = RoomLog(config.retention, max_bytes=config.room_history_bytes)
+            found = self._rooms[name] = Room(name=name, log=log)
         return found
 
     def _membership(self, member: Member, room: str) -> str:

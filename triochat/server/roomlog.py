@@ -1,13 +1,17 @@
-"""A room's recent past: the encoded lines of its last ``retention`` room events.
+"""A room's recent past: the encoded lines of its last ``retention`` room events,
+as many of them as fit in ``max_bytes``.
 
 Every room event gets the next ``seq`` and is appended here, so the retained
 events always have consecutive sequence numbers and a ``seq`` maps to a list
-index by subtraction. Trimming is amortised: the list may grow to twice the
-retention before the oldest half is dropped in one slice.
+index by subtraction. The oldest retained event is ``_oldest``: it moves on
+when the count or the bytes pass their bound (the newest event is always
+kept). Lines before it are dropped in one slice once they are as many as the
+lines kept, so trimming is amortised.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -20,18 +24,25 @@ class RowLike(Protocol):
 
 
 class RoomLog:
-    def __init__(self, retention: int, *, last_seq: int = 0) -> None:
+    def __init__(self, retention: int, *, max_bytes: float = math.inf, last_seq: int = 0) -> None:
         self._retention = max(retention, 1)
+        self._max_bytes = max_bytes
         self._lines: list[bytes] = []
         self._first_seq = last_seq + 1
         """The seq of ``_lines[0]``, or of the next event when empty."""
+        self._oldest = last_seq + 1
+        """The seq of the oldest retained line; lines before it are trimmed soon."""
+        self._bytes = 0
+        """Bytes of the retained lines."""
 
     @classmethod
-    def restore(cls, retention: int, rows: Sequence[RowLike]) -> RoomLog:
+    def restore(
+        cls, retention: int, rows: Sequence[RowLike], *, max_bytes: float = math.inf
+    ) -> RoomLog:
         """A log continuing after ``rows`` (consecutive seqs, oldest first)."""
         if not rows:
-            return cls(retention)
-        log = cls(retention, last_seq=rows[0].seq - 1)
+            return cls(retention, max_bytes=max_bytes)
+        log = cls(retention, max_bytes=max_bytes, last_seq=rows[0].seq - 1)
         for row in rows:
             log.append(row.seq, row.line)
         return log
@@ -44,24 +55,35 @@ class RoomLog:
     def last_seq(self) -> int:
         return self.next_seq - 1
 
+    @property
+    def retained_bytes(self) -> int:
+        return self._bytes
+
     def append(self, seq: int, line: bytes) -> None:
         if seq != self.next_seq:
             raise ValueError(f"seq {seq} out of order, expected {self.next_seq}")
-        self._lines.append(line)
-        if len(self._lines) >= 2 * self._retention:
-            drop = len(self._lines) - self._retention
-            del self._lines[:drop]
-            self._first_seq += drop
+        lines = self._lines
+        lines.append(line)
+        self._bytes += len(line)
+        while self._oldest < seq and (
+            seq - self._oldest >= self._retention or self._bytes > self._max_bytes
+        ):
+            self._bytes -= len(lines[self._oldest - self._first_seq])
+            self._oldest += 1
+        trimmed = self._oldest - self._first_seq
+        if trimmed >= len(lines) - trimmed:
+            del lines[:trimmed]
+            self._first_seq = self._oldest
 
     def before(self, seq: int | None, limit: int) -> list[bytes]:
         """Up to ``limit`` retained lines with a seq below ``seq`` (all when None), oldest first."""
         end = self._index(self.next_seq if seq is None else seq)
-        start = max(end - limit, self._index(self.next_seq - self._retention))
+        start = max(end - limit, self._index(self._oldest))
         return self._lines[start:end]
 
     def between(self, after: int, before: int) -> list[bytes]:
         """Retained lines with ``after < seq < before``, oldest first."""
-        start = max(self._index(after + 1), self._index(self.next_seq - self._retention))
+        start = max(self._index(after + 1), self._index(self._oldest))
         return self._lines[start : self._index(before)]
 
     def page(
@@ -72,7 +94,7 @@ class RoomLog:
 
         Returns the seq of the page's last line (``after`` when empty) and the lines.
         """
-        start = max(self._index(after + 1), self._index(self.next_seq - self._retention))
+        start = max(self._index(after + 1), self._index(self._oldest))
         end = min(self._index(before), start + max_events)
         lines = self._lines
         total = 0

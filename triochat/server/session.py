@@ -372,6 +372,9 @@ class Session:
             )
             rooms = rooms[: self._config.max_rooms_per_client]
         rooms = [room for room in rooms if self._may_join(room)]
+        rooms, refused = self._hub.admit(rooms)
+        for room in refused:
+            self._error(ErrorCode.TOO_MANY_ROOMS, f"the server holds its room limit: {room!r}")
         welcome = Welcome(
             nick=member.nick,
             rooms=rooms,
