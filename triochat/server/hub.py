@@ -88,8 +88,8 @@ class Member:
     rooms: set[str] = field(default_factory=set)
     catch_ups: deque[CatchUp] = field(default_factory=deque)
     """Joins whose past is still being sent, oldest first (see :meth:`Hub.pump`)."""
-    paging: bool = False
-    """Pages sent by :meth:`Hub.pump` wait to be written; the outbox calls it once they are."""
+    unwritten: int = 0
+    """Bytes of pages :meth:`Hub.pump` sent that the outbox has not yet reported written."""
     queue: Callable[[bytes], object] = field(init=False, repr=False)
     """``peer.queue``, looked up once: fan-out calls it for every recipient."""
     flush: Callable[[], bool] = field(init=False, repr=False)
@@ -280,22 +280,23 @@ class Hub:
         line = self._publish(target, joined)
         pages = self._catch_up(target, line, joined.seq, resume_after)
         member.catch_ups.append(CatchUp(target, pages))
-        if not member.paging:  # otherwise the write of the pages out calls pump
-            self.pump(member)
+        self.pump(member)
 
-    def pump(self, member: Member) -> None:
-        """Send ``member`` the next pages of its catch-ups, a quarter of its bound or one page.
+    def pump(self, member: Member, *, written: bool = False) -> None:
+        """Send ``member`` the next pages of its catch-ups, up to a quarter of its bound.
 
-        Called on join and by the member's outbox once the pages sent last have
-        been written; a member that has gone meanwhile gets nothing.
+        Called on join, and by the member's outbox once the pages sent so far
+        have been written (``written``); a member that has gone meanwhile gets
+        nothing. Pages stop once a quarter of the bound waits to be written, and a
+        page is at most half: what waits stays under the bound, with room for live
+        lines. A small past (the usual join) is all sent at once.
         """
-        member.paging = False
+        if written:
+            member.unwritten = 0
         if self._members.get(member.key) is not member:
             return
-        # A round stops once a quarter of the bound is out, and a page is at most half:
-        # what waits to be written stays under the bound, with room for live lines.
-        budget, sent = self._page_bytes // 2, 0
-        while member.catch_ups and sent < budget:
+        budget = self._page_bytes // 2
+        while member.catch_ups and member.unwritten < budget:
             catch_up = member.catch_ups[0]
             try:
                 page = next(catch_up.pages)
@@ -307,8 +308,7 @@ class Hub:
                 catch_up.room.catching_up.discard(member)
                 catch_up.room.changed()
                 continue
-            sent += len(page)
-            member.paging = True
+            member.unwritten += len(page)
             self._send(member, page, replay=True)
 
     def _catch_up(

@@ -124,7 +124,7 @@ class Session:
 
     def _replay_sent(self) -> None:
         if self._member is not None:
-            self._hub.pump(self._member)
+            self._hub.pump(self._member, written=True)
 
     def evict(self) -> None:
         log.info("%s: evicted, outbox full (%d queued)", self._conn.remote, len(self._outbox))
