@@ -28,10 +28,7 @@ from functools import partial
 
 import trio
 from trio_websocket import WebSocketConnection, wrap_server_stream
-from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection
 from wsproto.events import Request as WsRequest
-from wsproto.utilities import RemoteProtocolError
 
 from triochat.errors import ConnectionLost, ListenError, StoreError
 from triochat.protocol import ErrorCode, encode
@@ -483,9 +480,6 @@ async def _handle_wsproto(
     server: Server, stream: trio.SocketStream, remote: str, claim: Claim
 ) -> None:
     """WebSocket on wsproto, framed and written by us (``--ws-engine wsproto``)."""
-    if claim.proxy is not None:
-        await _handle_wsproto_forwarded(server, stream, remote, claim)
-        return
     config = server.config
     conn: WsprotoConnection | None = None
     with _handshake_deadline(server, remote):
@@ -497,6 +491,7 @@ async def _handle_wsproto(
             max_message=_max_message(config),
             message_timeout=config.message_timeout,
             remote=remote,
+            refuse=partial(_refuse_forwarded, server, claim) if claim.proxy else None,
         )
     if conn is not None:
         await _run_session(server, conn, claim)
@@ -519,52 +514,10 @@ def _claim_forwarded(
     return None
 
 
-async def _handle_wsproto_forwarded(
-    server: Server, stream: trio.SocketStream, remote: str, claim: Claim
-) -> None:
-    """:func:`_handle_wsproto` for a trusted proxy's connection."""
-    conn: WsprotoConnection | None = None
-    with _handshake_deadline(server, remote):
-        if await _refused_line_client(server, stream, remote):
-            return
-        conn = await _accept_wsproto_forwarded(server, stream, remote, claim)
-    if conn is not None:
-        await _run_session(server, conn, claim)
-
-
-async def _accept_wsproto_forwarded(
-    server: Server, stream: trio.SocketStream, remote: str, claim: Claim
-) -> WsprotoConnection | None:
-    """:func:`accept_wsproto` for a trusted proxy: the request's client may be refused (429)."""
-    config = server.config
-    ws = WSConnection(ConnectionType.SERVER)
-    while True:
-        data = await stream.receive_some(RECEIVE_SIZE)
-        if not data:
-            return None
-        try:
-            ws.receive_data(data)
-        except RemoteProtocolError as exc:
-            if exc.event_hint is not None:
-                await stream.send_all(ws.send(exc.event_hint))
-            return None
-        for event in ws.events():
-            if not isinstance(event, WsRequest):
-                continue
-            why = _claim_forwarded(server, claim, event.extra_headers)
-            if why is not None:
-                await stream.send_all(server.limits.answers["ws"][why])
-                return None
-            await stream.send_all(ws.send(AcceptConnection()))
-            assert ws.connection is not None  # accepting opened it
-            return WsprotoConnection(
-                stream,
-                ws.connection,
-                max_line=config.max_line,
-                max_message=_max_message(config),
-                message_timeout=config.message_timeout,
-                remote=remote,
-            )
+def _refuse_forwarded(server: Server, claim: Claim, request: WsRequest) -> bytes | None:
+    """The 429/503 answer for a proxied request whose client may not connect, else None."""
+    why = _claim_forwarded(server, claim, request.extra_headers)
+    return None if why is None else server.limits.answers["ws"][why]
 
 
 ServerHandler = Callable[[Server, trio.SocketStream, str, Claim], Awaitable[None]]

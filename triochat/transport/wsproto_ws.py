@@ -34,6 +34,7 @@ What trio-websocket did for us and is done here, each in one place:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import trio
 from wsproto import ConnectionType, WSConnection
@@ -83,11 +84,14 @@ async def accept(
     max_message: int,
     message_timeout: float = math.inf,
     remote: str = "?",
+    refuse: Callable[[Request], bytes | None] | None = None,
 ) -> WsprotoConnection | None:
     """The server's side of the opening handshake.
 
     ``None`` if the peer left first, or sent something other than an upgrade
-    request (it gets wsproto's HTTP error response). The caller bounds the time.
+    request (it gets wsproto's HTTP error response), or ``refuse`` turned the
+    request down (it gets the HTTP response ``refuse`` returned). The caller
+    bounds the time.
     """
     ws = WSConnection(ConnectionType.SERVER)
     while True:
@@ -102,6 +106,10 @@ async def accept(
             return None
         for event in ws.events():
             if isinstance(event, Request):
+                answer = refuse(event) if refuse is not None else None
+                if answer is not None:
+                    await stream.send_all(answer)
+                    return None
                 await stream.send_all(ws.send(AcceptConnection()))
                 assert ws.connection is not None  # accepting opened it
                 return WsprotoConnection(
