@@ -426,7 +426,8 @@ async def _handle_tcp(server: Server, stream: trio.SocketStream, remote: str, cl
 
 
 async def _refused_line_client(server: Server, stream: trio.SocketStream, remote: str) -> bool:
-    """Whether the peer opened with a JSON line instead of an upgrade, and was told so.
+    """Whether the connection ends before any WebSocket: the peer left without a byte,
+    or opened with a JSON line instead of an upgrade and was told so.
 
     The first byte is peeked, not read, so a WebSocket peer's request is left
     whole for the engine. The answer is one ``error{wrong_port}`` line, then a
@@ -435,7 +436,9 @@ async def _refused_line_client(server: Server, stream: trio.SocketStream, remote
     try:
         first = await stream.socket.recv(1, socket.MSG_PEEK)
     except OSError:
-        return False
+        return True  # reset before a byte: nothing to serve
+    if first == b"":
+        return True  # closed before a byte (trio-websocket would wait out the deadline)
     if first != b"{":
         return False
     log.debug("%s: a JSON line on the WebSocket port", remote)
