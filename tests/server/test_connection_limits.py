@@ -1,4 +1,4 @@
-"""Connection caps: the whole server's, each address's, and the rates (issue 13, finding 5).
+"""Connection caps: the whole server's, each address's, and the rates.
 
 Loopback is exempt from the per-address limits unless ``limit_loopback``; these
 tests turn that on, or reach the server from 127.0.0.2 as a second address.

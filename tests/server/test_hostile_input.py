@@ -1,5 +1,5 @@
 """Hostile input over real sockets: deep JSON, lines and messages that never end, oversized
-fragments, and the wire after a Close (issue 13, findings 6 and 8).
+fragments, and the wire after a Close.
 
 Each case ends only the offending connection (or not even that), and a brand-new
 client still chats afterwards. The peer's pacing (a byte or a fragment every
