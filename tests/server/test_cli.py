@@ -6,6 +6,7 @@ import os
 import resource
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -21,8 +22,10 @@ from tests.server.helpers import host_port, skip_until
 from triochat import cli
 from triochat.client import open_client
 from triochat.protocol import encode, rules
-from triochat.protocol.events import Hello, Notice, Welcome
+from triochat.protocol.events import Hello, Joined, Notice, Welcome
 from triochat.server.config import MIN_MAX_LINE
+from triochat.server.hub import Row
+from triochat.server.store import HistoryStore
 
 SERVE = [sys.executable, "-m", "triochat", "serve"]
 
@@ -282,3 +285,34 @@ async def test_ctrl_c_while_modules_import_is_one_line_and_status_130(
             process.kill()
             await process.wait()
         assert await proc.stderr() == f"{program}: interrupted\n"
+
+
+@pytest.mark.parametrize(
+    ("seqs", "bad", "says"),
+    [
+        ([1, 2, 5, 6], None, "room 'lobby' has no event 3 after 2"),
+        ([1, 2, 3], 2, "room 'lobby' event 2 is not a JSON event"),
+    ],
+    ids=["seq-gap", "not-json"],
+)
+async def test_damaged_history_is_one_line_naming_the_room_and_the_repair(
+    seqs: list[int], bad: int | None, says: str, tmp_path: Path
+) -> None:
+    db = tmp_path / "history.sqlite3"
+    store = HistoryStore(db, retention=100)
+    good = encode(Joined(room="lobby", nick="ada", seq=1, ts=1.0))
+    store.write(Row("lobby", seq, 1.0, b"not json" if seq == bad else good) for seq in seqs)
+    store.close()
+    args = ["--port", "0", "--tcp-port", "0", "--db", str(db)]
+    with trio.fail_after(20):
+        failed = await trio.run_process([*SERVE, *args], capture_stderr=True, check=False)
+        err = failed.stderr.decode()
+        assert failed.returncode == 1
+        assert err.count("\n") == 1, err
+        assert f"{says}; to drop its events up to 2 and start, run: sqlite3 {db} " in err
+        repair = err.split(f"sqlite3 {db} ")[1].strip().strip('"')
+        with sqlite3.connect(db) as con:
+            con.execute(repair)  # the advice, taken as given
+        async with serving(*args) as (proc, _):
+            proc.process.send_signal(signal.SIGTERM)
+            assert await proc.process.wait() == 0

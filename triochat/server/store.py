@@ -30,6 +30,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
+import msgspec
 import trio
 
 from triochat.errors import StoreError
@@ -105,8 +106,27 @@ class HistoryStore:
             WHERE age <= ? ORDER BY room, seq
         """
         for room, seq, ts, line in self._db.execute(query, (self._retention,)):
-            rooms[room].append(Row(room, seq, ts, bytes(line)))
+            past = rooms[room]
+            if past and seq != past[-1].seq + 1:
+                last = past[-1].seq
+                raise StoreError(self._damaged(room, last, f"has no event {last + 1} after {last}"))
+            if not _is_event(line):
+                raise StoreError(self._damaged(room, seq, f"event {seq} is not a JSON event"))
+            past.append(Row(room, seq, ts, bytes(line)))
         return dict(rooms)
+
+    def _damaged(self, room: str, upto: int, what: str) -> str:
+        """One line for a room whose stored events cannot be served, with the way out.
+
+        Dropping the room's events up to ``upto`` leaves an unbroken run to serve;
+        its clients lose that much of the past and nothing else.
+        """
+        quoted = room.replace("'", "''")
+        return (
+            f"history database {self.path}: room {room!r} {what}; to drop its events up to"
+            f' {upto} and start, run: sqlite3 {self.path} "DELETE FROM events'
+            f" WHERE room = '{quoted}' AND seq <= {upto}\""
+        )
 
     def write(self, rows: Iterable[Row]) -> None:
         """Save ``rows`` and trim the rooms due a trim, in one transaction.
@@ -144,6 +164,15 @@ def rows_iter(rows: Iterable[Row], due: dict[str, int]) -> Iterable[Row]:
         if row.room in due or row.seq % TRIM_EVERY == 0:
             due[row.room] = row.seq
         yield row
+
+
+def _is_event(line: bytes) -> bool:
+    """Whether a stored line is a JSON object, as every room event is (else it would be
+    served raw inside a ``history`` page, breaking it for every client)."""
+    try:
+        return isinstance(msgspec.json.decode(line), dict)
+    except msgspec.DecodeError:
+        return False
 
 
 class Opened(NamedTuple):
