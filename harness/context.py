@@ -27,6 +27,9 @@ OWN_SERVER: dict[str, dict[str, Any]] = {
     # stay under it (10/s each by default) and ``flood`` needs it.
     # ``slow_reader``: a small outbox, so a stalled reader is evicted after KiB, not MiB.
     "slow_reader": {"outbox_bytes": 256 * KIB},
+    # ``abuse``: a small outbox (what each attacker may pin), and the per-address limits
+    # applied to loopback, so that one address's connection flood is refused.
+    "abuse": {"outbox_bytes": 256 * KIB, "limit_loopback": True, "max_connections_per_ip": 24},
 }
 
 Progress = Callable[[str, float, float], None]

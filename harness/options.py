@@ -22,6 +22,7 @@ SCENARIOS = (
     "bad_input",
     "churn",
     "resume",
+    "abuse",
 )
 MIN_CLIENTS = {
     "broadcast": 1,
@@ -32,6 +33,7 @@ MIN_CLIENTS = {
     "bad_input": 3,  # a bad client and two well-behaved ones
     "churn": 2,  # a churn worker and one stable client that watches
     "resume": 3,  # two droppers (one of each kind) and a sender
+    "abuse": 1,  # a fixed handful of attackers, whatever --clients says
 }
 """The fewest ``--clients`` each scenario proves its claim with; the command line refuses fewer."""
 PER_CLIENT_RATE = 10.0

@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager, suppress
 
 import trio
 from trio_websocket import ConnectionClosed as WsClosed
-from trio_websocket import WebSocketConnection, wrap_client_stream
+from trio_websocket import ConnectionRejected, WebSocketConnection, wrap_client_stream
 
 from triochat.client import CLIENT_MAX_LINE, Address, parse_url
 from triochat.errors import ConnectError, ConnectionLost
@@ -28,6 +28,15 @@ from triochat.transport.tcp import StreamConnection
 from triochat.transport.websocket import WebSocketLines
 
 HALF_LINE = b'{"type":"say","room":"lobby","text":"this line never'
+
+
+class Refused(ConnectError):
+    """The WebSocket port answered the upgrade with an HTTP status instead (429, 503, ...)."""
+
+    def __init__(self, address: Address, status: int, body: bytes) -> None:
+        super().__init__(f"{address}: upgrade refused with HTTP {status}")
+        self.status = status
+        self.body = body
 
 
 class RawClient:
@@ -81,12 +90,14 @@ class RawClient:
         """The next lines the server sent; :class:`ConnectionLost` once it closed."""
         return await self._incoming.receive_lines()
 
-    async def hello(self, nick: str, rooms: list[str]) -> list[bytes]:
+    async def hello(
+        self, nick: str, rooms: list[str], resume: dict[str, int] | None = None
+    ) -> list[bytes]:
         """Say hello and read up to ``welcome``; return every line read on the way.
 
         :class:`ConnectError` if the server refuses the nick.
         """
-        await self.send_line(encode(Hello(nick=nick, rooms=rooms)))
+        await self.send_line(encode(Hello(nick=nick, rooms=rooms, resume=resume)))
         seen: list[bytes] = []
         while True:
             lines = await self.receive_lines()
@@ -110,28 +121,43 @@ class RawClient:
 
 
 @asynccontextmanager
-async def open_raw(url: str, *, receive_buffer: int | None = None) -> AsyncIterator[RawClient]:
+async def open_raw(
+    url: str, *, receive_buffer: int | None = None, local_address: str | None = None
+) -> AsyncIterator[RawClient]:
     """A :class:`RawClient` on ``url``; ``receive_buffer`` fixes SO_RCVBUF before connecting.
 
     A fixed receive buffer turns off the kernel's autotuning (up to tens of MiB
     on loopback), so a reader that stops reading backs up into the server
-    after kilobytes instead of megabytes.
+    after kilobytes instead of megabytes. ``local_address`` binds the socket
+    first (another loopback address, say, to be another client to the server's
+    per-address limits). A WebSocket upgrade answered with a status instead is
+    :class:`Refused`.
     """
     address = parse_url(url)
-    stream = await _connect(address, receive_buffer)
-    async with trio.open_nursery() as nursery:
-        try:
-            ws = await _upgrade(nursery, address, stream) if address.scheme == "ws" else None
-            yield RawClient(address, stream, ws)
-        finally:
-            # Close before cancelling: a checkpoint in a cancelled scope here would
-            # replace the body's exception with Cancelled, and the nursery would eat it.
-            with trio.CancelScope(shield=True):
-                await trio.aclose_forcefully(stream)
-            nursery.cancel_scope.cancel()
+    stream = await _connect(address, receive_buffer, local_address)
+    rejected: ConnectionRejected | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            try:
+                ws = await _upgrade(nursery, address, stream) if address.scheme == "ws" else None
+                yield RawClient(address, stream, ws)
+            finally:
+                # Close before cancelling: a checkpoint in a cancelled scope here would
+                # replace the body's exception with Cancelled, and the nursery would eat it.
+                with trio.CancelScope(shield=True):
+                    await trio.aclose_forcefully(stream)
+                nursery.cancel_scope.cancel()
+    except* ConnectionRejected as group:  # trio-websocket's reader task raises the refusal
+        found = group.exceptions[0]
+        assert isinstance(found, ConnectionRejected)
+        rejected = found
+    if rejected is not None:
+        raise Refused(address, rejected.status_code, rejected.body or b"")
 
 
-async def _connect(address: Address, receive_buffer: int | None) -> trio.SocketStream:
+async def _connect(
+    address: Address, receive_buffer: int | None, local_address: str | None = None
+) -> trio.SocketStream:
     try:
         infos = await trio.socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
         family, kind, proto, _, sockaddr = infos[0]
@@ -139,6 +165,8 @@ async def _connect(address: Address, receive_buffer: int | None) -> trio.SocketS
         if receive_buffer is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
         try:
+            if local_address is not None:
+                await sock.bind((local_address, 0))
             await sock.connect(sockaddr)
         except BaseException:
             sock.close()
@@ -155,6 +183,8 @@ async def _upgrade(
         ws: WebSocketConnection = await wrap_client_stream(
             nursery, stream, address.host, "/", max_message_size=CLIENT_MAX_LINE
         )
+    except ConnectionRejected as exc:
+        raise Refused(address, exc.status_code, exc.body or b"") from None
     except Exception as exc:
         raise ConnectError(f"{address}: WebSocket handshake failed ({exc!r})") from None
     return ws

@@ -6,7 +6,16 @@ from collections.abc import Awaitable, Callable
 
 from harness.context import Context
 from harness.model import ScenarioResult
-from harness.scenarios import bad_input, broadcast, churn, departures, flood, resume, slow_reader
+from harness.scenarios import (
+    abuse,
+    bad_input,
+    broadcast,
+    churn,
+    departures,
+    flood,
+    resume,
+    slow_reader,
+)
 
 Run = Callable[[Context, ScenarioResult], Awaitable[None]]
 
@@ -19,4 +28,5 @@ SCENARIOS: dict[str, tuple[str, Run]] = {
     "bad_input": (bad_input.PROVES, bad_input.run),
     "churn": (churn.PROVES, churn.run),
     "resume": (resume.PROVES, resume.run),
+    "abuse": (abuse.PROVES, abuse.run),
 }

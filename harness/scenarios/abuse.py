@@ -1,0 +1,534 @@
+"""``abuse``: five resource attacks each meet their bound; an innocent client notices nothing.
+
+Theory of operation
+-------------------
+A *host* fills a room (the heap) with the longest messages the server takes,
+each stored escaped (about 48 KB a line), and stays to watch it. An
+*innocent* client lives in a room of its own. Then, one at a time:
+
+1. **history flood**: a few clients that never read (a small receive buffer,
+   fixed before connecting) join the heap and ask for ``history{limit:500}``
+   many times in one write. The host must see each evicted
+   (``left{slow_consumer}``) within ``--evict-within``.
+2. **resume amplification**: more such clients say ``hello`` with
+   ``resume: {heap: 0}`` (the heap's whole past) and never read. The host must
+   see each join (the server is not stuck), and they stay connected.
+3. **nested JSON**: a line of arrays nested 1,000 deep must get
+   ``error{bad_json}``, and the same session's next ``say`` its ``ack``.
+4. **room churn**: one client ``join``s and ``part``s hundreds of fresh room
+   names in one go. It must be held back (``rate_limited``, or
+   ``too_many_rooms``, or a disconnect) before it has made
+   :data:`CHURN_BOUND` rooms. Rooms are never freed while a server runs, so
+   the rooms it did make are a figure.
+5. **connection flood**: one address opens :data:`FLOOD_CONNECTIONS`
+   connections and holds the ones it gets. The excess must be refused
+   (``error{too_many_connections}`` on TCP, HTTP 429/503 on the WebSocket port).
+   The harness's own server applies its per-address limits to loopback for
+   this scenario (see :data:`harness.context.OWN_SERVER`); a ``--url`` server
+   exempts loopback by default, so there the check is skipped when nothing
+   was refused.
+
+During each attack the innocent sends counted messages in its own room (all
+must arrive, exactly once, in order, with no error) and a fresh client, from
+another loopback address when the server is on 127.0.0.1 (so the per-address
+limits the attack spends are not its own), must get from ``hello`` to
+``welcome`` within :data:`WELCOME_WITHIN`. When the harness runs its own
+server (it runs in this process), the process's resident memory may grow by
+at most :data:`RSS_SLACK` plus twice ``outbox_bytes`` per attacker during
+the history flood and the resume attack: what each attacker can pin is its
+outbox, whatever it asks for.
+
+The attackers are a fixed handful on top of ``--clients``, which this
+scenario does not use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack, suppress
+from pathlib import Path
+
+import trio
+
+from harness.context import Context, Target
+from harness.fleet import SEND_ERRORS, Fleet, Sim
+from harness.model import ScenarioResult
+from harness.raw import RawClient, Refused, open_raw
+from harness.scenarios.common import wait_until
+from harness.traffic import Phase, connect_check, run_phase
+from harness.wire import decode_line
+from triochat.client import parse_url
+from triochat.errors import ConnectionLost, TriochatError
+from triochat.protocol import encode
+from triochat.protocol.events import Hello, History, Join, Limits, Part, Quit, Say
+
+NAME = "abuse"
+PROVES = (
+    "history floods, resume amplification, room churn, connection floods and deep JSON"
+    " each meet their bound, and an innocent client notices nothing"
+)
+MIB = 1 << 20
+HEAVY_CHAR = "\x01"
+"""Stored escaped (``\\u0001``): six bytes on the wire and in memory for one character."""
+HEAP_MESSAGES = 50
+"""Heavy messages in the heap (about 2.4 MB): within the default burst of 60."""
+HISTORY_ATTACKERS = 2
+HISTORY_REQUESTS = 16
+"""``history{limit:500}`` per attacker, in one write: the whole heap each, 38 MB asked for."""
+RESUME_ATTACKERS = 16
+CHURN_ROOMS = 300
+CHURN_BOUND = 150
+"""A churner must be held back before it has made this many rooms."""
+FLOOD_CONNECTIONS = 32
+NESTING = 1000
+RECEIVE_BUFFER = 4096
+INNOCENT_MESSAGES = 10
+INNOCENT_RATE = 100.0
+WELCOME_WITHIN = 1.0
+RSS_SLACK = 16 * MIB
+ANSWER_WITHIN = 10.0
+"""Seconds a raw client waits for an answer it is owed."""
+OTHER_LOOPBACK = "127.0.0.2"
+
+
+async def run(ctx: Context, result: ScenarioResult) -> None:
+    async with ctx.target(NAME) as target, trio.open_nursery() as nursery:
+        fleet = Fleet(nursery, target.urls)
+        innocent, host = await fleet.open(
+            [ctx.nick(NAME, "innocent"), ctx.nick(NAME, "host")], [ctx.room(NAME, "-calm")]
+        )
+        if connect_check(result, [innocent, host]) and host.client is not None:
+            assert host.client.welcome is not None
+            limits = host.client.welcome.limits
+            attacks = Attacks(ctx, result, target, fleet, innocent, host, limits)
+            await host.client.join(attacks.heap)
+            if await attacks.fill():
+                for label, attack in (
+                    ("history flood", attacks.history_flood),
+                    ("resume amplification", attacks.resume_amplification),
+                    ("nested JSON", attacks.nested_json),
+                    ("room churn", attacks.room_churn),
+                    ("connection flood", attacks.connection_flood),
+                ):
+                    await attacks.during(label, attack)
+        await fleet.close(notes=result.notes)
+
+
+Attack = Callable[[], Awaitable[None]]
+
+
+class Attacks:
+    def __init__(
+        self,
+        ctx: Context,
+        result: ScenarioResult,
+        target: Target,
+        fleet: Fleet,
+        innocent: Sim,
+        host: Sim,
+        limits: Limits,
+    ) -> None:
+        self.ctx = ctx
+        self.result = result
+        self.url = target.urls[0]
+        self.own = target.server is not None
+        self.fleet = fleet
+        self.innocent = innocent
+        self.host = host
+        self.limits = limits
+        self.calm = ctx.room(NAME, "-calm")
+        self.heap = ctx.room(NAME, "-heap")
+        self.welcome_s: float | None = None
+        self.probes = 0
+        host_name = parse_url(self.url).host
+        self.probe_from = OTHER_LOOPBACK if host_name.startswith("127.") else None
+
+    def nick(self, label: str) -> str:
+        return self.ctx.nick(NAME, label)
+
+    # --- the innocent -------------------------------------------------------------
+
+    async def during(self, label: str, attack: Attack) -> None:
+        """Run ``attack`` while the innocent chats; then check the innocent saw no difference."""
+        self.welcome_s = None
+        async with trio.open_nursery() as nursery:
+            phases: list[Phase] = []
+
+            async def chat() -> None:
+                phases.append(
+                    await run_phase(
+                        self.ctx,
+                        NAME,
+                        label,
+                        self.calm,
+                        [self.innocent],
+                        [self.innocent],
+                        INNOCENT_MESSAGES,
+                        rate=INNOCENT_RATE,
+                    )
+                )
+
+            nursery.start_soon(chat)
+            await attack()
+        if self.welcome_s is None:  # the attack had no better moment to probe at
+            await self.probe_welcome()
+        self._innocent_check(label, phases[0])
+
+    async def probe_welcome(self) -> None:
+        """Time ``hello`` to ``welcome`` for a fresh client (another address on loopback)."""
+        self.probes += 1
+        nick = self.nick(f"probe{self.probes}")
+        started = trio.current_time()
+        try:
+            with trio.fail_after(ANSWER_WITHIN):
+                async with open_raw(self.url, local_address=self.probe_from) as raw:
+                    await raw.hello(nick, [self.ctx.room(NAME, "-probe")])
+                    self.welcome_s = trio.current_time() - started
+                    await _quit(raw)
+        except (trio.TooSlowError, TriochatError, OSError):
+            pass
+
+    def _innocent_check(self, label: str, phase: Phase) -> None:
+        tally = self.innocent.tally
+        lost, dup = tally.lost_and_duplicated(phase.book.sent, [0])
+        sent = sum(phase.book.sent)
+        errors = dict(tally.errors)
+        welcome = self.welcome_s
+        ok = (
+            phase.complete
+            and sent == INNOCENT_MESSAGES
+            and lost == dup == 0
+            and tally.out_of_order == tally.seq_defects == 0
+            and not errors
+            and welcome is not None
+            and welcome < WELCOME_WITHIN
+        )
+        self.result.check(
+            f"{label}: innocent unaffected",
+            f"the innocent's {INNOCENT_MESSAGES} messages arrive exactly once, in order, no"
+            f" error; a fresh client's hello→welcome < {WELCOME_WITHIN:g} s",
+            ok,
+            f"{sent} sent: lost {lost}, duplicated {dup}, out of order {tally.out_of_order},"
+            f" errors {errors or 'none'}; welcome "
+            + (f"in {welcome * 1000:.0f} ms" if welcome is not None else "never came"),
+        )
+        key = label.replace(" ", "_").lower()
+        if welcome is not None:
+            self.result.figures[f"{key}_welcome_ms"] = round(welcome * 1000, 1)
+
+    # --- the heap -----------------------------------------------------------------
+
+    async def fill(self) -> bool:
+        """A filler puts :data:`HEAP_MESSAGES` heavy messages in the heap, one at a time.
+
+        Each waits for the previous one's ``ack``, so the host (a member that
+        reads) never has more than a message or two of them queued; after the
+        burst they are paced under the announced rate.
+        """
+        say = encode(Say(room=self.heap, text=HEAVY_CHAR * self.limits.max_text))
+        rate = self.limits.rate_limit
+        burst = max(self.limits.burst - 4, 1) if rate > 0 else HEAP_MESSAGES
+        acks, failure = 0, ""
+        codes: list[str] = []
+        try:
+            with trio.fail_after(self.ctx.options.settle + HEAP_MESSAGES / max(rate, 1)):
+                async with open_raw(self.url) as raw:
+                    await raw.hello(self.nick("filler"), [self.heap])
+                    for n in range(HEAP_MESSAGES):
+                        if n >= burst:
+                            await trio.sleep(1 / (0.9 * rate))
+                        await raw.send_line(say)
+                        while acks <= n and not codes:
+                            for line in await raw.receive_lines():
+                                event = decode_line(line)
+                                acks += event.type == "ack"
+                                if event.type == "error":
+                                    codes.append(event.code)
+                        self.ctx.progress(f"{NAME}: filling the heap", acks, HEAP_MESSAGES)
+                    await _quit(raw)
+        except trio.TooSlowError:
+            failure = "; timed out"
+        except (TriochatError, OSError) as exc:
+            failure = f"; {exc}"
+        return self.result.check(
+            "heap filled",
+            f"{HEAP_MESSAGES} messages of {self.limits.max_text} escaped characters are"
+            " accepted into the attacked room",
+            acks == HEAP_MESSAGES,
+            f"{acks}/{HEAP_MESSAGES} acked, errors {codes or 'none'}{failure}",
+        )
+
+    # --- 1. history flood ---------------------------------------------------------
+
+    async def history_flood(self) -> None:
+        nicks = [self.nick(f"hoard{i}") for i in range(HISTORY_ATTACKERS)]
+        ask = encode(History(room=self.heap, limit=500))
+        before = rss()
+        async with AsyncExitStack() as stack:
+            for nick in nicks:
+                raw = await stack.enter_async_context(
+                    open_raw(self.url, receive_buffer=RECEIVE_BUFFER)
+                )
+                with suppress(ConnectionLost):
+                    await raw.hello(nick, [self.heap])
+                    await _send_all(raw, [ask] * HISTORY_REQUESTS)
+            evicted = await wait_until(
+                self.ctx,
+                f"{NAME}: history flood, waiting for evictions",
+                lambda: (sum(1 for n in nicks if self._evicted(n)), len(nicks)),
+                self.ctx.options.evict_within,
+            )
+            grown = _growth(before)
+            await self.probe_welcome()
+        seen = sum(1 for n in nicks if self._evicted(n))
+        self.result.check(
+            "history flood: hoarders evicted",
+            f"each of {len(nicks)} clients that never read and ask history{{limit:500}}"
+            f" x {HISTORY_REQUESTS} gets left{{slow_consumer}} within"
+            f" {self.ctx.options.evict_within:g} s",
+            evicted,
+            f"{seen}/{len(nicks)} evicted as slow consumers"
+            f" ({self._reasons(nicks) or 'no left at all'})",
+        )
+        self._memory_check("history flood", len(nicks), grown)
+
+    def _evicted(self, nick: str) -> bool:
+        return any(left.reason == "slow_consumer" for left in self.host.tally.left_of(nick))
+
+    def _reasons(self, nicks: list[str]) -> str:
+        return ", ".join(
+            sorted({left.reason for n in nicks for left in self.host.tally.left_of(n)})
+        )
+
+    # --- 2. resume amplification --------------------------------------------------
+
+    async def resume_amplification(self) -> None:
+        nicks = [self.nick(f"resume{i}") for i in range(RESUME_ATTACKERS)]
+        before = rss()
+        refused: list[str] = []
+        async with AsyncExitStack() as stack:
+            for nick in nicks:
+                try:
+                    raw = await stack.enter_async_context(
+                        open_raw(self.url, receive_buffer=RECEIVE_BUFFER)
+                    )
+                    await raw.hello(nick, [], resume={self.heap: 0})
+                except (TriochatError, OSError) as exc:
+                    refused.append(f"{nick}: {exc}")
+            joined = await wait_until(
+                self.ctx,
+                f"{NAME}: resume amplification, waiting for the joins",
+                lambda: (sum(1 for n in nicks if self.host.tally.joined[n]), len(nicks)),
+                ANSWER_WITHIN,
+            )
+            grown = _growth(before)
+            await self.probe_welcome()
+            stuck = [n for n in nicks if self.host.tally.left_of(n)]
+        self.result.check(
+            "resume amplification: server keeps serving",
+            f"{len(nicks)} clients resuming the heap from seq 0 and never reading are"
+            " welcomed and joined (the host sees each), and none is dropped while it holds on",
+            joined and not refused and not stuck,
+            f"{sum(1 for n in nicks if self.host.tally.joined[n])}/{len(nicks)} joined,"
+            f" {len(stuck)} dropped" + (f"; {refused[0]}" if refused else ""),
+        )
+        self._memory_check("resume amplification", len(nicks), grown)
+
+    # --- 3. nested JSON -----------------------------------------------------------
+
+    async def nested_json(self) -> None:
+        deep = b"[" * NESTING + b"]" * NESTING + b"\n"
+        room = self.ctx.room(NAME, "-deep")
+        codes: list[str] = []
+        acked = False
+        failure = ""
+        try:
+            with trio.fail_after(ANSWER_WITHIN):
+                async with open_raw(self.url) as raw:
+                    await raw.hello(self.nick("deep"), [room])
+                    await raw.send_line(deep)
+                    await raw.send_line(encode(Say(room=room, text="still here", id=1)))
+                    while not acked:
+                        for line in await raw.receive_lines():
+                            event = decode_line(line)
+                            if event.type == "error":
+                                codes.append(event.code)
+                            acked = acked or event.type == "ack"
+                    await _quit(raw)
+        except trio.TooSlowError:
+            failure = f"; no ack within {ANSWER_WITHIN:g} s"
+        except (TriochatError, OSError) as exc:
+            failure = f"; {exc}"
+        self.result.check(
+            "nested JSON: bad_json, session goes on",
+            f"a line nested {NESTING} deep gets error{{bad_json}} (and nothing else), and"
+            " the next say on the same connection its ack",
+            codes == ["bad_json"] and acked,
+            f"errors {codes or 'none'}, ack {'received' if acked else 'missing'}{failure}",
+        )
+
+    # --- 4. room churn ------------------------------------------------------------
+
+    async def room_churn(self) -> None:
+        nick = self.nick("churner")
+        (sim,) = await self.fleet.open([nick], [self.ctx.room(NAME, "-churn")])
+        client = sim.client
+        if client is None:
+            self.result.check("room churn: held back", "the churner connects", False, sim.failure)
+            return
+        rooms = [self.ctx.room(NAME, f"-c{i}") for i in range(CHURN_ROOMS)]
+        lines = [encode(Join(room=r)) + encode(Part(room=r)) for r in rooms]
+        with suppress(*SEND_ERRORS):
+            for i in range(0, CHURN_ROOMS, 25):
+                await client.send_raw(b"".join(lines[i : i + 25]))
+        tally = sim.tally
+
+        def answered() -> tuple[int, int]:
+            done = tally.joined[nick] - 1 + len(tally.left_of(nick)) + sum(tally.errors.values())
+            return (2 * CHURN_ROOMS if sim.closed_at_ns is not None else done), 2 * CHURN_ROOMS
+
+        await wait_until(self.ctx, f"{NAME}: room churn", answered, ANSWER_WITHIN)
+        created = tally.joined[nick] - 1  # its own first room is not churn
+        held = tally.errors["rate_limited"] + tally.errors["too_many_rooms"]
+        dropped = sim.closed_at_ns is not None
+        self.result.figures["churn_rooms_created"] = created
+        observed = (
+            f"{2 * CHURN_ROOMS} join/part sent for {CHURN_ROOMS} fresh rooms: {created} rooms"
+            f" made, {tally.errors['rate_limited']} rate_limited,"
+            f" {tally.errors['too_many_rooms']} too_many_rooms"
+            + (", disconnected" if dropped else "")
+        )
+        passed: bool | None = (held > 0 or dropped) and created < CHURN_BOUND
+        if not (held or dropped) and self.limits.rate_limit <= 0:
+            passed, observed = None, "skipped: the server has flood control off; " + observed
+        self.result.check(
+            "room churn: held back",
+            f"a client making fresh rooms as fast as it can is rate_limited or refused"
+            f" (too_many_rooms) or disconnected before it has made {CHURN_BOUND}",
+            passed,
+            observed,
+        )
+        await self.fleet.close([sim])
+
+    # --- 5. connection flood ------------------------------------------------------
+
+    async def connection_flood(self) -> None:
+        accepted = refused = 0
+        other: list[str] = []
+        held: list[RawClient] = []
+        room = self.ctx.room(NAME, "-flood")
+        async with AsyncExitStack() as stack:
+            for i in range(FLOOD_CONNECTIONS):
+                outcome = await _try_connection(stack, self.url, self.nick(f"f{i}"), room, held)
+                if outcome == "accepted":
+                    accepted += 1
+                elif outcome == "refused":
+                    refused += 1
+                else:
+                    other.append(outcome)
+            await self.probe_welcome()
+            for raw in held:
+                with suppress(TriochatError, OSError):
+                    await _quit(raw)
+        self.result.figures.update(flood_accepted=accepted, flood_refused=refused)
+        observed = (
+            f"{FLOOD_CONNECTIONS} connections from one address: {accepted} accepted,"
+            f" {refused} refused" + (f"; other: {other[0]}" if other else "")
+        )
+        cap = self.ctx.server_config(NAME).max_connections_per_ip if self.own else None
+        if cap is not None:
+            passed: bool | None = refused > 0 and accepted <= cap and not other
+            criterion = (
+                f"the connections over the address's limit ({cap}) are refused"
+                " (too_many_connections on TCP, HTTP 429/503 on WebSocket)"
+            )
+        else:
+            passed = refused > 0 and not other if refused else None
+            criterion = (
+                "connections over the address's limit are refused (too_many_connections,"
+                " HTTP 429/503); skipped when nothing is refused"
+            )
+            if passed is None:
+                observed = (
+                    "skipped: the server refused none (loopback is exempt from per-address"
+                    " limits unless it runs with --limit-loopback); " + observed
+                )
+        self.result.check("connection flood: excess refused", criterion, passed, observed)
+
+    # --- memory -------------------------------------------------------------------
+
+    def _memory_check(self, label: str, attackers: int, grown: int | None) -> None:
+        key = label.replace(" ", "_").lower()
+        bound = RSS_SLACK + 2 * attackers * self.limits.outbox_bytes
+        if grown is not None:
+            self.result.figures[f"{key}_rss_growth_mib"] = round(grown / MIB, 1)
+        if not self.own or grown is None:
+            return  # another process's memory is not ours to read
+        self.result.check(
+            f"{label}: memory bounded",
+            f"the server's resident memory grows by at most {RSS_SLACK // MIB} MiB + 2 x"
+            f" outbox_bytes per attacker ({bound / MIB:.1f} MiB for {attackers})",
+            grown <= bound,
+            f"grew {grown / MIB:.1f} MiB",
+        )
+
+
+async def _try_connection(
+    stack: AsyncExitStack, url: str, nick: str, room: str, held: list[RawClient]
+) -> str:
+    """``accepted`` (welcomed; kept in ``held``), ``refused`` (as documented), or what happened."""
+    try:
+        raw = await stack.enter_async_context(open_raw(url))
+    except Refused as exc:
+        if exc.status in (429, 503) and b"too_many_connections" in exc.body:
+            return "refused"
+        return f"HTTP {exc.status} {exc.body[:80]!r}"
+    except (TriochatError, OSError) as exc:
+        return str(exc)
+    with suppress(ConnectionLost):  # a refused TCP connection may be closed already
+        await raw.send_line(encode(Hello(nick=nick, rooms=[room])))
+    try:
+        with trio.fail_after(ANSWER_WITHIN):
+            while True:
+                for line in await raw.receive_lines():
+                    event = decode_line(line)
+                    if event.type == "welcome":
+                        held.append(raw)
+                        return "accepted"
+                    if event.type == "error" and event.code == "too_many_connections":
+                        return "refused"
+    except trio.TooSlowError:
+        return f"no answer to hello within {ANSWER_WITHIN:g} s"
+    except (TriochatError, OSError) as exc:
+        return f"closed without too_many_connections: {exc}"
+
+
+async def _send_all(raw: RawClient, lines: list[bytes]) -> None:
+    """Every line in one write on TCP; one message each on WebSocket."""
+    if raw.is_ws:
+        for line in lines:
+            await raw.send_line(line)
+    else:
+        await raw.send_line(b"".join(lines))
+
+
+async def _quit(raw: RawClient) -> None:
+    with suppress(ConnectionLost):
+        await raw.send_line(encode(Quit(reason="harness run finished")))
+
+
+def rss() -> int | None:
+    """This process's resident memory in bytes (the in-process server lives here), if known."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
+def _growth(before: int | None) -> int | None:
+    after = rss()
+    return None if before is None or after is None else after - before
