@@ -146,6 +146,8 @@ HIGHLIGHTS = {
     "churn_cycles": "{} churn cycles",
     "reconnects": "{} reconnects",
     "replayed_events": "{} events replayed",
+    "churn_rooms_created": "{} churn rooms made",
+    "connections_refused": "{} connections refused",
 }
 """Scenario-specific figures worth a glance; the rest are in --verbose and the JSON."""
 

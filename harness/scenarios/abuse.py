@@ -430,7 +430,7 @@ class Attacks:
             for raw in held:
                 with suppress(TriochatError, OSError):
                     await _quit(raw)
-        self.result.figures.update(flood_accepted=accepted, flood_refused=refused)
+        self.result.figures.update(connections_accepted=accepted, connections_refused=refused)
         observed = (
             f"{FLOOD_CONNECTIONS} connections from one address: {accepted} accepted,"
             f" {refused} refused" + (f"; other: {other[0]}" if other else "")
