@@ -6,7 +6,8 @@ from typing import Any, TypeVar
 
 import trio
 import wsproto
-from wsproto.events import AcceptConnection, Request, TextMessage
+from wsproto.connection import ConnectionState
+from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
 from triochat.client import Client, open_client, parse_url
 from triochat.protocol.events import Ack, ServerEvent
@@ -72,6 +73,33 @@ class RawWebSocket:
 
     async def send_text(self, text: str) -> None:
         await self.stream.send_all(self.ws.send(TextMessage(data=text)))
+
+    async def events_until_closed(
+        self, *, answer: bool = True, to_the_end: bool = False
+    ) -> list[wsproto.events.Event]:
+        """Every event the server sends until it ends the socket, a Close of its own
+        answered as a client should (``answer``).
+
+        Without ``answer`` (another task answers, or nobody: a peer mid-frame cannot),
+        it stops at the server's Close, or with ``to_the_end`` goes on to the socket's end.
+        """
+        events: list[wsproto.events.Event] = []
+        while True:
+            for event in self.ws.events():
+                events.append(event)
+                if not isinstance(event, CloseConnection):
+                    continue
+                if answer and self.ws.state is ConnectionState.REMOTE_CLOSING:
+                    await self.stream.send_all(self.ws.send(event.response()))
+                elif not answer and not to_the_end:
+                    return events
+            try:
+                data = await self.stream.receive_some()
+            except trio.BrokenResourceError:
+                data = b""
+            if not data:
+                return events
+            self.ws.receive_data(data)
 
     async def next_event(self, kind: type[wsproto.events.Event]) -> wsproto.events.Event:
         while True:

@@ -146,7 +146,7 @@ async def test_an_unfinished_fragmented_message_gets_message_timeout_and_1008(
         async with trio.open_nursery() as nursery:
             began = trio.current_time()
             nursery.start_soon(_drip_fragments, raw, "[", 10_000)
-            events = await _events_until_closed(raw, answer=False)
+            events = await raw.events_until_closed(answer=False)
             nursery.cancel_scope.cancel()
         assert trio.current_time() - began >= MESSAGE_TIMEOUT
         assert _errors(events) == ["message_timeout"]
@@ -162,7 +162,7 @@ async def test_a_dripped_single_frame_gets_message_timeout_and_1008(strict: Serv
         frame = raw.ws.send(TextMessage(data="x" * 500))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_drip_raw, raw, frame)
-            events = await _events_until_closed(raw, answer=False)
+            events = await raw.events_until_closed(answer=False)
             nursery.cancel_scope.cancel()
         assert _errors(events) == ["message_timeout"]
         assert [e.code for e in events if isinstance(e, CloseConnection)] == [1008]
@@ -181,7 +181,7 @@ async def test_fragments_adding_up_past_the_limit_get_1009(
         for _ in range(9):  # 4,500 bytes, never finished
             data = piece if kind is TextMessage else piece.encode()
             await raw.stream.send_all(raw.ws.send(kind(data=data, message_finished=False)))  # type: ignore[arg-type]
-        events = await _events_until_closed(raw)
+        events = await raw.events_until_closed()
         assert [e.code for e in events if isinstance(e, CloseConnection)] == [1009]
         assert set(_errors(events)) <= {"too_large"}  # trio-websocket closes without a line
         await raw.stream.aclose()
@@ -222,33 +222,6 @@ async def _drip_raw(raw: RawWebSocket, wire: bytes) -> None:
         pass
 
 
-async def _events_until_closed(
-    raw: RawWebSocket, *, answer: bool = True, to_the_end: bool = False
-) -> list[Event]:
-    """Every event the server sends until its Close, or with ``to_the_end`` until the socket ends.
-
-    ``answer``: this task answers the server's Close (else another task does, or
-    nobody: a peer mid-frame cannot).
-    """
-    events: list[Event] = []
-    while True:
-        for event in raw.ws.events():
-            events.append(event)
-            if not isinstance(event, CloseConnection):
-                continue
-            if answer:
-                await raw.stream.send_all(raw.ws.send(event.response()))
-            elif not to_the_end:
-                return events
-        try:
-            data = await raw.stream.receive_some()
-        except trio.BrokenResourceError:
-            data = b""
-        if not data:
-            return events
-        raw.ws.receive_data(data)
-
-
 def _errors(events: list[Event]) -> list[str]:
     """The codes of the error lines among ``events`` (every text line must decode)."""
     codes = []
@@ -273,7 +246,7 @@ async def test_nothing_follows_the_close_on_the_wire_while_the_room_chats(strict
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_chat, chatter)
                 nursery.start_soon(_drip_fragments, raw, "[", 10_000)
-                events = await _events_until_closed(raw, answer=False, to_the_end=True)
+                events = await raw.events_until_closed(answer=False, to_the_end=True)
                 nursery.cancel_scope.cancel()
             closes = [n for n, e in enumerate(events) if isinstance(e, CloseConnection)]
             assert closes == [len(events) - 1], events[-3:]

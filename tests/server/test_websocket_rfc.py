@@ -15,7 +15,6 @@ import pytest
 import trio
 import trio.testing
 import wsproto
-from wsproto.connection import ConnectionState
 from wsproto.events import (
     AcceptConnection,
     CloseConnection,
@@ -46,26 +45,6 @@ async def server(nursery: trio.Nursery, ws_engine: WsEngine) -> AsyncIterator[Se
     running: Server = await nursery.start(serve, config)
     yield running
     running.stop()
-
-
-async def _events_until_closed(raw: RawWebSocket) -> list[Event]:
-    """Every event the server sends from now until it closes the socket; a Close is answered."""
-    events: list[Event] = []
-    while True:
-        for event in raw.ws.events():
-            events.append(event)
-            if (
-                isinstance(event, CloseConnection)
-                and raw.ws.state is ConnectionState.REMOTE_CLOSING
-            ):
-                await raw.stream.send_all(raw.ws.send(event.response()))  # as a client should
-        try:
-            data = await raw.stream.receive_some()
-        except trio.BrokenResourceError:
-            data = b""
-        if not data:
-            return events
-        raw.ws.receive_data(data)
 
 
 async def test_a_request_that_is_not_an_upgrade_gets_an_http_error(server: Server) -> None:
@@ -111,7 +90,7 @@ async def test_a_close_from_the_client_is_answered_and_it_leaves(server: Server)
             await raw.send_text(encode(Hello(nick="polite")).decode())
             await raw.next_event(TextMessage)  # the welcome: it is in
             await raw.stream.send_all(raw.ws.send(CloseConnection(code=1000, reason="bye")))
-            closes = [e for e in await _events_until_closed(raw) if isinstance(e, CloseConnection)]
+            closes = [e for e in await raw.events_until_closed() if isinstance(e, CloseConnection)]
             assert [c.code for c in closes] == [1000]
             await skip_until(watcher, Left, nick="polite", reason=LeftReason.DISCONNECTED)
             await raw.stream.aclose()
@@ -129,7 +108,7 @@ async def test_a_message_over_the_limit_is_closed_with_1009_and_none_of_it_is_sa
             await raw.send_text(encode(Hello(nick="big")).decode())
             await raw.next_event(TextMessage)  # the welcome: it is in
             await raw.send_text("\n".join([say] * 5))
-            closes = [e for e in await _events_until_closed(raw) if isinstance(e, CloseConnection)]
+            closes = [e for e in await raw.events_until_closed() if isinstance(e, CloseConnection)]
             assert [c.code for c in closes] == [1009]
             await skip_until(watcher, Left, nick="big")
             await watcher.ping("sync")
