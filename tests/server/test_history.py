@@ -169,12 +169,12 @@ def test_store_keeps_the_retained_events_and_trims_the_rest_in_steps(tmp_path: P
     store = HistoryStore(path, retention)
     for start in range(1, last + 1, group):
         seqs = range(start, min(start + group, last + 1))
-        store.write([Row(room, seq, 0.0, b"%d\n" % seq) for seq in seqs for room in "ab"])
+        store.write([Row(room, seq, 0.0, b'{"seq":%d}\n' % seq) for seq in seqs for room in "ab"])
     past = store.load()
     store.close()
     for room in "ab":
         assert [row.seq for row in past[room]] == list(range(last - retention + 1, last + 1))
-        assert past[room][-1].line == b"%d\n" % last
+        assert past[room][-1].line == b'{"seq":%d}\n' % last
     with closing(sqlite3.connect(path)) as db:
         counts = dict(db.execute("SELECT room, COUNT(*) FROM events GROUP BY room"))
     assert counts.keys() == {"a", "b"}
