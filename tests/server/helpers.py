@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any, TypeVar
 
 import trio
@@ -10,7 +11,8 @@ from wsproto.connection import ConnectionState
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
 from triochat.client import Client, open_client, parse_url
-from triochat.protocol.events import Ack, ServerEvent
+from triochat.protocol import encode
+from triochat.protocol.events import Ack, Hello, Message, ServerEvent
 from triochat.server import Server
 
 E = TypeVar("E")
@@ -45,6 +47,27 @@ async def still_serving(server: Server) -> None:
         await settle_join(newcomer)
         await newcomer.say("lobby", "still here?", id="ok")
         await skip_until(newcomer, Ack, id="ok")
+
+
+async def stalled(url: str, hello: Hello) -> trio.SocketStream:
+    """A TCP client that says ``hello`` and then never reads.
+
+    A tiny receive buffer makes the kernel stop taking bytes for it early.
+    """
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await sock.connect(host_port(url))
+    stream = trio.SocketStream(sock)
+    await stream.send_all(encode(hello))
+    return stream
+
+
+async def fill(client: Client, room: str, count: int, text: str) -> None:
+    """Say ``count`` messages ``n:text``, reading the echoes now and then (not to be evicted)."""
+    for n in range(count):
+        await client.say(room, f"{n}:{text}")
+        if n % 20 == 19 or n == count - 1:
+            await skip_until(client, Message, text=f"{n}:{text}")
 
 
 async def settle_join(client: Client) -> None:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import socket
-
 import trio
 
-from tests.server.helpers import host_port, settle_join, skip_until
+from tests.server.helpers import fill, settle_join, skip_until, stalled
 from triochat.client import Client, open_client
 from triochat.protocol import decode_server, encode
 from triochat.protocol.events import (
@@ -27,16 +25,8 @@ TEXT = "x" * 4000
 
 
 async def _stalled_tcp_member(address: str, nick: str) -> trio.SocketStream:
-    """A real TCP client that says hello, reads its welcome, then never reads again.
-
-    A tiny receive buffer makes the kernel stop taking bytes for it early.
-    """
-    host, port = host_port(address)
-    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    await sock.connect((host, port))
-    stream = trio.SocketStream(sock)
-    await stream.send_all(encode(Hello(nick=nick)))
+    """A real TCP client that says hello, reads its welcome, then never reads again."""
+    stream = await stalled(address, Hello(nick=nick))
     first = await stream.receive_some(4096)
     assert isinstance(decode_server(first.split(b"\n")[0]), Welcome)
     return stream
@@ -109,14 +99,6 @@ LONG = "y" * 7900
 """A message near ``max_text``: 300 of them are 2.4 MB, several outbox bounds' worth."""
 
 
-async def _fill(client: Client, count: int) -> None:
-    """Say ``count`` long messages, reading the echoes every 50 (so as not to be evicted)."""
-    for n in range(count):
-        await client.say("lobby", f"{n}:{LONG}")
-        if n % 50 == 49 or n == count - 1:
-            await skip_until(client, Message, text=f"{n}:{LONG}")
-
-
 async def test_a_history_page_asked_for_is_capped_at_half_the_bound_and_pages_on(
     server: Server,
 ) -> None:
@@ -124,7 +106,7 @@ async def test_a_history_page_asked_for_is_capped_at_half_the_bound_and_pages_on
     with trio.fail_after(20):
         async with open_client(server.url("tcp"), "ada") as ada:
             await settle_join(ada)
-            await _fill(ada, 300)
+            await fill(ada, "lobby", 300, LONG)
             await ada.history("lobby", limit=500)
             first = await skip_until(ada, HistoryPage, room="lobby")
             await ada.history("lobby", before_seq=first.events[0].seq, limit=500)
@@ -144,7 +126,7 @@ async def test_asking_for_history_without_reading_it_gets_a_client_evicted(
     with trio.fail_after(30):
         async with open_client(server.url("tcp"), "ada") as ada:
             await settle_join(ada)
-            await _fill(ada, 300)
+            await fill(ada, "lobby", 300, LONG)
             hoarder = await _stalled_tcp_member(server.url("tcp"), "hoarder")
             ask = encode(History(room="lobby", limit=500))
             await hoarder.send_all(ask * 100)  # ~50 MB of pages, and not a byte read

@@ -4,14 +4,15 @@ memory is read from /proc, attacked over real sockets at a size the suite can af
 from __future__ import annotations
 
 import signal
-import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
 
-from tests.server.helpers import host_port, settle_join, skip_until
-from tests.server.test_cli import serving
-from triochat.client import Client, open_client
+from tests.server.helpers import fill, settle_join, skip_until, stalled
+from tests.server.test_cli import Proc, serving
+from triochat.client import open_client
 from triochat.protocol import encode
 from triochat.protocol.events import (
     Hello,
@@ -20,7 +21,6 @@ from triochat.protocol.events import (
     Joined,
     Left,
     LeftReason,
-    Message,
     Part,
     Welcome,
 )
@@ -38,22 +38,14 @@ def rss(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-async def stalled(url: str, hello: Hello) -> trio.SocketStream:
-    """A TCP client that says ``hello`` and then never reads (a tiny receive buffer)."""
-    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    await sock.connect(host_port(url))
-    stream = trio.SocketStream(sock)
-    await stream.send_all(encode(hello))
-    return stream
-
-
-async def fill(client: Client, room: str, count: int, text: str) -> None:
-    """Say ``count`` messages, reading the echoes now and then (so as not to be evicted)."""
-    for n in range(count):
-        await client.say(room, f"{n}:{text}")
-        if n % 20 == 19 or n == count - 1:
-            await skip_until(client, Message, text=f"{n}:{text}")
+@asynccontextmanager
+async def attacked_server(*extra: str) -> AsyncIterator[tuple[Proc, list[str]]]:
+    """A ``triochat serve`` with history in memory and no flood control, stopped in order after."""
+    args = ("--port", "0", "--tcp-port", "0", "--no-history", "--rate-limit", "0", *extra)
+    async with serving(*args) as (proc, urls):
+        yield proc, urls
+        proc.process.send_signal(signal.SIGTERM)
+        assert await proc.process.wait() == 0
 
 
 async def time_to_welcome(url: str) -> float:
@@ -67,46 +59,36 @@ async def test_history_requests_from_a_client_that_never_reads_pin_its_bound_at_
     """Finding: 58 history pages queued in one read (about 28 MB) before any check."""
     ask = encode(History(room="lobby", limit=500)) * 58
     with trio.fail_after(60):
-        args = ("--port", "0", "--tcp-port", "0", "--no-history", "--rate-limit", "0")
-        async with serving(*args) as (proc, urls):
-            async with open_client(urls[1], "ada") as ada:
-                await settle_join(ada)
-                await fill(ada, "lobby", 11, HEAVY)
-                before = rss(proc.process.pid)
-                for n in range(6):
-                    hoarder = await stalled(urls[1], Hello(nick=f"hoarder{n}"))
-                    await hoarder.send_all(ask)
-                    left = await skip_until(ada, Left, nick=f"hoarder{n}")
-                    assert left.reason is LeftReason.SLOW_CONSUMER
-                    await hoarder.aclose()
-                grown = rss(proc.process.pid) - before
-                assert await time_to_welcome(urls[1]) < 1.0
-            proc.process.send_signal(signal.SIGTERM)
-            assert await proc.process.wait() == 0
+        async with attacked_server() as (proc, urls), open_client(urls[1], "ada") as ada:
+            await settle_join(ada)
+            await fill(ada, "lobby", 11, HEAVY)
+            before = rss(proc.process.pid)
+            for n in range(6):
+                hoarder = await stalled(urls[1], Hello(nick=f"hoarder{n}"))
+                await hoarder.send_all(ask)
+                left = await skip_until(ada, Left, nick=f"hoarder{n}")
+                assert left.reason is LeftReason.SLOW_CONSUMER
+                await hoarder.aclose()
+            grown = rss(proc.process.pid) - before
+            assert await time_to_welcome(urls[1]) < 1.0
     assert grown < 8 * MIB, f"{grown / MIB:.1f} MiB more after six hoarders"
 
 
 async def test_resumes_by_clients_that_never_read_pin_their_bound_at_most() -> None:
     """Finding: one small hello with ``resume`` copied a room's whole history into the outbox."""
     with trio.fail_after(60):
-        args = ("--port", "0", "--tcp-port", "0", "--no-history", "--rate-limit", "0")
-        async with serving(*args) as (proc, urls):
-            async with open_client(urls[1], "ada") as ada:
-                await settle_join(ada)
-                await fill(ada, "lobby", 200, HEAVY)  # about 10 MB of history
-                before = rss(proc.process.pid)
-                attackers = []
-                for n in range(5):
-                    attackers.append(
-                        await stalled(urls[1], Hello(nick=f"r{n}", resume={"lobby": 0}))
-                    )
-                    await skip_until(ada, Joined, nick=f"r{n}")
-                grown = rss(proc.process.pid) - before
-                assert await time_to_welcome(urls[1]) < 1.0
-                for stream in attackers:
-                    await stream.aclose()
-            proc.process.send_signal(signal.SIGTERM)
-            assert await proc.process.wait() == 0
+        async with attacked_server() as (proc, urls), open_client(urls[1], "ada") as ada:
+            await settle_join(ada)
+            await fill(ada, "lobby", 200, HEAVY)  # about 10 MB of history
+            before = rss(proc.process.pid)
+            attackers = []
+            for n in range(5):
+                attackers.append(await stalled(urls[1], Hello(nick=f"r{n}", resume={"lobby": 0})))
+                await skip_until(ada, Joined, nick=f"r{n}")
+            grown = rss(proc.process.pid) - before
+            assert await time_to_welcome(urls[1]) < 1.0
+            for stream in attackers:
+                await stream.aclose()
     assert grown < 12 * MIB, f"{grown / MIB:.1f} MiB more after five stalled resumes"
 
 
@@ -114,35 +96,31 @@ async def test_a_thousand_evicted_sessions_leave_nothing_behind() -> None:
     """Evicted sessions each held a full outbox; none of it may outlive them, GC or not."""
     ask = encode(History(room="lobby", limit=500)) * 8
     with trio.fail_after(90):
-        args = (
-            "--port", "0", "--tcp-port", "0", "--no-history", "--rate-limit", "0",
-            "--outbox-bytes", "65536",
-        )  # fmt: skip
-        async with serving(*args) as (proc, urls):
-            async with open_client(urls[1], "ada") as ada:
-                await settle_join(ada)
-                await fill(ada, "lobby", 4, "z" * 7000)  # a page is 32 KB: two fill the outbox
+        async with (
+            attacked_server("--outbox-bytes", "65536") as (proc, urls),
+            open_client(urls[1], "ada") as ada,
+        ):
+            await settle_join(ada)
+            await fill(ada, "lobby", 4, "z" * 7000)  # a page is 32 KB: two fill the outbox
 
-                async def hoard(n: int) -> None:
-                    stream = await stalled(urls[1], Hello(nick=f"h{n}", rooms=["lobby"]))
-                    await stream.send_all(ask)
-                    while await stream.receive_some(1 << 16):  # until the server closes
-                        pass
-                    await stream.aclose()
+            async def hoard(n: int) -> None:
+                stream = await stalled(urls[1], Hello(nick=f"h{n}", rooms=["lobby"]))
+                await stream.send_all(ask)
+                while await stream.receive_some(1 << 16):  # until the server closes
+                    pass
+                await stream.aclose()
 
-                async def wave(first: int) -> None:
-                    async with trio.open_nursery() as nursery:
-                        for n in range(first, first + 25):
-                            nursery.start_soon(hoard, n)
+            async def wave(first: int) -> None:
+                async with trio.open_nursery() as nursery:
+                    for n in range(first, first + 25):
+                        nursery.start_soon(hoard, n)
 
-                await wave(0)
-                before = rss(proc.process.pid)
-                for first in range(25, 1000, 25):
-                    await wave(first)
-                grown = rss(proc.process.pid) - before
-                assert await time_to_welcome(urls[1]) < 1.0
-            proc.process.send_signal(signal.SIGTERM)
-            assert await proc.process.wait() == 0
+            await wave(0)
+            before = rss(proc.process.pid)
+            for first in range(25, 1000, 25):
+                await wave(first)
+            grown = rss(proc.process.pid) - before
+            assert await time_to_welcome(urls[1]) < 1.0
     assert grown < 16 * MIB, f"{grown / MIB:.1f} MiB more after 975 evictions"
 
 
@@ -150,19 +128,18 @@ async def test_joining_again_and_again_without_reading_pins_the_bound_at_most() 
     """Each join owes a past; a client that never reads gets it a page at a time, never all."""
     cycle = encode(Join(room="big")) + encode(Part(room="big"))
     with trio.fail_after(60):
-        args = ("--port", "0", "--tcp-port", "0", "--no-history", "--rate-limit", "0")
-        async with serving(*args) as (proc, urls):
-            async with open_client(urls[1], "ada", rooms=["big"]) as ada:
-                await settle_join(ada)
-                await fill(ada, "big", 50, HEAVY)  # a join's past: 50 events, about 2.4 MB
-                churner = await stalled(urls[1], Hello(nick="churner", rooms=["lobby"]))
-                before = rss(proc.process.pid)
-                await churner.send_all(cycle * 100)
-                for _ in range(100):  # every cycle done, as the room saw it
-                    await skip_until(ada, Left, nick="churner", room="big")
-                grown = rss(proc.process.pid) - before
-                assert await time_to_welcome(urls[1]) < 1.0
-                await churner.aclose()
-            proc.process.send_signal(signal.SIGTERM)
-            assert await proc.process.wait() == 0
+        async with (
+            attacked_server() as (proc, urls),
+            open_client(urls[1], "ada", rooms=["big"]) as ada,
+        ):
+            await settle_join(ada)
+            await fill(ada, "big", 50, HEAVY)  # a join's past: 50 events, about 2.4 MB
+            churner = await stalled(urls[1], Hello(nick="churner", rooms=["lobby"]))
+            before = rss(proc.process.pid)
+            await churner.send_all(cycle * 100)
+            for _ in range(100):  # every cycle done, as the room saw it
+                await skip_until(ada, Left, nick="churner", room="big")
+            grown = rss(proc.process.pid) - before
+            assert await time_to_welcome(urls[1]) < 1.0
+            await churner.aclose()
     assert grown < 8 * MIB, f"{grown / MIB:.1f} MiB more after 100 joins never read"

@@ -3,13 +3,11 @@ for a client that does not read."""
 
 from __future__ import annotations
 
-import socket
-
 import trio
 
-from tests.server.helpers import host_port, settle_join, skip_until
+from tests.server.helpers import fill, settle_join, skip_until, stalled
 from triochat.client import open_client
-from triochat.protocol import decode_server, encode
+from triochat.protocol import decode_server
 from triochat.protocol.events import (
     Hello,
     HistoryPage,
@@ -26,18 +24,11 @@ FILL = 300
 
 
 class LineReader:
-    """A raw TCP client with a tiny receive buffer: the server's writes stall early."""
+    """Reads a raw stream line by line (its tiny receive buffer stalls the server's writes)."""
 
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
         self._rest = b""
-
-    @classmethod
-    async def connect(cls, url: str) -> LineReader:
-        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        await sock.connect(host_port(url))
-        return cls(trio.SocketStream(sock))
 
     async def next(self) -> ServerEvent:
         while b"\n" not in self._rest:
@@ -54,12 +45,9 @@ async def test_a_resume_past_the_bound_arrives_whole_then_live_in_seq_order(
     with trio.fail_after(30):
         async with open_client(server.url("tcp"), "talker") as talker:
             await settle_join(talker)
-            for n in range(FILL):
-                await talker.say("lobby", f"{n}:{LONG}")
-                if n % 50 == 49:
-                    await skip_until(talker, Message, text=f"{n}:{LONG}")
-            reader = await LineReader.connect(server.url("tcp"))
-            await reader.stream.send_all(encode(Hello(nick="reader", resume={"lobby": 0})))
+            await fill(talker, "lobby", FILL, LONG)
+            hello = Hello(nick="reader", resume={"lobby": 0})
+            reader = LineReader(await stalled(server.url("tcp"), hello))
             # Said while the reader's replay is stalled in its socket: owed after the replay.
             for n in range(FILL, FILL + 20):
                 await talker.say("lobby", f"{n}:short")
