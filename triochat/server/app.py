@@ -47,8 +47,8 @@ from triochat.server.outbox import Flusher
 from triochat.server.session import Session
 from triochat.server.store import HistoryStore, commit_once, open_store, run_committer
 from triochat.transport.base import Connection, hostport, write_without_waiting
-from triochat.transport.release import release
-from triochat.transport.tcp import RECEIVE_SIZE, StreamConnection
+from triochat.transport.release import linger, release
+from triochat.transport.tcp import StreamConnection
 from triochat.transport.websocket import MessageWatch, WebSocketLines
 from triochat.transport.wsproto_ws import WsprotoConnection
 from triochat.transport.wsproto_ws import accept as accept_wsproto
@@ -333,18 +333,10 @@ def _refuse(
 
 
 async def _linger(server: Server, stream: trio.SocketStream) -> None:
-    """Close a refused connection once its peer has read the answer and closed.
-
-    Closing with the peer's request unread would make the kernel send a reset,
-    which may destroy the answer before the peer reads it.
-    """
+    """Close a refused connection once its peer has read the answer and closed (:func:`linger`)."""
     try:
         with trio.move_on_after(REFUSE_TIMEOUT_S):
-            stream.socket.shutdown(socket.SHUT_WR)
-            while await stream.receive_some(4096):
-                pass
-    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
+            await linger(stream)
     finally:
         server.limits.refusing -= 1
         stream.socket.close()
@@ -431,7 +423,7 @@ async def _refused_line_client(server: Server, stream: trio.SocketStream, remote
 
     The first byte is peeked, not read, so a WebSocket peer's request is left
     whole for the engine. The answer is one ``error{wrong_port}`` line, then a
-    lingering close: the peer's unread line must not turn our close into a reset.
+    lingering close (the peer's unread line must not turn our close into a reset).
     """
     try:
         first = await stream.socket.recv(1, socket.MSG_PEEK)
@@ -444,9 +436,7 @@ async def _refused_line_client(server: Server, stream: trio.SocketStream, remote
     log.debug("%s: a JSON line on the WebSocket port", remote)
     await stream.send_all(server.wrong_port["ws"])
     with trio.move_on_after(server.config.close_timeout):
-        await stream.send_eof()
-        while await stream.receive_some(RECEIVE_SIZE):
-            pass
+        await linger(stream)
     return True
 
 

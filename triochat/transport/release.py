@@ -1,8 +1,10 @@
-"""Releasing a byte stream at once, as cheaply as the stream allows."""
+"""Ending a byte stream: at once (:func:`release`), or after the peer's FIN (:func:`linger`)."""
 
 from __future__ import annotations
 
 import trio
+
+LINGER_READ = 64 * 1024
 
 
 async def release(stream: trio.abc.Stream) -> None:
@@ -17,3 +19,20 @@ async def release(stream: trio.abc.Stream) -> None:
         stream.socket.close()
     else:
         await trio.aclose_forcefully(stream)
+
+
+async def linger(stream: trio.abc.Stream) -> None:
+    """Our FIN, then read (and drop) until the peer's; the caller bounds the time.
+
+    Closing a socket with unread input makes the kernel send RST, which can
+    destroy our last lines before the peer reads them; waiting for the peer's
+    EOF first makes the close a flushed one. A peer already gone ends it early.
+    The caller releases the stream afterwards.
+    """
+    try:
+        if isinstance(stream, trio.abc.HalfCloseableStream):
+            await stream.send_eof()
+        while await stream.receive_some(LINGER_READ):
+            pass
+    except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+        pass

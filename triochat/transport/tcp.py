@@ -17,7 +17,7 @@ from triochat.transport.base import (
     receive_unfinished,
     write_without_waiting,
 )
-from triochat.transport.release import release
+from triochat.transport.release import linger, release
 
 RECEIVE_SIZE = 64 * 1024
 HTTP_REQUEST = re.compile(rb"(GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH|CONNECT|TRACE) ")
@@ -119,19 +119,9 @@ class StreamConnection:
         raise NotImplementedError("plain streams have no transport-level ping")
 
     async def close(self, code: CloseCode) -> None:
-        """A lingering close: FIN, then read until the peer's FIN (bounded by the caller).
-
-        Closing a socket with unread input makes the kernel send RST, which can
-        destroy our last lines before the peer reads them; waiting for the
-        peer's EOF first makes the close a flushed one.
-        """
+        """A lingering close (see :func:`linger`), bounded by the caller."""
         try:
-            if isinstance(self._stream, trio.abc.HalfCloseableStream):
-                await self._stream.send_eof()
-            while await self._stream.receive_some(RECEIVE_SIZE):
-                pass
-        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
-            pass
+            await linger(self._stream)
         finally:
             await self.abort()
 
