@@ -32,6 +32,7 @@ from triochat.protocol import ErrorCode, encode
 from triochat.protocol.events import Error
 from triochat.server.config import ServerConfig
 from triochat.server.ratelimit import TokenBucket
+from triochat.transport.base import http_refusal
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,6 @@ class Refusal(Enum):
         return 503 if self is Refusal.FULL else 429
 
 
-HTTP_REASONS = {429: "Too Many Requests", 503: "Service Unavailable"}
 NDJSON_HEADERS = ((b"Content-Type", b"application/x-ndjson"),)
 
 
@@ -78,17 +78,6 @@ def refusal_line(why: Refusal, limits: ConnectionLimits) -> bytes:
         ),
     }[why]
     return encode(Error(code=ErrorCode.TOO_MANY_CONNECTIONS, message=f"{message}; try later"))
-
-
-def http_refusal(status: int, body: bytes) -> bytes:
-    """A whole HTTP response (no upgrade) carrying ``body``, one NDJSON line."""
-    head = (
-        f"HTTP/1.1 {status} {HTTP_REASONS[status]}\r\n"
-        "Content-Type: application/x-ndjson\r\n"
-        f"Content-Length: {len(body)}\r\n"
-        "Connection: close\r\n\r\n"
-    )
-    return head.encode() + body
 
 
 def raise_open_files_limit() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Awaitable, Callable
 from enum import IntEnum
+from http import HTTPStatus
 from typing import Protocol, TypeVar
 
 import trio
@@ -45,6 +46,17 @@ def write_without_waiting(sock: trio.socket.SocketType, data: bytes) -> bytes:
     except OSError:  # the buffer is full, or the socket is gone
         return data
     return data[written:]
+
+
+def http_refusal(status: int, body: bytes) -> bytes:
+    """A whole HTTP response (no upgrade, then close) carrying ``body``, one NDJSON line."""
+    head = (
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
+        "Content-Type: application/x-ndjson\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    return head.encode() + body
 
 
 def hostport(host: str, port: int) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
+from http import HTTPStatus
 
 import trio
 
@@ -14,6 +15,7 @@ from triochat.transport.base import (
     DRIP_SIZE,
     CloseCode,
     WriteNow,
+    http_refusal,
     receive_unfinished,
     write_without_waiting,
 )
@@ -22,17 +24,6 @@ from triochat.transport.release import linger, release
 RECEIVE_SIZE = 64 * 1024
 HTTP_REQUEST = re.compile(rb"(GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH|CONNECT|TRACE) ")
 """How an HTTP request starts; no NDJSON line does."""
-
-
-def http_refusal(body: bytes) -> bytes:
-    """An HTTP 400 response carrying ``body`` (one NDJSON ``error`` line), then close."""
-    head = (
-        "HTTP/1.1 400 Bad Request\r\n"
-        "Content-Type: application/x-ndjson\r\n"
-        f"Content-Length: {len(body)}\r\n"
-        "Connection: close\r\n\r\n"
-    )
-    return head.encode() + body
 
 
 class StreamConnection:
@@ -104,7 +95,7 @@ class StreamConnection:
         if answer is None or not HTTP_REQUEST.match(first):
             return
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await self._stream.send_all(http_refusal(answer))
+            await self._stream.send_all(http_refusal(HTTPStatus.BAD_REQUEST, answer))
         raise WrongPort(f"{self.remote}: an HTTP request on the TCP port")
 
     async def send(self, data: bytes) -> None:
