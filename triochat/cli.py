@@ -106,6 +106,12 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
         help="bytes of history one room keeps in memory (oldest events go first)",
     )
     p.add_argument(
+        "--history-bytes",
+        type=argtypes.positive_int,
+        default=DEFAULTS.history_bytes,
+        help="bytes of history all rooms keep in memory together (empty rooms are freed first)",
+    )
+    p.add_argument(
         "--max-connections",
         type=argtypes.positive_int,
         default=DEFAULTS.max_connections,
@@ -214,6 +220,7 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         max_rooms=args.max_rooms,
         max_rooms_per_client=args.max_rooms_per_client,
         room_history_bytes=args.room_history_bytes,
+        history_bytes=args.history_bytes,
         max_connections=args.max_connections,
         max_connections_per_ip=args.max_connections_per_ip,
         connect_rate=args.connect_rate,

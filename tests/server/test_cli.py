@@ -22,7 +22,7 @@ from tests.server.helpers import host_port, skip_until
 from triochat import cli
 from triochat.client import open_client
 from triochat.protocol import encode, rules
-from triochat.protocol.events import Hello, Joined, Notice, Welcome
+from triochat.protocol.events import Hello, HistoryPage, Joined, Notice, Welcome
 from triochat.server.config import MIN_MAX_LINE
 from triochat.server.hub import Row
 from triochat.server.store import HistoryStore
@@ -288,31 +288,53 @@ async def test_ctrl_c_while_modules_import_is_one_line_and_status_130(
 
 
 @pytest.mark.parametrize(
-    ("seqs", "bad", "says"),
+    ("seqs", "bad", "says", "served"),
     [
-        ([1, 2, 5, 6], None, "room 'lobby' has no event 3 after 2"),
-        ([1, 2, 3], 2, "room 'lobby' event 2 is not a JSON event"),
+        ([1, 2, 5, 6], None, "room 'lobby' has no event 3 after 2", [5, 6]),
+        ([1, 2, 3], 2, "room 'lobby' event 2 is not a JSON event", [3]),
     ],
     ids=["seq-gap", "not-json"],
 )
-async def test_damaged_history_is_one_line_naming_the_room_and_the_repair(
-    seqs: list[int], bad: int | None, says: str, tmp_path: Path
+async def test_damaged_history_is_served_after_the_damage_with_one_line_naming_the_repair(
+    seqs: list[int], bad: int | None, says: str, served: list[int], tmp_path: Path
 ) -> None:
     db = tmp_path / "history.sqlite3"
     store = HistoryStore(db, retention=100)
-    good = encode(Joined(room="lobby", nick="ada", seq=1, ts=1.0))
-    store.write(Row("lobby", seq, 1.0, b"not json" if seq == bad else good) for seq in seqs)
+    store.write(
+        Row(
+            "lobby",
+            seq,
+            1.0,
+            b"not json"
+            if seq == bad
+            else encode(Joined(room="lobby", nick="ada", seq=seq, ts=1.0)),
+        )
+        for seq in seqs
+    )
     store.close()
     args = ["--port", "0", "--tcp-port", "0", "--db", str(db)]
+
+    async def join_lobby(url: str) -> tuple[list[int], int]:
+        async with open_client(url, "bob") as bob:
+            joined = await skip_until(bob, Joined, nick="bob")
+            page = await skip_until(bob, HistoryPage)
+            return [event.seq for event in page.events], joined.seq
+
     with trio.fail_after(20):
-        failed = await trio.run_process([*SERVE, *args], capture_stderr=True, check=False)
-        err = failed.stderr.decode()
-        assert failed.returncode == 1
-        assert err.count("\n") == 1, err
-        assert f"{says}; to drop its events up to 2 and start, run: sqlite3 {db} " in err
-        repair = err.split(f"sqlite3 {db} ")[1].strip().strip('"')
-        with sqlite3.connect(db) as con:
-            con.execute(repair)  # the advice, taken as given
-        async with serving(*args) as (proc, _):
+        async with serving(*args) as (proc, urls):
+            assert await join_lobby(urls[1]) == (served, seqs[-1] + 1)
             proc.process.send_signal(signal.SIGTERM)
             assert await proc.process.wait() == 0
+            err = await proc.stderr()
+        warnings = [line for line in err.splitlines() if "history database" in line]
+        assert len(warnings) == 1, err
+        assert f"{says}; serving its events after 2;" in warnings[0]
+        repair = warnings[0].split(f"sqlite3 {db} ")[1].strip().strip('"')
+        with sqlite3.connect(db) as con:
+            con.execute(repair)  # the advice, taken as given
+        async with serving(*args) as (proc, urls):
+            history, _ = await join_lobby(urls[1])
+            assert history[: len(served)] == served, "the repair keeps what was served"
+            proc.process.send_signal(signal.SIGTERM)
+            assert await proc.process.wait() == 0
+            assert "history database" not in await proc.stderr()

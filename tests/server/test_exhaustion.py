@@ -17,6 +17,7 @@ from triochat.protocol import encode
 from triochat.protocol.events import (
     Hello,
     History,
+    HistoryPage,
     Join,
     Joined,
     Left,
@@ -24,6 +25,8 @@ from triochat.protocol.events import (
     Part,
     Welcome,
 )
+from triochat.server.hub import Row
+from triochat.server.store import HistoryStore
 
 MIB = 1 << 20
 HEAVY = "\x01" * 7990
@@ -143,3 +146,52 @@ async def test_joining_again_and_again_without_reading_pins_the_bound_at_most() 
             assert await time_to_welcome(urls[1]) < 1.0
             await churner.aclose()
     assert grown < 8 * MIB, f"{grown / MIB:.1f} MiB more after 100 joins never read"
+
+
+async def test_fresh_rooms_made_across_reconnects_stay_within_the_history_budget() -> None:
+    """Finding: every room ever named stayed in memory (~900 bytes each), from one client
+    reconnecting to get round the per-connection limits."""
+    budget, per_connection, connections = 2 * MIB, 4000, 5
+    with trio.fail_after(90):
+        async with attacked_server("--history-bytes", str(budget)) as (proc, urls):
+            before = rss(proc.process.pid)
+            for c in range(connections):
+                async with open_client(urls[1], f"churner{c}") as churner:
+                    await settle_join(churner)
+                    for first in range(0, per_connection, 100):  # read as it goes
+                        rooms = [f"c{c}-{n}" for n in range(first, first + 100)]
+                        await churner.send_raw(
+                            b"".join(encode(Join(room=r)) + encode(Part(room=r)) for r in rooms)
+                        )
+                        await skip_until(churner, Left, room=rooms[-1])
+            grown = rss(proc.process.pid) - before
+            assert await time_to_welcome(urls[1]) < 1.0
+    made = per_connection * connections
+    assert grown < budget + 6 * MIB, f"{grown / MIB:.1f} MiB more after {made} rooms"
+
+
+async def test_half_a_million_stored_rooms_start_at_once_and_load_when_joined(
+    tmp_path: Path,
+) -> None:
+    """Finding: with --db, every room was loaded at start-up (500,000: 12.1 s, 607 MB)."""
+    db = tmp_path / "history.sqlite3"
+    store = HistoryStore(db, retention=100)
+    store.write(
+        Row(f"r{n}", 1, 1.0, encode(Joined(room=f"r{n}", nick="ada", seq=1, ts=1.0)))
+        for n in range(500_000)
+    )
+    store.close()
+    with trio.fail_after(60):
+        started = trio.current_time()
+        async with serving("--port", "0", "--tcp-port", "0", "--db", str(db)) as (proc, urls):
+            took = trio.current_time() - started
+            memory = rss(proc.process.pid)
+            async with open_client(urls[1], "bob", rooms=["r123456"]) as bob:
+                joined = await skip_until(bob, Joined, nick="bob")
+                page = await skip_until(bob, HistoryPage)
+            proc.process.send_signal(signal.SIGTERM)
+            assert await proc.process.wait() == 0
+    assert took < 2.0, f"{took:.2f} s to start"
+    assert memory < 100 * MIB, f"{memory / MIB:.0f} MiB at start"
+    assert joined.seq == 2
+    assert [(e.nick, e.seq) for e in page.events if isinstance(e, Joined)] == [("ada", 1)]

@@ -12,23 +12,36 @@ from triochat.client import open_client
 from triochat.protocol import encode
 from triochat.protocol.events import Error, HistoryPage, Message
 from triochat.server import Server, serve
-from triochat.server.roomlog import RoomLog
+from triochat.server.roomlog import LINE_COST, RoomLog
 
 HEAVY = "\x01" * 7990
 """Stored escaped: a 48 KB line."""
 
 
 def test_a_room_log_keeps_the_newest_lines_that_fit_its_bytes() -> None:
-    log = RoomLog(retention=100, max_bytes=10)
+    cost = 4 + LINE_COST  # what a 4-byte line takes in memory
+    log = RoomLog(retention=100, max_bytes=2 * cost + 3)
     for seq in range(1, 8):
-        log.append(seq, b"abcd")  # 4 bytes each: two fit, never a third
+        log.append(seq, b"abcd")  # two fit, never a third
     assert log.before(None, 100) == [b"abcd", b"abcd"]
-    assert log.retained_bytes == 8
+    assert log.retained_bytes == 2 * cost
     assert log.page(0, log.next_seq, 100, 100) == (7, [b"abcd", b"abcd"])
     assert log.between(0, 8) == [b"abcd", b"abcd"]
     log.append(8, b"x" * 50)  # larger than the bound alone: still kept, as the newest
     assert log.before(None, 100) == [b"x" * 50]
     assert log.next_seq == 9
+
+
+def test_a_shrunk_room_log_keeps_its_newest_lines_and_its_numbering() -> None:
+    log = RoomLog(retention=100)
+    for seq in range(1, 11):
+        log.append(seq, b"%d" % seq)
+    log.shrink(3 * (2 + LINE_COST))
+    assert log.before(None, 100) == [b"8", b"9", b"10"]
+    log.shrink(0)  # the newest always stays
+    assert log.before(None, 100) == [b"10"]
+    log.append(11, b"11")
+    assert log.between(0, 12) == [b"10", b"11"]
 
 
 async def test_history_in_memory_is_bounded_in_bytes_per_room(nursery: trio.Nursery) -> None:

@@ -45,7 +45,13 @@ from triochat.server.limits import (
 )
 from triochat.server.outbox import Flusher
 from triochat.server.session import Session
-from triochat.server.store import HistoryStore, commit_once, open_store, run_committer
+from triochat.server.store import (
+    HistoryStore,
+    RoomLoader,
+    commit_once,
+    open_store,
+    run_committer,
+)
 from triochat.transport.base import Connection, hostport, write_without_waiting
 from triochat.transport.release import linger, release
 from triochat.transport.tcp import StreamConnection
@@ -84,6 +90,8 @@ class Server:
     """Per listener scheme, the one ``error{wrong_port}`` line for a peer that speaks
     the other listener's protocol there (see :func:`wrong_port_line`)."""
     limits: ConnectionLimits = field(init=False)
+    loader: RoomLoader | None = None
+    """Brings rooms back from the history database before they are joined; None without one."""
 
     def __post_init__(self) -> None:
         self.limits = ConnectionLimits(self.config)
@@ -121,12 +129,10 @@ async def serve(
     store = opened.store if opened else None
     server: Server | None = None
     try:
-        hub = (
-            Hub(config, durable=True, past=opened.past, server_id=opened.server_id)
-            if opened
-            else Hub(config)
-        )
+        hub = Hub(config, durable=True, server_id=opened.server_id) if opened else Hub(config)
         server = Server(config=config, hub=hub, flusher=Flusher(config.batch_turns))
+        if store is not None:
+            server.loader = RoomLoader(hub, store, server.fail)
         hub.on_fanout = server.flusher.mark_group
         listeners = await _open_all(server)
         async with trio.open_nursery() as background:
@@ -542,7 +548,14 @@ def _handshake_deadline(server: Server, remote: str) -> Iterator[None]:
 
 
 async def _run_session(server: Server, conn: Connection, claim: Claim) -> None:
-    session = Session(conn, server.hub, server.config, server.flusher, address=claim.address)
+    session = Session(
+        conn,
+        server.hub,
+        server.config,
+        server.flusher,
+        address=claim.address,
+        loader=server.loader,
+    )
     server._sessions.add(session)
     try:
         if server._stop.is_set():

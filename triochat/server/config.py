@@ -49,9 +49,12 @@ class ServerConfig:
     max_rooms_per_client: int = 100
     """Rooms one client may be in at once (``welcome.limits.max_rooms`` on the wire)."""
     max_rooms: int = 100_000
-    """Rooms the server holds at once; a join that would create one more is refused."""
+    """Rooms with members at once; a join that would open one more is refused."""
     room_history_bytes: int = 8 * MIB
     """Bytes of retained history one room may keep in memory (its oldest events go first)."""
+    history_bytes: int = 256 * MIB
+    """Bytes all rooms' history may take in memory, empty rooms' included; past it,
+    empty rooms are freed (least recently used first), then the largest rooms trimmed."""
 
     max_connections: int | None = None
     """Connections served at once; None: as many as the open-files limit allows, less a reserve."""

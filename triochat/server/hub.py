@@ -24,6 +24,17 @@ finishes, through a work queue, because evicting broadcasts a ``left`` that may
 overflow yet another peer. The queue makes that cascade iterative and lets each
 peer be evicted exactly once.
 
+Rooms live while they have members. An empty room stays in memory, idle, for
+whoever joins next, until the history budget (``history_bytes``) needs its
+room: idle rooms are then freed, least recently used first, and only if that
+is not enough are the largest rooms' oldest events dropped. A freed room's
+``seq`` never goes back: with a store, the room is loaded again, whole, before
+its next join (see :meth:`restore`; a room is freed only once its events are
+saved, and not while a load of it is under way); without one, its history is
+gone and a room made again under its name numbers on after every ``seq`` the
+hub has forgotten, so a client resuming it sees a gap rather than a
+different past under the same numbers.
+
 The hub knows nothing of trio or sockets, so its rules are tested directly.
 """
 
@@ -31,8 +42,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections import deque
-from collections.abc import Callable, Generator, Iterable
+from collections import Counter, deque
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
@@ -50,6 +62,14 @@ from triochat.protocol.events import (
 )
 from triochat.server.config import ServerConfig
 from triochat.server.roomlog import RoomLog
+
+ROOM_COST = 1024
+"""What a room takes in memory besides its history (its objects, its name, the
+dict slots that hold it): counted against ``history_bytes`` so that many small
+rooms are bounded as well as a few large ones."""
+SHED_TO = 0.9
+"""Freeing for the history budget goes down to this share of it, so that it
+happens once per tenth of the budget written, not on every event."""
 
 
 class Peer(Protocol):
@@ -116,6 +136,9 @@ class Room:
     """Members whose past is still being sent: they get this room's events from its
     log until they are level, and only then from fan-out."""
     _recipients: tuple[Member, ...] | None = None
+    unsaved: int = 0
+    """The store generation of its newest event (see :meth:`Hub.saved`): until that
+    generation is saved the room may not be freed, or a load could miss it."""
 
     def nicks(self) -> list[str]:
         return [m.nick for m in self.members.values()]
@@ -188,7 +211,6 @@ class Hub:
         config: ServerConfig,
         *,
         durable: bool = False,
-        past: dict[str, list[Row]] | None = None,
         server_id: str | None = None,
     ) -> None:
         self._config = config
@@ -202,13 +224,19 @@ class Hub:
         self.on_held: Callable[[], None] = lambda: None
         self.on_fanout: Callable[[tuple[Member, ...]], None] = self._flush_now
         """Told the recipients after each fan-out; by default they are flushed at once."""
-        self._rooms: dict[str, Room] = {
-            name: Room(
-                name=name,
-                log=RoomLog.restore(config.retention, rows, max_bytes=config.room_history_bytes),
-            )
-            for name, rows in (past or {}).items()
-        }
+        self._rooms: dict[str, Room] = {}
+        self._idle: dict[str, Room] = {}
+        """The rooms without members, least recently emptied first."""
+        self._history_bytes = 0
+        """What the rooms in memory take, by :data:`ROOM_COST` and their logs."""
+        self._seq_floor = 0
+        """The highest ``seq`` of a room freed without a store: rooms start after it."""
+        self._pinned: Counter[str] = Counter()
+        """Rooms being loaded from the store (see :meth:`pinned`), not to be freed meanwhile."""
+        self._generation = 1
+        """The store generation of events not yet taken by the committer."""
+        self._saved = 0
+        """The newest store generation known saved."""
         self._members: dict[str, Member] = {}
         self._evictions: deque[Member] = deque()
         self._evicting = False
@@ -222,6 +250,15 @@ class Hub:
     def room_nicks(self, room: str) -> list[str]:
         found = self._rooms.get(room)
         return found.nicks() if found else []
+
+    @property
+    def rooms_in_memory(self) -> int:
+        return len(self._rooms)
+
+    @property
+    def history_bytes(self) -> int:
+        """What the rooms in memory take (see :data:`ROOM_COST`), against ``history_bytes``."""
+        return self._history_bytes
 
     # --- attach / detach ----------------------------------------------------
 
@@ -272,6 +309,7 @@ class Hub:
                 f"at most {self._config.max_rooms_per_client} rooms at once",
             )
         target = self._room(name)
+        self._idle.pop(name, None)
         target.members[member.key] = member
         target.catching_up.add(member)
         target.changed()
@@ -363,32 +401,135 @@ class Hub:
         del room.members[member.key]
         room.changed()
         member.rooms.discard(room.name)
+        if not room.members:
+            self._idle[room.name] = room
+            self._shed()
 
     def admit(self, names: list[str]) -> tuple[list[str], list[str]]:
-        """``names`` split into the rooms that exist or can still be made, and the rest."""
-        room_for = self._config.max_rooms - len(self._rooms)
+        """``names`` split into the rooms that have members or can still open, and the rest."""
+        room_for = self._config.max_rooms - self._active
         admitted, refused = [], []
         for name in names:
-            if name in self._rooms or room_for > 0:
-                room_for -= name not in self._rooms
+            opens = self._opens(name)
+            if not opens or room_for > 0:
+                room_for -= opens
                 admitted.append(name)
             else:
                 refused.append(name)
         return admitted, refused
 
+    @property
+    def _active(self) -> int:
+        """Rooms with members: what ``max_rooms`` bounds."""
+        return len(self._rooms) - len(self._idle)
+
+    def _opens(self, name: str) -> bool:
+        """Whether a join to ``name`` would open a room (one without members)."""
+        return name not in self._rooms or name in self._idle
+
     def _room(self, name: str) -> Room:
         """The room ``name``, made if new; ``too_many_rooms`` if the server holds its limit."""
+        config = self._config
+        if self._opens(name) and self._active >= config.max_rooms:
+            raise ProtocolError(
+                ErrorCode.TOO_MANY_ROOMS,
+                f"the server holds its limit of {config.max_rooms} rooms",
+            )
         found = self._rooms.get(name)
         if found is None:
-            config = self._config
-            if len(self._rooms) >= config.max_rooms:
-                raise ProtocolError(
-                    ErrorCode.TOO_MANY_ROOMS,
-                    f"the server holds its limit of {config.max_rooms} rooms",
-                )
-            log = RoomLog(config.retention, max_bytes=config.room_history_bytes)
-            found = self._rooms[name] = Room(name=name, log=log)
+            found = self._keep(
+                name,
+                RoomLog(
+                    config.retention, max_bytes=config.room_history_bytes, last_seq=self._seq_floor
+                ),
+            )
         return found
+
+    # --- memory: idle rooms, the store, the history budget ---------------------------
+
+    def unloaded(self, names: Iterable[str]) -> list[str]:
+        """Of ``names`` (raw; invalid ones skipped), the rooms a store must load before
+        a join (see :meth:`restore`): none without a store."""
+        if not self._durable:
+            return []
+        wanted = []
+        for raw in names:
+            try:
+                name = rules.check_room(raw)
+            except ProtocolError:
+                continue
+            if name not in self._rooms:
+                wanted.append(name)
+        return list(dict.fromkeys(wanted))
+
+    @contextmanager
+    def pinned(self, names: Sequence[str]) -> Iterator[None]:
+        """Keep ``names`` from being freed while a load of them is under way: a room
+        loaded and changed meanwhile would make what the load read out of date."""
+        pinned = self._pinned
+        pinned.update(names)
+        try:
+            yield
+        finally:
+            for name in names:
+                pinned[name] -= 1
+                if not pinned[name]:
+                    del pinned[name]
+
+    def restore(self, name: str, rows: Sequence[Row], last_seq: int) -> None:
+        """Put room ``name`` back in memory from the store: ``rows`` (its newest events,
+        consecutive, oldest first) and, if there are none, the ``seq`` it ended at.
+
+        Does nothing if the room is in memory already: that copy is newer. The
+        room is idle until someone joins; it is not freed before the next change.
+        """
+        if name in self._rooms:
+            return
+        config = self._config
+        log = RoomLog.restore(
+            config.retention, rows, max_bytes=config.room_history_bytes, last_seq=last_seq
+        )
+        self._idle[name] = self._keep(name, log)
+
+    def _keep(self, name: str, log: RoomLog) -> Room:
+        room = self._rooms[name] = Room(name=name, log=log)
+        self._history_bytes += ROOM_COST + log.retained_bytes
+        return room
+
+    def _shed(self) -> None:
+        """Keep the rooms within ``history_bytes``: free idle rooms, least recently
+        used first, then trim the largest rooms' oldest events."""
+        budget = self._config.history_bytes
+        if self._history_bytes <= budget:
+            return
+        target = budget * SHED_TO
+        freeing = self._history_bytes - target
+        victims = []
+        for room in self._idle.values():
+            if freeing <= 0:
+                break
+            if room.unsaved <= self._saved and room.name not in self._pinned:
+                victims.append(room)
+                freeing -= ROOM_COST + room.log.retained_bytes
+        for room in victims:
+            self._forget(room)
+        while self._history_bytes > target and self._trim_largest(target):
+            pass
+
+    def _forget(self, room: Room) -> None:
+        del self._rooms[room.name]
+        del self._idle[room.name]
+        self._history_bytes -= ROOM_COST + room.log.retained_bytes
+        self._seq_floor = max(self._seq_floor, room.log.last_seq)
+
+    def _trim_largest(self, target: float) -> bool:
+        """Drop the oldest events of the room holding most; False if none can give any."""
+        room = max(self._rooms.values(), key=lambda r: r.log.retained_bytes)
+        log = room.log
+        before = log.retained_bytes
+        log.shrink(max(before - (self._history_bytes - target), before // 2))
+        self._history_bytes -= before - log.retained_bytes
+        return log.retained_bytes < before
 
     def _membership(self, member: Member, room: str) -> str:
         name = rules.check_room(room)
@@ -477,9 +618,15 @@ class Hub:
     def _publish(self, room: Room, event: Joined | Left | Message) -> bytes:
         """Record a room event and fan it out: encoded once, queued without waiting."""
         line = encode(event)
-        room.log.append(event.seq, line)
+        log = room.log
+        held = log.retained_bytes
+        log.append(event.seq, line)
+        self._history_bytes += log.retained_bytes - held
         if self._durable:
             self._unsaved.append(Row(room.name, event.seq, event.ts, line))
+            room.unsaved = self._generation
+        if self._history_bytes > self._config.history_bytes:
+            self._shed()
         self._emit(room.recipients, line, room_event=True)
         return line
 
@@ -539,13 +686,20 @@ class Hub:
         rows, held = self._unsaved, self._held
         self._unsaved, self._held = [], []
         self._in_flight = True
+        self._generation += 1
         return rows, held
 
     def release(self, held: list[Held]) -> None:
-        """Deliver what waited for a commit, in the order it was emitted."""
+        """Deliver what waited for a commit, in the order it was emitted.
+
+        Everything taken is saved now, so the rooms it touched may be freed.
+        """
         self._in_flight = False
+        self._saved = self._generation - 1
         for members, line, replay, room_event in held:
             self._deliver(members, line, replay, room_event)
+        if self._history_bytes > self._config.history_bytes:
+            self._shed()  # rooms that were waiting for this commit may go now
 
     def _run_evictions(self) -> None:
         """Evict every overflowed member; runs once at the outermost fan-out."""

@@ -7,13 +7,21 @@ index by subtraction. The oldest retained event is ``_oldest``: it moves on
 when the count or the bytes pass their bound (the newest event is always
 kept). Lines before it are dropped in one slice once they are as many as the
 lines kept, so trimming is amortised.
+
+Bytes are counted as memory, not as wire: each line costs its length plus
+:data:`LINE_COST`, so a bound holds for a room of many short lines too.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from typing import Protocol
+
+LINE_COST = sys.getsizeof(b"") + 8
+"""What a retained line costs beyond its length: the bytes object's header and its
+slot in the list."""
 
 
 class RowLike(Protocol):
@@ -33,16 +41,20 @@ class RoomLog:
         self._oldest = last_seq + 1
         """The seq of the oldest retained line; lines before it are trimmed soon."""
         self._bytes = 0
-        """Bytes of the retained lines."""
+        """Memory of the retained lines (see :data:`LINE_COST`)."""
 
     @classmethod
     def restore(
-        cls, retention: int, rows: Sequence[RowLike], *, max_bytes: float = math.inf
+        cls,
+        retention: int,
+        rows: Sequence[RowLike],
+        *,
+        max_bytes: float = math.inf,
+        last_seq: int = 0,
     ) -> RoomLog:
-        """A log continuing after ``rows`` (consecutive seqs, oldest first)."""
-        if not rows:
-            return cls(retention, max_bytes=max_bytes)
-        log = cls(retention, max_bytes=max_bytes, last_seq=rows[0].seq - 1)
+        """A log holding ``rows`` (consecutive seqs, oldest first) and continuing after
+        them, or after ``last_seq`` when there are none."""
+        log = cls(retention, max_bytes=max_bytes, last_seq=rows[0].seq - 1 if rows else last_seq)
         for row in rows:
             log.append(row.seq, row.line)
         return log
@@ -57,18 +69,27 @@ class RoomLog:
 
     @property
     def retained_bytes(self) -> int:
+        """The memory the retained lines take (see :data:`LINE_COST`)."""
         return self._bytes
 
     def append(self, seq: int, line: bytes) -> None:
         if seq != self.next_seq:
             raise ValueError(f"seq {seq} out of order, expected {self.next_seq}")
-        lines = self._lines
-        lines.append(line)
-        self._bytes += len(line)
-        while self._oldest < seq and (
-            seq - self._oldest >= self._retention or self._bytes > self._max_bytes
+        self._lines.append(line)
+        self._bytes += len(line) + LINE_COST
+        if seq - self._oldest >= self._retention or self._bytes > self._max_bytes:
+            self._trim(self._max_bytes)
+
+    def shrink(self, max_bytes: float) -> None:
+        """Drop the oldest lines until the rest take at most ``max_bytes`` (the newest stays)."""
+        self._trim(max_bytes)
+
+    def _trim(self, max_bytes: float) -> None:
+        lines, last = self._lines, self.last_seq
+        while self._oldest < last and (
+            last - self._oldest >= self._retention or self._bytes > max_bytes
         ):
-            self._bytes -= len(lines[self._oldest - self._first_seq])
+            self._bytes -= len(lines[self._oldest - self._first_seq]) + LINE_COST
             self._oldest += 1
         trimmed = self._oldest - self._first_seq
         if trimmed >= len(lines) - trimmed:

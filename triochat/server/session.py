@@ -34,7 +34,7 @@ from typing import NoReturn
 
 import trio
 
-from triochat.errors import ConnectionLost, WrongPort
+from triochat.errors import ConnectionLost, StoreError, WrongPort
 from triochat.protocol import ErrorCode, ProtocolError, decode_client, encode, rules
 from triochat.protocol.events import (
     ClientEvent,
@@ -60,6 +60,7 @@ from triochat.server.hub import Hub, Member
 from triochat.server.limits import Address
 from triochat.server.outbox import Flusher, Outbox, OutboxClosed
 from triochat.server.ratelimit import TokenBucket
+from triochat.server.store import RoomLoader
 from triochat.transport.base import ENDS_CONNECTION, CloseCode, Connection
 
 log = logging.getLogger(__name__)
@@ -78,8 +79,11 @@ class Session:
         flusher: Flusher | None = None,
         *,
         address: Address | None = None,
+        loader: RoomLoader | None = None,
     ) -> None:
         self._conn = conn
+        self._loader = loader
+        """Brings stored rooms into the hub before a join; None without a store."""
         self._address = address
         """The client's address, whose join bucket its connections share; None: exempt."""
         self._hub = hub
@@ -185,6 +189,8 @@ class Session:
                         await self._converse()
                     except (ConnectionLost, WrongPort, ProtocolError) as exc:
                         self._fail(exc)
+                    except StoreError:  # the server is stopping because of it
+                        self.close(LeftReason.SHUTDOWN, CloseCode.GOING_AWAY)
                 if self._reason is None:  # the io scope's deadline: no hello in time
                     self._error(ErrorCode.HELLO_TIMEOUT, "no hello before the handshake deadline")
                     self.close(LeftReason.DISCONNECTED, CloseCode.POLICY)
@@ -236,8 +242,12 @@ class Session:
                     continue
                 if not isinstance(event, Hello):
                     self._error(ErrorCode.HELLO_FIRST, "say hello first", _ref(event))
-                elif self._accept(event):
-                    return lines[index + 1 :]
+                    continue
+                rooms, resume_after = self._rooms_of(event)
+                with self._hub.pinned(rooms):  # none is freed before its join
+                    await self._load(rooms)
+                    if self._accept(event, rooms, resume_after):
+                        return lines[index + 1 :]
 
     async def _read_loop(self, lines: list[bytes]) -> NoReturn:
         """Handle lines as they come; a peer silent for ``keepalive_interval`` is checked on.
@@ -259,6 +269,8 @@ class Session:
                         if self._reason is not None:  # closed by an earlier line: ignore the rest
                             break
                         event = self._decode(line)
+                        if isinstance(event, Join):
+                            await self._load([event.room])
                         if event is not None:
                             self._handle(event)
                     lines = await self._receive()
@@ -354,14 +366,13 @@ class Session:
             return None
         return event
 
-    def _accept(self, hello: Hello) -> bool:
-        """Attach, welcome and join the hello's rooms; ``False`` (client told) if refused."""
-        try:
-            member = self._hub.attach(self, hello.nick)
-        except ProtocolError as exc:
-            self._error(exc.code, exc.message)
-            return False
-        self._member = member
+    async def _load(self, rooms: list[str]) -> None:
+        if self._loader is not None:
+            await self._loader.load(rooms)
+
+    def _rooms_of(self, hello: Hello) -> tuple[list[str], dict[str, int]]:
+        """The rooms ``hello`` asks for (canonical, in order, within the per-client
+        limit) and the resume points among them; the client is told of the rest."""
         resume = self._valid_rooms(list(hello.resume or {}))
         resume_after = {room: (hello.resume or {})[raw] for raw, room in resume.items()}
         wanted = list(resume_after) + list(self._valid_rooms(hello.rooms or []).values())
@@ -371,6 +382,16 @@ class Session:
                 ErrorCode.TOO_MANY_ROOMS, f"at most {self._config.max_rooms_per_client} rooms"
             )
             rooms = rooms[: self._config.max_rooms_per_client]
+        return rooms, resume_after
+
+    def _accept(self, hello: Hello, rooms: list[str], resume_after: dict[str, int]) -> bool:
+        """Attach, welcome and join ``rooms``; ``False`` (client told) if refused."""
+        try:
+            member = self._hub.attach(self, hello.nick)
+        except ProtocolError as exc:
+            self._error(exc.code, exc.message)
+            return False
+        self._member = member
         rooms = [room for room in rooms if self._may_join(room)]
         rooms, refused = self._hub.admit(rooms)
         for room in refused:

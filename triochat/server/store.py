@@ -18,15 +18,22 @@ OS crash or power cut may lose the last groups; see docs/operations.md.)
 
 Retention is enforced in the same transaction, on the worker thread, once per
 ``TRIM_EVERY`` events of a room: the hub never waits for it.
+
+Start-up reads nothing but the file's identity: a room is read back when it is
+first joined (and again after the hub freed it), by :class:`RoomLoader`, on a
+connection of its own, so the number of rooms on disk costs neither start-up
+time nor memory. A room whose stored events cannot be served whole (a ``seq``
+gap, a line that is not a JSON event) is served from after the damage, with a
+warning naming the statement that repairs it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import uuid
-from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -36,6 +43,8 @@ import trio
 from triochat.errors import StoreError
 from triochat.server.hub import Hub, Row
 from triochat.server.outbox import Flusher
+
+log = logging.getLogger(__name__)
 
 TRIM_EVERY = 256
 """Trim a room once per this many of its events, not in every group.
@@ -88,6 +97,8 @@ class HistoryStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_PAGES}")
         self._db.executescript(SCHEMA)
+        self._reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        """Loads rooms while the committer writes on ``_db`` (WAL lets both go at once)."""
 
     def server_id(self) -> str:
         """This database's identity, made on first use and kept for its lifetime."""
@@ -95,36 +106,45 @@ class HistoryStore:
         (value,) = self._db.execute("SELECT value FROM meta WHERE key = 'server_id'").fetchone()
         return str(value)
 
-    def load(self) -> dict[str, list[Row]]:
-        """Each room's last ``retention`` events, oldest first."""
-        rooms: dict[str, list[Row]] = defaultdict(list)
-        query = """
-            SELECT room, seq, ts, line FROM (
-                SELECT room, seq, ts, line,
-                       ROW_NUMBER() OVER (PARTITION BY room ORDER BY seq DESC) AS age
-                FROM events)
-            WHERE age <= ? ORDER BY room, seq
+    def read_room(self, room: str) -> Past:
+        """``room``'s last ``retention`` events, oldest first, and the ``seq`` it ended at.
+
+        Only an unbroken run of JSON events is served: if the newest events are
+        preceded by a gap or a line that is not a JSON event, the run starts
+        after it, and a warning says how to repair the file.
         """
-        for room, seq, ts, line in self._db.execute(query, (self._retention,)):
-            past = rooms[room]
-            if past and seq != past[-1].seq + 1:
-                last = past[-1].seq
-                raise StoreError(self._damaged(room, last, f"has no event {last + 1} after {last}"))
+        query = "SELECT seq, ts, line FROM events WHERE room = ? ORDER BY seq DESC LIMIT ?"
+        newest_first: list[Row] = []
+        for seq, ts, line in self._reader.execute(query, (room, self._retention)):
+            if newest_first and seq != newest_first[-1].seq - 1:
+                log.warning(self._damaged(room, seq, f"has no event {seq + 1} after {seq}"))
+                break
             if not _is_event(line):
-                raise StoreError(self._damaged(room, seq, f"event {seq} is not a JSON event"))
-            past.append(Row(room, seq, ts, bytes(line)))
-        return dict(rooms)
+                log.warning(self._damaged(room, seq, f"event {seq} is not a JSON event"))
+                break
+            newest_first.append(Row(room, seq, ts, bytes(line)))
+        if newest_first:
+            return Past(newest_first[::-1], newest_first[0].seq)
+        (last,) = self._reader.execute(
+            "SELECT COALESCE(MAX(seq), 0) FROM events WHERE room = ?", (room,)
+        ).fetchone()
+        return Past([], int(last))
+
+    def load(self) -> dict[str, list[Row]]:
+        """Every room's retained events (for tests and tools: the server loads lazily)."""
+        rooms = [room for (room,) in self._reader.execute("SELECT DISTINCT room FROM events")]
+        return {room: self.read_room(room).rows for room in rooms}
 
     def _damaged(self, room: str, upto: int, what: str) -> str:
-        """One line for a room whose stored events cannot be served, with the way out.
+        """One line for a room whose stored events cannot all be served, with the way out.
 
-        Dropping the room's events up to ``upto`` leaves an unbroken run to serve;
-        its clients lose that much of the past and nothing else.
+        Dropping the room's events up to ``upto`` leaves the unbroken run that is
+        served; its clients lose nothing more than they already do.
         """
         quoted = room.replace("'", "''")
         return (
-            f"history database {self.path}: room {room!r} {what}; to drop its events up to"
-            f' {upto} and start, run: sqlite3 {self.path} "DELETE FROM events'
+            f"history database {self.path}: room {room!r} {what}; serving its events after"
+            f' {upto}; to drop the rest for good, run: sqlite3 {self.path} "DELETE FROM events'
             f" WHERE room = '{quoted}' AND seq <= {upto}\""
         )
 
@@ -146,6 +166,7 @@ class HistoryStore:
             raise StoreError(f"cannot save history to {self.path}: {exc}") from None
 
     def close(self) -> None:
+        self._reader.close()
         self._db.close()
 
     def _transaction(self) -> sqlite3.Connection:
@@ -175,23 +196,70 @@ def _is_event(line: bytes) -> bool:
         return False
 
 
+class Past(NamedTuple):
+    """A room as the store has it: its retained events and the ``seq`` it ended at."""
+
+    rows: list[Row]
+    last_seq: int
+
+
 class Opened(NamedTuple):
     store: HistoryStore
-    past: dict[str, list[Row]]
     server_id: str
 
 
 async def open_store(path: Path | str, retention: int) -> Opened:
-    """Open (or create) the store at ``path`` and read back every room's retained past."""
+    """Open (or create) the store at ``path``; rooms are read later, as they are joined."""
 
     def _open() -> Opened:
         store = HistoryStore(path, retention)
-        return Opened(store, store.load(), store.server_id())
+        return Opened(store, store.server_id())
 
     try:
         return await trio.to_thread.run_sync(_open)
     except (OSError, sqlite3.Error) as exc:
         raise StoreError(f"cannot open history database {path}: {exc}") from None
+
+
+class RoomLoader:
+    """Reads rooms the hub does not hold back into it before they are joined.
+
+    One load at a time, on the store's reading connection, in a worker thread.
+    The rooms are pinned in the hub meanwhile (see :meth:`Hub.pinned`), and put
+    in without a checkpoint between the load's end and the caller's join.
+    """
+
+    def __init__(
+        self, hub: Hub, store: HistoryStore, on_failure: Callable[[StoreError], None]
+    ) -> None:
+        self._hub = hub
+        self._store = store
+        self._lock = trio.Lock()
+        self._on_failure = on_failure
+
+    async def load(self, names: Iterable[str]) -> None:
+        """Make sure every room of ``names`` that exists on disk is in the hub.
+
+        Shielded: a join must not be lost half done (the read cannot be cut
+        short anyway; a worker thread runs to its end). If the database cannot
+        be read, ``on_failure`` hears of it and :class:`StoreError` is raised.
+        """
+        missing = self._hub.unloaded(names)
+        if not missing:
+            return
+        with trio.CancelScope(shield=True), self._hub.pinned(missing):
+            async with self._lock:
+                pasts = await trio.to_thread.run_sync(self._read, missing)
+        for name, past in zip(missing, pasts, strict=True):
+            self._hub.restore(name, past.rows, past.last_seq)
+
+    def _read(self, names: list[str]) -> list[Past]:
+        try:
+            return [self._store.read_room(name) for name in names]
+        except sqlite3.Error as exc:
+            error = StoreError(f"cannot read history from {self._store.path}: {exc}")
+        trio.from_thread.run_sync(self._on_failure, error)
+        raise error
 
 
 async def run_committer(hub: Hub, store: HistoryStore, flusher: Flusher) -> None:
