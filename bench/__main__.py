@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=float, help="seconds measured per shape")
     p.add_argument("--idle", type=int, help="idle connections to hold (default 10,000)")
     p.add_argument("--workers", type=int, help="load generator processes (default: its CPUs)")
+    p.add_argument("--storm-only", action="store_true", help="run only the join storm")
+    p.add_argument("--storm-clients", type=int, help="join storm clients (default 2,000)")
     return p
 
 
@@ -54,6 +56,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         settings = dataclasses.replace(settings, window=args.window)
     if args.idle is not None:
         settings = dataclasses.replace(settings, idle=args.idle)
+    if args.storm_clients:
+        settings = dataclasses.replace(settings, storm_clients=args.storm_clients)
     return settings
 
 
@@ -75,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if loadgen_cpus:
         os.sched_setaffinity(0, loadgen_cpus)
     workers = args.workers or (len(loadgen_cpus) if loadgen_cpus else 1)
+    if args.storm_only:
+        workers = 0  # the storm's clients live in this process
     results = Results(
         settings=settings,
         fd_limit=fd_limit,
@@ -92,7 +98,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     fleet = Fleet(workers, set(loadgen_cpus) if loadgen_cpus else None)
     try:
         with tempfile.TemporaryDirectory(prefix="triochat-bench-") as db_dir:
-            Bench(settings, fleet, server_cpus, results, progress, db_dir, loadgen_cpus).run()
+            bench = Bench(settings, fleet, server_cpus, results, progress, db_dir, loadgen_cpus)
+            if args.storm_only:
+                bench.storm()
+            else:
+                bench.run()
     except KeyboardInterrupt:
         err.print("interrupted: every server started has been stopped")
         return 130
@@ -119,7 +129,9 @@ def _note_limits(results: Results) -> None:
 
 def _meta(wall: float, args: argparse.Namespace) -> dict[str, Any]:
     return {
-        "command": "python -m bench" + (" --quick" if args.quick else ""),
+        "command": "python -m bench"
+        + (" --quick" if args.quick else "")
+        + (" --storm-only" if args.storm_only else ""),
         "started_unix": time.time() - wall,
         "wall_s": round(wall, 1),
         "python": sys.version.split()[0],

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.runner import DISTURBED, FLOOR_WS, PEER_WS, WSPROTO_WS, Idle, Results, Row
+from bench.storm import Storm
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ def targets(results: Results) -> list[Target]:
             "not run by make bench: compare its deliveries_per_s / p99_ms with these",
             None,
         ),
+        _storm_target(results),
     ]
 
 
@@ -216,15 +218,44 @@ def _history_targets(results: Results) -> list[Target]:
     return out
 
 
+STORM_CLIENTS = 2000
+STORM_CPU_S = 13.7 / 5
+"""Issue 13, finding 7: a storm of 2,000 joins cost 13.7 s of server CPU; the aim is 5x less."""
+STORM_WELCOME_MS = 1000
+
+
+def _storm_target(results: Results) -> Target:
+    goal = (
+        f"join storm of {STORM_CLIENTS:,} clients: server CPU <= {STORM_CPU_S:.2f} s "
+        f"(5x less than 13.7 s); innocent welcome < {STORM_WELCOME_MS / 1000:.0f} s"
+    )
+    storm = results.storm
+    if storm is None or storm.error:
+        return Target(7, goal, "not measured", None)
+    measured = (
+        f"{storm.server_cpu_s:.2f} s CPU, welcome max {storm.welcome_max_ms:.0f} ms "
+        f"(median {storm.welcome_median_ms:.0f} ms) at {storm.clients:,}"
+    )
+    met = storm.server_cpu_s <= STORM_CPU_S and storm.welcome_max_ms < STORM_WELCOME_MS
+    return Target(7, goal, measured, met if storm.clients >= STORM_CLIENTS else None)
+
+
 # --- output ---------------------------------------------------------------------------------
 
 
 def print_report(results: Results, console: Console) -> None:
-    console.print(_throughput_table(results))
-    console.print(_history_table(results))
-    console.print(_handshake_table(results))
-    console.print(_idle_table(results))
-    console.print(_target_table(targets(results)))
+    """Every table that has figures (``--storm-only`` has the storm's alone)."""
+    if results.rows:
+        console.print(_throughput_table(results))
+        console.print(_history_table(results))
+    if results.handshakes:
+        console.print(_handshake_table(results))
+    if results.idle:
+        console.print(_idle_table(results))
+    if results.storm:
+        console.print(_storm_table(results.storm))
+    only_storm = not (results.rows or results.handshakes or results.idle)
+    console.print(_target_table([_storm_target(results)] if only_storm else targets(results)))
     for note in results.notes:
         console.print(f"[yellow]note:[/] {note}")
 
@@ -367,6 +398,35 @@ def _idle_table(results: Results) -> Table:
             f"{e.rss_base_mib:.1f}",
             f"{e.connect_s:.1f}",
         )
+    return table
+
+
+def _storm_table(storm: Storm) -> Table:
+    table = _table(
+        "Join storm: clients join one room as fast as they can, each reading everything;\n"
+        "an innocent client times connect + hello -> welcome in another room meanwhile",
+        "clients",
+        "server CPU s",
+        "wall s",
+        "welcome max ms",
+        "median ms",
+        "probes",
+        "RSS peak MiB",
+        "loadgen CPU s",
+    )
+    if storm.error:
+        table.add_row(f"{storm.clients:,}", f"[red]{storm.error}[/]")
+        return table
+    table.add_row(
+        f"{storm.clients:,}",
+        f"{storm.server_cpu_s:.2f}",
+        f"{storm.wall_s:.2f}",
+        f"{storm.welcome_max_ms:.0f}",
+        f"{storm.welcome_median_ms:.0f}",
+        str(storm.probes),
+        f"{storm.rss_peak_mib:.1f}",
+        f"{storm.loadgen_cpu_s:.2f}",
+    )
     return table
 
 

@@ -35,6 +35,7 @@ from bench.loadgen import (
     RunResult,
     RunSpec,
 )
+from bench.storm import Storm, measure_storm
 
 ROOM = "bench"
 IDLE_ROOM_SIZE = 10
@@ -61,6 +62,8 @@ class Settings:
     handshake_parallel: int = 64
     sampled: int = 8
     """Receivers (besides the senders) that time every broadcast they get."""
+    storm_clients: int = 2000
+    """Clients of the join storm (bench/storm.py)."""
 
 
 FULL = Settings()
@@ -72,6 +75,7 @@ QUICK = Settings(
     history_in_flight=(32,),
     idle=2_000,
     handshake_window=1.0,
+    storm_clients=500,
 )
 
 
@@ -165,6 +169,7 @@ class Results:
     rows: list[Row] = field(default_factory=list)
     handshakes: list[Handshakes] = field(default_factory=list)
     idle: list[Idle] = field(default_factory=list)
+    storm: Storm | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -191,6 +196,7 @@ class Bench:
                 self.throughput(setup, n)
         self._ratios()
         self.idle()
+        self.storm()
         return self.results
 
     def _setups(self, n: int) -> list[Setup]:
@@ -370,6 +376,13 @@ class Bench:
                     entry.rss_per_conn_kib = (server.rss() - base) / count / 1024
             except (LoadgenError, servers.ServerFailed) as exc:
                 entry.error = str(exc)
+
+    # --- join storm ----------------------------------------------------------------------
+
+    def storm(self) -> None:
+        self.results.storm = measure_storm(
+            self.settings.storm_clients, server_cpus=self.server_cpus, progress=self.progress
+        )
 
 
 def _disturbed(row: Row) -> bool:
