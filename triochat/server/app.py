@@ -134,6 +134,7 @@ async def serve(
         if store is not None:
             server.loader = RoomLoader(hub, store, server.fail)
         hub.on_fanout = server.flusher.mark_group
+        hub.on_presence = server.flusher.mark_presence
         listeners = await _open_all(server)
         async with trio.open_nursery() as background:
             background.start_soon(server.flusher.run)

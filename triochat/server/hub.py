@@ -67,6 +67,10 @@ ROOM_COST = 1024
 """What a room takes in memory besides its history (its objects, its name, the
 dict slots that hold it): counted against ``history_bytes`` so that many small
 rooms are bounded as well as a few large ones."""
+LARGE_ROOM = 100
+"""Members from which a room's ``joined`` events may be written late: a join storm
+then costs one write per member per flusher delay, not one per member per join
+(see :meth:`triochat.server.outbox.Flusher.mark_presence`)."""
 SHED_TO = 0.9
 """Freeing for the history budget goes down to this share of it, so that it
 happens once per tenth of the budget written, not on every event."""
@@ -153,7 +157,10 @@ class Room:
         """
         if self._recipients is None:
             catching = self.catching_up
-            self._recipients = tuple(m for m in self.members.values() if m not in catching)
+            members = self.members.values()
+            self._recipients = (
+                tuple(m for m in members if m not in catching) if catching else tuple(members)
+            )
         return self._recipients
 
     def changed(self) -> None:
@@ -177,8 +184,10 @@ class Row(NamedTuple):
     line: bytes
 
 
-Held = tuple[tuple["Member", ...], bytes, bool, bool]
-"""A delivery waiting for a commit: recipients, encoded line, replay flag, room event flag."""
+Held = tuple[tuple["Member", ...], bytes, bool, bool, str | None]
+"""A delivery waiting for a commit: recipients, encoded line, replay flag, room event
+flag, and the room whose presence it is when that may be flushed late (see
+:data:`LARGE_ROOM`)."""
 
 
 def newest_within(lines: list[bytes], budget: int) -> list[bytes]:
@@ -224,6 +233,9 @@ class Hub:
         self.on_held: Callable[[], None] = lambda: None
         self.on_fanout: Callable[[tuple[Member, ...]], None] = self._flush_now
         """Told the recipients after each fan-out; by default they are flushed at once."""
+        self.on_presence: Callable[[str, tuple[Member, ...]], None] = self._presence_now
+        """Told a large room's recipients after a ``joined``, with the room's name: the
+        flusher may write them later, once for every join of that room meanwhile."""
         self._rooms: dict[str, Room] = {}
         self._idle: dict[str, Room] = {}
         """The rooms without members, least recently emptied first."""
@@ -627,7 +639,9 @@ class Hub:
             room.unsaved = self._generation
         if self._history_bytes > self._config.history_bytes:
             self._shed()
-        self._emit(room.recipients, line, room_event=True)
+        recipients = room.recipients
+        presence = room.name if type(event) is Joined and len(recipients) >= LARGE_ROOM else None
+        self._emit(recipients, line, room_event=True, presence=presence)
         return line
 
     def _send(self, member: Member, line: bytes, *, replay: bool = False) -> None:
@@ -640,6 +654,7 @@ class Hub:
         *,
         replay: bool = False,
         room_event: bool = False,
+        presence: str | None = None,
     ) -> None:
         """Deliver now, or hold behind unsaved room events to keep every client's order.
 
@@ -651,23 +666,34 @@ class Hub:
         if (room_event and self._durable) or held or self._in_flight:
             if not held:
                 self.on_held()
-            held.append((members, line, replay, room_event))
+            held.append((members, line, replay, room_event, presence))
             return
-        self._deliver(members, line, replay, room_event)
+        self._deliver(members, line, replay, room_event, presence)
 
     def _deliver(
-        self, members: tuple[Member, ...], line: bytes, replay: bool, room_event: bool
+        self,
+        members: tuple[Member, ...],
+        line: bytes,
+        replay: bool,
+        room_event: bool,
+        presence: str | None,
     ) -> None:
         if room_event:  # the hot path: one C-level append per recipient
             for member in members:
                 member.queue(line)
-            self.on_fanout(members)
+            if presence is None:
+                self.on_fanout(members)
+            else:
+                self.on_presence(presence, members)
             return
         overflowed = [m for m in members if not m.peer.deliver(line, replay=replay)]
         self._evict_later(overflowed)
 
     def _flush_now(self, members: tuple[Member, ...]) -> None:
         self._evict_later([m for m in members if not m.flush()])
+
+    def _presence_now(self, room: str, members: tuple[Member, ...]) -> None:
+        self.on_fanout(members)
 
     def _evict_later(self, overflowed: list[Member]) -> None:
         if overflowed:
@@ -696,8 +722,8 @@ class Hub:
         """
         self._in_flight = False
         self._saved = self._generation - 1
-        for members, line, replay, room_event in held:
-            self._deliver(members, line, replay, room_event)
+        for members, line, replay, room_event, presence in held:
+            self._deliver(members, line, replay, room_event, presence)
         if self._history_bytes > self._config.history_bytes:
             self._shed()  # rooms that were waiting for this commit may go now
 

@@ -45,6 +45,7 @@ busy nothing else writes, so bytes never interleave.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from enum import Enum
@@ -54,6 +55,9 @@ from typing import NoReturn, Protocol
 import trio
 
 from triochat.transport.base import WriteNow
+
+PRESENCE_DELAY_S = 0.05
+"""How late a large room's ``joined`` events may be written (see :meth:`Flusher.mark_presence`)."""
 
 SAVE_WAIT_S = 0.05
 """The longest a flush waits for a history group being saved (see :meth:`Flusher.committing`).
@@ -98,6 +102,9 @@ class Flusher:
         self._dirty: list[Flushable] = []
         self._groups: dict[int, Iterable[Flushable]] = {}
         """Fan-out recipients, by identity: a room's shared tuple is flushed once per burst."""
+        self._presence: dict[str, Iterable[Flushable]] = {}
+        """Large rooms' newest recipients since their first ``joined`` not yet written."""
+        self._presence_due = math.inf
         self._waiting = trio.lowlevel.ParkingLot()
         self._saving = False
         self._saved = trio.lowlevel.ParkingLot()
@@ -131,6 +138,21 @@ class Flusher:
             self._waiting.unpark()
         self._groups[id(recipients)] = recipients
 
+    def mark_presence(self, room: str, recipients: Iterable[Flushable]) -> None:
+        """A ``joined`` queued for a large room's ``recipients``: flush them within
+        :data:`PRESENCE_DELAY_S`, once for all the room's joins meanwhile.
+
+        Each join makes a new recipients tuple, so flushing each as a group would
+        flush the whole room once per join. Only the room's newest tuple is kept:
+        a member missing from it has left, and its ``left`` (flushed as usual)
+        carries whatever was queued for it. Anything else flushed meanwhile takes
+        the queued ``joined`` lines along, in order, so they are never overtaken.
+        """
+        if not self._presence:
+            self._presence_due = trio.current_time() + PRESENCE_DELAY_S
+            self._waiting.unpark()  # to wait with the deadline
+        self._presence[room] = recipients
+
     async def settle(self) -> None:
         """Let the scheduler turns pass that a burst's events need to arrive.
 
@@ -144,15 +166,22 @@ class Flusher:
     async def run(self) -> None:
         while True:
             while not self._dirty and not self._groups:
-                await self._waiting.park()
+                if trio.current_time() >= self._presence_due:
+                    break
+                with trio.move_on_at(self._presence_due):
+                    await self._waiting.park()
             await self.settle()
             if self._saving:
                 with trio.move_on_after(SAVE_WAIT_S):
                     await self._saved.park()
             dirty, self._dirty = self._dirty, []
             groups, self._groups = self._groups, {}
+            presence: Iterable[Iterable[Flushable]] = ()
+            if trio.current_time() >= self._presence_due:
+                presence, self._presence = self._presence.values(), {}
+                self._presence_due = math.inf
             # An eviction publishes ``left``, which may mark more: that is the next round.
-            for recipient in chain(dirty, *groups.values()):
+            for recipient in chain(dirty, *groups.values(), *presence):
                 if not recipient.flush():
                     recipient.evict()
 
