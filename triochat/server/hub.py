@@ -68,8 +68,9 @@ ROOM_COST = 1024
 dict slots that hold it): counted against ``history_bytes`` so that many small
 rooms are bounded as well as a few large ones."""
 LARGE_ROOM = 100
-"""Members from which a room's ``joined`` events may be written late: a join storm
-then costs one write per member per flusher delay, not one per member per join
+"""Members from which a room's ``joined`` and ``left`` may be written late: a join
+storm (or everyone leaving at once) then costs one write per member per flusher
+delay, not one per member per join
 (see :meth:`triochat.server.outbox.Flusher.mark_presence`)."""
 SHED_TO = 0.9
 """Freeing for the history budget goes down to this share of it, so that it
@@ -234,8 +235,8 @@ class Hub:
         self.on_fanout: Callable[[tuple[Member, ...]], None] = self._flush_now
         """Told the recipients after each fan-out; by default they are flushed at once."""
         self.on_presence: Callable[[str, tuple[Member, ...]], None] = self._presence_now
-        """Told a large room's recipients after a ``joined``, with the room's name: the
-        flusher may write them later, once for every join of that room meanwhile."""
+        """Told a large room's recipients after a ``joined`` or ``left``, with the room's
+        name: the flusher may write them later, once for all that room's presence meanwhile."""
         self._rooms: dict[str, Room] = {}
         self._idle: dict[str, Room] = {}
         """The rooms without members, least recently emptied first."""
@@ -401,18 +402,19 @@ class Hub:
         self._leave(self._rooms[name], member, LeftReason.PART)
 
     def _leave(self, room: Room, member: Member, reason: LeftReason) -> None:
-        # Publish first so the leaver sees its own ``left`` too (when it still can).
+        del room.members[member.key]
+        if member in room.catching_up:  # its past is abandoned
+            room.catching_up.discard(member)
+            member.catch_ups = deque(c for c in member.catch_ups if c.room is not room)
+        room.changed()
+        member.rooms.discard(room.name)
         line = self._publish(
             room,
             Left(room=room.name, nick=member.nick, reason=reason, seq=room.log.next_seq, ts=_now()),
         )
-        if member in room.catching_up:  # its past is abandoned; its own left still comes
-            room.catching_up.discard(member)
-            member.catch_ups = deque(c for c in member.catch_ups if c.room is not room)
-            self._send(member, line)
-        del room.members[member.key]
-        room.changed()
-        member.rooms.discard(room.name)
+        # The leaver's own ``left`` (when it can still hear it: a closed session's
+        # outbox swallows it) is its own line, so it never waits for the room's presence.
+        self._send(member, line)
         if not room.members:
             self._idle[room.name] = room
             self._shed()
@@ -640,7 +642,9 @@ class Hub:
         if self._history_bytes > self._config.history_bytes:
             self._shed()
         recipients = room.recipients
-        presence = room.name if type(event) is Joined and len(recipients) >= LARGE_ROOM else None
+        presence = (
+            room.name if type(event) is not Message and len(recipients) >= LARGE_ROOM else None
+        )
         self._emit(recipients, line, room_event=True, presence=presence)
         return line
 

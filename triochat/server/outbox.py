@@ -57,7 +57,7 @@ import trio
 from triochat.transport.base import WriteNow
 
 PRESENCE_DELAY_S = 0.05
-"""How late a large room's ``joined`` events may be written (see :meth:`Flusher.mark_presence`)."""
+"""How late a large room's presence may be written (see :meth:`Flusher.mark_presence`)."""
 
 SAVE_WAIT_S = 0.05
 """The longest a flush waits for a history group being saved (see :meth:`Flusher.committing`).
@@ -103,7 +103,7 @@ class Flusher:
         self._groups: dict[int, Iterable[Flushable]] = {}
         """Fan-out recipients, by identity: a room's shared tuple is flushed once per burst."""
         self._presence: dict[str, Iterable[Flushable]] = {}
-        """Large rooms' newest recipients since their first ``joined`` not yet written."""
+        """Large rooms' newest recipients, since the first presence not yet written."""
         self._presence_due = math.inf
         self._waiting = trio.lowlevel.ParkingLot()
         self._saving = False
@@ -139,14 +139,14 @@ class Flusher:
         self._groups[id(recipients)] = recipients
 
     def mark_presence(self, room: str, recipients: Iterable[Flushable]) -> None:
-        """A ``joined`` queued for a large room's ``recipients``: flush them within
-        :data:`PRESENCE_DELAY_S`, once for all the room's joins meanwhile.
+        """Presence (``joined``, ``left``) queued for a large room's ``recipients``: flush
+        them within :data:`PRESENCE_DELAY_S`, once for all the room's presence meanwhile.
 
-        Each join makes a new recipients tuple, so flushing each as a group would
-        flush the whole room once per join. Only the room's newest tuple is kept:
-        a member missing from it has left, and its ``left`` (flushed as usual)
-        carries whatever was queued for it. Anything else flushed meanwhile takes
-        the queued ``joined`` lines along, in order, so they are never overtaken.
+        Each join or leave makes a new recipients tuple, so flushing each as a group
+        would flush the whole room once per event. Only the room's newest tuple is
+        kept: a member missing from it has left, and its own ``left`` is a ``put``,
+        which tells the flusher of it. Anything else flushed meanwhile takes the
+        queued lines along, in order, so they are never overtaken.
         """
         if not self._presence:
             self._presence_due = trio.current_time() + PRESENCE_DELAY_S
@@ -215,6 +215,9 @@ class Outbox:
         self._put_bytes = 0
         """Bytes of the lines :meth:`put` queued and nobody has taken yet."""
         self._replay: _Replay = _Replay.NONE
+        self._told = False
+        """The flusher has been told of a ``put`` since the last flush. Lines already
+        queued say nothing: a large room's presence may wait for a later flush."""
         self._busy = False
         """The writer task owns what is queued (see the module docstring)."""
         self._held = False
@@ -248,11 +251,12 @@ class Outbox:
         if replay:
             self._replay = _Replay.QUEUED
         lines.append(line)
-        if len(lines) == 1:  # was empty: nobody has been told yet
-            if self._flusher is None:
+        if self._flusher is None:
+            if len(lines) == 1:  # was empty: the writer has not been woken for it yet
                 self.wake()  # after the append: a writer not yet started is started for it
-            else:
-                self._flusher.mark(self)
+        elif not self._told:
+            self._told = True
+            self._flusher.mark(self)
         return True
 
     def flush(self) -> bool:
@@ -260,6 +264,7 @@ class Outbox:
 
         ``False`` if what is queued is over the bound (nothing is written then).
         """
+        self._told = False
         lines = self._lines
         if self._closed or not lines:
             return True
