@@ -142,7 +142,7 @@ class Room:
     log until they are level, and only then from fan-out."""
     _recipients: tuple[Member, ...] | None = None
     unsaved: int = 0
-    """The store generation of its newest event (see :meth:`Hub.saved`): until that
+    """The store generation of its newest event (see :meth:`Hub.release`): until that
     generation is saved the room may not be freed, or a load could miss it."""
 
     def nicks(self) -> list[str]:
