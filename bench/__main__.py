@@ -45,8 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=float, help="seconds measured per shape")
     p.add_argument("--idle", type=int, help="idle connections to hold (default 10,000)")
     p.add_argument("--workers", type=int, help="load generator processes (default: its CPUs)")
-    p.add_argument("--storm-only", action="store_true", help="run only the join storm")
-    p.add_argument("--storm-clients", type=int, help="join storm clients (default 2,000)")
+    p.add_argument(
+        "--storm-only", action="store_true", help="run only the join storm (TCP; WS on each engine)"
+    )
+    p.add_argument("--storm-clients", type=int, help="join storm clients per row (default 2,000)")
     return p
 
 

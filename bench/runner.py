@@ -63,7 +63,7 @@ class Settings:
     sampled: int = 8
     """Receivers (besides the senders) that time every broadcast they get."""
     storm_clients: int = 2000
-    """Clients of the join storm (bench/storm.py)."""
+    """Clients of each join storm (bench/storm.py), one per :data:`STORM_SETUPS` entry."""
 
 
 FULL = Settings()
@@ -103,6 +103,8 @@ TRIO_TCP = Setup("triochat", "tcp")
 TRIO_WS_DB = Setup("triochat", "ws", history=True)
 TRIO_WSP_DB = Setup("triochat wsproto", "ws", history=True)
 TRIO_TCP_DB = Setup("triochat", "tcp", history=True)
+STORM_SETUPS = (TRIO_TCP, TRIO_WSP, TRIO_WS)
+"""The join storm's rows, side by side: TCP, then WebSocket on each engine."""
 
 
 @dataclass
@@ -169,7 +171,8 @@ class Results:
     rows: list[Row] = field(default_factory=list)
     handshakes: list[Handshakes] = field(default_factory=list)
     idle: list[Idle] = field(default_factory=list)
-    storm: Storm | None = None
+    storms: list[Storm] = field(default_factory=list)
+    """The join storm, one per :data:`STORM_SETUPS` entry."""
     notes: list[str] = field(default_factory=list)
 
 
@@ -380,9 +383,16 @@ class Bench:
     # --- join storm ----------------------------------------------------------------------
 
     def storm(self) -> None:
-        self.results.storm = measure_storm(
-            self.settings.storm_clients, server_cpus=self.server_cpus, progress=self.progress
-        )
+        """One storm per :data:`STORM_SETUPS` entry, each against a fresh server."""
+        for setup in STORM_SETUPS:
+            storm = measure_storm(
+                self.settings.storm_clients,
+                server=setup.server,
+                transport=setup.transport,
+                server_cpus=self.server_cpus,
+                progress=self.progress,
+            )
+            self.results.storms.append(storm)
 
 
 def _disturbed(row: Row) -> bool:

@@ -12,6 +12,12 @@ welcome, and every ``joined`` owed to it (the last joiner's included) has
 reached it. Nothing waits on a clock: the loop reads until that is true, or
 fails at :data:`TIMEOUT`.
 
+Transports. The storm clients speak plain TCP or WebSocket (:data:`TRANSPORTS`);
+a WebSocket client sends its upgrade request on connecting and its hello (a
+masked text frame) once the upgrade is accepted, then reads the server's
+frames with :class:`Frames`. The innocent client always speaks TCP: it times
+the server, not a transport.
+
 Storm clients read everything they are sent (readers are the expensive case)
 in one epoll loop in the bench's own process, on the load generator's CPU; the
 innocent client (:class:`Prober`) is a thread with a blocking socket, so its clock
@@ -23,6 +29,7 @@ connect and the end; its RSS is sampled every :data:`PROBE_EVERY` seconds.
 from __future__ import annotations
 
 import json
+import os
 import re
 import select
 import socket
@@ -50,6 +57,8 @@ HEAD = ["welcome", "joined", "history", "members"]
 """What a storm client gets before the room's later joins, in order."""
 JOINED = re.compile(rb'"type":"joined","room":"%s","nick":"([^"]*)"' % STORM_ROOM.encode())
 TYPE = b'"type":'
+TRANSPORTS = ("tcp", "ws")
+"""How storm clients may speak: a ``listening`` scheme of ``triochat serve``."""
 
 
 class StormFailed(Exception):
@@ -59,6 +68,68 @@ class StormFailed(Exception):
 def nicks(n: int) -> dict[bytes, int]:
     """The storm's nicks, each with its index."""
     return {b"s%d" % i: i for i in range(n)}
+
+
+def storm_label(server: str, transport: str) -> str:
+    """``tcp``, ``ws (wsproto engine)``: a storm's row, named by transport and engine."""
+    if transport == "tcp":
+        return "tcp"  # the same code whichever --ws-engine the server runs with
+    return f"{transport} ({servers.TRIOCHAT_ENGINES[server]} engine)"
+
+
+class Frames:
+    """The payload of a server's WebSocket frames, as one stream of bytes.
+
+    Both engines send each batch of NDJSON lines as one final, unmasked text frame
+    (:mod:`bench.wire`); a payload is passed on as it arrives, without waiting for
+    the rest of its frame, so a large frame costs no copying. Any other frame (a
+    fragment, a control frame, a masked one) is a :class:`StormFailed`: a close
+    says its code and reason when they have come.
+    """
+
+    TEXT = 0x81
+    """FIN and the text opcode: the only first byte a server sends here."""
+    CLOSE = 0x88
+
+    def __init__(self) -> None:
+        self._left = 0
+        """Payload bytes of the current frame not read yet."""
+        self._partial = b""
+        """The start of a frame header split by a read."""
+
+    def payload(self, data: bytes) -> bytes:
+        if self._partial:
+            data, self._partial = self._partial + data, b""
+        pieces = []
+        pos, size = 0, len(data)
+        while pos < size:
+            if self._left:
+                end = min(size, pos + self._left)
+                pieces.append(data[pos:end])
+                self._left -= end - pos
+                pos = end
+                continue
+            length = data[pos + 1] & 0x7F if size - pos >= 2 else 0
+            head = 2 + {126: 2, 127: 8}.get(length, 0)
+            if size - pos < head:
+                self._partial = data[pos:]
+                break
+            if length >= 126:
+                length = int.from_bytes(data[pos + 2 : pos + head], "big")
+            first, masked = data[pos], data[pos + 1] & 0x80
+            if first != self.TEXT or masked:
+                raise StormFailed(
+                    self._refusal(first, masked, data[pos + head : pos + head + length])
+                )
+            pos += head
+            self._left = length
+        return b"".join(pieces)
+
+    def _refusal(self, first: int, masked: int, body: bytes) -> str:
+        if first == self.CLOSE:
+            code = int.from_bytes(body[:2], "big") if len(body) >= 2 else None
+            return f"closed by the server (code {code}, {body[2:].decode(errors='replace')!r})"
+        return f"unexpected frame from the server: first byte {first:#04x}, masked {bool(masked)}"
 
 
 class Roster:
@@ -144,6 +215,10 @@ class Storm:
     """One storm's figures (``error`` says why there are none)."""
 
     clients: int
+    server: str = "triochat"
+    """triochat's name in :data:`bench.servers.TRIOCHAT_ENGINES`: its ``--ws-engine``."""
+    transport: str = "tcp"
+    """How the storm clients spoke (:data:`TRANSPORTS`); the innocent client speaks TCP."""
     server_cpu_s: float = 0.0
     wall_s: float = 0.0
     welcome_max_ms: float = 0.0
@@ -152,39 +227,66 @@ class Storm:
     rss_peak_mib: float = 0.0
     """The server's largest RSS, sampled every :data:`PROBE_EVERY` seconds."""
     loadgen_cpu_s: float = 0.0
+    other_cpu_share: float | None = None
+    """Busy time of the server's CPU not spent by the server (other processes, steal), as a
+    share of the wall time; None when the server is not pinned to a CPU of its own."""
     error: str | None = None
+
+    @property
+    def label(self) -> str:
+        return storm_label(self.server, self.transport)
 
 
 def measure_storm(
-    clients: int, *, server_cpus: Sequence[int] | None, progress: Callable[[str], None]
+    clients: int,
+    *,
+    server_cpus: Sequence[int] | None,
+    progress: Callable[[str], None],
+    server: str = "triochat",
+    transport: str = "tcp",
 ) -> Storm:
-    """Run one storm of ``clients`` against a fresh ``triochat serve``; never raises."""
-    result = Storm(clients)
-    spec = servers.triochat("triochat", db_path=None)
-    progress(f"join storm: {clients} clients into one room")
+    """Run one storm of ``clients`` speaking ``transport`` against a fresh ``triochat serve``
+    (``server`` names its engine, see :data:`bench.servers.TRIOCHAT_ENGINES`).
+
+    A storm that fails is a :class:`Storm` with an ``error``: only a ``transport`` not in
+    :data:`TRANSPORTS` raises."""
+    if transport not in TRANSPORTS:
+        raise ValueError(f"transport {transport!r}: not one of {TRANSPORTS}")
+    result = Storm(clients, server, transport)
+    spec = servers.triochat(server, db_path=None)
+    progress(f"join storm ({result.label}): {clients} clients into one room")
     try:
-        with ExitStack() as sockets, servers.running(spec, cpus=server_cpus) as server:
+        with ExitStack() as sockets, servers.running(spec, cpus=server_cpus) as running:
             # Sockets close after the server stops: no leave storm on the way out.
-            _storm(server, clients, result, sockets)
+            _storm(running, result, sockets, server_cpus)
     except (StormFailed, servers.ServerFailed, OSError, ValueError) as exc:
         result.error = f"{type(exc).__name__}: {exc}"
     return result
 
 
-def _storm(server: servers.RunningServer, n: int, result: Storm, sockets: ExitStack) -> None:
+def _storm(
+    server: servers.RunningServer,
+    result: Storm,
+    sockets: ExitStack,
+    server_cpus: Sequence[int] | None,
+) -> None:
     server.wait_quiet()
     prober = Prober(server.urls["tcp"])
+    busy0 = servers.cpu_busy_s(server_cpus) if server_cpus else 0.0
     cpu0, lg0, began = server.cpu_s(), time.process_time(), time.monotonic()
     prober.start()
     try:
-        rosters, rss = _join_all(server, n, sockets, began + TIMEOUT)
+        clients, rss = _join_all(server, result, sockets, began + TIMEOUT)
     finally:
         prober.stop()
     result.wall_s = time.monotonic() - began
     result.server_cpu_s = server.cpu_s() - cpu0
     result.loadgen_cpu_s = time.process_time() - lg0
     result.rss_peak_mib = rss / 2**20
-    problems = [p for roster in rosters for p in roster.problems()]
+    if server_cpus:
+        other = servers.cpu_busy_s(server_cpus) - busy0 - result.server_cpu_s
+        result.other_cpu_share = max(0.0, other) / result.wall_s
+    problems = [p for client in clients for p in client.roster.problems()]
     if problems:
         raise StormFailed(f"{len(problems)} problems, first: {'; '.join(problems[:3])}")
     if prober.error:
@@ -194,17 +296,38 @@ def _storm(server: servers.RunningServer, n: int, result: Storm, sockets: ExitSt
     result.welcome_median_ms = statistics.median(prober.waits) * 1000
 
 
+class Client:
+    """One storm client: its socket, what it has learnt, and (WebSocket) its framing."""
+
+    __slots__ = ("accept", "frames", "head", "roster", "sock")
+
+    def __init__(self, sock: socket.socket, roster: Roster, accept: bytes | None) -> None:
+        self.sock = sock
+        self.roster = roster
+        self.accept = accept
+        """The ``Sec-WebSocket-Accept`` awaited; None once upgraded, and for TCP."""
+        self.head = b""
+        """The upgrade response read so far."""
+        self.frames = Frames() if accept is not None else None
+
+    @property
+    def nick(self) -> str:
+        return self.roster.nick.decode()
+
+
 def _join_all(
-    server: servers.RunningServer, n: int, sockets: ExitStack, deadline: float
-) -> tuple[list[Roster], int]:
-    """Open ``n`` clients as fast as possible, reading all of them meanwhile, until each
-    knows every member; the rosters, and the server's peak RSS meanwhile."""
-    address = server.urls["tcp"]
+    server: servers.RunningServer, result: Storm, sockets: ExitStack, deadline: float
+) -> tuple[list[Client], int]:
+    """Open ``result.clients`` clients as fast as possible, reading all of them meanwhile,
+    until each knows every member; the clients, and the server's peak RSS meanwhile."""
+    n = result.clients
+    address = server.urls[result.transport]
     everyone = nicks(n)
     rosters = [Roster(nick, everyone) for nick in everyone]
-    by_fd: dict[int, tuple[socket.socket, Roster]] = {}
+    clients: list[Client] = []
+    by_fd: dict[int, Client] = {}
     ep = sockets.enter_context(select.epoll())
-    opened = finished = rss = 0
+    finished = rss = 0
     sampled = 0.0
     while finished < n:
         now = time.monotonic()
@@ -212,34 +335,46 @@ def _join_all(
             raise StormFailed(f"{n - finished} of {n} clients not done after {TIMEOUT:.0f} s")
         if now - sampled >= PROBE_EVERY:
             rss, sampled = max(rss, server.rss()), now
-        for roster in rosters[opened : opened + OPEN_PER_ROUND]:
-            sock = sockets.enter_context(_open(address, roster.nick))
-            by_fd[sock.fileno()] = (sock, roster)
-            ep.register(sock.fileno(), select.EPOLLIN)
-            opened += 1
-        for fd, _ in ep.poll(0 if opened < n else 0.5):
-            sock, roster = by_fd[fd]
-            if _read(sock, roster):
+        for roster in rosters[len(clients) : len(clients) + OPEN_PER_ROUND]:
+            client = _open(address, roster, websocket=result.transport == "ws")
+            sockets.enter_context(client.sock)
+            clients.append(client)
+            by_fd[client.sock.fileno()] = client
+            ep.register(client.sock.fileno(), select.EPOLLIN)
+        for fd, _ in ep.poll(0 if len(clients) < n else 0.5):
+            if _read(by_fd[fd]):
                 ep.unregister(fd)  # owed nothing more; it stays open, so nobody leaves
                 finished += 1
-    return rosters, max(rss, server.rss())
+    return clients, max(rss, server.rss())
 
 
-def _open(address: tuple[str, int], nick: bytes) -> socket.socket:
-    """A storm client, connected, its hello sent, its socket non-blocking."""
+def _open(address: tuple[str, int], roster: Roster, *, websocket: bool) -> Client:
+    """A storm client, connected, its hello (TCP) or its upgrade request (WebSocket) sent,
+    its socket non-blocking."""
+    nick = roster.nick.decode()
+    accept = None
     try:
         sock = socket.create_connection(address, timeout=10)
-        sock.sendall(wire.hello(nick.decode(), STORM_ROOM))
     except OSError as exc:
-        raise StormFailed(f"{nick.decode()}: {exc}") from exc
-    sock.setblocking(False)
-    return sock
-
-
-def _read(sock: socket.socket, roster: Roster) -> bool:
-    """Read what ``sock`` has into ``roster``; whether it now knows every member."""
+        raise StormFailed(f"{nick}: {exc}") from exc
     try:
-        data = sock.recv(RECV_BYTES)
+        if websocket:
+            request, accept = wire.upgrade_request(*address)
+            sock.sendall(request)
+        else:
+            sock.sendall(wire.hello(nick, STORM_ROOM))
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise StormFailed(f"{nick}: {exc}") from exc
+    return Client(sock, roster, accept)
+
+
+def _read(client: Client) -> bool:
+    """Read what ``client``'s socket has into its roster; whether it now knows every member."""
+    roster = client.roster
+    try:
+        data = client.sock.recv(RECV_BYTES)
     except BlockingIOError:
         return False
     except OSError as exc:
@@ -248,11 +383,43 @@ def _read(sock: socket.socket, roster: Roster) -> bool:
         why = "end of stream"
     if not data:
         raise StormFailed(
-            f"{roster.nick.decode()}: closed by the server ({why}) knowing {roster.known} of "
+            f"{client.nick}: closed by the server ({why}) knowing {roster.known} of "
             f"{len(roster.everyone)} members: evicted as a slow consumer if it fell that far behind"
         )
+    if client.accept is not None:
+        data = _upgrade(client, data)
+    if client.frames is not None:
+        try:
+            data = client.frames.payload(data)
+        except StormFailed as exc:
+            raise StormFailed(
+                f"{client.nick}: {exc} knowing {roster.known} of {len(roster.everyone)} members"
+            ) from None
     roster.feed(data)
     return roster.done
+
+
+def _upgrade(client: Client, data: bytes) -> bytes:
+    """Read the upgrade response; once it is whole and accepting, send the hello and return
+    what came after it (the first frames), else nothing."""
+    assert client.accept is not None
+    client.head += data
+    end = client.head.find(b"\r\n\r\n")
+    if end < 0:
+        return b""
+    head, rest = client.head[:end], client.head[end + 4 :]
+    if not wire.upgrade_accepted(head, client.accept):
+        first = head.split(b"\r\n", 1)[0].decode(errors="replace")
+        raise StormFailed(f"{client.nick}: upgrade refused: {first}")
+    client.accept, client.head = None, b""
+    hello = wire.text_frame(wire.hello(client.nick, STORM_ROOM), os.urandom(4))
+    try:
+        sent = client.sock.send(hello)
+    except OSError as exc:
+        raise StormFailed(f"{client.nick}: {exc}") from exc
+    if sent != len(hello):
+        raise StormFailed(f"{client.nick}: socket buffer full on its hello")
+    return rest
 
 
 @dataclass(eq=False)
