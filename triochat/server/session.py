@@ -271,6 +271,8 @@ class Session:
                         event = self._decode(line)
                         if isinstance(event, Join):
                             await self._load([event.room])
+                            if self._reason is not None:  # closed meanwhile: no ghost join
+                                break
                         if event is not None:
                             self._handle(event)
                     lines = await self._receive()
