@@ -14,7 +14,7 @@ import trio
 from triochat import argtypes
 from triochat.errors import ListenError, StoreError
 from triochat.server import ServerConfig, serve
-from triochat.server.config import MIN_MAX_LINE, WS_ENGINES
+from triochat.server.config import MIN_MAX_LINE
 from triochat.server.limits import raise_open_files_limit
 from triochat.server.store import default_db_path
 from tui.cli import add_arguments as add_tui_arguments
@@ -32,13 +32,6 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
         "--tcp-port", type=argtypes.port, default=DEFAULTS.tcp_port, help="TCP port (0: any free)"
     )
     p.add_argument("--no-tcp", action="store_true", help="do not open the TCP listener")
-    p.add_argument(
-        "--ws-engine",
-        choices=WS_ENGINES,
-        default=DEFAULTS.ws_engine,
-        help="who speaks WebSocket: trio-websocket, or wsproto with triochat's own framing"
-        " and writes (faster, lighter; see docs/performance.md)",
-    )
     p.add_argument(
         "--rate-limit",
         type=argtypes.non_negative,
@@ -208,7 +201,6 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         host=args.host,
         port=args.port,
         tcp_port=None if args.no_tcp else args.tcp_port,
-        ws_engine=args.ws_engine,
         rate_limit=args.rate_limit,
         burst=args.burst,
         handshake_timeout=args.handshake_timeout,

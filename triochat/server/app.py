@@ -10,10 +10,12 @@ outer one ``drain_timeout`` seconds before cancelling whatever is left. When
 opened is closed: that is what the nurseries guarantee.
 
 Each connection runs inside :func:`_contained`, the one place where a failure
-is caught: whatever one connection does (including trio-websocket raising from
-its reader task after a peer's Ping-after-Close, issue #184) ends that
-connection only. That is why WebSocket is served by our own accept loop plus
-``wrap_server_stream`` per connection rather than ``serve_websocket``.
+is caught: whatever one connection does ends that connection only.
+
+WebSocket is spoken through wsproto, the sans-IO protocol library, with our
+own framing and writes (triochat/transport/wsproto_ws.py); the listener is our
+own accept loop, as for TCP. trio-websocket remains the client library
+(triochat/client.py, the TUI, the harness), not the server's.
 """
 
 from __future__ import annotations
@@ -21,22 +23,20 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 
 import trio
-from trio_websocket import WebSocketConnection, wrap_server_stream
 from wsproto.events import Request as WsRequest
 
 from triochat.errors import ConnectionLost, ListenError, StoreError
 from triochat.protocol import ErrorCode, encode
 from triochat.protocol.events import Error
-from triochat.server.config import ServerConfig, WsEngine
+from triochat.server.config import ServerConfig
 from triochat.server.hub import Hub
 from triochat.server.limits import (
-    NDJSON_HEADERS,
     REFUSE_TIMEOUT_S,
     REFUSING_MAX,
     Claim,
@@ -55,7 +55,6 @@ from triochat.server.store import (
 from triochat.transport.base import Connection, hostport, write_without_waiting
 from triochat.transport.release import linger, release
 from triochat.transport.tcp import StreamConnection
-from triochat.transport.websocket import MessageWatch, WebSocketLines
 from triochat.transport.wsproto_ws import WsprotoConnection
 from triochat.transport.wsproto_ws import accept as accept_wsproto
 
@@ -202,7 +201,7 @@ Listeners = list[tuple[str, Handler, list[trio.SocketListener]]]
 async def _open_all(server: Server) -> Listeners:
     config = server.config
     wanted: list[tuple[str, int | None, Handler]] = [
-        ("ws", config.port, partial(WS_HANDLERS[config.ws_engine], server)),
+        ("ws", config.port, partial(_handle_wsproto, server)),
         ("tcp", config.tcp_port, partial(_handle_tcp, server)),
     ]
     opened: Listeners = []
@@ -389,8 +388,7 @@ async def _contained(
     except* (ConnectionLost, trio.BrokenResourceError, trio.ClosedResourceError) as group:
         log.debug("%s: connection lost: %r", remote, group.exceptions)
     except* Exception as group:
-        # Library failures land here too (trio-websocket #184 raises from its reader
-        # task when a Ping follows our Close): one line, details at debug level.
+        # Library failures land here too: one line, details at debug level.
         log.warning("%s: connection failed: %r", remote, group.exceptions)
         log.debug("%s: connection failure details", remote, exc_info=group)
     finally:
@@ -437,7 +435,7 @@ async def _refused_line_client(server: Server, stream: trio.SocketStream, remote
     except OSError:
         return True  # reset before a byte: nothing to serve
     if first == b"":
-        return True  # closed before a byte (trio-websocket would wait out the deadline)
+        return True  # closed before a byte: no handshake to wait for
     if first != b"{":
         return False
     log.debug("%s: a JSON line on the WebSocket port", remote)
@@ -447,39 +445,10 @@ async def _refused_line_client(server: Server, stream: trio.SocketStream, remote
     return True
 
 
-async def _handle_websocket(
-    server: Server, stream: trio.SocketStream, remote: str, claim: Claim
-) -> None:
-    """WebSocket through trio-websocket's connection object (``--ws-engine trio-websocket``)."""
-    config = server.config
-    async with trio.open_nursery() as ws_tasks:  # trio-websocket's reader lives here
-        ws: WebSocketConnection | None = None
-        with _handshake_deadline(server, remote):
-            if await _refused_line_client(server, stream, remote):
-                return
-            watch = MessageWatch(stream, config.message_timeout)
-            request = await wrap_server_stream(
-                ws_tasks, watch, max_message_size=_max_message(config)
-            )
-            why = _claim_forwarded(server, claim, request.headers)
-            if why is not None:
-                body = server.limits.lines[why]
-                await request.reject(why.status, extra_headers=list(NDJSON_HEADERS), body=body)
-                ws_tasks.cancel_scope.cancel()
-                return
-            ws = await request.accept()
-        if ws is not None:
-            conn = WebSocketLines(
-                ws, stream=stream, watch=watch, max_line=config.max_line, remote=remote
-            )
-            await _run_session(server, conn, claim)
-        ws_tasks.cancel_scope.cancel()
-
-
 async def _handle_wsproto(
     server: Server, stream: trio.SocketStream, remote: str, claim: Claim
 ) -> None:
-    """WebSocket on wsproto, framed and written by us (``--ws-engine wsproto``)."""
+    """WebSocket on wsproto, framed and written by us (transport/wsproto_ws.py)."""
     config = server.config
     conn: WsprotoConnection | None = None
     with _handshake_deadline(server, remote):
@@ -497,34 +466,20 @@ async def _handle_wsproto(
         await _run_session(server, conn, claim)
 
 
-def _claim_forwarded(
-    server: Server, claim: Claim, headers: Iterable[tuple[bytes, bytes]]
-) -> Refusal | None:
+def _refuse_forwarded(server: Server, claim: Claim, request: WsRequest) -> bytes | None:
     """For a trusted proxy's connection, count it against the client it names.
 
-    The client is taken from ``X-Forwarded-For`` (the proxy itself if there is none).
+    The client is taken from ``X-Forwarded-For`` (the proxy itself if there is
+    none). Returns the 429/503 answer if that client may not connect, else None.
     """
-    if claim.proxy is None:
-        return None
+    assert claim.proxy is not None
+    headers = request.extra_headers
     values = [v.decode("latin-1") for k, v in headers if k.lower() == b"x-forwarded-for"]
     address = server.limits.claim(server.limits.forwarded_client(claim.proxy, values))
     if isinstance(address, Refusal):
-        return address
+        return server.limits.answers["ws"][address]
     claim.address = address
     return None
-
-
-def _refuse_forwarded(server: Server, claim: Claim, request: WsRequest) -> bytes | None:
-    """The 429/503 answer for a proxied request whose client may not connect, else None."""
-    why = _claim_forwarded(server, claim, request.extra_headers)
-    return None if why is None else server.limits.answers["ws"][why]
-
-
-ServerHandler = Callable[[Server, trio.SocketStream, str, Claim], Awaitable[None]]
-WS_HANDLERS: dict[WsEngine, ServerHandler] = {
-    "trio-websocket": _handle_websocket,
-    "wsproto": _handle_wsproto,
-}
 
 
 def _max_message(config: ServerConfig) -> int:

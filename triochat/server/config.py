@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 from triochat.protocol import rules
 from triochat.protocol.events import Limits
-
-WsEngine = Literal["trio-websocket", "wsproto"]
-WS_ENGINES: tuple[WsEngine, ...] = ("trio-websocket", "wsproto")
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -26,10 +22,6 @@ class ServerConfig:
     """WebSocket port; 0 picks a free one, None disables the listener."""
     tcp_port: int | None = 5001
     """Plain TCP (NDJSON) port; 0 picks a free one, None disables the listener."""
-    ws_engine: WsEngine = "trio-websocket"
-    """Who speaks WebSocket: trio-websocket's connection object per peer, or wsproto's
-    sans-IO API with our own framing and writes (the same protocol; see
-    docs/performance.md for what each costs)."""
 
     handshake_timeout: float = 10.0
     """Seconds from accept to a WebSocket upgrade, and again from there to ``hello``."""
