@@ -62,9 +62,6 @@ class Refusal(Enum):
         return 503 if self is Refusal.FULL else 429
 
 
-NDJSON_HEADERS = ((b"Content-Type", b"application/x-ndjson"),)
-
-
 def refusal_line(why: Refusal, limits: ConnectionLimits) -> bytes:
     """The one ``error{too_many_connections}`` line a refused client reads."""
     config = limits.config
