@@ -28,7 +28,6 @@ from harness.runner import run_harness
 from triochat import argtypes
 from triochat.client import parse_url
 from triochat.errors import ConnectError
-from triochat.server.config import WS_ENGINES
 
 FDS_PER_CLIENT_OWN = 2
 """An in-process server holds both ends of every connection."""
@@ -43,7 +42,6 @@ MIN_SETTLE = 1.0
 MIN_RATE = 0.1
 """Slower than a message per 10 s only stretches a run (and far slower overflows its clock)."""
 DEFAULT_TRANSPORT = "ws"
-DEFAULT_WS_ENGINE = "trio-websocket"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,12 +92,6 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("ws", "tcp"),
         help=f"in-process server's transport ({DEFAULT_TRANSPORT}); not with --url",
     )
-    p.add_argument(
-        "--ws-engine",
-        choices=WS_ENGINES,
-        help="in-process ws server's WebSocket engine, as triochat serve --ws-engine"
-        f" ({DEFAULT_WS_ENGINE}); not with --url or --transport tcp",
-    )
     p.add_argument("--json", metavar="PATH", help="write a machine-readable report to PATH")
     p.add_argument(
         "--seed",
@@ -137,7 +129,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if problem:
         parser.error(problem)
     args.transport = args.transport or DEFAULT_TRANSPORT
-    args.ws_engine = args.ws_engine or DEFAULT_WS_ENGINE
     return args
 
 
@@ -145,10 +136,6 @@ def _combination_problem(args: argparse.Namespace) -> str | None:
     """What is wrong with flags that are each fine alone (None: nothing)."""
     if args.url and args.transport:
         return "argument --transport: not with --url (it sets the in-process server's transport)"
-    if args.url and args.ws_engine:
-        return "argument --ws-engine: not with --url (it sets the in-process server's engine)"
-    if args.transport == "tcp" and args.ws_engine:
-        return "argument --ws-engine: not with --transport tcp (the engine only speaks ws)"
     for name in args.scenario or SCENARIOS:
         if args.clients < MIN_CLIENTS[name]:
             return (
@@ -167,7 +154,6 @@ def options_from(args: argparse.Namespace) -> Options:
         scenarios=tuple(dict.fromkeys(args.scenario)) if args.scenario else SCENARIOS,
         urls=tuple(args.url or ()),
         transport=args.transport,
-        ws_engine=args.ws_engine,
         json_path=args.json,
         seed=args.seed,
         evict_within=args.evict_within,

@@ -75,7 +75,6 @@ class Context:
             host="127.0.0.1",
             port=0 if transport == "ws" else None,
             tcp_port=0 if transport == "tcp" else None,
-            ws_engine=self.options.ws_engine,
             # Never let flood control eat the harness's own traffic: 2x its per-client rate.
             rate_limit=max(ServerConfig().rate_limit, 2 * per_client),
             **OWN_SERVER.get(scenario, {}),

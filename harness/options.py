@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from triochat.server.config import WsEngine
-
 SCENARIOS = (
     "broadcast",
     "disconnect",
@@ -58,8 +56,6 @@ class Options:
     """Servers to test; empty starts one in-process."""
     transport: str = "ws"
     """Transport of the in-process server."""
-    ws_engine: WsEngine = "trio-websocket"
-    """How the in-process server speaks WebSocket (``triochat serve --ws-engine``)."""
     json_path: str | None = None
     seed: int | None = None
     evict_within: float = 15.0

@@ -171,8 +171,6 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 def _describe(options: Options) -> str:
     if options.urls:
         return ", ".join(options.urls)
-    if options.transport == "ws":
-        return f"in-process server (ws, --ws-engine {options.ws_engine})"
     return f"in-process server ({options.transport})"
 
 

@@ -132,11 +132,6 @@ UNREACHABLE = ["--url", "tcp://127.0.0.1:1"]
         (["--json", "/", *UNREACHABLE], "--json"),
         (["--transport", "tcp", *UNREACHABLE], "--transport"),
         (["--transport", "ws", *UNREACHABLE], "--transport"),  # the default, given: still refused
-        (["--ws-engine", "wsproto", *UNREACHABLE], "--ws-engine"),
-        (
-            ["--ws-engine", "wsproto", "--transport", "tcp", "--scenario", "broadcast"],
-            "--ws-engine",
-        ),
         (["--url", "ws://[::1"], "ws://[::1"),
         (["--url", "ws://[zz]:5000"], "ws://[zz]:5000"),
     ],

@@ -14,7 +14,6 @@ from harness.runner import run_harness
 from triochat.client import open_client
 from triochat.protocol.events import HistoryPage, Left, Members
 from triochat.server import Server, ServerConfig, serve
-from triochat.server.config import WsEngine
 
 SMALL = Options(
     clients=6, messages=4, rate=300.0, duration=1.0, settle=5.0, evict_within=10.0, quiet=True
@@ -31,16 +30,10 @@ def failures(report: Report) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize(
-    ("transport", "engine"),
-    [("ws", "trio-websocket"), ("ws", "wsproto"), ("tcp", "trio-websocket")],
-    ids=["ws", "ws-wsproto", "tcp"],
-)
+@pytest.mark.parametrize("transport", ["ws", "tcp"])
 @pytest.mark.parametrize("scenario", [s for s in SCENARIOS if s != "abuse"])  # test_abuse.py
-async def test_scenario_passes_on_own_server(
-    scenario: str, transport: str, engine: WsEngine
-) -> None:
-    options = replace(SMALL, scenarios=(scenario,), transport=transport, ws_engine=engine, seed=1)
+async def test_scenario_passes_on_own_server(scenario: str, transport: str) -> None:
+    options = replace(SMALL, scenarios=(scenario,), transport=transport, seed=1)
     with trio.fail_after(60):
         report = await run_harness(options)
     assert failures(report) == []
