@@ -379,38 +379,20 @@ def encode_hello(nick: str) -> str:
     return encode(Hello(nick=nick)).decode()
 
 
-async def test_invalid_utf8_in_a_websocket_text_frame_ends_only_that_connection(
+async def test_invalid_utf8_in_a_websocket_text_frame_gets_1007_and_ends_only_that_connection(
     server: Server,
 ) -> None:
-    """wsproto fails the frame; trio-websocket then drops the TCP connection (no error line)."""
+    """wsproto fails the frame; the server sends the 1007 close RFC 6455 §8.1 asks for."""
     url = server.url("ws")
     with trio.fail_after(TIMEOUT):
         async with open_client(server.url("tcp"), "watcher") as watcher:
             await settle_join(watcher)
             ending = await _send_invalid_utf8_text_frame(url)
-            assert ending is None or isinstance(ending, CloseConnection), ending
+            assert isinstance(ending, CloseConnection), ending
+            assert ending.code == 1007
             left = await skip_until(watcher, Left, nick="utf8")
             assert left.reason is LeftReason.DISCONNECTED
         await chat_still_works(url)
-
-
-TRIO_WEBSOCKET_1007 = pytest.mark.xfail(
-    strict=True,
-    reason="trio-websocket 0.12.2 treats wsproto's ParseFailed CloseConnection as the peer's"
-    " close while wsproto is still OPEN, so it closes the TCP stream without sending"
-    " the 1007 close frame RFC 6455 section 8.1 asks for",
-)
-
-
-async def test_invalid_utf8_in_a_websocket_text_frame_gets_close_code_1007(
-    server: Server, request: pytest.FixtureRequest
-) -> None:
-    if server.config.ws_engine == "trio-websocket":
-        request.applymarker(TRIO_WEBSOCKET_1007)
-    with trio.fail_after(TIMEOUT):
-        ending = await _send_invalid_utf8_text_frame(server.url("ws"))
-        assert isinstance(ending, CloseConnection)
-        assert ending.code == 1007
 
 
 async def _next_ws_event(stream: trio.SocketStream, ws: wsproto.WSConnection) -> Any:

@@ -108,12 +108,9 @@ def _free_port() -> int:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-async def test_serve_prints_listeners_and_stops_cleanly_on_signal(
-    signum: int, ws_engine: str
-) -> None:
+async def test_serve_prints_listeners_and_stops_cleanly_on_signal(signum: int) -> None:
     with trio.fail_after(20):
-        args = ("--port", "0", "--tcp-port", "0", "--ws-engine", ws_engine)
-        async with serving(*args) as (proc, urls):
+        async with serving("--port", "0", "--tcp-port", "0") as (proc, urls):
             assert urls[0].startswith("ws://127.0.0.1:")
             assert not urls[0].endswith(":0")
             assert urls[1].startswith("tcp://127.0.0.1:")
@@ -166,7 +163,6 @@ def test_help_documents_every_option() -> None:
         "--handshake-timeout",
         "--keepalive-interval",
         "--drain-timeout",
-        "--ws-engine",
     ):
         assert option in out
     assert "default: 5000" in out

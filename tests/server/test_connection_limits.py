@@ -25,7 +25,6 @@ from triochat.client import open_client
 from triochat.protocol import decode_server, encode
 from triochat.protocol.events import Error, Hello, Joined, Welcome
 from triochat.server import Server, serve
-from triochat.server.config import WsEngine
 
 QUICK = 1.0
 """An innocent client's hello→welcome while a flood is refused."""
@@ -118,11 +117,9 @@ async def test_tcp_per_address_cap_refuses_the_next_until_one_leaves(nursery: tr
 
 
 async def test_ws_per_address_cap_is_429_until_one_leaves(
-    nursery: trio.Nursery, held: list[trio.SocketStream], ws_engine: WsEngine
+    nursery: trio.Nursery, held: list[trio.SocketStream]
 ) -> None:
-    server = await start(
-        nursery, ws_engine=ws_engine, limit_loopback=True, max_connections_per_ip=2
-    )
+    server = await start(nursery, limit_loopback=True, max_connections_per_ip=2)
     url = server.url("ws")
     with trio.fail_after(10):
         assert (await ws_upgrade(url, held))[0] == 101
@@ -179,11 +176,10 @@ async def test_loopback_is_exempt_from_per_address_limits_by_default(
 
 
 async def test_forwarded_for_from_a_trusted_proxy_gives_each_client_its_quota(
-    nursery: trio.Nursery, held: list[trio.SocketStream], ws_engine: WsEngine
+    nursery: trio.Nursery, held: list[trio.SocketStream]
 ) -> None:
     server = await start(
         nursery,
-        ws_engine=ws_engine,
         limit_loopback=True,
         max_connections_per_ip=1,
         trusted_proxies=("127.0.0.1",),
@@ -201,11 +197,10 @@ async def test_forwarded_for_from_a_trusted_proxy_gives_each_client_its_quota(
 
 
 async def test_forwarded_for_from_anyone_else_is_ignored(
-    nursery: trio.Nursery, held: list[trio.SocketStream], ws_engine: WsEngine
+    nursery: trio.Nursery, held: list[trio.SocketStream]
 ) -> None:
     server = await start(
         nursery,
-        ws_engine=ws_engine,
         limit_loopback=True,
         max_connections_per_ip=1,
         trusted_proxies=("10.0.0.0/8",),

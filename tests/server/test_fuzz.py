@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 
-import pytest
 import trio
 import trio.testing
 from hypothesis import HealthCheck, given, settings
@@ -42,7 +40,6 @@ from triochat.protocol.events import (
     Welcome,
 )
 from triochat.server import Server, ServerConfig, serve
-from triochat.server.config import WS_ENGINES, WsEngine
 from triochat.server.hub import Hub
 from triochat.server.session import Session
 from triochat.transport.tcp import StreamConnection
@@ -236,10 +233,10 @@ async def _fresh_clients_chat(server: Server) -> None:
                 break
 
 
-async def _fuzz_server(payload: Sequence[bytes], engine: WsEngine) -> None:
+async def _fuzz_server(payload: Sequence[bytes]) -> None:
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
-            server: Server = await nursery.start(serve, replace(CONFIG, ws_engine=engine))
+            server: Server = await nursery.start(serve, CONFIG)
             async with trio.open_nursery() as fuzzers:
                 fuzzers.start_soon(_fuzz_tcp, server, payload)
                 fuzzers.start_soon(_fuzz_ws, server, payload)
@@ -247,13 +244,10 @@ async def _fuzz_server(payload: Sequence[bytes], engine: WsEngine) -> None:
             server.stop()
 
 
-@pytest.mark.parametrize("engine", WS_ENGINES)
 @settings(FUZZ, max_examples=25)
 @given(st.lists(writes, max_size=8))
-def test_live_server_answers_junk_only_with_valid_events(
-    engine: WsEngine, payload: list[bytes]
-) -> None:
-    trio.run(_fuzz_server, payload, engine)
+def test_live_server_answers_junk_only_with_valid_events(payload: list[bytes]) -> None:
+    trio.run(_fuzz_server, payload)
 
 
 # --- WebSocket frames of junk -------------------------------------------------------------
@@ -280,11 +274,11 @@ def _frame(opcode: int, *, fin: bool, masked: bool, payload: bytes) -> bytes:
     return head + b"\x00\x00\x00\x00" + payload  # a zero mask leaves the payload as is
 
 
-async def _fuzz_frames(chunks: Sequence[bytes], engine: WsEngine) -> None:
+async def _fuzz_frames(chunks: Sequence[bytes]) -> None:
     """Upgrade, say hello, send the frames; the fuzzer is gone and the server serves others."""
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
-            server: Server = await nursery.start(serve, replace(CONFIG, ws_engine=engine))
+            server: Server = await nursery.start(serve, CONFIG)
             async with open_client(server.url("tcp"), "watcher") as watcher:
                 fuzzer = await RawWebSocket.connect(server.url("ws"))
                 await fuzzer.send_text(encode(Hello(nick="frames")).decode())
@@ -299,13 +293,10 @@ async def _fuzz_frames(chunks: Sequence[bytes], engine: WsEngine) -> None:
             server.stop()
 
 
-@pytest.mark.parametrize("engine", WS_ENGINES)
 @settings(FUZZ, max_examples=25)
 @given(st.lists(st.one_of(frames, st.binary(max_size=40)), max_size=8))
-def test_websocket_frames_of_junk_end_only_that_connection(
-    engine: WsEngine, chunks: list[bytes]
-) -> None:
-    trio.run(_fuzz_frames, chunks, engine)
+def test_websocket_frames_of_junk_end_only_that_connection(chunks: list[bytes]) -> None:
+    trio.run(_fuzz_frames, chunks)
 
 
 def test_the_harness_sees_real_answers() -> None:

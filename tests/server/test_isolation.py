@@ -23,7 +23,7 @@ from triochat.server import Server
 async def test_ping_after_server_close_does_not_crash_the_server(
     server: Server,
 ) -> None:
-    """trio-websocket issue #184: a Ping that arrives after the server's Close."""
+    """A Ping that arrives after the server's Close (what trips trio-websocket #184)."""
     with trio.fail_after(10):
         async with open_client(server.url("tcp"), "watcher") as watcher:
             await settle_join(watcher)

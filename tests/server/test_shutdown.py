@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
@@ -11,7 +9,6 @@ from tests.server.helpers import host_port
 from triochat.protocol import decode_server, encode
 from triochat.protocol.events import Hello, Notice
 from triochat.server import Server, ServerConfig, serve
-from triochat.server.config import WsEngine
 
 CONFIG = ServerConfig(port=0, tcp_port=0, drain_timeout=2.0)
 
@@ -59,16 +56,14 @@ async def _ws_client_until_closed(
             codes.append(closed.reason.code if closed.reason else -1)
 
 
-async def test_stop_tells_every_client_and_leaves_no_task_or_connection(
-    ws_engine: WsEngine,
-) -> None:
+async def test_stop_tells_every_client_and_leaves_no_task_or_connection() -> None:
     before = _all_tasks()
     ws_lines: list[bytes] = []
     tcp_lines: list[bytes] = []
     codes: list[int] = []
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            server: Server = await nursery.start(serve, replace(CONFIG, ws_engine=ws_engine))
+            server: Server = await nursery.start(serve, CONFIG)
             async with trio.open_nursery() as clients:
                 await clients.start(_ws_client_until_closed, server.url("ws"), "w", ws_lines, codes)
                 await clients.start(_tcp_client_until_eof, server.url("tcp"), "t", tcp_lines)

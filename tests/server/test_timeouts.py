@@ -20,7 +20,6 @@ from triochat.client import Address, Client, open_client
 from triochat.protocol import decode_server, encode
 from triochat.protocol.events import Error, Hello, Left, LeftReason, Ping
 from triochat.server import Server, ServerConfig, serve
-from triochat.server.config import WsEngine
 from triochat.server.hub import Hub
 from triochat.server.session import Session
 from triochat.transport.tcp import StreamConnection
@@ -87,10 +86,8 @@ async def test_a_peer_that_answers_pings_stays(autojump_clock: trio.testing.Mock
         await client.aclose()
 
 
-async def test_websocket_upgrade_that_never_completes_is_closed(
-    nursery: trio.Nursery, ws_engine: WsEngine
-) -> None:
-    config = ServerConfig(port=0, tcp_port=None, handshake_timeout=0.3, ws_engine=ws_engine)
+async def test_websocket_upgrade_that_never_completes_is_closed(nursery: trio.Nursery) -> None:
+    config = ServerConfig(port=0, tcp_port=None, handshake_timeout=0.3)
     server: Server = await nursery.start(serve, config)
     host, port = host_port(server.url("ws"))
     with trio.fail_after(5):
@@ -100,12 +97,8 @@ async def test_websocket_upgrade_that_never_completes_is_closed(
     assert server.connections == 0
 
 
-async def test_websocket_peer_that_stops_answering_pings_is_dropped(
-    nursery: trio.Nursery, ws_engine: WsEngine
-) -> None:
-    config = ServerConfig(
-        port=0, tcp_port=0, keepalive_interval=0.2, keepalive_timeout=0.3, ws_engine=ws_engine
-    )
+async def test_websocket_peer_that_stops_answering_pings_is_dropped(nursery: trio.Nursery) -> None:
+    config = ServerConfig(port=0, tcp_port=0, keepalive_interval=0.2, keepalive_timeout=0.3)
     server: Server = await nursery.start(serve, config)
     host, port = host_port(server.url("ws"))
     with trio.fail_after(10):

@@ -1,8 +1,7 @@
-"""RFC 6455 duties, for each way the server speaks WebSocket (``--ws-engine``).
+"""RFC 6455 duties the server's WebSocket engine does itself (triochat/transport/wsproto_ws.py).
 
-trio-websocket does these for the ``trio-websocket`` engine; the ``wsproto``
-engine does them itself (triochat/transport/wsproto_ws.py), so each is checked
-on both, at the byte level, with a client made of wsproto and a bare socket.
+wsproto parses and answers; the framing and writes are ours, so each duty is
+checked at the byte level, with a client made of wsproto and a bare socket.
 """
 
 from __future__ import annotations
@@ -32,7 +31,6 @@ from triochat.protocol import encode
 from triochat.protocol.events import Hello, Left, LeftReason, Message
 from triochat.protocol.events import Pong as LinePong
 from triochat.server import Server, serve
-from triochat.server.config import WsEngine
 from triochat.transport.wsproto_ws import WsprotoConnection, accept
 
 TIMEOUT = 10
@@ -40,8 +38,8 @@ MAX_LINE = 1000
 
 
 @pytest.fixture
-async def server(nursery: trio.Nursery, ws_engine: WsEngine) -> AsyncIterator[Server]:
-    config = replace(TEST_CONFIG, ws_engine=ws_engine, max_line=MAX_LINE)
+async def server(nursery: trio.Nursery) -> AsyncIterator[Server]:
+    config = replace(TEST_CONFIG, max_line=MAX_LINE)
     running: Server = await nursery.start(serve, config)
     yield running
     running.stop()
