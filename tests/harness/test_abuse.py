@@ -1,6 +1,6 @@
-"""``abuse`` against the harness's own server: every attack meets its bound, on both transports
-and both WebSocket engines, and every check the scenario promises is there and passes; and the
-room churn check fails on a server that limits each connection's events but not an address's joins.
+"""``abuse`` against the harness's own server: every attack meets its bound, on both transports,
+and every check the scenario promises is there and passes; and the room churn check fails on a
+server that limits each connection's events but not an address's joins.
 
 (``test_scenarios`` leaves ``abuse`` to this file, which names each check.)
 """
