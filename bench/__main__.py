@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--idle", type=int, help="idle connections to hold (default 10,000)")
     p.add_argument("--workers", type=int, help="load generator processes (default: its CPUs)")
     p.add_argument(
-        "--storm-only", action="store_true", help="run only the join storm (TCP; WS on each engine)"
+        "--storm-only", action="store_true", help="run only the join storm (TCP, then WS)"
     )
     p.add_argument("--storm-clients", type=int, help="join storm clients per row (default 2,000)")
     return p

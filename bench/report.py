@@ -16,13 +16,15 @@ from bench.runner import (
     DISTURBED,
     FLOOR_WS,
     PEER_WS,
-    STORM_SETUPS,
+    STORM_TRANSPORTS,
+    TRIO_TCP,
+    TRIO_WS,
     WSPROTO_WS,
     Idle,
     Results,
     Row,
 )
-from bench.storm import Storm, storm_label
+from bench.storm import Storm
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,6 @@ def find(
 SHORT_NAMES = {
     "trio-websocket floor": "tw-floor",
     "wsproto floor": "wsp-floor",
-    "triochat wsproto": "triochat/wsp",
 }
 """Narrow names (the fan-out table's title says what they are)."""
 
@@ -94,8 +95,6 @@ def targets(results: Results) -> list[Target]:
 
 FLOORS = ((FLOOR_WS, "trio-websocket floor"), (WSPROTO_WS, "wsproto floor"))
 """The reference servers a WebSocket target's figure is shown beside."""
-ENGINES = (("triochat", "trio-websocket"), ("triochat wsproto", "wsproto"))
-"""triochat's two ways of speaking WebSocket: each WebSocket target is judged for both."""
 
 
 def _beside(measured: str, figures: list[tuple[str, str | None]]) -> str:
@@ -111,22 +110,19 @@ def _throughput_targets(results: Results) -> list[Target]:
     peer = find(results, PEER_WS.server, "ws", 200, 32)
     floors = _floor_rows(results, 200, 32)
     out = []
-    for server, engine in ENGINES:
-        ws = find(results, server, "ws", 200, 32)
-        goal = f"N=200, 32 in flight: WS ({engine}) >= 5x the peer"
-        if ws and peer:
-            ratio = ws.deliveries_per_s / peer.deliveries_per_s
-            measured = (
-                f"{ratio:.2f}x ({rate(ws.deliveries_per_s)} vs {rate(peer.deliveries_per_s)}/s)"
-            )
-            figures = [(lbl, f"{r.vs_peer:.2f}x" if r and r.vs_peer else None) for lbl, r in floors]
-            out.append(Target(1, goal, _beside(measured, figures), ratio >= 5))
-        else:
-            out.append(Target(1, goal, "not measured", None))
+    ws = find(results, TRIO_WS.server, "ws", 200, 32)
+    goal = "N=200, 32 in flight: WS >= 5x the peer"
+    if ws and peer:
+        ratio = ws.deliveries_per_s / peer.deliveries_per_s
+        measured = f"{ratio:.2f}x ({rate(ws.deliveries_per_s)} vs {rate(peer.deliveries_per_s)}/s)"
+        figures = [(lbl, f"{r.vs_peer:.2f}x" if r and r.vs_peer else None) for lbl, r in floors]
+        out.append(Target(1, goal, _beside(measured, figures), ratio >= 5))
+    else:
+        out.append(Target(1, goal, "not measured", None))
     cpu = [
-        (f"WS ({engine})", find(results, server, "ws", 200, 32), 1.5) for server, engine in ENGINES
+        ("WS", ws, 1.5),
+        ("TCP", find(results, TRIO_TCP.server, "tcp", 200, 32), 1.0),
     ]
-    cpu.append(("TCP", find(results, "triochat", "tcp", 200, 32), 1.0))
     for name, row, limit in cpu:
         goal = f"N=200, 32 in flight: {name} <= {limit} us server CPU per delivery"
         if row is None:
@@ -145,16 +141,15 @@ def _latency_targets(results: Results) -> list[Target]:
     out = []
     for n in (50, 200):
         peer = find(results, PEER_WS.server, "ws", n, 1)
-        for server, engine in ENGINES:
-            goal = f"1 in flight, N={n}: triochat WS ({engine}) p99 <= the peer's"
-            ours = find(results, server, "ws", n, 1)
-            if ours is None or peer is None:
-                out.append(Target(2, goal, "not measured", None))
-                continue
-            others = [("TCP", find(results, "triochat", "tcp", n, 1)), *_floor_rows(results, n, 1)]
-            figures = [(label, f"{r.p99_ms:.2f} ms" if r else None) for label, r in others]
-            measured = _beside(f"{ours.p99_ms:.2f} ms vs {peer.p99_ms:.2f} ms", figures)
-            out.append(Target(2, goal, measured, ours.p99_ms <= peer.p99_ms))
+        goal = f"1 in flight, N={n}: triochat WS p99 <= the peer's"
+        ours = find(results, TRIO_WS.server, "ws", n, 1)
+        if ours is None or peer is None:
+            out.append(Target(2, goal, "not measured", None))
+            continue
+        others = [("TCP", find(results, TRIO_TCP.server, "tcp", n, 1)), *_floor_rows(results, n, 1)]
+        figures = [(label, f"{r.p99_ms:.2f} ms" if r else None) for label, r in others]
+        measured = _beside(f"{ours.p99_ms:.2f} ms vs {peer.p99_ms:.2f} ms", figures)
+        out.append(Target(2, goal, measured, ours.p99_ms <= peer.p99_ms))
     return out
 
 
@@ -166,47 +161,34 @@ def _idle_entry(results: Results, server: str, transport: str) -> Idle | None:
 
 
 def _idle_targets(results: Results) -> list[Target]:
-    out = []
-    for server, engine in ENGINES:
-        goal = f"10,000 idle connections at <= 24 KiB RSS each (triochat WS, {engine})"
-        entry = _idle_entry(results, server, "ws")
-        if entry is None:
-            out.append(Target(3, goal, "not measured", None))
-            continue
-        others = [("TCP", _idle_entry(results, "triochat", "tcp"))]
-        others += [(label, _idle_entry(results, setup.server, "ws")) for setup, label in FLOORS]
-        figures = [(label, f"{e.rss_per_conn_kib:.1f} KiB" if e else None) for label, e in others]
-        measured = _beside(f"{entry.rss_per_conn_kib:.1f} KiB at {entry.connections:,}", figures)
-        met = entry.rss_per_conn_kib <= 24 if entry.connections >= 10_000 else None
-        out.append(Target(3, goal, measured, met))
-    return out
+    goal = "10,000 idle connections at <= 24 KiB RSS each (triochat WS)"
+    entry = _idle_entry(results, TRIO_WS.server, "ws")
+    if entry is None:
+        return [Target(3, goal, "not measured", None)]
+    others = [("TCP", _idle_entry(results, TRIO_TCP.server, "tcp"))]
+    others += [(label, _idle_entry(results, setup.server, "ws")) for setup, label in FLOORS]
+    figures = [(label, f"{e.rss_per_conn_kib:.1f} KiB" if e else None) for label, e in others]
+    measured = _beside(f"{entry.rss_per_conn_kib:.1f} KiB at {entry.connections:,}", figures)
+    met = entry.rss_per_conn_kib <= 24 if entry.connections >= 10_000 else None
+    return [Target(3, goal, measured, met)]
 
 
 def _handshake_targets(results: Results) -> list[Target]:
     by_server = {e.server: e for e in results.handshakes if not e.error}
-    out = []
-    for server, engine in ENGINES:
-        goal = f">= 2,000 WebSocket handshakes per second ({engine})"
-        entry = by_server.get(server)
-        if entry is None:
-            out.append(Target(4, goal, "not measured", None))
-            continue
-        figures = []
-        for setup, label in FLOORS:
-            other = by_server.get(setup.server)
-            figures.append((label, f"{other.per_s:,.0f}/s" if other else None))
-        measured = _beside(f"{entry.per_s:,.0f}/s", figures)
-        out.append(Target(4, goal, measured, entry.per_s >= 2000))
-    return out
+    goal = ">= 2,000 WebSocket handshakes per second"
+    entry = by_server.get(TRIO_WS.server)
+    if entry is None:
+        return [Target(4, goal, "not measured", None)]
+    figures = []
+    for setup, label in FLOORS:
+        other = by_server.get(setup.server)
+        figures.append((label, f"{other.per_s:,.0f}/s" if other else None))
+    measured = _beside(f"{entry.per_s:,.0f}/s", figures)
+    return [Target(4, goal, measured, entry.per_s >= 2000)]
 
 
-HISTORY_SETUPS = (("triochat", "ws"), ("triochat wsproto", "ws"), ("triochat", "tcp"))
-"""Where history's cost is measured: each WebSocket engine, and TCP."""
-
-
-def _history_label(server: str, transport: str) -> str:
-    engine = dict(ENGINES)[server]
-    return "TCP" if transport == "tcp" else f"WS, {engine}"
+HISTORY_SETUPS = ((TRIO_WS.server, "ws"), (TRIO_TCP.server, "tcp"))
+"""Where history's cost is measured: WebSocket and TCP."""
 
 
 def _history_targets(results: Results) -> list[Target]:
@@ -214,8 +196,9 @@ def _history_targets(results: Results) -> list[Target]:
     n = results.settings.history_size
     k = max(results.settings.history_in_flight)
     for server, transport in HISTORY_SETUPS:
-        label = _history_label(server, transport)
-        goal = f"history on costs <= 20% of deliveries/s ({label}, N={n}, {k} in flight)"
+        goal = (
+            f"history on costs <= 20% of deliveries/s ({transport.upper()}, N={n}, {k} in flight)"
+        )
         off = find(results, server, transport, n, k)
         on = find(results, server, transport, n, k, history=True)
         if off is None or on is None:
@@ -234,15 +217,15 @@ STORM_WELCOME_MS = 1000
 
 
 def _storm_targets(results: Results) -> list[Target]:
-    """Target 7 for each storm row (TCP, WebSocket on each engine): met or not, row by row."""
+    """Target 7 for each storm row (TCP, WebSocket): met or not, row by row."""
     out = []
-    for setup in STORM_SETUPS:
-        row = storm_label(setup.server, setup.transport)
+    for transport in STORM_TRANSPORTS:
         goal = (
-            f"join storm of {STORM_CLIENTS:,} clients, {row}: server CPU <= {STORM_CPU_S:.2f} s "
-            f"(5x less than 13.7 s); innocent welcome < {STORM_WELCOME_MS / 1000:.0f} s"
+            f"join storm of {STORM_CLIENTS:,} clients, {transport}: server CPU <= "
+            f"{STORM_CPU_S:.2f} s (5x less than 13.7 s); innocent welcome < "
+            f"{STORM_WELCOME_MS / 1000:.0f} s"
         )
-        storm = _storm(results, setup.server, setup.transport)
+        storm = _storm(results, transport)
         if storm is None:
             out.append(Target(7, goal, "not measured", None))
             continue
@@ -255,11 +238,8 @@ def _storm_targets(results: Results) -> list[Target]:
     return out
 
 
-def _storm(results: Results, server: str, transport: str) -> Storm | None:
-    wanted = (server, transport)
-    return next(
-        (s for s in results.storms if (s.server, s.transport) == wanted and not s.error), None
-    )
+def _storm(results: Results, transport: str) -> Storm | None:
+    return next((s for s in results.storms if s.transport == transport and not s.error), None)
 
 
 # --- output ---------------------------------------------------------------------------------
@@ -294,7 +274,6 @@ def _table(title: str, *columns: str) -> Table:
 def _throughput_table(results: Results) -> Table:
     table = _table(
         "Fan-out: every member receives every broadcast (100-byte text)\n"
-        "triochat: --ws-engine trio-websocket (the default); triochat/wsp: --ws-engine wsproto\n"
         "tw-floor: the original design's batching on trio-websocket (bench/floor.py); "
         "wsp-floor: WebSocket on wsproto, flushed like TCP (bench/wsproto_floor.py)",
         "server",

@@ -63,7 +63,7 @@ class Settings:
     sampled: int = 8
     """Receivers (besides the senders) that time every broadcast they get."""
     storm_clients: int = 2000
-    """Clients of each join storm (bench/storm.py), one per :data:`STORM_SETUPS` entry."""
+    """Clients of each join storm (bench/storm.py), one per :data:`STORM_TRANSPORTS` entry."""
 
 
 FULL = Settings()
@@ -82,9 +82,8 @@ QUICK = Settings(
 @dataclass(frozen=True)
 class Setup:
     server: str
-    """``triochat`` (``--ws-engine trio-websocket``), ``triochat wsproto``, or a reference:
-    ``websockets peer``, ``trio-websocket floor``, ``wsproto floor`` (see bench/peer.py,
-    bench/floor.py, bench/wsproto_floor.py)."""
+    """``triochat``, or a reference: ``websockets peer``, ``trio-websocket floor``,
+    ``wsproto floor`` (see bench/peer.py, bench/floor.py, bench/wsproto_floor.py)."""
     transport: str
     history: bool = False
 
@@ -96,15 +95,12 @@ class Setup:
 PEER_WS = Setup("websockets peer", "ws")
 FLOOR_WS = Setup("trio-websocket floor", "ws")
 WSPROTO_WS = Setup("wsproto floor", "ws")
-TRIO_WS = Setup("triochat", "ws")
-TRIO_WSP = Setup("triochat wsproto", "ws")
-"""triochat with ``--ws-engine wsproto`` (TCP is the same code in both engines)."""
-TRIO_TCP = Setup("triochat", "tcp")
-TRIO_WS_DB = Setup("triochat", "ws", history=True)
-TRIO_WSP_DB = Setup("triochat wsproto", "ws", history=True)
-TRIO_TCP_DB = Setup("triochat", "tcp", history=True)
-STORM_SETUPS = (TRIO_TCP, TRIO_WSP, TRIO_WS)
-"""The join storm's rows, side by side: TCP, then WebSocket on each engine."""
+TRIO_WS = Setup(servers.TRIOCHAT, "ws")
+TRIO_TCP = Setup(servers.TRIOCHAT, "tcp")
+TRIO_WS_DB = Setup(servers.TRIOCHAT, "ws", history=True)
+TRIO_TCP_DB = Setup(servers.TRIOCHAT, "tcp", history=True)
+STORM_TRANSPORTS = ("tcp", "ws")
+"""The join storm's rows, side by side: TCP, then WebSocket."""
 
 
 @dataclass
@@ -172,7 +168,7 @@ class Results:
     handshakes: list[Handshakes] = field(default_factory=list)
     idle: list[Idle] = field(default_factory=list)
     storms: list[Storm] = field(default_factory=list)
-    """The join storm, one per :data:`STORM_SETUPS` entry."""
+    """The join storm, one per :data:`STORM_TRANSPORTS` entry."""
     notes: list[str] = field(default_factory=list)
 
 
@@ -206,17 +202,16 @@ class Bench:
         """Who runs at ``n`` clients: the floors only where a target is set (N <= 200)."""
         floors = [FLOOR_WS, WSPROTO_WS] if n <= FLOORS_UP_TO else []
         if n == self.settings.history_size:
-            ours = [TRIO_WS, TRIO_WS_DB, TRIO_WSP, TRIO_WSP_DB, TRIO_TCP, TRIO_TCP_DB]
-            return [PEER_WS, *floors, *ours]
-        return [PEER_WS, *floors, TRIO_WS, TRIO_WSP, TRIO_TCP]
+            return [PEER_WS, *floors, TRIO_WS, TRIO_WS_DB, TRIO_TCP, TRIO_TCP_DB]
+        return [PEER_WS, *floors, TRIO_WS, TRIO_TCP]
 
     def _spec(self, setup: Setup) -> servers.ServerSpec:
         if setup.server in servers.REFERENCES:
             return servers.reference(setup.server)
         if not setup.history:
-            return servers.triochat(setup.server, db_path=None)
+            return servers.triochat(db_path=None)
         path = tempfile.mktemp(prefix="history-", suffix=".sqlite3", dir=self.db_dir)
-        return servers.triochat(setup.server, db_path=path)
+        return servers.triochat(db_path=path)
 
     @contextmanager
     def _server(self, setup: Setup) -> Iterator[tuple[servers.RunningServer, Endpoint]]:
@@ -329,7 +324,7 @@ class Bench:
     # --- handshakes ---------------------------------------------------------------------
 
     def handshakes(self) -> None:
-        for setup in (PEER_WS, FLOOR_WS, WSPROTO_WS, TRIO_WS, TRIO_WSP):
+        for setup in (PEER_WS, FLOOR_WS, WSPROTO_WS, TRIO_WS):
             entry = Handshakes(setup.server)
             self.results.handshakes.append(entry)
             self.progress(f"{setup.label}: handshakes")
@@ -364,7 +359,7 @@ class Bench:
 
     def idle(self) -> None:
         count = self.results.idle_wanted
-        for setup in (PEER_WS, FLOOR_WS, WSPROTO_WS, TRIO_WS, TRIO_WSP, TRIO_TCP):
+        for setup in (PEER_WS, FLOOR_WS, WSPROTO_WS, TRIO_WS, TRIO_TCP):
             entry = Idle(setup.server, setup.transport)
             self.results.idle.append(entry)
             self.progress(f"{setup.label}: {count} idle connections")
@@ -383,12 +378,11 @@ class Bench:
     # --- join storm ----------------------------------------------------------------------
 
     def storm(self) -> None:
-        """One storm per :data:`STORM_SETUPS` entry, each against a fresh server."""
-        for setup in STORM_SETUPS:
+        """One storm per :data:`STORM_TRANSPORTS` entry, each against a fresh server."""
+        for transport in STORM_TRANSPORTS:
             storm = measure_storm(
                 self.settings.storm_clients,
-                server=setup.server,
-                transport=setup.transport,
+                transport=transport,
                 server_cpus=self.server_cpus,
                 progress=self.progress,
             )

@@ -42,19 +42,18 @@ class ServerSpec:
     cwd: str | None = None
 
 
-TRIOCHAT_ENGINES = {"triochat": "trio-websocket", "triochat wsproto": "wsproto"}
-"""triochat's names in the tables, by the ``--ws-engine`` each runs with."""
+TRIOCHAT = "triochat"
+"""triochat's name in the tables."""
 
 
-def triochat(name: str, *, db_path: str | None) -> ServerSpec:
+def triochat(*, db_path: str | None) -> ServerSpec:
     """``triochat serve`` on free ports, flood control off, keepalive out of the way."""
     argv = [sys.executable, "-m", "triochat", "serve", "--host", "127.0.0.1"]
     argv += ["--port", "0", "--tcp-port", "0", "--rate-limit", "0"]
-    argv += ["--ws-engine", TRIOCHAT_ENGINES[name]]
     # Receivers never speak; the default 30 s keepalive would probe them mid-run.
     argv += ["--keepalive-interval", "3600"]
     argv += ["--db", db_path] if db_path else ["--no-history"]
-    return ServerSpec(name=name, argv=tuple(argv), schemes=("ws", "tcp"))
+    return ServerSpec(name=TRIOCHAT, argv=tuple(argv), schemes=("ws", "tcp"))
 
 
 REFERENCES = {

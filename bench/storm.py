@@ -70,17 +70,10 @@ def nicks(n: int) -> dict[bytes, int]:
     return {b"s%d" % i: i for i in range(n)}
 
 
-def storm_label(server: str, transport: str) -> str:
-    """``tcp``, ``ws (wsproto engine)``: a storm's row, named by transport and engine."""
-    if transport == "tcp":
-        return "tcp"  # the same code whichever --ws-engine the server runs with
-    return f"{transport} ({servers.TRIOCHAT_ENGINES[server]} engine)"
-
-
 class Frames:
     """The payload of a server's WebSocket frames, as one stream of bytes.
 
-    Both engines send each batch of NDJSON lines as one final, unmasked text frame
+    The server sends each batch of NDJSON lines as one final, unmasked text frame
     (:mod:`bench.wire`); a payload is passed on as it arrives, without waiting for
     the rest of its frame, so a large frame costs no copying. Any other frame (a
     fragment, a control frame, a masked one) is a :class:`StormFailed`: a close
@@ -215,8 +208,6 @@ class Storm:
     """One storm's figures (``error`` says why there are none)."""
 
     clients: int
-    server: str = "triochat"
-    """triochat's name in :data:`bench.servers.TRIOCHAT_ENGINES`: its ``--ws-engine``."""
     transport: str = "tcp"
     """How the storm clients spoke (:data:`TRANSPORTS`); the innocent client speaks TCP."""
     server_cpu_s: float = 0.0
@@ -234,7 +225,8 @@ class Storm:
 
     @property
     def label(self) -> str:
-        return storm_label(self.server, self.transport)
+        """The storm's row: its transport (``tcp``, ``ws``)."""
+        return self.transport
 
 
 def measure_storm(
@@ -242,18 +234,16 @@ def measure_storm(
     *,
     server_cpus: Sequence[int] | None,
     progress: Callable[[str], None],
-    server: str = "triochat",
     transport: str = "tcp",
 ) -> Storm:
-    """Run one storm of ``clients`` speaking ``transport`` against a fresh ``triochat serve``
-    (``server`` names its engine, see :data:`bench.servers.TRIOCHAT_ENGINES`).
+    """Run one storm of ``clients`` speaking ``transport`` against a fresh ``triochat serve``.
 
     A storm that fails is a :class:`Storm` with an ``error``: only a ``transport`` not in
     :data:`TRANSPORTS` raises."""
     if transport not in TRANSPORTS:
         raise ValueError(f"transport {transport!r}: not one of {TRANSPORTS}")
-    result = Storm(clients, server, transport)
-    spec = servers.triochat(server, db_path=None)
+    result = Storm(clients, transport)
+    spec = servers.triochat(db_path=None)
     progress(f"join storm ({result.label}): {clients} clients into one room")
     try:
         with ExitStack() as sockets, servers.running(spec, cpus=server_cpus) as running:
