@@ -23,7 +23,7 @@ from triochat.client import CLIENT_MAX_LINE, Address, parse_url
 from triochat.errors import ConnectError, ConnectionLost
 from triochat.protocol import encode
 from triochat.protocol.events import Hello
-from triochat.transport.base import Connection
+from triochat.transport.base import ClientConnection
 from triochat.transport.tcp import StreamConnection
 from triochat.transport.websocket import WebSocketLines
 
@@ -49,7 +49,7 @@ class RawClient:
         self._stream = stream
         self._ws = ws
         # Receiving is ordinary: the client library's own transports do it.
-        self._incoming: Connection = (
+        self._incoming: ClientConnection = (
             StreamConnection(stream, max_line=CLIENT_MAX_LINE, remote=str(address))
             if ws is None
             else WebSocketLines(ws, stream=stream, max_line=CLIENT_MAX_LINE, remote=str(address))

@@ -52,7 +52,7 @@ from triochat.protocol.events import (
     Welcome,
     Who,
 )
-from triochat.transport.base import CloseCode, Connection, hostport
+from triochat.transport.base import ClientConnection, CloseCode, hostport
 from triochat.transport.tcp import StreamConnection
 from triochat.transport.websocket import WebSocketLines
 
@@ -101,7 +101,7 @@ def parse_url(url: str) -> Address:
 class Client:
     """A connected, welcomed client. Make one with :func:`open_client`."""
 
-    def __init__(self, conn: Connection, address: Address) -> None:
+    def __init__(self, conn: ClientConnection, address: Address) -> None:
         self._conn = conn
         self.address = address
         self.welcome: Welcome | None = None
@@ -349,8 +349,8 @@ def _lone(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
     return _lone(inner) if isinstance(inner, BaseExceptionGroup) else inner
 
 
-async def connect(address: Address, nursery: trio.Nursery) -> Connection:
-    """A transport :class:`Connection` to ``address``; WebSocket tasks run in ``nursery``."""
+async def connect(address: Address, nursery: trio.Nursery) -> ClientConnection:
+    """A transport :class:`ClientConnection` to ``address``; WebSocket tasks run in ``nursery``."""
     stream = await open_stream(address)
     if address.scheme == "tcp":
         return StreamConnection(stream, max_line=CLIENT_MAX_LINE, remote=str(address))

@@ -9,20 +9,16 @@ every wait on the server is on what it sends.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import pytest
 import trio
-import wsproto
 from wsproto.connection import ConnectionState
 from wsproto.events import (
-    AcceptConnection,
     BytesMessage,
     CloseConnection,
     Event,
-    Request,
     TextMessage,
 )
 
@@ -30,12 +26,10 @@ from tests.server.conftest import TEST_CONFIG
 from tests.server.helpers import RawWebSocket, settle_join, still_serving
 from tests.server.test_bad_input import Reader, open_raw
 from triochat.client import Client, open_client
-from triochat.errors import ConnectionLost
 from triochat.protocol import decode_server, encode
 from triochat.protocol.codec import MAX_DEPTH
 from triochat.protocol.events import Ack, Error, Hello, Ping, Pong
 from triochat.server import Server, serve
-from triochat.transport.wsproto_ws import accept
 
 TIMEOUT = 10
 MESSAGE_TIMEOUT = 0.3
@@ -254,32 +248,3 @@ async def _chat(chatter: Client) -> None:
     for n in range(10_000):
         await chatter.say("lobby", f"chat {n}")
         await trio.sleep(0.005)
-
-
-async def test_the_wsproto_engine_makes_no_text_frame_after_a_close() -> None:
-    """At the byte level: after the peer's Close, lines offered either way are not framed."""
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    theirs.setblocking(False)
-    stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
-    client = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
-    theirs.sendall(client.send(Request(host="pair", target="/")))
-    with trio.fail_after(TIMEOUT):
-        conn = await accept(stream, max_line=MAX_LINE, max_message=4 * MAX_LINE)
-        assert conn is not None
-        await trio.lowlevel.wait_readable(theirs)
-        client.receive_data(theirs.recv(1 << 16))
-        assert isinstance(next(client.events()), AcceptConnection)
-        theirs.sendall(client.send(CloseConnection(code=1000)))
-        with pytest.raises(ConnectionLost, match="closed by peer"):
-            await conn.receive_lines()  # answers the Close
-        assert conn.write_now is not None
-        conn.write_now(b'{"type":"notice"}\n')
-        await conn.send(b'{"type":"notice"}\n')
-        await conn.abort()
-    wire = b""
-    while chunk := theirs.recv(1 << 16):
-        wire += chunk
-    client.receive_data(wire)
-    assert [type(e) for e in client.events()] == [CloseConnection]
-    assert wire == b"\x88\x02\x03\xe8"  # the Close (1000) and nothing after it
-    theirs.close()

@@ -1,4 +1,4 @@
-"""The outbox's write without waiting, on real sockets: it writes what fits, never out of order."""
+"""The outbox's writes on real sockets: it writes what fits at once, never out of order."""
 
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ def _pair(sndbuf: int | None = None) -> tuple[StreamConnection, socket.socket]:
     return StreamConnection(stream, max_line=1 << 20), theirs
 
 
-def _outbox(conn: StreamConnection) -> Outbox:
-    return Outbox(10_000, 10 << 20, Flusher(turns=0), conn.write_now)
+def _outbox(conn: StreamConnection, flusher: Flusher | None = None) -> Outbox:
+    return Outbox(10_000, 10 << 20, flusher=flusher or Flusher(turns=0), direct=conn.direct)
 
 
 def _read_exactly(peer: socket.socket, size: int) -> bytes:
@@ -62,7 +62,7 @@ async def test_what_does_not_fit_goes_to_the_writer_and_nothing_overtakes_it() -
     for line in first:
         assert box.put(line)
     box.flush()
-    assert len(box) == 0  # part written, the rest held by the connection for the writer
+    assert len(box) == 0  # part written, the rest held for the writer
     assert not box.sent_all  # held bytes count as unsent
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
@@ -75,7 +75,7 @@ async def test_what_does_not_fit_goes_to_the_writer_and_nothing_overtakes_it() -
                 assert box.put(line)
             box.flush()
             rest = await trio.to_thread.run_sync(_read_exactly, peer, 400_000 - len(head))
-            box.close()
+            box.seal()
     assert head + rest == b"".join(LINES)
     peer.close()
 
@@ -94,24 +94,22 @@ def _read_what_is_there(peer: socket.socket) -> bytes:
 
 async def _drain_quietly(box: Outbox, conn: StreamConnection) -> None:
     with pytest.raises(OutboxClosed):
-        await box.drain(conn.send)
+        await box.drain(conn.stream)
 
 
 async def test_a_closed_socket_is_never_written_even_if_its_number_is_reused() -> None:
     conn, peer = _pair()
-    assert conn.write_now is not None
     box = _outbox(conn)
     await conn.abort()
     # The lowest free descriptor numbers are handed out first: the new pair
     # (very likely) reuses the one the closed socket had.
     newcomer, newcomer_peer = socket.socketpair()
     newcomer_peer.setblocking(False)
-    assert conn.write_now(b"x\n") is False  # held, for the writer's send to meet the error
     assert box.put(LINES[0])
     box.flush()
-    assert not box.sent_all  # left for the writer...
+    assert not box.sent_all  # held, for the writer's send to meet the error...
     with pytest.raises(ConnectionLost):
-        await conn.send(b"")  # ...whose send reports the loss
+        await box.drain(conn.stream)  # ...which reports the loss
     with pytest.raises(BlockingIOError):
         newcomer_peer.recv(10)  # nothing went to the newcomer
     for sock in (peer, newcomer, newcomer_peer):
@@ -123,7 +121,7 @@ async def test_a_closed_outbox_sends_what_it_had_and_drops_what_fan_out_still_qu
     box = _outbox(conn)
     fan_out = box.queue  # what the hub holds for this client
     assert box.put(LINES[0])
-    box.close()
+    box.seal()
     fan_out(LINES[1])  # e.g. a delivery held for a commit, released after the close
     assert box.put(LINES[2])  # swallowed too
     with trio.fail_after(5):
@@ -137,7 +135,7 @@ async def test_a_flush_due_during_a_commit_waits_for_that_one_commit_only(
 ) -> None:
     conn, peer = _pair()
     flusher = Flusher(turns=0)
-    box = Outbox(10_000, 10 << 20, flusher, conn.write_now)
+    box = _outbox(conn, flusher)
     nursery.start_soon(flusher.run)
     with flusher.committing():
         assert box.put(LINES[0])
@@ -155,7 +153,7 @@ async def test_a_stalled_commit_holds_a_flush_back_for_save_wait_at_most(
 ) -> None:
     conn, peer = _pair()
     flusher = Flusher(turns=0)
-    box = Outbox(10_000, 10 << 20, flusher, conn.write_now)
+    box = _outbox(conn, flusher)
     nursery.start_soon(flusher.run)
     with flusher.committing():  # a group whose write does not finish while we watch
         assert box.put(LINES[0])
@@ -182,6 +180,6 @@ async def test_the_writer_is_started_once_and_only_when_a_flush_leaves_bytes_beh
     assert starts == [None]  # the socket could not take it all: now the writer is needed
     assert box.put(LINES[0])
     box.flush()
-    box.close()
+    box.seal()
     assert starts == [None]  # started once; from then on it is woken, never started again
     peer.close()

@@ -26,13 +26,13 @@ class Client:
 
     def __init__(self, hub: Hub, flusher: Flusher, nick: str) -> None:
         self.writes: list[bytes] = []
-        outbox = Outbox(1000, 1 << 20, flusher, self._write, self.evict)
+        outbox = Outbox(1000, 1 << 20, flusher=flusher, direct=self._write, on_overflow=self.evict)
         self.deliver, self.queue, self.flush = outbox.put, outbox.queue, outbox.flush
         self.member: Member = hub.attach(self, nick)
 
-    def _write(self, data: bytes) -> bool:
+    def _write(self, data: bytes) -> bytes:
         self.writes.append(data)
-        return True
+        return b""
 
     def evict(self) -> None:
         raise AssertionError("nobody here is slow")

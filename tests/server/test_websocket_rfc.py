@@ -6,21 +6,16 @@ checked at the byte level, with a client made of wsproto and a bare socket.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import pytest
 import trio
 import trio.testing
-import wsproto
 from wsproto.events import (
-    AcceptConnection,
     CloseConnection,
-    Event,
     Ping,
     Pong,
-    Request,
     TextMessage,
 )
 
@@ -31,7 +26,6 @@ from triochat.protocol import encode
 from triochat.protocol.events import Hello, Left, LeftReason, Message
 from triochat.protocol.events import Pong as LinePong
 from triochat.server import Server, serve
-from triochat.transport.wsproto_ws import WsprotoConnection, accept
 
 TIMEOUT = 10
 MAX_LINE = 1000
@@ -117,66 +111,3 @@ async def test_a_message_over_the_limit_is_closed_with_1009_and_none_of_it_is_sa
 
 def encode_say(text: str) -> str:
     return f'{{"type":"say","room":"lobby","text":"{text}"}}'
-
-
-# --- the wsproto engine's own writes --------------------------------------------------
-
-
-async def _accepted_pair() -> tuple[WsprotoConnection, socket.socket, wsproto.WSConnection]:
-    """A server-side connection with a small send buffer, and the client's end and parser.
-
-    The client's end is a blocking stdlib socket, read synchronously: a test can
-    make room in the buffer and act before any trio task gets a turn.
-    """
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
-    theirs.settimeout(TIMEOUT)
-    stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
-    ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
-    theirs.sendall(ws.send(Request(host="pair", target="/")))
-    conn = await accept(stream, max_line=1 << 20, max_message=1 << 22)
-    assert conn is not None
-    while not any(isinstance(e, AcceptConnection) for e in ws.events()):
-        ws.receive_data(theirs.recv(4096))
-    return conn, theirs, ws
-
-
-async def test_held_bytes_go_out_whole_before_a_pong_and_before_later_lines() -> None:
-    """A frame the socket took only part of is finished before anything else is written."""
-    conn, client, ws = await _accepted_pair()
-    first = b"".join(b"%06d:%s\n" % (n, b"a" * 93) for n in range(1000))  # 100 kB
-    later = b"later\n"
-    assert conn.write_now is not None
-    with trio.fail_after(TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            assert conn.write_now(first) is False  # the socket took part of the frame
-            nursery.start_soon(conn.receive_lines)  # the reader: it answers the Ping below
-            client.sendall(ws.send(Ping(payload=b"p")))
-            await trio.testing.wait_all_tasks_blocked()  # the reader writes: held, then Pong
-            ws.receive_data(client.recv(1 << 16))  # room in the buffer, mid-frame...
-            assert conn.write_now(later) is False  # ...but a write is under way: this waits
-            nursery.start_soon(conn.send, b"")  # the writer, as the outbox wakes it
-            seen = await trio.to_thread.run_sync(_messages, client, ws, 3)
-            nursery.cancel_scope.cancel()
-    expected = [TextMessage(data=first.decode()), Pong(payload=b"p"), TextMessage(data="later\n")]
-    assert seen == expected
-    await conn.abort()
-    client.close()
-
-
-def _messages(client: socket.socket, ws: wsproto.WSConnection, count: int) -> list[Event]:
-    """The next ``count`` events, a text message's frames joined into one event."""
-    seen: list[Event] = []
-    text = ""
-    while len(seen) < count:
-        for event in ws.events():
-            if not isinstance(event, TextMessage):
-                seen.append(event)
-                continue
-            text += event.data
-            if event.message_finished:
-                seen.append(TextMessage(data=text))
-                text = ""
-        if len(seen) < count:
-            ws.receive_data(client.recv(1 << 16))
-    return seen

@@ -1,26 +1,62 @@
-"""One client's bounded queue of encoded lines, and the flusher that writes them in bulk.
+"""Each client's send side: the one place that decides what reaches its socket, and when.
 
 Theory of operation
 -------------------
+Rule 1: everything that changes what a connection will write lives in this
+file. Transports read and frame; they never write to a session's socket. A
+WebSocket reader that must answer (a Pong, the answer to a Close) hands the
+frame to :meth:`Outbox.control`; the goodbye goes through :meth:`Outbox.finish`.
+
+What an outbox holds, in the order it goes out:
+
+* ``held``: wire bytes of a write the socket took only in part. They finish a
+  frame, so they go before anything else;
+* ``control``: wire frames the transport asked for (WebSocket Pong, Ping,
+  Close). They may pass lines not yet framed, never a frame under way;
+* ``lines``: the bounded queue of encoded lines, framed (a text frame on
+  WebSocket, nothing on TCP) when they are taken, all of them in one frame.
+
+Who writes (:class:`Writing`), one at a time::
+
+    IDLE --a direct write the socket took only in part--> WRITER
+    WRITER --the writer's write completed, nothing pending--> IDLE
+    IDLE | WRITER --a write failed, or was cut short--> BROKEN (final)
+
+* ``IDLE``: nothing is being written. A flush (from the flusher) or a control
+  frame (from the reader) is written at once without waiting: one system call,
+  no task switch. What the socket does not take becomes ``held``.
+* ``WRITER``: the writer task owns the socket. It takes held + control + lines
+  as one write and waits for it; nothing else writes until it is done.
+* ``BROKEN``: a write failed, or was cancelled part-way through a frame. The
+  byte stream is no longer the protocol, so nothing more is ever written and
+  everything accepted is dropped.
+
+What it accepts (:class:`Accepting`)::
+
+    OPEN --seal()--> SEALED --finish() or discard()--> DONE
+
+* ``OPEN``: lines and control frames.
+* ``SEALED``: no more lines (:meth:`Outbox.put` swallows them; fan-out's
+  :attr:`Outbox.queue` appends to a list nobody reads). What was queued still
+  goes, unless :meth:`Outbox.abandon` dropped it; control frames still go.
+* ``DONE``: the goodbye is written, or the client is gone: nothing more.
+
 Lines reach an outbox two ways, neither of which blocks:
 
-* :meth:`Outbox.queue`, fan-out's hot path, is the list's own ``append``: no
+* :attr:`Outbox.queue`, fan-out's hot path, is the list's own ``append``: no
   check at all. The bound is checked when the outbox is flushed, a few
   scheduler turns later, so a client can pass it by at most one burst before
   it is evicted. Those lines are shared: every recipient's list holds the same
   bytes object, so a burst is in memory once, whatever the number of recipients;
 * :meth:`Outbox.put`, for lines meant for this one client (replies, history
   pages, replays), counts every line against both bounds at once and reports a
-  full outbox to the caller (who evicts). Nothing is exempt: a client that
-  does not read pins its bound at most, whatever it asks for.
+  full outbox to the caller (who evicts). Nothing is exempt but the shutdown
+  notice: a client that does not read pins its bound at most, whatever it asks for.
 
 A replay (the past sent on a join or resume) can be far larger than the bound,
 so the hub sends it a page at a time: a ``put`` with ``replay`` set makes the
 outbox call ``on_replay_sent`` once that page has been handed to the socket,
 and the hub then sends the next one (see :meth:`triochat.server.hub.Hub.pump`).
-
-Both append to the same list, so order is the order of the calls, and whatever
-is queued goes out as one write.
 
 Batching needs one more thing: if the first event of a burst were written at
 once, it would go alone while the readers carrying the rest of the burst are
@@ -30,23 +66,15 @@ non-empty, or the recipients of a fan-out), lets a few scheduler turns pass
 (each turn also polls the network, so readers with data waiting run) and then
 flushes everything it was told about. The turns are spent once per burst by
 one task, and a room's recipients are flushed once per burst however many
-events the burst held.
-
-Flushing is a write without waiting where the connection offers one (a TCP
-socket, or WebSocket on wsproto, whose frames we build): the common case, a
-socket with room in its buffer, costs one system call and no task switch.
-Whatever does not fit (the connection holds it), and everything on a
-connection without such a write (trio-websocket, which owns framing and the
-stream), is left to the client's writer task, which waits as long as it
-takes; that task is started the first time it is needed. The writer is *busy*
-from the moment it is handed data until its queue is empty again; while it is
-busy nothing else writes, so bytes never interleave.
+events the burst held. The writer task is started the first time a write
+leaves bytes behind: where direct writes carry everything, a client costs one
+task, not two.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from enum import Enum
 from itertools import chain
@@ -54,7 +82,8 @@ from typing import NoReturn, Protocol
 
 import trio
 
-from triochat.transport.base import WriteNow
+from triochat.errors import ConnectionLost
+from triochat.transport.base import Direct, Frame
 
 PRESENCE_DELAY_S = 0.05
 """How late a large room's presence may be written (see :meth:`Flusher.mark_presence`)."""
@@ -69,7 +98,23 @@ longer than this.
 
 
 class OutboxClosed(Exception):
-    """The outbox was closed and everything in it has been taken."""
+    """The outbox was sealed and everything in it has been written."""
+
+
+class Writing(Enum):
+    """Who may write to the socket (see the module docstring)."""
+
+    IDLE = "idle"
+    WRITER = "writer"
+    BROKEN = "broken"
+
+
+class Accepting(Enum):
+    """What the outbox still takes (see the module docstring)."""
+
+    OPEN = "open"
+    SEALED = "sealed"
+    DONE = "done"
 
 
 class _Replay(Enum):
@@ -84,6 +129,264 @@ class _Replay(Enum):
 
 def _nothing() -> None:
     pass
+
+
+class Outbox:
+    """One client's send side (see the module docstring)."""
+
+    def __init__(
+        self,
+        max_events: int,
+        max_bytes: int,
+        *,
+        flusher: Flusher | None = None,
+        direct: Direct | None = None,
+        frame: Frame | None = None,
+        on_overflow: Callable[[], None] = _nothing,
+        on_replay_sent: Callable[[], None] = _nothing,
+    ) -> None:
+        """Without a ``flusher`` every put wakes the writer; without ``direct``
+        (a stream that is not a socket) the writer writes everything.
+
+        ``frame`` turns taken lines into wire bytes (``None``: they go as they are);
+        ``on_overflow`` evicts the client when the flusher finds it over the bound;
+        ``on_replay_sent`` asks for the next page of a replay.
+        """
+        self._max_events = max_events
+        self._max_bytes = max_bytes
+        self._flusher = flusher
+        self._direct = direct
+        self._frame = frame
+        self.evict = on_overflow
+        self._on_replay_sent = on_replay_sent
+        self._lines: list[bytes] = []
+        self._fanned: list[bytes] = self._lines
+        """The list :attr:`queue` appends to: ``_lines`` until :meth:`seal`."""
+        self.queue: Callable[[bytes], None] = self._lines.append
+        self._put_bytes = 0
+        """Bytes of the lines :meth:`put` queued and nobody has taken yet."""
+        self._control = b""
+        self._held = b""
+        self.writing = Writing.IDLE
+        self.accepting = Accepting.OPEN
+        self._replay = _Replay.NONE
+        self._told = False
+        """The flusher has been told of a ``put`` since the last flush. Lines already
+        queued say nothing: a large room's presence may wait for a later flush."""
+        self._writer: trio.lowlevel.Task | None = None
+        """The writer task while it waits for work (one task: no ParkingLot needed)."""
+        self._spawn: Callable[[], None] | None = None
+        self._writer_started = False
+
+    def __len__(self) -> int:
+        return len(self._lines)
+
+    @property
+    def sent_all(self) -> bool:
+        """Whether everything accepted has been handed to the socket."""
+        return self.writing is Writing.IDLE and not (self._lines or self._control)
+
+    # --- accepting ----------------------------------------------------------------
+
+    def put(self, line: bytes, *, replay: bool = False, last_word: bool = False) -> bool:
+        """Queue ``line``; ``False`` if it would pass a bound (the line is then dropped).
+
+        ``replay``: a page of a replay; ``on_replay_sent`` follows its write.
+        ``last_word``: the one line a client gets after everything else (the
+        shutdown notice), taken even from a full outbox. A sealed outbox
+        swallows lines: its client is on its way out.
+        """
+        if self.accepting is not Accepting.OPEN:
+            return True
+        lines = self._lines
+        size = len(line)
+        if not last_word:
+            if len(lines) >= self._max_events or self._put_bytes + size > self._max_bytes:
+                return False
+            self._put_bytes += size
+        if replay:
+            self._replay = _Replay.QUEUED
+        lines.append(line)
+        if not self._told:
+            self._told = True
+            if self._flusher is None:
+                self.wake()  # after the append: a writer not yet started is started for it
+            else:
+                self._flusher.mark(self)
+        return True
+
+    def control(self, wire: bytes) -> None:
+        """Send a transport's control frame soon: before lines not yet framed,
+        after any frame under way. Written at once if nobody is writing."""
+        if self.accepting is Accepting.DONE or self.writing is Writing.BROKEN or not wire:
+            return
+        self._control += wire
+        if self.writing is Writing.IDLE and self._direct is not None:
+            wire, self._control = self._control, b""
+            self._write_directly(wire)
+        else:
+            self.wake()
+
+    def seal(self) -> None:
+        """No more lines; what is queued still goes (see the module docstring).
+
+        :attr:`queue` stays bound to the old list, so fan-out that still
+        reaches this client (a delivery held for a commit) goes nowhere.
+        """
+        if self.accepting is Accepting.OPEN:
+            self.accepting = Accepting.SEALED
+            self._lines = self._lines[:]
+            self._on_replay_sent = _nothing
+        self.wake()
+
+    def abandon(self) -> None:
+        """Drop the lines not yet taken: the client will not get them (an eviction)."""
+        self.seal()
+        self._lines.clear()
+        self._put_bytes = 0
+
+    def discard(self) -> None:
+        """Drop everything and every callback: the client is gone for good.
+
+        A session that ended must not keep its buffers alive through whatever
+        still refers to it (a held delivery, a reference cycle the collector
+        has not reached yet).
+        """
+        self.accepting = Accepting.DONE
+        self._fanned.clear()
+        self._lines = []
+        self._put_bytes = 0
+        self._control = self._held = b""
+        self._direct = self._frame = None
+        self.evict = self._on_replay_sent = _nothing
+
+    # --- writing ----------------------------------------------------------------
+
+    def flush(self) -> bool:
+        """Write what is queued at once if nobody is writing; else wake the writer.
+
+        ``False`` if what is queued is over the bound (nothing is written then).
+        """
+        self._told = False
+        lines = self._lines
+        if not lines or self.accepting is Accepting.DONE or self.writing is Writing.BROKEN:
+            return True
+        if len(lines) > self._max_events:
+            return False
+        if self.writing is Writing.WRITER or self._direct is None:
+            if sum(map(len, lines)) > self._max_bytes:
+                return False
+            self.wake()
+            return True
+        data = b"".join(lines)
+        if len(data) > self._max_bytes:
+            return False
+        self._write_directly(self._take(data))
+        return True
+
+    def _write_directly(self, wire: bytes) -> None:
+        """Write ``wire`` without waiting (only while ``IDLE``); the writer gets the rest."""
+        assert self.writing is Writing.IDLE
+        assert self._direct is not None
+        self._held = self._direct(wire)
+        if self._held:
+            self.writing = Writing.WRITER
+            self.wake()
+        else:
+            self._written()
+
+    def _take(self, data: bytes) -> bytes:
+        """Everything pending, in wire form; ``data`` is the queued lines, joined."""
+        self._lines.clear()
+        self._put_bytes = 0
+        self._told = False
+        if self._replay is _Replay.QUEUED:
+            self._replay = _Replay.WRITING
+        if data and self._frame is not None:
+            data = self._frame(data)
+        wire, self._held, self._control = self._held + self._control + data, b"", b""
+        return wire
+
+    def _written(self) -> None:
+        """What was taken is on the socket: a replay page written asks for the next."""
+        if self._replay is _Replay.WRITING:
+            self._replay = _Replay.NONE
+            self._on_replay_sent()
+
+    def _pending(self) -> bool:
+        return bool(self._held or self._control or self._lines)
+
+    def _cut(self) -> None:
+        """A write failed or was cut short: ``BROKEN``, for good."""
+        self.writing = Writing.BROKEN
+        self._lines.clear()
+        self._control = self._held = b""
+
+    async def _send(self, stream: trio.abc.Stream, wire: bytes) -> None:
+        """The one write that waits, and the one check that nothing follows a cut."""
+        if self.writing is Writing.BROKEN:
+            raise ConnectionLost("an earlier write was cut short")
+        self.writing = Writing.WRITER
+        try:
+            await stream.send_all(wire)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._cut()
+            raise ConnectionLost(str(exc)) from None
+        except BaseException:  # cancelled part-way: the frame under way is cut
+            self._cut()
+            raise
+        self._written()
+        if not self._pending():
+            self.writing = Writing.IDLE
+
+    # --- the writer task ----------------------------------------------------------
+
+    def start(self, spawn: Callable[[], None]) -> None:
+        """``spawn`` starts a task running :meth:`drain`; called when a writer is first needed."""
+        self._spawn = spawn
+        self.wake()
+
+    def wake(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            trio.lowlevel.reschedule(writer)
+        elif not self._writer_started and self._spawn is not None and self._pending():
+            self._writer_started = True
+            self._spawn()
+
+    async def drain(self, stream: trio.abc.Stream) -> NoReturn:
+        """The writer task: write everything pending, batch by batch, until sealed and empty.
+
+        Raises :class:`OutboxClosed` at the end, :class:`ConnectionLost` if a write fails.
+        """
+        self._writer_started = True
+        while True:
+            await self._await_work()
+            # No local keeps the batch: an idle writer should not hold its last one.
+            await self._send(stream, self._take(b"".join(self._lines)))
+
+    async def _await_work(self) -> None:
+        while not self._pending():
+            if self.accepting is not Accepting.OPEN:
+                raise OutboxClosed
+            self._writer = trio.lowlevel.current_task()
+            await trio.lowlevel.wait_task_rescheduled(self._abort_wait)
+
+    def _abort_wait(self, raise_cancel: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+        self._writer = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    async def finish(self, stream: trio.abc.Stream, goodbye: bytes) -> None:
+        """After the writer task: write what is pending, then ``goodbye``; ``DONE``.
+
+        :class:`ConnectionLost` if that cannot be written (``BROKEN`` included).
+        The caller bounds the time.
+        """
+        self.seal()
+        wire = self._take(b"".join(self._lines)) + goodbye
+        self.accepting = Accepting.DONE
+        if wire or self.writing is Writing.BROKEN:
+            await self._send(stream, wire)
 
 
 class Flushable(Protocol):
@@ -184,197 +487,3 @@ class Flusher:
             for recipient in chain(dirty, *groups.values(), *presence):
                 if not recipient.flush():
                     recipient.evict()
-
-
-class Outbox:
-    def __init__(
-        self,
-        max_events: int,
-        max_bytes: int,
-        flusher: Flusher | None = None,
-        write_now: WriteNow | None = None,
-        on_overflow: Callable[[], None] = lambda: None,
-        on_replay_sent: Callable[[], None] = lambda: None,
-    ) -> None:
-        """Without a ``flusher`` every put wakes the writer directly.
-
-        ``write_now`` is the connection's write without waiting, if it has one;
-        ``on_overflow`` evicts the client when the flusher finds it over the bound;
-        ``on_replay_sent`` asks for the next page of a replay (see the module docstring).
-        """
-        self._max_events = max_events
-        self._max_bytes = max_bytes
-        self._flusher = flusher
-        self._write_now = write_now
-        self.evict = on_overflow
-        self._on_replay_sent = on_replay_sent
-        self._lines: list[bytes] = []
-        self._fanned: list[bytes] = self._lines
-        """The list :attr:`queue` appends to: ``_lines`` until :meth:`close`."""
-        self.queue: Callable[[bytes], None] = self._lines.append
-        self._put_bytes = 0
-        """Bytes of the lines :meth:`put` queued and nobody has taken yet."""
-        self._replay: _Replay = _Replay.NONE
-        self._told = False
-        """The flusher has been told of a ``put`` since the last flush. Lines already
-        queued say nothing: a large room's presence may wait for a later flush."""
-        self._busy = False
-        """The writer task owns what is queued (see the module docstring)."""
-        self._held = False
-        """The connection holds bytes of a flush that only the writer's send can write."""
-        self._closed = False
-        self._writer: trio.lowlevel.Task | None = None
-        """The writer task while it waits for lines (one task: no ParkingLot needed)."""
-        self._spawn: Callable[[], None] | None = None
-        self._writer_started = False
-        """The writer task is started on first need (see :meth:`start`), then stays."""
-
-    def __len__(self) -> int:
-        return len(self._lines)
-
-    def put(self, line: bytes, *, replay: bool = False, last_word: bool = False) -> bool:
-        """Queue ``line``; ``False`` if it would pass a bound (the line is then dropped).
-
-        ``replay``: a page of a replay; ``on_replay_sent`` follows its write.
-        ``last_word``: the one line a client gets after everything else (the
-        shutdown notice), taken even from a full outbox. A closed outbox
-        swallows lines: its client is on its way out.
-        """
-        if self._closed:
-            return True
-        lines = self._lines
-        size = len(line)
-        if not last_word:
-            if len(lines) >= self._max_events or self._put_bytes + size > self._max_bytes:
-                return False
-            self._put_bytes += size
-        if replay:
-            self._replay = _Replay.QUEUED
-        lines.append(line)
-        if self._flusher is None:
-            if len(lines) == 1:  # was empty: the writer has not been woken for it yet
-                self.wake()  # after the append: a writer not yet started is started for it
-        elif not self._told:
-            self._told = True
-            self._flusher.mark(self)
-        return True
-
-    def flush(self) -> bool:
-        """Write what is queued without waiting if possible; hand the rest to the writer.
-
-        ``False`` if what is queued is over the bound (nothing is written then).
-        """
-        self._told = False
-        lines = self._lines
-        if self._closed or not lines:
-            return True
-        if len(lines) > self._max_events:
-            return False
-        if self._busy or self._write_now is None:
-            if sum(map(len, lines)) > self._max_bytes:
-                return False
-            self.wake()
-            return True
-        data = b"".join(lines)
-        if len(data) > self._max_bytes:
-            return False
-        self._taken()
-        if not self._write_now(data):
-            # The connection holds the rest (see WriteNow): the writer's send takes it.
-            self._busy = self._held = True
-            self.wake()
-        else:
-            self._written()
-        return True
-
-    def _taken(self) -> None:
-        """Everything queued is now the connection's (or the writer's batch)."""
-        self._lines.clear()
-        self._put_bytes = 0
-        if self._replay is _Replay.QUEUED:
-            self._replay = _Replay.WRITING
-
-    def _written(self) -> None:
-        """What was taken is on the socket: a replay page written asks for the next."""
-        if self._replay is _Replay.WRITING:
-            self._replay = _Replay.NONE
-            self._on_replay_sent()
-
-    @property
-    def sent_all(self) -> bool:
-        """Whether everything accepted has been handed to the connection's socket."""
-        return not self._lines and not self._held and not self._busy
-
-    def start(self, spawn: Callable[[], None]) -> None:
-        """``spawn`` starts a task running :meth:`drain`; called when a writer is first needed.
-
-        Where writes without waiting carry everything (the common case on TCP
-        and wsproto WebSocket), no writer task is ever started: an idle client
-        costs one task, not two, and a short-lived one starts one fewer.
-        """
-        self._spawn = spawn
-        self.wake()
-
-    def wake(self) -> None:
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            trio.lowlevel.reschedule(writer)
-        elif not self._writer_started and self._spawn is not None and not self.sent_all:
-            self._writer_started = True
-            self._spawn()
-
-    def close(self) -> None:
-        """No more lines; the writer gets what is left, then :class:`OutboxClosed`.
-
-        :attr:`queue` stays bound to the old list, so fan-out that still
-        reaches this client (a delivery held for a commit) goes nowhere.
-        """
-        self._closed = True
-        self._lines = self._lines[:]
-        self._on_replay_sent = _nothing
-        self.wake()
-
-    def discard(self) -> None:
-        """Drop everything queued and every callback: the client is gone for good.
-
-        A session that ended must not keep its buffers alive through whatever
-        still refers to it (a held delivery, a reference cycle the collector
-        has not reached yet).
-        """
-        self._closed = True
-        self._fanned.clear()
-        self._lines = []
-        self._put_bytes = 0
-        self._write_now = None
-        self.evict = self._on_replay_sent = _nothing
-
-    async def drain(self, send: Callable[[bytes], Awaitable[None]]) -> NoReturn:
-        """The writer task: send everything queued, batch by batch, until closed and empty.
-
-        Raises :class:`OutboxClosed` at the end, or whatever ``send`` raises.
-        """
-        self._writer_started = True
-        while True:
-            # No local keeps the batch: an idle writer should not hold its last one.
-            await send(await self._take_all())
-            self._busy = bool(self._lines)
-            self._written()
-
-    async def _take_all(self) -> bytes:
-        """Wait until woken with something queued, then take every line as one chunk.
-
-        The writer is busy from here until its queue is empty again.
-        """
-        while not self._lines and not self._held:
-            if self._closed:
-                raise OutboxClosed
-            self._writer = trio.lowlevel.current_task()
-            await trio.lowlevel.wait_task_rescheduled(self._abort_wait)
-        batch = b"".join(self._lines)
-        self._taken()
-        self._busy, self._held = True, False
-        return batch
-
-    def _abort_wait(self, raise_cancel: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
-        self._writer = None
-        return trio.lowlevel.Abort.SUCCEEDED

@@ -10,17 +10,16 @@ A session runs up to two tasks in its own nursery:
   scope). It is also the keepalive: a cancel scope per stretch of reading
   (not per receive) notices silence, which gets a TCP ``ping`` or a
   short-lived WebSocket Ping probe task;
-* the **writer** drains the outbox: everything queued goes out in one write.
-  Where the connection can write without waiting (TCP, wsproto WebSocket) the
-  flusher usually writes first, and the writer is started only when a write
-  leaves bytes behind; on trio-websocket it starts with the first flush.
+* the **writer** drains the outbox when a write without waiting could not
+  take everything; it is started the first time that happens (see
+  :mod:`triochat.server.outbox`, which owns every write to the socket).
 
 Every way a session ends goes through :meth:`Session.close`, exactly once: it
 records the reason, seals the outbox, detaches from the hub (so the room sees
 ``left`` at once, not when the socket is finally gone), and stops the reader
 and any probe. With ``flush`` the writer sends what is still queued and the connection
 closes politely (bounded by ``close_timeout``); without it, the writer is
-cancelled and the connection is dropped. A slow consumer is closed from
+cancelled, what was queued is dropped, and only the goodbye is tried. A slow consumer is closed from
 *another* session's task (the one whose fan-out found the outbox full), which
 is why close() is synchronous and works by cancelling scopes.
 """
@@ -91,10 +90,11 @@ class Session:
         outbox = Outbox(
             config.outbox_events,
             config.outbox_bytes,
-            flusher,
-            conn.write_now,
-            self.evict,
-            self._replay_sent,
+            flusher=flusher,
+            direct=conn.direct,
+            frame=conn.frame,
+            on_overflow=self.evict,
+            on_replay_sent=self._replay_sent,
         )
         self._outbox = outbox
         # The Peer methods are the outbox's own: one Python frame less on paths
@@ -145,7 +145,10 @@ class Session:
         self._reason, self._close_code = reason, code
         # Sealed before detaching: a leaving client never gets its own ``left``
         # (the close is its confirmation), whether history is on disk or not.
-        self._outbox.close()
+        if flush:
+            self._outbox.seal()
+        else:
+            self._outbox.abandon()
         if self._member is not None:
             self._hub.detach(self._member, reason)
         self._io_scope.cancel()
@@ -168,7 +171,7 @@ class Session:
         """
         notice = Notice(code="shutting_down", text="the server is shutting down")
         self._outbox.put(encode(notice), last_word=True)
-        self._outbox.close()
+        self._outbox.seal()
 
     def shutdown(self) -> None:
         """The server is stopping: tell the client, flush, close with 1001."""
@@ -297,7 +300,7 @@ class Session:
         with trio.CancelScope() as self._probe:
             with trio.move_on_after(self._config.keepalive_timeout):
                 try:
-                    await self._conn.ping()
+                    await self._conn.ping(self._outbox)
                 except ConnectionLost as exc:
                     self._fail(exc)
                     return
@@ -319,7 +322,7 @@ class Session:
     async def _receive(self) -> list[bytes]:
         while True:
             try:
-                lines = await self._conn.receive_lines()
+                lines = await self._conn.receive_lines(self._outbox)
             except ProtocolError as exc:
                 if exc.code in ENDS_CONNECTION:
                     raise
@@ -329,7 +332,7 @@ class Session:
 
     async def _write_loop(self) -> None:
         try:
-            await self._outbox.drain(self._conn.send)
+            await self._outbox.drain(self._conn.stream)
         except OutboxClosed:
             pass
         except ConnectionLost as exc:
@@ -338,18 +341,25 @@ class Session:
             self.close(LeftReason.DISCONNECTED, flush=False)
 
     async def _say_goodbye(self) -> None:
-        """Close politely (WebSocket close code, TCP FIN) unless the peer is already gone.
+        """Write what the outbox still holds, then close politely (WebSocket close
+        code, TCP FIN) unless the peer is already gone.
 
         Even when the outbox was abandoned (eviction, keepalive timeout) the close
         code is worth a try; ``close_timeout`` bounds it if the peer reads nothing.
         A session that ended in ``DISCONNECTED`` tries only if its writer sent
         everything (``too_large``, ``hello_timeout``: the error line, then the close).
+        Control frames still pending (the answer to a peer's Close) go either way.
         """
+        polite = self._reason is not LeftReason.DISCONNECTED or self._outbox.sent_all
+        polite = polite and not self._peer_gone
+        goodbye = self._conn.goodbye(self._close_code) if polite else b""
         try:
-            polite = self._reason is not LeftReason.DISCONNECTED or self._outbox.sent_all
-            if polite and not self._peer_gone:
-                with trio.move_on_after(self._config.close_timeout):
-                    await self._conn.close(self._close_code)
+            with trio.move_on_after(self._config.close_timeout):
+                await self._outbox.finish(self._conn.stream, goodbye)
+                if polite:
+                    await self._conn.finish()
+        except ConnectionLost as exc:
+            log.debug("%s: %s", self._conn.remote, exc)
         finally:
             with trio.CancelScope(shield=True):
                 await self._conn.abort()

@@ -19,17 +19,11 @@ DRIP_PAUSE = 0.01
 DRIP_SIZE = 1024
 """A read shorter than this (in bytes) that leaves a line or message unfinished is a small piece."""
 
-WriteNow = Callable[[bytes], bool]
-"""Send ``data`` (whole lines) without waiting, as far as the socket takes it.
+Direct = Callable[[bytes], bytes]
+"""Write what the socket takes now, without waiting; return the rest (``b""``: all of it)."""
 
-``True``: all of it is on the wire. ``False``: the connection holds the rest, in
-wire form (a WebSocket frame cannot be cut and framed again), and writes it
-first on the next :meth:`Connection.send`, which the caller must make;
-``send(b"")`` is enough. Never raises: after a failed write the data is held,
-and that send meets the error.
-
-Only while no :meth:`Connection.send` is running.
-"""
+Frame = Callable[[bytes], bytes]
+"""Whole lines in, wire bytes out (a WebSocket text frame); ``b""`` once no more data may go."""
 
 
 def write_without_waiting(sock: trio.socket.SocketType, data: bytes) -> bytes:
@@ -106,8 +100,16 @@ def message_timeout(limit: float) -> ProtocolError:
     )
 
 
+class Replies(Protocol):
+    """Where a transport's reader puts what the protocol makes it answer (see
+    :meth:`triochat.server.outbox.Outbox.control`): a reader never writes itself."""
+
+    def control(self, wire: bytes) -> None: ...
+
+
 class Connection(Protocol):
-    """One peer, after any transport handshake.
+    """One peer of the server, after any transport handshake: it reads and frames,
+    and the session's outbox writes (:mod:`triochat.server.outbox`).
 
     Errors: :class:`~triochat.errors.ConnectionLost` when the peer went away;
     :class:`~triochat.protocol.ProtocolError` when what it sent breaks framing
@@ -119,29 +121,50 @@ class Connection(Protocol):
     """The peer's address, for logs."""
     native_ping: bool
     """True when :meth:`ping` is a transport-level check (WebSocket Ping/Pong)."""
+    stream: trio.abc.Stream
+    """What the outbox's writer writes to."""
+    direct: Direct | None
+    """The outbox's write without waiting; ``None`` if the stream is not a socket."""
+    frame: Frame | None
+    """How lines are framed on the wire; ``None``: as they are."""
 
-    @property
-    def write_now(self) -> WriteNow | None:
-        """The transport's :data:`WriteNow`; ``None`` if it has no such write."""
+    async def receive_lines(self, replies: Replies) -> list[bytes]:
+        """The next complete non-blank lines, at least one; answers go to ``replies``."""
         ...
+
+    async def ping(self, replies: Replies) -> None:
+        """Return when the peer answered a transport-level ping (only if ``native_ping``)."""
+        ...
+
+    def goodbye(self, code: CloseCode) -> bytes:
+        """The wire bytes that close politely (a WebSocket Close with ``code``), if any."""
+        ...
+
+    async def finish(self) -> None:
+        """After the goodbye is written: wait for the peer's end (its Close, or EOF)."""
+        ...
+
+    async def abort(self) -> None:
+        """Release the connection now."""
+        ...
+
+
+class ClientConnection(Protocol):
+    """A client's side of a connection: it reads, and writes from its own task."""
+
+    remote: str
+    native_ping: bool
 
     async def receive_lines(self) -> list[bytes]:
         """The next complete non-blank lines, at least one."""
         ...
 
     async def send(self, data: bytes) -> None:
-        """Send what :data:`WriteNow` left held, then ``data`` (whole lines) as one message.
-
-        ``data`` may be empty: then only the held bytes go.
-        """
-        ...
-
-    async def ping(self) -> None:
-        """Return when the peer answered a transport-level ping (only if ``native_ping``)."""
+        """Send ``data`` (whole lines) as one message."""
         ...
 
     async def close(self, code: CloseCode) -> None:
-        """Say goodbye: flush, close politely (with ``code`` on WebSocket), release."""
+        """Say goodbye (with ``code`` on WebSocket) and release; the caller bounds it."""
         ...
 
     async def abort(self) -> None:

@@ -1,10 +1,16 @@
-"""NDJSON over any trio byte stream (TCP sockets, or memory streams in tests)."""
+"""NDJSON over any trio byte stream (TCP sockets, or memory streams in tests).
+
+On the server a connection only reads: the session's outbox writes to
+:attr:`StreamConnection.stream` (see :mod:`triochat.server.outbox`). Clients,
+which write from their own task, use :meth:`StreamConnection.send` and
+:meth:`StreamConnection.close`.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import math
 import re
+from functools import partial
 from http import HTTPStatus
 
 import trio
@@ -14,7 +20,9 @@ from triochat.protocol import LineSplitter
 from triochat.transport.base import (
     DRIP_SIZE,
     CloseCode,
-    WriteNow,
+    Direct,
+    Frame,
+    Replies,
     http_refusal,
     receive_unfinished,
     write_without_waiting,
@@ -48,22 +56,13 @@ class StreamConnection:
         """A server's answer to a peer whose first bytes are an HTTP request: this is
         sent in an HTTP response and the connection ends (:class:`WrongPort`).
         Checked on the first bytes only, before anything has been written to the peer."""
-        self.write_now: WriteNow | None = None
-        self._held = b""
-        """What :meth:`_write_now` could not write; :meth:`send` writes it first."""
+        self.stream = stream
+        self.frame: Frame | None = None
+        self.direct: Direct | None = None
         if isinstance(stream, trio.SocketStream):
-            self._socket = stream.socket
-            self.write_now = self._write_now
+            self.direct = partial(write_without_waiting, stream.socket)
 
-    def _write_now(self, data: bytes) -> bool:
-        """Write what the socket buffer takes now (see :data:`WriteNow`)."""
-        if self._held:
-            self._held += data
-        else:
-            self._held = write_without_waiting(self._socket, data)
-        return not self._held
-
-    async def receive_lines(self) -> list[bytes]:
+    async def receive_lines(self, replies: Replies | None = None) -> list[bytes]:
         self._splitter.check()  # an over-long line may wait behind the lines last returned
         while True:
             since = self._splitter.since
@@ -74,7 +73,7 @@ class StreamConnection:
                     self._receive_some, since, self._message_timeout, pause=self._small
                 )
             if self._http_answer is not None:
-                await self._refuse_http(data)
+                self._refuse_http(data, replies)
             lines = self._splitter.feed(data)
             if lines:
                 return lines
@@ -89,28 +88,35 @@ class StreamConnection:
             raise ConnectionLost(f"{self.remote}: closed by peer")
         return data
 
-    async def _refuse_http(self, first: bytes | bytearray) -> None:
-        """:class:`WrongPort` (after answering in HTTP) if ``first`` starts an HTTP request."""
+    def _refuse_http(self, first: bytes | bytearray, replies: Replies | None) -> None:
+        """:class:`WrongPort` (the answer, in HTTP, left with ``replies``) if
+        ``first`` starts an HTTP request."""
         answer, self._http_answer = self._http_answer, None
         if answer is None or not HTTP_REQUEST.match(first):
             return
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await self._stream.send_all(http_refusal(HTTPStatus.BAD_REQUEST, answer))
+        if replies is not None:
+            replies.control(http_refusal(HTTPStatus.BAD_REQUEST, answer))
         raise WrongPort(f"{self.remote}: an HTTP request on the TCP port")
 
     async def send(self, data: bytes) -> None:
-        if self._held:
-            data, self._held = self._held + data, b""
+        """A client's write (the server's go through its outbox)."""
         try:
             await self._stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise ConnectionLost(f"{self.remote}: {exc}") from None
 
-    async def ping(self) -> None:
+    async def ping(self, replies: Replies) -> None:
         raise NotImplementedError("plain streams have no transport-level ping")
 
-    async def close(self, code: CloseCode) -> None:
+    def goodbye(self, code: CloseCode) -> bytes:
+        return b""  # TCP says goodbye with its FIN (see finish)
+
+    async def finish(self) -> None:
         """A lingering close (see :func:`linger`), bounded by the caller."""
+        await linger(self._stream)
+
+    async def close(self, code: CloseCode) -> None:
+        """A client's goodbye: a lingering close, then release; the caller bounds it."""
         try:
             await linger(self._stream)
         finally:

@@ -14,14 +14,14 @@ from trio_websocket import WebSocketConnection
 
 from triochat.errors import ConnectionLost
 from triochat.protocol import ErrorCode, ProtocolError, split_message
-from triochat.transport.base import CloseCode, WriteNow
+from triochat.transport.base import CloseCode
 from triochat.transport.release import release
 
 
 class WebSocketLines:
+    """A client's WebSocket: framing and the stream belong to trio-websocket."""
+
     native_ping = True
-    write_now: WriteNow | None = None
-    """Framing and the stream belong to trio-websocket: every send goes through it."""
 
     def __init__(
         self,

@@ -11,16 +11,16 @@ session's own reader task feeds it, and lines go out as text frames built here
 (a server's frames are not masked, RFC 6455 §5.1). So the outbox can write a
 batch without waiting, exactly as on TCP.
 
-Writes keep one invariant: bytes reach the socket in the order they were
-accepted. At most one task writes at a time (``_lock``); a write without
-waiting happens only while no task writes and nothing is held, and otherwise
-joins ``_held``, which every locked write sends first. A locked write cut short
-(cancelled mid-frame) leaves the connection broken: nothing more is written.
+This connection never writes: the session's outbox does, one writer at a time
+(see :mod:`triochat.server.outbox`). What the protocol makes the reader answer
+(a Pong, the answer to a Close) goes to the outbox's control lane, so a
+reader's cancel scope can never cut a frame short.
 
 What trio-websocket did for us and is done here, each in one place:
 
 - the close handshake: a peer's Close is answered at once (:meth:`_on_close`);
-  ours waits for the peer's answer, bounded by the caller (:meth:`close`);
+  ours (:meth:`goodbye`) is followed by waiting for the peer's answer, bounded
+  by the caller (:meth:`finish`);
   once a Close is sent or received no text frame is made (:meth:`_text_frame`);
 - a Ping is answered with a Pong, except after our Close (trio-websocket #184);
 - fragmented messages are reassembled, at most ``max_message`` bytes over all
@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
+from typing import NoReturn
 
 import trio
 from wsproto import ConnectionType, WSConnection
@@ -57,7 +59,9 @@ from triochat.protocol import ErrorCode, ProtocolError, split_message
 from triochat.transport.base import (
     DRIP_SIZE,
     CloseCode,
-    WriteNow,
+    Direct,
+    Frame,
+    Replies,
     receive_unfinished,
     write_without_waiting,
 )
@@ -138,17 +142,13 @@ class WsprotoConnection:
         remote: str = "?",
     ) -> None:
         self._stream = stream
-        self._socket = stream.socket
+        self.stream: trio.abc.Stream = stream
+        self.direct: Direct | None = partial(write_without_waiting, stream.socket)
+        self.frame: Frame | None = self._text_frame
         self._ws = protocol
         self._max_line = max_line
         self._max_message = max_message
         self.remote = remote
-        self.write_now: WriteNow | None = self._write_now
-        self._lock = trio.StrictFIFOLock()
-        self._held = b""
-        """Wire bytes accepted but not yet written; they go before anything else."""
-        self._broken = False
-        """A write was cut short mid-frame: the byte stream is no longer WebSocket."""
         self._message = bytearray()
         """The text message being received, UTF-8, while it is unfinished."""
         self._message_size = 0
@@ -161,7 +161,7 @@ class WsprotoConnection:
         self._pongs: dict[bytes, trio.Event] = {}
         self._pings_sent = 0
 
-    # --- writing ----------------------------------------------------------------
+    # --- framing ----------------------------------------------------------------
 
     def _text_frame(self, data: bytes) -> bytes:
         """``data`` as a text frame, or nothing once a Close was sent or received.
@@ -174,39 +174,12 @@ class WsprotoConnection:
             return b""
         return text_frame(data)
 
-    def _write_now(self, data: bytes) -> bool:
-        """Frame ``data`` and write what the socket takes now (see :data:`WriteNow`)."""
-        frame = self._text_frame(data)
-        if self._held or self._lock.locked():
-            self._held += frame
-        else:
-            self._held = write_without_waiting(self._socket, frame)
-        return not self._held
-
-    async def send(self, data: bytes) -> None:
-        await self._write(self._text_frame(data) if data else b"")
-
-    async def _write(self, wire: bytes) -> None:
-        """Write what is held, then ``wire``: every write that may wait comes here."""
-        async with self._lock:
-            wire, self._held = self._held + wire, b""
-            if self._broken:
-                raise ConnectionLost(f"{self.remote}: an earlier write was cut short")
-            if not wire:
-                return
-            self._broken = True  # until the whole of it is written
-            try:
-                await self._stream.send_all(wire)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise ConnectionLost(f"{self.remote}: {exc}") from None
-            self._broken = False
-
     # --- reading ----------------------------------------------------------------
 
-    async def receive_lines(self) -> list[bytes]:
+    async def receive_lines(self, replies: Replies) -> list[bytes]:
         while True:
             for event in self._ws.events():
-                lines = await self._on_event(event)
+                lines = self._on_event(event, replies)
                 if lines:
                     # Events not yet taken stay with wsproto for the next call.
                     return lines
@@ -230,7 +203,7 @@ class WsprotoConnection:
         self._ws.receive_data(data)
         return len(data)
 
-    async def _on_event(self, event: Event) -> list[bytes]:
+    def _on_event(self, event: Event, replies: Replies) -> list[bytes]:
         """Handle one event; the lines of a text message it completes."""
         if isinstance(event, TextMessage):
             return self._on_text(event)
@@ -242,13 +215,13 @@ class WsprotoConnection:
                 )
         elif isinstance(event, Ping):
             if self._ws.state is _OPEN:
-                await self._write(self._ws.send(event.response()))
+                replies.control(self._ws.send(event.response()))
         elif isinstance(event, Pong):
             answered = self._pongs.pop(bytes(event.payload), None)
             if answered is not None:
                 answered.set()
         elif isinstance(event, CloseConnection):
-            await self._on_close(event)
+            self._on_close(event, replies)
         return []
 
     def _on_text(self, event: TextMessage) -> list[bytes]:
@@ -279,7 +252,7 @@ class WsprotoConnection:
     def _too_large(self) -> ProtocolError:
         return ProtocolError(ErrorCode.TOO_LARGE, f"message longer than {self._max_message} bytes")
 
-    async def _on_close(self, event: CloseConnection) -> None:
+    def _on_close(self, event: CloseConnection, replies: Replies) -> NoReturn:
         """The peer closed, or wsproto found a frame it cannot accept: answer, then end.
 
         wsproto reports a frame it cannot parse as a Close it received while
@@ -292,39 +265,38 @@ class WsprotoConnection:
         else:
             reply = self._ws.send(event.response())
             why = f"closed by peer ({event.code})"
-        await self._write(reply)
+        replies.control(reply)
         raise ConnectionLost(f"{self.remote}: {why}")
 
     # --- keepalive and goodbye ---------------------------------------------------
 
-    async def ping(self) -> None:
+    async def ping(self, replies: Replies) -> None:
         self._pings_sent += 1
         payload = self._pings_sent.to_bytes(4, "big")
         answered = self._pongs[payload] = trio.Event()
         try:
             if self._ws.state is not _OPEN:
                 raise ConnectionLost(f"{self.remote}: closing")
-            await self._write(self._ws.send(Ping(payload)))
+            replies.control(self._ws.send(Ping(payload)))
             await answered.wait()
         finally:
             self._pongs.pop(payload, None)
 
-    async def close(self, code: CloseCode) -> None:
-        """Close frame (after whatever is held), then read until the peer's Close.
+    def goodbye(self, code: CloseCode) -> bytes:
+        """Our Close frame, unless a Close was already sent or received."""
+        if self._ws.state is not _OPEN:
+            return b""
+        return self._ws.send(CloseConnection(code=code))
 
-        The caller bounds the wait; the stream is released either way.
-        """
+    async def finish(self) -> None:
+        """After our Close: read until the peer's answer (the caller bounds the wait)."""
         try:
-            if self._ws.state is _OPEN:
-                await self._write(self._ws.send(CloseConnection(code=code)))
             while self._ws.state is ConnectionState.LOCAL_CLOSING:
                 await self._receive_some()
                 for _ in self._ws.events():  # the answer moves the state to CLOSED
                     pass
         except ConnectionLost:
             pass
-        finally:
-            await self.abort()
 
     async def abort(self) -> None:
         await release(self._stream)
