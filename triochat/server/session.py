@@ -29,7 +29,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from typing import NoReturn
 
 import trio
 
@@ -109,6 +108,7 @@ class Session:
         self._peer_gone = False
         """The connection failed under us (EOF, reset): no goodbye can reach the peer."""
         self._io_scope = trio.CancelScope()
+        """The reader's current stretch (see :meth:`_reading`); :meth:`close` cancels it."""
         self._nursery: trio.Nursery | None = None
         self._writer_deadline = math.inf
         """When the writer must stop; the session nursery's deadline once it is open."""
@@ -187,16 +187,12 @@ class Session:
                 self._nursery = nursery
                 nursery.cancel_scope.deadline = self._writer_deadline
                 self._outbox.start(self._start_writer)
-                with self._io_scope:
-                    try:
-                        await self._converse()
-                    except (ConnectionLost, WrongPort, ProtocolError) as exc:
-                        self._fail(exc)
-                    except StoreError:  # the server is stopping because of it
-                        self.close(LeftReason.SHUTDOWN, CloseCode.GOING_AWAY)
-                if self._reason is None:  # the io scope's deadline: no hello in time
-                    self._error(ErrorCode.HELLO_TIMEOUT, "no hello before the handshake deadline")
-                    self.close(LeftReason.DISCONNECTED, CloseCode.POLICY)
+                try:
+                    await self._converse()
+                except (ConnectionLost, WrongPort, ProtocolError) as exc:
+                    self._fail(exc)
+                except StoreError:  # the server is stopping because of it
+                    self.close(LeftReason.SHUTDOWN, CloseCode.GOING_AWAY)
         finally:
             self._nursery = None  # it takes no new tasks once it has exited
             if self._member is not None:
@@ -214,13 +210,29 @@ class Session:
         if self._nursery is not None:
             self._nursery.start_soon(self._write_loop)
 
-    async def _converse(self) -> NoReturn:
-        # The handshake deadline sits on the io scope itself (one cancel scope less
-        # per connection) and is lifted once the client is in: it is for strangers only.
-        self._io_scope.deadline = trio.current_time() + self._config.handshake_timeout
-        rest = await self._await_hello()
-        self._io_scope.deadline = math.inf
-        await self._read_loop(rest)
+    def _reading(self, deadline: float) -> trio.CancelScope:
+        """A new stretch of reading that ends at ``deadline``, or when :meth:`close` cancels it.
+
+        The reader holds one cancel scope at a time (the handshake deadline, a
+        keepalive stretch, the wait for a ping's answer): one scope per
+        connection fewer than a scope for closing plus one for time. A close
+        that comes between stretches is seen here.
+        """
+        self._io_scope = trio.CancelScope(deadline=deadline)
+        if self._reason is not None:
+            self._io_scope.cancel()
+        return self._io_scope
+
+    async def _converse(self) -> None:
+        """Read until the session is closed; a stranger must say hello in time."""
+        rest = None
+        with self._reading(trio.current_time() + self._config.handshake_timeout):
+            rest = await self._await_hello()
+        if rest is not None:
+            await self._read_loop(rest)
+        elif self._reason is None:
+            self._error(ErrorCode.HELLO_TIMEOUT, "no hello before the handshake deadline")
+            self.close(LeftReason.DISCONNECTED, CloseCode.POLICY)
 
     def _fail(self, exc: ConnectionLost | WrongPort | ProtocolError) -> None:
         """The close that matches a peer's failure; called in the task that caught it.
@@ -252,8 +264,9 @@ class Session:
                     if self._accept(event, rooms, resume_after):
                         return lines[index + 1 :]
 
-    async def _read_loop(self, lines: list[bytes]) -> NoReturn:
-        """Handle lines as they come; a peer silent for ``keepalive_interval`` is checked on.
+    async def _read_loop(self, lines: list[bytes]) -> None:
+        """Handle lines as they come until closed; a peer silent for
+        ``keepalive_interval`` is checked on.
 
         The reader is the keepalive: no task per session waits for silence, and
         no cancel scope is spent per receive. One scope covers a stretch of
@@ -266,7 +279,7 @@ class Session:
         interval = self._config.keepalive_interval
         heard = trio.current_time()
         while True:
-            with trio.move_on_at(heard + interval if interval > 0 else math.inf):
+            with self._reading(heard + interval if interval > 0 else math.inf):
                 while True:
                     for line in lines:
                         if self._reason is not None:  # closed by an earlier line: ignore the rest
@@ -281,6 +294,8 @@ class Session:
                     lines = await self._receive()
                     heard = trio.current_time()
             lines = []
+            if self._reason is not None:
+                return
             if trio.current_time() < heard + interval:
                 continue
             if self._conn.native_ping:
@@ -289,11 +304,14 @@ class Session:
                 heard = trio.current_time()
                 continue
             self._send(encode(Ping(token=KEEPALIVE_TOKEN)))
-            with trio.move_on_after(self._config.keepalive_timeout):
+            with self._reading(trio.current_time() + self._config.keepalive_timeout):
                 lines = await self._receive()
                 heard = trio.current_time()
                 continue
+            if self._reason is not None:
+                return
             self._drop_silent()
+            return
 
     async def _ping_probe(self) -> None:
         """One transport Ping; no Pong within ``keepalive_timeout`` ends the session."""
