@@ -24,6 +24,7 @@ from triochat.transport.base import (
     Frame,
     Replies,
     http_refusal,
+    read_socket,
     receive_unfinished,
     write_without_waiting,
 )
@@ -59,7 +60,10 @@ class StreamConnection:
         self.stream = stream
         self.frame: Frame | None = None
         self.direct: Direct | None = None
+        self._socket: trio.socket.SocketType | None = None
+        """Read directly (see :func:`read_socket`); ``None`` for other streams."""
         if isinstance(stream, trio.SocketStream):
+            self._socket = stream.socket
             self.direct = partial(write_without_waiting, stream.socket)
 
     async def receive_lines(self, replies: Replies | None = None) -> list[bytes]:
@@ -81,8 +85,13 @@ class StreamConnection:
 
     async def _receive_some(self) -> bytes | bytearray:
         try:
-            data = await self._stream.receive_some(RECEIVE_SIZE)
+            if self._socket is not None:
+                data: bytes | bytearray = await read_socket(self._socket, RECEIVE_SIZE)
+            else:
+                data = await self._stream.receive_some(RECEIVE_SIZE)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise ConnectionLost(f"{self.remote}: {exc}") from None
+        except ConnectionLost as exc:
             raise ConnectionLost(f"{self.remote}: {exc}") from None
         if not data:
             raise ConnectionLost(f"{self.remote}: closed by peer")
