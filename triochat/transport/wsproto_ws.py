@@ -1,4 +1,4 @@
-"""NDJSON over WebSocket on wsproto's sans-IO API: the framing and the socket are ours.
+"""WebSocket messages and NDJSON lines on wsproto's sans-IO API; the framing and socket are ours.
 
 Theory of operation
 -------------------
@@ -10,6 +10,13 @@ parses what the peer sends and produces the handshake and control frames; the
 session's own reader task feeds it, and lines go out as text frames built here
 (a server's frames are not masked, RFC 6455 §5.1). So the outbox can write a
 batch without waiting, exactly as on TCP.
+
+Reading has two layers. :meth:`WsprotoConnection.receive_message` is plain
+WebSocket: whole messages, text (as UTF-8) or binary, with every control frame
+answered on the way; it is what the Autobahn conformance suite checks, through
+an echo server in the tests (tests/conformance/). :meth:`~WsprotoConnection.receive_lines`
+is the chat protocol's view of it: a text message's NDJSON lines, and a binary
+message is ``bad_event``.
 
 This connection never writes: the session's outbox does, one writer at a time
 (see :mod:`triochat.server.outbox`). What the protocol makes the reader answer
@@ -36,7 +43,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from functools import partial
-from typing import NoReturn
+from typing import NamedTuple, NoReturn
 
 import trio
 from wsproto import ConnectionType, WSConnection
@@ -71,6 +78,14 @@ RECEIVE_SIZE = 64 * 1024
 _OPEN = ConnectionState.OPEN
 
 
+class Message(NamedTuple):
+    """One whole message as the peer sent it, its fragments joined."""
+
+    data: bytes
+    """The payload; UTF-8 (checked by wsproto) for a text message."""
+    binary: bool
+
+
 def text_frame(payload: bytes) -> bytes:
     """One final, unmasked text frame holding ``payload`` (RFC 6455 §5.2)."""
     size = len(payload)
@@ -79,6 +94,14 @@ def text_frame(payload: bytes) -> bytes:
     if size < 1 << 16:
         return b"\x81\x7e" + size.to_bytes(2, "big") + payload
     return b"\x81\x7f" + size.to_bytes(8, "big") + payload
+
+
+def binary_frame(payload: bytes) -> bytes:
+    """``payload`` as a final, unmasked binary frame: a text frame but for the opcode.
+
+    No chat line goes this way (the tests' echo does), so it is made from the text frame.
+    """
+    return b"\x82" + text_frame(payload)[1:]
 
 
 async def accept(
@@ -150,9 +173,7 @@ class WsprotoConnection:
         self._max_message = max_message
         self.remote = remote
         self._message = bytearray()
-        """The text message being received, UTF-8, while it is unfinished."""
-        self._message_size = 0
-        """Bytes of the message being received so far (text or binary)."""
+        """The message being received (text in UTF-8), while it is unfinished."""
         self._message_since: float | None = None
         """When its first fragment arrived; None between messages."""
         self._message_timeout = message_timeout
@@ -177,12 +198,25 @@ class WsprotoConnection:
     # --- reading ----------------------------------------------------------------
 
     async def receive_lines(self, replies: Replies) -> list[bytes]:
+        """The chat protocol's view: a text message's NDJSON lines; binary is ``bad_event``."""
+        while True:
+            data, binary = await self.receive_message(replies)
+            if binary:
+                raise ProtocolError(
+                    ErrorCode.BAD_EVENT, "binary messages are not part of the protocol"
+                )
+            lines = split_message(data, self._max_line)
+            if lines:
+                return lines
+
+    async def receive_message(self, replies: Replies) -> Message:
+        """The next whole message, its fragments joined; answers go to ``replies``."""
         while True:
             for event in self._ws.events():
-                lines = self._on_event(event, replies)
-                if lines:
+                message = self._on_event(event, replies)
+                if message is not None:
                     # Events not yet taken stay with wsproto for the next call.
-                    return lines
+                    return message
             since = self._message_since
             if since is None:
                 await self._receive_some()
@@ -203,17 +237,13 @@ class WsprotoConnection:
         self._ws.receive_data(data)
         return len(data)
 
-    def _on_event(self, event: Event, replies: Replies) -> list[bytes]:
-        """Handle one event; the lines of a text message it completes."""
+    def _on_event(self, event: Event, replies: Replies) -> Message | None:
+        """Handle one event; the message it completes, if any."""
         if isinstance(event, TextMessage):
-            return self._on_text(event)
+            return self._on_data(event.data.encode(), event.message_finished, binary=False)
         if isinstance(event, BytesMessage):
-            self._count(event.data, event.message_finished)
-            if event.message_finished:
-                raise ProtocolError(
-                    ErrorCode.BAD_EVENT, "binary messages are not part of the protocol"
-                )
-        elif isinstance(event, Ping):
+            return self._on_data(bytes(event.data), event.message_finished, binary=True)
+        if isinstance(event, Ping):
             if self._ws.state is _OPEN:
                 replies.control(self._ws.send(event.response()))
         elif isinstance(event, Pong):
@@ -222,32 +252,30 @@ class WsprotoConnection:
                 answered.set()
         elif isinstance(event, CloseConnection):
             self._on_close(event, replies)
-        return []
+        return None
 
-    def _on_text(self, event: TextMessage) -> list[bytes]:
-        part = event.data.encode()
-        if self._message_since is None and event.message_finished:  # the usual: one whole frame
-            if len(part) > self._max_message:
-                raise self._too_large()
-            return split_message(part, self._max_line)
-        self._count(part, event.message_finished)
-        self._message += part
-        if not event.message_finished:
-            return []
-        message = bytes(self._message)
-        self._message.clear()
-        return split_message(message, self._max_line)
+    def _on_data(self, part: bytes, finished: bool, *, binary: bool) -> Message | None:
+        """One piece of a message: the whole message once ``finished``.
 
-    def _count(self, part: bytes | bytearray, finished: bool) -> None:
-        """Account for one piece of a message: its size over all pieces, and its deadline."""
+        The size is checked over all the pieces so far, and the first piece
+        starts the message's clock.
+        """
         if self._message_since is None:
+            if finished:  # the usual: one whole frame
+                if len(part) > self._max_message:
+                    raise self._too_large()
+                return Message(part, binary)
             self._message_since = trio.current_time()
-        self._message_size += len(part)
-        if self._message_size > self._max_message:
+        message = self._message
+        message += part
+        if len(message) > self._max_message:
             raise self._too_large()
-        if finished:
-            self._message_size = 0
-            self._message_since = None
+        if not finished:
+            return None
+        whole = bytes(message)
+        message.clear()
+        self._message_since = None
+        return Message(whole, binary)
 
     def _too_large(self) -> ProtocolError:
         return ProtocolError(ErrorCode.TOO_LARGE, f"message longer than {self._max_message} bytes")
