@@ -81,6 +81,9 @@ class FaultyProxy:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         if self.faults.keep_upstream:
+            # Leak the session, not the client's socket: close it as a server answering the
+            # client's close would, so a polite client is not left waiting out its close grace.
+            await client.aclose()
             await trio.sleep_forever()
         scope.cancel()
 
