@@ -28,7 +28,7 @@ import trio
 from tests.conformance.echo import serve_echo
 
 TIMEOUT = 120.0
-"""The whole run; it takes about 6 s (a dozen cases wait 1 s on purpose)."""
+"""The whole run; it takes about 5 s (six cases wait 1 s on purpose)."""
 PARALLEL = 4
 """Cases run at once: the waiting cases overlap (10 s one at a time)."""
 CASES = 517
