@@ -69,6 +69,7 @@ from triochat.transport.base import (
     Direct,
     Frame,
     Replies,
+    read_socket,
     receive_unfinished,
     write_without_waiting,
 )
@@ -229,8 +230,8 @@ class WsprotoConnection:
     async def _receive_some(self) -> int:
         """Read once and give wsproto what came; how many bytes that was."""
         try:
-            data = await self._stream.receive_some(RECEIVE_SIZE)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            data = await read_socket(self._stream.socket, RECEIVE_SIZE)
+        except ConnectionLost as exc:
             raise ConnectionLost(f"{self.remote}: {exc}") from None
         if not data:
             raise ConnectionLost(f"{self.remote}: closed by peer without a Close frame")
