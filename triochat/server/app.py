@@ -14,8 +14,11 @@ is caught: whatever one connection does ends that connection only.
 
 WebSocket is spoken through wsproto, the sans-IO protocol library, with our
 own framing and writes (triochat/transport/wsproto_ws.py); the listener is our
-own accept loop, as for TCP. trio-websocket remains the client library
-(triochat/client.py, the TUI, the harness), not the server's.
+own accept loop, as for TCP. The opening HTTP request is read and judged by
+triochat/transport/upgrade.py: health probes, plain HTTP and bad upgrades get
+whole HTTP responses and a close, good upgrades a 101 and then wsproto.
+trio-websocket remains the client library (triochat/client.py, the TUI, the
+harness), not the server's.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import trio
-from wsproto.events import Request as WsRequest
+from wsproto import ConnectionType
+from wsproto.connection import Connection as Protocol
 
 from triochat.errors import ConnectionLost, ListenError, StoreError
 from triochat.protocol import ErrorCode, encode
@@ -55,8 +59,15 @@ from triochat.server.store import (
 from triochat.transport.base import Connection, hostport, write_without_waiting
 from triochat.transport.release import linger, release
 from triochat.transport.tcp import StreamConnection
+from triochat.transport.upgrade import (
+    Answers,
+    Request,
+    Verdict,
+    answer,
+    receive_request,
+    switching_protocols,
+)
 from triochat.transport.wsproto_ws import WsprotoConnection
-from triochat.transport.wsproto_ws import accept as accept_wsproto
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +99,8 @@ class Server:
     wrong_port: dict[str, bytes] = field(default_factory=dict)
     """Per listener scheme, the one ``error{wrong_port}`` line for a peer that speaks
     the other listener's protocol there (see :func:`wrong_port_line`)."""
+    http: Answers = field(init=False)
+    """The WebSocket port's HTTP answers (all but the upgrade), made once."""
     limits: ConnectionLimits = field(init=False)
     loader: RoomLoader | None = None
     """Brings rooms back from the history database before they are joined; None without one."""
@@ -201,7 +214,7 @@ Listeners = list[tuple[str, Handler, list[trio.SocketListener]]]
 async def _open_all(server: Server) -> Listeners:
     config = server.config
     wanted: list[tuple[str, int | None, Handler]] = [
-        ("ws", config.port, partial(_handle_wsproto, server)),
+        ("ws", config.port, partial(_handle_websocket, server)),
         ("tcp", config.tcp_port, partial(_handle_tcp, server)),
     ]
     opened: Listeners = []
@@ -214,6 +227,7 @@ async def _open_all(server: Server) -> Listeners:
             server.urls += [f"{scheme}://{_endpoint(lst)}" for lst in group]
         for scheme in ("ws", "tcp"):
             server.wrong_port[scheme] = wrong_port_line(scheme, server.urls)
+        server.http = Answers(not_websocket_text(server.urls), server.wrong_port["ws"])
     except BaseException:
         for _, _, group in opened:
             for lst in group:
@@ -396,10 +410,13 @@ async def _contained(
         await release(stream)
 
 
+def _first_url(scheme: str, urls: list[str]) -> str | None:
+    return next((url for url in urls if url.startswith(f"{scheme}://")), None)
+
+
 def wrong_port_line(scheme: str, urls: list[str]) -> bytes:
     """What a peer on the ``scheme`` listener is told when it speaks the other protocol."""
-    other = "tcp" if scheme == "ws" else "ws"
-    there = next((url for url in urls if url.startswith(f"{other}://")), None)
+    there = _first_url("tcp" if scheme == "ws" else "ws", urls)
     if scheme == "tcp":
         text = "this is triochat's TCP port, for NDJSON lines, not HTTP; " + (
             f"WebSocket clients connect to {there}" if there else "this server has no WebSocket"
@@ -409,6 +426,13 @@ def wrong_port_line(scheme: str, urls: list[str]) -> bytes:
             f"line clients connect to {there}" if there else "this server has no TCP listener"
         )
     return encode(Error(code=ErrorCode.WRONG_PORT, message=text))
+
+
+def not_websocket_text(urls: list[str]) -> str:
+    """The body of the 426 a plain HTTP request on the WebSocket port gets."""
+    tcp = _first_url("tcp", urls)
+    there = f"; line clients (NDJSON) connect to {tcp}" if tcp else ""
+    return f"this is triochat's WebSocket endpoint: connect with a WebSocket client{there}"
 
 
 async def _handle_tcp(server: Server, stream: trio.SocketStream, remote: str, claim: Claim) -> None:
@@ -422,59 +446,86 @@ async def _handle_tcp(server: Server, stream: trio.SocketStream, remote: str, cl
     await _run_session(server, conn, claim)
 
 
-async def _refused_line_client(server: Server, stream: trio.SocketStream, remote: str) -> bool:
-    """Whether the connection ends before any WebSocket: the peer left without a byte,
-    or opened with a JSON line instead of an upgrade and was told so.
-
-    The first byte is peeked, not read, so a WebSocket peer's request is left
-    whole for the engine. The answer is one ``error{wrong_port}`` line, then a
-    lingering close (the peer's unread line must not turn our close into a reset).
-    """
-    try:
-        first = await stream.socket.recv(1, socket.MSG_PEEK)
-    except OSError:
-        return True  # reset before a byte: nothing to serve
-    if first == b"":
-        return True  # closed before a byte: no handshake to wait for
-    if first != b"{":
-        return False
-    log.debug("%s: a JSON line on the WebSocket port", remote)
-    await stream.send_all(server.wrong_port["ws"])
-    with trio.move_on_after(server.config.close_timeout):
-        await linger(stream)
-    return True
-
-
-async def _handle_wsproto(
+async def _handle_websocket(
     server: Server, stream: trio.SocketStream, remote: str, claim: Claim
 ) -> None:
-    """WebSocket on wsproto, framed and written by us (transport/wsproto_ws.py)."""
-    config = server.config
+    """One connection to the WebSocket port: its HTTP request answered, then its session
+    if that was an upgrade."""
     conn: WsprotoConnection | None = None
     with _handshake_deadline(server, remote):
-        if await _refused_line_client(server, stream, remote):
-            return
-        conn = await accept_wsproto(
-            stream,
-            max_line=config.max_line,
-            max_message=_max_message(config),
-            message_timeout=config.message_timeout,
-            remote=remote,
-            refuse=partial(_refuse_forwarded, server, claim) if claim.proxy else None,
-        )
+        conn = await _upgrade(server, stream, remote, claim)
     if conn is not None:
         await _run_session(server, conn, claim)
 
 
-def _refuse_forwarded(server: Server, claim: Claim, request: WsRequest) -> bytes | None:
+async def _upgrade(
+    server: Server, stream: trio.SocketStream, remote: str, claim: Claim
+) -> WsprotoConnection | None:
+    """Read and judge the opening request (transport/upgrade.py); the connection after a 101.
+
+    None if the peer left first, or got another answer (and a lingering close).
+    A trusted proxy's upgrade is counted against the client it names first.
+    """
+    received = await receive_request(stream)
+    if received is None:
+        return None  # left before a whole request
+    if isinstance(received, Verdict):  # not HTTP, or not a request HTTP allows
+        await _close_with(server, stream, remote, received, server.http.wire(received))
+        return None
+    request, trailing = received
+    verdict = answer(request, draining=server._stop.is_set())
+    if verdict is not Verdict.UPGRADE:
+        wire = server.http.wire(verdict, head_only=request.head_only)
+        await _close_with(server, stream, remote, verdict, wire)
+        return None
+    refusal = _refuse_forwarded(server, claim, request) if claim.proxy else None
+    if refusal is not None:
+        await _close_with(server, stream, remote, verdict, refusal)
+        return None
+    await _write(stream, switching_protocols(request))
+    protocol = Protocol(ConnectionType.SERVER)  # OPEN: the handshake was ours
+    if trailing:
+        protocol.receive_data(trailing)  # frames sent right behind the request
+    config = server.config
+    return WsprotoConnection(
+        stream,
+        protocol,
+        max_line=config.max_line,
+        max_message=_max_message(config),
+        message_timeout=config.message_timeout,
+        remote=remote,
+    )
+
+
+async def _write(stream: trio.SocketStream, data: bytes) -> None:
+    """A fresh socket takes an answer whole: written without waiting, a checkpoint saved."""
+    rest = write_without_waiting(stream.socket, data)
+    if rest:
+        await stream.send_all(rest)
+
+
+async def _close_with(
+    server: Server, stream: trio.SocketStream, remote: str, verdict: Verdict, wire: bytes
+) -> None:
+    """Send one whole answer, then close once the peer has read it (:func:`linger`).
+
+    The peer may have sent more than we read (a body, its first frames): closing
+    with it unread would reset the connection, maybe before the answer is read.
+    """
+    log.debug("%s: answered the WebSocket port's request: %s", remote, verdict.name)
+    await _write(stream, wire)
+    with trio.move_on_after(server.config.close_timeout):
+        await linger(stream)
+
+
+def _refuse_forwarded(server: Server, claim: Claim, request: Request) -> bytes | None:
     """For a trusted proxy's connection, count it against the client it names.
 
     The client is taken from ``X-Forwarded-For`` (the proxy itself if there is
     none). Returns the 429/503 answer if that client may not connect, else None.
     """
     assert claim.proxy is not None
-    headers = request.extra_headers
-    values = [v.decode("latin-1") for k, v in headers if k.lower() == b"x-forwarded-for"]
+    values = [v.decode("latin-1") for v in request.fields.get(b"x-forwarded-for", [])]
     address = server.limits.claim(server.limits.forwarded_client(claim.proxy, values))
     if isinstance(address, Refusal):
         return server.limits.answers["ws"][address]
