@@ -11,7 +11,7 @@ import base64
 import itertools
 import os
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 import trio
@@ -270,6 +270,64 @@ async def test_an_upgrade_becomes_a_chat_session(server: Server, how: str) -> No
             ws.receive_data(await stream.receive_some())
             welcome += "".join(e.data for e in ws.events() if isinstance(e, TextMessage))
         await stream.aclose()
+
+
+# --- drain ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def draining(nursery: trio.Nursery) -> AsyncIterator[tuple[Server, trio.SocketStream]]:
+    """A server that stops while a request is on its way: the first bytes have been read."""
+    config = replace(TEST_CONFIG, drain_timeout=5, close_timeout=5)
+    running: Server = await nursery.start(serve, config)
+    stream = await trio.open_tcp_stream(*host_port(running.url("ws")))
+    await stream.send_all(b"GET ")
+    await trio.testing.wait_all_tasks_blocked()
+    running.stop()
+    await trio.testing.wait_all_tasks_blocked()  # the stop has reached the handshake
+    yield running, stream
+    await stream.aclose()
+
+
+@pytest.mark.parametrize("path", [b"/healthz", b"/readyz"])
+async def test_a_probe_says_503_while_draining(
+    draining: tuple[Server, trio.SocketStream], path: bytes
+) -> None:
+    _, stream = draining
+    with trio.fail_after(TIMEOUT):
+        await stream.send_all(b"%s HTTP/1.1\r\nHost: lb\r\n\r\n" % path)
+        response = parse_response(await read_to_eof(stream))
+    assert response.status == 503
+    assert response.body == Verdict.DRAINING.text.encode() + b"\n"
+
+
+async def test_an_upgrade_while_draining_gets_503(
+    draining: tuple[Server, trio.SocketStream],
+) -> None:
+    _, stream = draining
+    with trio.fail_after(TIMEOUT):
+        await stream.send_all(handshake().removeprefix(b"GET "))
+        response = parse_response(await read_to_eof(stream))
+    assert response.status == 503
+
+
+async def test_a_connection_that_sent_nothing_is_closed_at_once_on_stop(
+    nursery: trio.Nursery,
+) -> None:
+    config = replace(TEST_CONFIG, handshake_timeout=30, drain_timeout=30, close_timeout=30)
+    done = trio.Event()
+
+    async def run(*, task_status: trio.TaskStatus[Server]) -> None:
+        await serve(config, task_status=task_status)
+        done.set()
+
+    running: Server = await nursery.start(run)
+    async with await trio.open_tcp_stream(*host_port(running.url("ws"))) as stream:
+        await trio.testing.wait_all_tasks_blocked()  # accepted, waiting for a request
+        with trio.fail_after(TIMEOUT):
+            running.stop()
+            assert await read_to_eof(stream) == b""
+            await done.wait()
 
 
 # --- the rules, without a server ---------------------------------------------------------

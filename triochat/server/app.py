@@ -93,7 +93,7 @@ class Server:
     """``ws://host:port`` and ``tcp://host:port``, one per bound listener."""
     _stop: trio.Event = field(default_factory=trio.Event)
     _sessions: set[Session] = field(default_factory=set)
-    _handshakes: set[trio.CancelScope] = field(default_factory=set)
+    _handshakes: set[_Handshake] = field(default_factory=set)
     _failure: StoreError | None = None
     """Why the server stopped on its own, raised by :func:`serve` once it has stopped."""
     wrong_port: dict[str, bytes] = field(default_factory=dict)
@@ -198,8 +198,8 @@ async def _serve(
             listening.cancel_scope.cancel()
         log.info("stopping: %d connections to close", len(server._sessions))
         connections.cancel_scope.deadline = trio.current_time() + config.drain_timeout
-        for scope in server._handshakes:
-            scope.cancel()
+        for handshake in server._handshakes:
+            handshake.stop(config.close_timeout)
         sessions = list(server._sessions)
         for session in sessions:
             session.announce_shutdown()
@@ -452,21 +452,21 @@ async def _handle_websocket(
     """One connection to the WebSocket port: its HTTP request answered, then its session
     if that was an upgrade."""
     conn: WsprotoConnection | None = None
-    with _handshake_deadline(server, remote):
-        conn = await _upgrade(server, stream, remote, claim)
+    with _handshake_deadline(server, remote) as handshake:
+        conn = await _upgrade(server, stream, remote, claim, handshake)
     if conn is not None:
         await _run_session(server, conn, claim)
 
 
 async def _upgrade(
-    server: Server, stream: trio.SocketStream, remote: str, claim: Claim
+    server: Server, stream: trio.SocketStream, remote: str, claim: Claim, handshake: _Handshake
 ) -> WsprotoConnection | None:
     """Read and judge the opening request (transport/upgrade.py); the connection after a 101.
 
     None if the peer left first, or got another answer (and a lingering close).
     A trusted proxy's upgrade is counted against the client it names first.
     """
-    received = await receive_request(stream)
+    received = await receive_request(stream, handshake.begin)
     if received is None:
         return None  # left before a whole request
     if isinstance(received, Verdict):  # not HTTP, or not a request HTTP allows
@@ -541,15 +541,41 @@ def _max_message(config: ServerConfig) -> int:
     return config.max_line * 4
 
 
+@dataclass(eq=False, slots=True)
+class _Handshake:
+    """One WebSocket port connection between accept and its session (or its answer)."""
+
+    scope: trio.CancelScope
+    """Its deadline: ``handshake_timeout`` from accept, slowloris protection."""
+    began: bool = False
+    """Bytes of its request have arrived."""
+
+    def begin(self) -> None:
+        self.began = True
+
+    def stop(self, grace: float) -> None:
+        """The server is stopping: close at once a peer that has sent nothing yet.
+
+        One whose request is on its way gets ``grace`` more seconds to finish it,
+        and so hears 503 (a load balancer's probe learns we are draining) rather
+        than a bare close.
+        """
+        if self.began:
+            self.scope.deadline = min(self.scope.deadline, trio.current_time() + grace)
+        else:
+            self.scope.cancel()
+
+
 @contextmanager
-def _handshake_deadline(server: Server, remote: str) -> Iterator[None]:
-    """The WebSocket handshake's deadline (slowloris protection); a stop cuts it short too."""
+def _handshake_deadline(server: Server, remote: str) -> Iterator[_Handshake]:
+    """The WebSocket handshake's deadline; a stop cuts it short (:meth:`_Handshake.stop`)."""
     with trio.move_on_after(server.config.handshake_timeout) as scope:
-        server._handshakes.add(scope)
+        handshake = _Handshake(scope)
+        server._handshakes.add(handshake)
         try:
-            yield
+            yield handshake
         finally:
-            server._handshakes.discard(scope)
+            server._handshakes.discard(handshake)
     if scope.cancelled_caught:
         log.debug("%s: no WebSocket handshake in time", remote)
 
