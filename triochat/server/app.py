@@ -26,10 +26,10 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
+from types import TracebackType
 
 import trio
 from wsproto import ConnectionType
@@ -71,9 +71,10 @@ from triochat.transport.wsproto_ws import WsprotoConnection
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[trio.SocketStream, str, Claim], Awaitable[None]]
-"""Serves one accepted connection; also given the peer's address (for logs) and what
-the connection holds against the connection limits."""
+Handler = Callable[[trio.SocketStream, str, Claim], Awaitable[Connection | None]]
+"""Opens one accepted connection (its handshake, if any): the peer's connection, or
+None if it got an answer instead or left. Also given the peer's address (for logs)
+and what the connection holds against the connection limits."""
 
 ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 """accept() failures that mean "full for now", not "broken" (the same set as trio's)."""
@@ -214,8 +215,8 @@ Listeners = list[tuple[str, Handler, list[trio.SocketListener]]]
 async def _open_all(server: Server) -> Listeners:
     config = server.config
     wanted: list[tuple[str, int | None, Handler]] = [
-        ("ws", config.port, partial(_handle_websocket, server)),
-        ("tcp", config.tcp_port, partial(_handle_tcp, server)),
+        ("ws", config.port, partial(_open_websocket, server)),
+        ("tcp", config.tcp_port, partial(_open_tcp, server)),
     ]
     opened: Listeners = []
     try:
@@ -396,9 +397,15 @@ class _Starved:
 async def _contained(
     server: Server, handler: Handler, stream: trio.SocketStream, remote: str, claim: Claim
 ) -> None:
-    """Run one connection; whatever it raises stops here and ends only this connection."""
+    """Run one connection; whatever it raises stops here and ends only this connection.
+
+    The session runs in this frame, not in the handler's: an idle connection holds
+    every suspended frame of its task, so the task is kept shallow.
+    """
     try:
-        await handler(stream, remote, claim)
+        conn = await handler(stream, remote, claim)
+        if conn is not None:
+            await _run_session(server, conn, claim)
     except* (ConnectionLost, trio.BrokenResourceError, trio.ClosedResourceError) as group:
         log.debug("%s: connection lost: %r", remote, group.exceptions)
     except* Exception as group:
@@ -435,27 +442,26 @@ def not_websocket_text(urls: list[str]) -> str:
     return f"this is triochat's WebSocket endpoint: connect with a WebSocket client{there}"
 
 
-async def _handle_tcp(server: Server, stream: trio.SocketStream, remote: str, claim: Claim) -> None:
-    conn = StreamConnection(
+async def _open_tcp(
+    server: Server, stream: trio.SocketStream, remote: str, claim: Claim
+) -> Connection:
+    return StreamConnection(
         stream,
         max_line=server.config.max_line,
         message_timeout=server.config.message_timeout,
         remote=remote,
         http_answer=server.wrong_port["tcp"],
     )
-    await _run_session(server, conn, claim)
 
 
-async def _handle_websocket(
+async def _open_websocket(
     server: Server, stream: trio.SocketStream, remote: str, claim: Claim
-) -> None:
-    """One connection to the WebSocket port: its HTTP request answered, then its session
+) -> Connection | None:
+    """One connection to the WebSocket port: its HTTP request answered; the WebSocket
     if that was an upgrade."""
-    conn: WsprotoConnection | None = None
-    with _handshake_deadline(server, remote) as handshake:
-        conn = await _upgrade(server, stream, remote, claim, handshake)
-    if conn is not None:
-        await _run_session(server, conn, claim)
+    with _Handshake(server, remote) as handshake:
+        return await _upgrade(server, stream, remote, claim, handshake)
+    return None  # out of time
 
 
 async def _upgrade(
@@ -541,14 +547,38 @@ def _max_message(config: ServerConfig) -> int:
     return config.max_line * 4
 
 
-@dataclass(eq=False, slots=True)
 class _Handshake:
-    """One WebSocket port connection between accept and its session (or its answer)."""
+    """One WebSocket port connection between accept and its session (or its answer),
+    under its deadline: ``handshake_timeout`` from accept, slowloris protection.
 
-    scope: trio.CancelScope
-    """Its deadline: ``handshake_timeout`` from accept, slowloris protection."""
-    began: bool = False
-    """Bytes of its request have arrived."""
+    A context manager, so that the server can find it while it lasts (``stop``).
+    """
+
+    __slots__ = ("_remote", "_server", "began", "scope")
+
+    def __init__(self, server: Server, remote: str) -> None:
+        self._server = server
+        self._remote = remote
+        self.scope = trio.move_on_after(server.config.handshake_timeout)
+        self.began = False
+        """Bytes of its request have arrived."""
+
+    def __enter__(self) -> _Handshake:
+        self.scope.__enter__()
+        self._server._handshakes.add(self)
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        self._server._handshakes.discard(self)
+        swallowed = self.scope.__exit__(kind, exc, tb)
+        if self.scope.cancelled_caught:
+            log.debug("%s: no WebSocket handshake in time", self._remote)
+        return swallowed
 
     def begin(self) -> None:
         self.began = True
@@ -564,20 +594,6 @@ class _Handshake:
             self.scope.deadline = min(self.scope.deadline, trio.current_time() + grace)
         else:
             self.scope.cancel()
-
-
-@contextmanager
-def _handshake_deadline(server: Server, remote: str) -> Iterator[_Handshake]:
-    """The WebSocket handshake's deadline; a stop cuts it short (:meth:`_Handshake.stop`)."""
-    with trio.move_on_after(server.config.handshake_timeout) as scope:
-        handshake = _Handshake(scope)
-        server._handshakes.add(handshake)
-        try:
-            yield handshake
-        finally:
-            server._handshakes.discard(handshake)
-    if scope.cancelled_caught:
-        log.debug("%s: no WebSocket handshake in time", remote)
 
 
 async def _run_session(server: Server, conn: Connection, claim: Claim) -> None:

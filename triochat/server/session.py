@@ -370,6 +370,17 @@ class Session:
         """
         polite = self._reason is not LeftReason.DISCONNECTED or self._outbox.sent_all
         polite = polite and not self._peer_gone
+        try:
+            if polite or not self._outbox.sent_all:
+                await self._write_last(polite)
+        finally:
+            # No shield needed: a socket closes synchronously, and other streams'
+            # release (aclose_forcefully) expects to be cancelled.
+            await self._conn.abort()
+
+    async def _write_last(self, polite: bool) -> None:
+        """What the outbox still holds, then the goodbye if ``polite``; bounded by
+        ``close_timeout``. A peer gone meanwhile ends it early."""
         goodbye = self._conn.goodbye(self._close_code) if polite else b""
         try:
             with trio.move_on_after(self._config.close_timeout):
@@ -378,9 +389,6 @@ class Session:
                     await self._conn.finish()
         except ConnectionLost as exc:
             log.debug("%s: %s", self._conn.remote, exc)
-        finally:
-            with trio.CancelScope(shield=True):
-                await self._conn.abort()
 
     # --- events ---------------------------------------------------------------
 
