@@ -181,18 +181,23 @@ class Session:
     # --- tasks ----------------------------------------------------------------
 
     async def run(self) -> None:
-        """Serve the client until it leaves or is closed; the connection is released on return."""
+        """Serve the client until it leaves or is closed; the connection is released on return.
+
+        A stranger gets no nursery: until its ``hello`` is accepted, what it is
+        sent goes by direct writes, and anything a write leaves behind waits for
+        the writer, which can start once the nursery opens (or for the goodbye).
+        A connection that never says hello (a probe, a scanner, a handshake
+        benchmark) so costs one cancel scope, not three.
+        """
         try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                nursery.cancel_scope.deadline = self._writer_deadline
-                self._outbox.start(self._start_writer)
-                try:
-                    await self._converse()
-                except (ConnectionLost, WrongPort, ProtocolError) as exc:
-                    self._fail(exc)
-                except StoreError:  # the server is stopping because of it
-                    self.close(LeftReason.SHUTDOWN, CloseCode.GOING_AWAY)
+            try:
+                rest = await self._greet()
+                if rest is not None:
+                    await self._converse(rest)
+            except (ConnectionLost, WrongPort, ProtocolError) as exc:
+                self._fail(exc)
+            except StoreError:  # the server is stopping because of it
+                self.close(LeftReason.SHUTDOWN, CloseCode.GOING_AWAY)
         finally:
             self._nursery = None  # it takes no new tasks once it has exited
             if self._member is not None:
@@ -204,6 +209,28 @@ class Session:
                 # it (a held delivery, a cycle the collector has not reached) holds no buffer.
                 self._outbox.discard()
                 self._member = None
+
+    async def _greet(self) -> list[bytes] | None:
+        """The lines after an accepted ``hello``; None if there was none in time."""
+        with self._reading(trio.current_time() + self._config.handshake_timeout):
+            return await self._await_hello()
+        if self._reason is None:
+            self._error(ErrorCode.HELLO_TIMEOUT, "no hello before the handshake deadline")
+            self.close(LeftReason.DISCONNECTED, CloseCode.POLICY)
+        return None
+
+    async def _converse(self, lines: list[bytes]) -> None:
+        """The welcomed client's reader, in the nursery its writer and probe share."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.cancel_scope.deadline = self._writer_deadline
+            self._outbox.start(self._start_writer)
+            try:  # caught here: the nursery would wrap it in an ExceptionGroup
+                await self._read_loop(lines)
+            except (ConnectionLost, WrongPort, ProtocolError) as exc:
+                self._fail(exc)
+            except StoreError:
+                self.close(LeftReason.SHUTDOWN, CloseCode.GOING_AWAY)
 
     def _start_writer(self) -> None:
         """Called by the outbox (from any task) the first time it needs its writer."""
@@ -222,17 +249,6 @@ class Session:
         if self._reason is not None:
             self._io_scope.cancel()
         return self._io_scope
-
-    async def _converse(self) -> None:
-        """Read until the session is closed; a stranger must say hello in time."""
-        rest = None
-        with self._reading(trio.current_time() + self._config.handshake_timeout):
-            rest = await self._await_hello()
-        if rest is not None:
-            await self._read_loop(rest)
-        elif self._reason is None:
-            self._error(ErrorCode.HELLO_TIMEOUT, "no hello before the handshake deadline")
-            self.close(LeftReason.DISCONNECTED, CloseCode.POLICY)
 
     def _fail(self, exc: ConnectionLost | WrongPort | ProtocolError) -> None:
         """The close that matches a peer's failure; called in the task that caught it.
