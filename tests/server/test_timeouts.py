@@ -55,6 +55,21 @@ async def test_no_hello_in_time_gets_hello_timeout_then_close(
     assert session.reason is LeftReason.DISCONNECTED
 
 
+async def test_a_stranger_on_a_stream_that_is_not_a_socket_is_answered_before_its_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """No direct write carries what a stranger is sent (a memory stream, later a
+    TLS stream) and it has no writer task yet: its reader must write it."""
+    async with _session(Hub(CONFIG)) as (client_end, session):
+        await client_end.send_all(b'{"type":"say","room":"dev","text":"hi","id":"s1"}\n')
+        data = await client_end.receive_some()
+        assert trio.current_time() < CONFIG.handshake_timeout
+        error = decode_server(data.rstrip(b"\n"))
+        assert isinstance(error, Error)
+        assert (error.code, error.ref) == ("hello_first", "s1")
+        session.close(LeftReason.QUIT)
+
+
 async def test_silent_tcp_peer_is_pinged_then_dropped_with_timeout(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -184,8 +184,8 @@ class Session:
         """Serve the client until it leaves or is closed; the connection is released on return.
 
         A stranger gets no nursery: until its ``hello`` is accepted, what it is
-        sent goes by direct writes, and anything a write leaves behind waits for
-        the writer, which can start once the nursery opens (or for the goodbye).
+        sent goes by direct writes, and what those cannot carry its reader writes
+        before it reads on (:meth:`Outbox.write_owed`).
         A connection that never says hello (a probe, a scanner, a handshake
         benchmark) so costs one cancel scope, not three.
         """
@@ -266,6 +266,7 @@ class Session:
     async def _await_hello(self) -> list[bytes]:
         """Read until a ``hello`` is accepted; return the lines that came after it."""
         while True:
+            await self._outbox.write_owed(self._conn.stream)  # no writer task yet
             lines = await self._receive()
             for index, line in enumerate(lines):
                 event = self._decode(line)
