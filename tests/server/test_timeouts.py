@@ -64,7 +64,7 @@ async def test_a_stranger_on_a_stream_that_is_not_a_socket_is_answered_before_it
         await client_end.send_all(b'{"type":"say","room":"dev","text":"hi","id":"s1"}\n')
         data = await client_end.receive_some()
         assert trio.current_time() < CONFIG.handshake_timeout
-        error = decode_server(data.rstrip(b"\n"))
+        error = decode_server(bytes(data).rstrip(b"\n"))
         assert isinstance(error, Error)
         assert (error.code, error.ref) == ("hello_first", "s1")
         session.close(LeftReason.QUIT)
