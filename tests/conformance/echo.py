@@ -108,11 +108,12 @@ async def _echo(conn: WsprotoConnection) -> None:
             code = ENDS_CONNECTION[exc.code]
         outbox.seal()  # the writer ends once it wrote what is pending
         nursery.cancel_scope.deadline = trio.current_time() + DEFAULTS.close_timeout
-    goodbye = b"" if code is None else conn.goodbye(code)
     try:
         with trio.move_on_after(DEFAULTS.close_timeout):
-            await outbox.finish(conn.stream, goodbye)
-            if goodbye:
+            if code is None:
+                await outbox.finish(conn.stream)
+            else:
+                await outbox.finish(conn.stream, partial(conn.goodbye, code))
                 await conn.finish()
     except ConnectionLost:
         pass

@@ -169,8 +169,9 @@ async def test_the_writer_is_started_once_and_only_when_a_flush_leaves_bytes_beh
     conn, peer = _pair(sndbuf=8192)
     box = _outbox(conn)
     starts: list[None] = []
+    assert box.put(LINES[0])  # queued before the session starts its writer (a welcome)...
     box.start(lambda: starts.append(None))  # what the session does: start a drain() task
-    assert box.put(LINES[0])
+    assert starts == []  # ...is the flusher's to write, not a reason for a task
     box.flush()
     assert starts == []  # the socket took it: no task needed
     assert _read_exactly(peer, 1000) == LINES[0]

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import socket
+from functools import partial
 
 import pytest
 import trio
@@ -132,7 +133,7 @@ async def test_nothing_is_written_after_a_write_cut_short() -> None:
         assert box.put(b"later\n")
         box.flush()
         with pytest.raises(ConnectionLost, match="cut short"):
-            await box.finish(conn.stream, conn.goodbye(CloseCode.NORMAL))
+            await box.finish(conn.stream, partial(conn.goodbye, CloseCode.NORMAL))
         await conn.abort()
     wire = await trio.to_thread.run_sync(_read_to_eof, client)
     frame = text_frame(BIG)
@@ -186,7 +187,7 @@ async def test_no_text_frame_follows_a_close() -> None:
         assert box.put(b'{"type":"notice"}\n')
         box.flush()
         assert box.put(b'{"type":"notice"}\n')
-        await box.finish(conn.stream, conn.goodbye(CloseCode.NORMAL))
+        await box.finish(conn.stream, partial(conn.goodbye, CloseCode.NORMAL))
         await conn.abort()
     wire = await trio.to_thread.run_sync(_read_to_eof, client)
     ws.receive_data(wire)

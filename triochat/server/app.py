@@ -405,7 +405,12 @@ async def _contained(
     try:
         conn = await handler(stream, remote, claim)
         if conn is not None:
-            await _run_session(server, conn, claim)
+            session = _session(server, conn, claim)
+            server._sessions.add(session)
+            try:
+                await session.run()
+            finally:
+                server._sessions.discard(session)
     except* (ConnectionLost, trio.BrokenResourceError, trio.ClosedResourceError) as group:
         log.debug("%s: connection lost: %r", remote, group.exceptions)
     except* Exception as group:
@@ -596,7 +601,8 @@ class _Handshake:
             self.scope.cancel()
 
 
-async def _run_session(server: Server, conn: Connection, claim: Claim) -> None:
+def _session(server: Server, conn: Connection, claim: Claim) -> Session:
+    """A session for ``conn``; told at once that the server is stopping, if it is."""
     session = Session(
         conn,
         server.hub,
@@ -605,13 +611,9 @@ async def _run_session(server: Server, conn: Connection, claim: Claim) -> None:
         address=claim.address,
         loader=server.loader,
     )
-    server._sessions.add(session)
-    try:
-        if server._stop.is_set():
-            session.shutdown()
-        await session.run()
-    finally:
-        server._sessions.discard(session)
+    if server._stop.is_set():
+        session.shutdown()
+    return session
 
 
 __all__ = ["Server", "serve"]

@@ -361,9 +361,17 @@ class Outbox:
         writer, self._writer = self._writer, None
         if writer is not None:
             trio.lowlevel.reschedule(writer)
-        elif not self._writer_started and self._spawn is not None and self._pending():
+        elif not self._writer_started and self._spawn is not None and self._writer_needed():
             self._writer_started = True
             self._spawn()
+
+    def _writer_needed(self) -> bool:
+        """Whether only a writer task can write what is pending: a write left bytes
+        behind, or nothing else writes (no direct write, or no flusher to call it).
+        Lines merely queued are the flusher's."""
+        if self.writing is Writing.WRITER:
+            return True
+        return self._pending() and (self._direct is None or self._flusher is None)
 
     async def drain(self, stream: trio.abc.Stream) -> NoReturn:
         """The writer task: write everything pending, batch by batch, until sealed and empty.
@@ -387,14 +395,16 @@ class Outbox:
         self._writer = None
         return trio.lowlevel.Abort.SUCCEEDED
 
-    async def finish(self, stream: trio.abc.Stream, goodbye: bytes) -> None:
-        """After the writer task: write what is pending, then ``goodbye``; ``DONE``.
+    async def finish(self, stream: trio.abc.Stream, goodbye: Callable[[], bytes] = bytes) -> None:
+        """After the writer task: write what is pending, then ``goodbye()``; ``DONE``.
 
-        :class:`ConnectionLost` if that cannot be written (``BROKEN`` included).
-        The caller bounds the time.
+        ``goodbye`` is called only once the pending lines are framed: a transport
+        frames no text after its Close. :class:`ConnectionLost` if that cannot be
+        written (``BROKEN`` included). The caller bounds the time.
         """
         self.seal()
-        wire = self._take(b"".join(self._lines)) + goodbye
+        wire = self._take(b"".join(self._lines))
+        wire += goodbye()
         self.accepting = Accepting.DONE
         if wire or self.writing is Writing.BROKEN:
             await self._send(stream, wire)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from functools import partial
 
 import trio
 
@@ -190,14 +191,16 @@ class Session:
         benchmark) so costs one cancel scope, not three.
         """
         try:
-            try:
+            rest = None
+            with _Failures(self):
                 rest = await self._greet()
-                if rest is not None:
-                    await self._converse(rest)
-            except (ConnectionLost, WrongPort, ProtocolError) as exc:
-                self._fail(exc)
-            except StoreError:  # the server is stopping because of it
-                self.close(LeftReason.SHUTDOWN, CloseCode.GOING_AWAY)
+            if rest is not None:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    nursery.cancel_scope.deadline = self._writer_deadline
+                    self._outbox.start(self._start_writer)
+                    with _Failures(self):  # inside: the nursery would wrap them in a group
+                        await self._read_loop(rest)
         finally:
             self._nursery = None  # it takes no new tasks once it has exited
             if self._member is not None:
@@ -218,19 +221,6 @@ class Session:
             self._error(ErrorCode.HELLO_TIMEOUT, "no hello before the handshake deadline")
             self.close(LeftReason.DISCONNECTED, CloseCode.POLICY)
         return None
-
-    async def _converse(self, lines: list[bytes]) -> None:
-        """The welcomed client's reader, in the nursery its writer and probe share."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            nursery.cancel_scope.deadline = self._writer_deadline
-            self._outbox.start(self._start_writer)
-            try:  # caught here: the nursery would wrap it in an ExceptionGroup
-                await self._read_loop(lines)
-            except (ConnectionLost, WrongPort, ProtocolError) as exc:
-                self._fail(exc)
-            except StoreError:
-                self.close(LeftReason.SHUTDOWN, CloseCode.GOING_AWAY)
 
     def _start_writer(self) -> None:
         """Called by the outbox (from any task) the first time it needs its writer."""
@@ -380,13 +370,11 @@ class Session:
         code, TCP FIN) unless the peer is already gone.
 
         Even when the outbox was abandoned (eviction, keepalive timeout) the close
-        code is worth a try; ``close_timeout`` bounds it if the peer reads nothing.
-        A session that ended in ``DISCONNECTED`` tries only if its writer sent
-        everything (``too_large``, ``hello_timeout``: the error line, then the close).
+        code is worth a try; ``close_timeout`` bounds it (with whatever is still
+        queued: ``too_large``'s error line, then 1009) if the peer reads nothing.
         Control frames still pending (the answer to a peer's Close) go either way.
         """
-        polite = self._reason is not LeftReason.DISCONNECTED or self._outbox.sent_all
-        polite = polite and not self._peer_gone
+        polite = not self._peer_gone
         try:
             if polite or not self._outbox.sent_all:
                 await self._write_last(polite)
@@ -398,7 +386,7 @@ class Session:
     async def _write_last(self, polite: bool) -> None:
         """What the outbox still holds, then the goodbye if ``polite``; bounded by
         ``close_timeout``. A peer gone meanwhile ends it early."""
-        goodbye = self._conn.goodbye(self._close_code) if polite else b""
+        goodbye = partial(self._conn.goodbye, self._close_code) if polite else bytes
         try:
             with trio.move_on_after(self._config.close_timeout):
                 await self._outbox.finish(self._conn.stream, goodbye)
@@ -534,6 +522,33 @@ class Session:
     def _send(self, line: bytes) -> None:
         if not self._outbox.put(line):
             self.evict()
+
+
+class _Failures:
+    """Turns a peer's failure into the matching close, in the task that met it.
+
+    A class, not a generator-based context manager: an idle session waits inside
+    it, and a suspended generator would be one more frame held per connection.
+    """
+
+    __slots__ = ("_session",)
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> bool:
+        if isinstance(exc, ConnectionLost | WrongPort | ProtocolError):
+            self._session._fail(exc)
+            return True
+        if isinstance(exc, StoreError):  # the server is stopping because of it
+            self._session.close(LeftReason.SHUTDOWN, CloseCode.GOING_AWAY)
+            return True
+        return False
 
 
 def _ref(event: ClientEvent) -> Ref:

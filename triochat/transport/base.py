@@ -43,19 +43,19 @@ def write_without_waiting(sock: trio.socket.SocketType, data: bytes) -> bytes:
     return data[written:]
 
 
-async def read_socket(sock: trio.socket.SocketType, size: int) -> bytes:
+async def read_socket(sock: trio.socket.SocketType, size: int, remote: str) -> bytes:
     """One read of at most ``size`` bytes (``b""`` at EOF), as trio's ``recv`` does it.
 
     Written out here because an idle connection's reader waits inside it: trio's
     ``SocketStream.receive_some`` waits four coroutine frames deeper, and each
     suspended frame is memory held per connection. The same checkpoints as
     trio's: one before a read that succeeds at once, else the wait itself.
-    :class:`ConnectionLost` if the socket is gone (the descriptor is looked up on
-    every read: a closed socket's is -1, never another connection's).
+    :class:`ConnectionLost` (naming ``remote``) if the socket is gone: the descriptor
+    is looked up on every read, and a closed socket's is -1, never another connection's.
     """
     await trio.lowlevel.checkpoint_if_cancelled()
     try:
-        data = _read_now(sock, size)
+        data = _read_now(sock, size, remote)
     except BlockingIOError:
         pass
     else:
@@ -64,18 +64,18 @@ async def read_socket(sock: trio.socket.SocketType, size: int) -> bytes:
     while True:
         await trio.lowlevel.wait_readable(sock)
         try:
-            return _read_now(sock, size)
+            return _read_now(sock, size, remote)
         except BlockingIOError:
             pass
 
 
-def _read_now(sock: trio.socket.SocketType, size: int) -> bytes:
+def _read_now(sock: trio.socket.SocketType, size: int, remote: str) -> bytes:
     try:
         return os.read(sock.fileno(), size)
     except BlockingIOError:
         raise
     except OSError as exc:  # reset, or closed under us
-        raise ConnectionLost(exc.strerror or str(exc)) from None
+        raise ConnectionLost(f"{remote}: {exc.strerror or exc}") from None
 
 
 def http_refusal(status: int, body: bytes) -> bytes:

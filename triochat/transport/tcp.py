@@ -84,15 +84,13 @@ class StreamConnection:
             self._small = len(data) < DRIP_SIZE
 
     async def _receive_some(self) -> bytes | bytearray:
-        try:
-            if self._socket is not None:
-                data: bytes | bytearray = await read_socket(self._socket, RECEIVE_SIZE)
-            else:
+        if self._socket is not None:
+            data: bytes | bytearray = await read_socket(self._socket, RECEIVE_SIZE, self.remote)
+        else:
+            try:
                 data = await self._stream.receive_some(RECEIVE_SIZE)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise ConnectionLost(f"{self.remote}: {exc}") from None
-        except ConnectionLost as exc:
-            raise ConnectionLost(f"{self.remote}: {exc}") from None
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise ConnectionLost(f"{self.remote}: {exc}") from None
         if not data:
             raise ConnectionLost(f"{self.remote}: closed by peer")
         return data

@@ -166,6 +166,7 @@ class WsprotoConnection:
         remote: str = "?",
     ) -> None:
         self._stream = stream
+        self._socket = stream.socket
         self.stream: trio.abc.Stream = stream
         self.direct: Direct | None = partial(write_without_waiting, stream.socket)
         self.frame: Frame | None = self._text_frame
@@ -219,8 +220,8 @@ class WsprotoConnection:
                     # Events not yet taken stay with wsproto for the next call.
                     return message
             since = self._message_since
-            if since is None:
-                await self._receive_some()
+            if since is None:  # idle connections wait here: one frame, not two
+                self._feed(await read_socket(self._socket, RECEIVE_SIZE, self.remote))
             else:
                 size = await receive_unfinished(
                     self._receive_some, since, self._message_timeout, pause=self._small
@@ -229,10 +230,9 @@ class WsprotoConnection:
 
     async def _receive_some(self) -> int:
         """Read once and give wsproto what came; how many bytes that was."""
-        try:
-            data = await read_socket(self._stream.socket, RECEIVE_SIZE)
-        except ConnectionLost as exc:
-            raise ConnectionLost(f"{self.remote}: {exc}") from None
+        return self._feed(await read_socket(self._socket, RECEIVE_SIZE, self.remote))
+
+    def _feed(self, data: bytes) -> int:
         if not data:
             raise ConnectionLost(f"{self.remote}: closed by peer without a Close frame")
         self._ws.receive_data(data)
