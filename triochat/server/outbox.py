@@ -142,6 +142,7 @@ class Outbox:
         flusher: Flusher | None = None,
         direct: Direct | None = None,
         frame: Frame | None = None,
+        write_lines: Direct | None = None,
         on_overflow: Callable[[], None] = _nothing,
         on_replay_sent: Callable[[], None] = _nothing,
     ) -> None:
@@ -149,6 +150,7 @@ class Outbox:
         (a stream that is not a socket) the writer writes everything.
 
         ``frame`` turns taken lines into wire bytes (``None``: they go as they are);
+        ``write_lines`` is ``direct(frame(lines))`` in one call, if the transport has it;
         ``on_overflow`` evicts the client when the flusher finds it over the bound;
         ``on_replay_sent`` asks for the next page of a replay.
         """
@@ -157,6 +159,9 @@ class Outbox:
         self._flusher = flusher
         self._direct = direct
         self._frame = frame
+        if write_lines is None and direct is not None:
+            write_lines = direct if frame is None else lambda data: direct(frame(data))
+        self._write_lines = write_lines
         self.evict = on_overflow
         self._on_replay_sent = on_replay_sent
         self._lines: list[bytes] = []
@@ -257,7 +262,7 @@ class Outbox:
         self._lines = []
         self._put_bytes = 0
         self._control = self._held = b""
-        self._direct = self._frame = None
+        self._direct = self._frame = self._write_lines = None
         self.evict = self._on_replay_sent = _nothing
 
     # --- writing ----------------------------------------------------------------
@@ -269,7 +274,33 @@ class Outbox:
         """
         self._told = False
         lines = self._lines
-        if not lines or self.accepting is Accepting.DONE or self.writing is Writing.BROKEN:
+        if not lines:
+            return True
+        if (
+            self.writing is not Writing.IDLE
+            or self._control
+            or self._replay is not _Replay.NONE
+            or self._write_lines is None
+        ):
+            return self._flush_with_care()
+        # The common case, on its own (it runs once per recipient of every flush):
+        # lines alone, nothing held, no replay page, a socket to write to.
+        data = b"".join(lines)
+        if len(lines) > self._max_events or len(data) > self._max_bytes:
+            return False
+        lines.clear()
+        self._put_bytes = 0
+        held = self._write_lines(data)
+        if held:
+            self._held = held
+            self.writing = Writing.WRITER
+            self.wake()
+        return True
+
+    def _flush_with_care(self) -> bool:
+        """:meth:`flush` for every other case (a writer, control frames, a replay page)."""
+        lines = self._lines
+        if self.accepting is Accepting.DONE or self.writing is Writing.BROKEN:
             return True
         if len(lines) > self._max_events:
             return False

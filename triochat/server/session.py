@@ -93,6 +93,7 @@ class Session:
             flusher=flusher,
             direct=conn.direct,
             frame=conn.frame,
+            write_lines=conn.write_lines,
             on_overflow=self.evict,
             on_replay_sent=self._replay_sent,
         )
@@ -257,7 +258,10 @@ class Session:
         """Read until a ``hello`` is accepted; return the lines that came after it."""
         while True:
             await self._outbox.write_owed(self._conn.stream)  # no writer task yet
-            lines = await self._receive()
+            try:
+                lines = await self._conn.receive_lines(self._outbox)
+            except ProtocolError as exc:
+                lines = self._skipped(exc)
             for index, line in enumerate(lines):
                 event = self._decode(line)
                 if event is None:
@@ -298,7 +302,10 @@ class Session:
                                 break
                         if event is not None:
                             self._handle(event)
-                    lines = await self._receive()
+                    try:
+                        lines = await self._conn.receive_lines(self._outbox)
+                    except ProtocolError as exc:
+                        lines = self._skipped(exc)
                     heard = trio.current_time()
             lines = []
             if self._reason is not None:
@@ -312,7 +319,10 @@ class Session:
                 continue
             self._send(encode(Ping(token=KEEPALIVE_TOKEN)))
             with self._reading(trio.current_time() + self._config.keepalive_timeout):
-                lines = await self._receive()
+                try:
+                    lines = await self._conn.receive_lines(self._outbox)
+                except ProtocolError as exc:
+                    lines = self._skipped(exc)
                 heard = trio.current_time()
                 continue
             if self._reason is not None:
@@ -344,16 +354,18 @@ class Session:
         self._error(ErrorCode.TIMEOUT, f"no answer to the keepalive ping within {timeout:g} s")
         self.close(LeftReason.TIMEOUT, CloseCode.GOING_AWAY)
 
-    async def _receive(self) -> list[bytes]:
-        while True:
-            try:
-                lines = await self._conn.receive_lines(self._outbox)
-            except ProtocolError as exc:
-                if exc.code in ENDS_CONNECTION:
-                    raise
-                self._error(exc.code, exc.message)
-                continue
-            return lines
+    def _skipped(self, exc: ProtocolError) -> list[bytes]:
+        """A receive that failed: re-raised if the stream is no longer usable, else
+        the client is told and reading goes on (no lines).
+
+        The receive is awaited at each call site rather than in a helper
+        coroutine: an idle reader waits inside it, and every suspended
+        coroutine frame is memory held per connection.
+        """
+        if exc.code in ENDS_CONNECTION:
+            raise exc
+        self._error(exc.code, exc.message)
+        return []
 
     async def _write_loop(self) -> None:
         try:

@@ -163,6 +163,9 @@ class Connection(Protocol):
     """The outbox's write without waiting; ``None`` if the stream is not a socket."""
     frame: Frame | None
     """How lines are framed on the wire; ``None``: as they are."""
+    write_lines: Direct | None
+    """``frame`` then ``direct`` in one call (the outbox's hottest path): the
+    framed bytes the socket did not take; ``None`` if the stream is not a socket."""
 
     async def receive_lines(self, replies: Replies) -> list[bytes]:
         """The next complete non-blank lines, at least one; answers go to ``replies``."""

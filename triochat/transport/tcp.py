@@ -60,11 +60,12 @@ class StreamConnection:
         self.stream = stream
         self.frame: Frame | None = None
         self.direct: Direct | None = None
+        self.write_lines: Direct | None = None
         self._socket: trio.socket.SocketType | None = None
         """Read directly (see :func:`read_socket`); ``None`` for other streams."""
         if isinstance(stream, trio.SocketStream):
             self._socket = stream.socket
-            self.direct = partial(write_without_waiting, stream.socket)
+            self.direct = self.write_lines = partial(write_without_waiting, stream.socket)
 
     async def receive_lines(self, replies: Replies | None = None) -> list[bytes]:
         self._splitter.check()  # an over-long line may wait behind the lines last returned

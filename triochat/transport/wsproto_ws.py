@@ -41,9 +41,9 @@ What trio-websocket did for us and is done here, each in one place:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from functools import partial
-from typing import NamedTuple, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 import trio
 from wsproto import ConnectionType, WSConnection
@@ -170,6 +170,7 @@ class WsprotoConnection:
         self.stream: trio.abc.Stream = stream
         self.direct: Direct | None = partial(write_without_waiting, stream.socket)
         self.frame: Frame | None = self._text_frame
+        self.write_lines: Direct | None = self._write_lines
         self._ws = protocol
         self._max_line = max_line
         self._max_message = max_message
@@ -197,12 +198,27 @@ class WsprotoConnection:
             return b""
         return text_frame(data)
 
+    def _write_lines(self, data: bytes) -> bytes:
+        """``direct(frame(data))`` in one call: it runs once per recipient of each flush."""
+        if self._ws.state is not _OPEN:
+            return b""
+        return write_without_waiting(self._socket, text_frame(data))
+
     # --- reading ----------------------------------------------------------------
 
     async def receive_lines(self, replies: Replies) -> list[bytes]:
-        """The chat protocol's view: a text message's NDJSON lines; binary is ``bad_event``."""
+        """The chat protocol's view: a text message's NDJSON lines; binary is ``bad_event``.
+
+        It reads for itself rather than through :meth:`receive_message`: an idle
+        connection waits in here, and each suspended coroutine frame is memory
+        held per connection.
+        """
         while True:
-            data, binary = await self.receive_message(replies)
+            message = self._next_message(replies)
+            if message is None:
+                self._feed(await self._read_more())
+                continue
+            data, binary = message
             if binary:
                 raise ProtocolError(
                     ErrorCode.BAD_EVENT, "binary messages are not part of the protocol"
@@ -213,20 +229,40 @@ class WsprotoConnection:
 
     async def receive_message(self, replies: Replies) -> Message:
         """The next whole message, its fragments joined; answers go to ``replies``."""
-        while True:
-            for event in self._ws.events():
-                message = self._on_event(event, replies)
-                if message is not None:
-                    # Events not yet taken stay with wsproto for the next call.
-                    return message
-            since = self._message_since
-            if since is None:  # idle connections wait here: one frame, not two
-                self._feed(await read_socket(self._socket, RECEIVE_SIZE, self.remote))
-            else:
-                size = await receive_unfinished(
-                    self._receive_some, since, self._message_timeout, pause=self._small
-                )
-                self._small = size < DRIP_SIZE
+        while (message := self._next_message(replies)) is None:
+            self._feed(await self._read_more())
+        return message
+
+    def _next_message(self, replies: Replies) -> Message | None:
+        """The next message among the events wsproto has already parsed, if any.
+
+        Events after it stay with wsproto for the next call.
+        """
+        for event in self._ws.events():
+            message = self._on_event(event, replies)
+            if message is not None:
+                return message
+        return None
+
+    def _read_more(self) -> Coroutine[Any, Any, bytes]:
+        """One more read: between messages without a clock (silence is the
+        keepalive's business), part-way through one within ``message_timeout``.
+
+        Not a coroutine function: its caller awaits the read itself, one frame
+        less for an idle connection to hold.
+        """
+        since = self._message_since
+        if since is None:
+            return self._read()
+        return self._read_unfinished(since)
+
+    async def _read_unfinished(self, since: float) -> bytes:
+        data = await receive_unfinished(self._read, since, self._message_timeout, pause=self._small)
+        self._small = len(data) < DRIP_SIZE
+        return data
+
+    def _read(self) -> Coroutine[Any, Any, bytes]:
+        return read_socket(self._socket, RECEIVE_SIZE, self.remote)
 
     async def _receive_some(self) -> int:
         """Read once and give wsproto what came; how many bytes that was."""
