@@ -55,6 +55,23 @@ async def test_a_flush_writes_at_once_when_the_socket_has_room() -> None:
     peer.close()
 
 
+@pytest.mark.parametrize(("max_events", "max_bytes"), [(2, 1 << 20), (1000, 2500)])
+async def test_a_burst_over_the_bound_is_refused_whole_even_with_room_in_the_socket(
+    max_events: int, max_bytes: int
+) -> None:
+    """Fan-out appends unchecked; the flush is where the bound holds, and it holds
+    for an idle connection too: nothing of the burst is written, the caller evicts."""
+    conn, peer = _pair()
+    box = Outbox(max_events, max_bytes, flusher=Flusher(turns=0), direct=conn.direct)
+    for line in LINES[:3]:
+        box.queue(line)
+    assert not box.flush()
+    peer.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        peer.recv(1)
+    peer.close()
+
+
 async def test_what_does_not_fit_goes_to_the_writer_and_nothing_overtakes_it() -> None:
     conn, peer = _pair(sndbuf=8192)
     box = _outbox(conn)
