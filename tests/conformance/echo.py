@@ -35,14 +35,9 @@ from triochat.errors import ConnectionLost
 from triochat.protocol import ProtocolError
 from triochat.server.config import ServerConfig
 from triochat.server.outbox import Outbox, OutboxClosed
-from triochat.transport.base import ENDS_CONNECTION, CloseCode
+from triochat.transport.base import ENDS_CONNECTION, RECEIVE_SIZE, CloseCode
 from triochat.transport.release import release
-from triochat.transport.wsproto_ws import (
-    RECEIVE_SIZE,
-    WsprotoConnection,
-    binary_frame,
-    text_frame,
-)
+from triochat.transport.wsproto_ws import WsprotoConnection, binary_frame, text_frame
 
 MAX_MESSAGE = 16 * 1024 * 1024
 """Autobahn's largest messages (cases 9.1.6 and 9.2.6) are 16 MiB exactly."""

@@ -477,7 +477,7 @@ async def _upgrade(
     None if the peer left first, or got another answer (and a lingering close).
     A trusted proxy's upgrade is counted against the client it names first.
     """
-    received = await receive_request(stream, handshake.begin)
+    received = await receive_request(stream.socket, handshake.begin)
     if received is None:
         return None  # left before a whole request
     if isinstance(received, Verdict):  # not HTTP, or not a request HTTP allows

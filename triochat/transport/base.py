@@ -15,6 +15,8 @@ from triochat.protocol import ErrorCode, ProtocolError
 
 T = TypeVar("T")
 
+RECEIVE_SIZE = 64 * 1024
+"""The most bytes one read asks for."""
 DRIP_PAUSE = 0.01
 """Seconds between reads of a peer whose unfinished line or message comes in small pieces."""
 DRIP_SIZE = 1024

@@ -19,6 +19,7 @@ from triochat.errors import ConnectionLost, WrongPort
 from triochat.protocol import LineSplitter
 from triochat.transport.base import (
     DRIP_SIZE,
+    RECEIVE_SIZE,
     CloseCode,
     Direct,
     Frame,
@@ -30,7 +31,6 @@ from triochat.transport.base import (
 )
 from triochat.transport.release import linger, release
 
-RECEIVE_SIZE = 64 * 1024
 HTTP_REQUEST = re.compile(rb"(GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH|CONNECT|TRACE) ")
 """How an HTTP request starts; no NDJSON line does."""
 

@@ -38,12 +38,13 @@ from http import HTTPStatus
 
 import trio
 
+from triochat.errors import ConnectionLost
+from triochat.transport.base import RECEIVE_SIZE, read_socket
+
 MAX_HEAD = 8 * 1024
 """Bytes the request line and header lines may take, with their line ends."""
 MAX_FIELDS = 100
 """Header lines one request may have."""
-RECEIVE_SIZE = 64 * 1024
-"""One read: a request, and whatever the client sent after it (its first frames)."""
 WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 """RFC 6455 §1.3: appended to the client's key before hashing."""
 PROBES = frozenset({b"/healthz", b"/readyz"})
@@ -111,16 +112,19 @@ class Request:
 
 
 async def receive_request(
-    stream: trio.abc.ReceiveStream, began: Callable[[], object] | None = None
+    sock: trio.socket.SocketType, began: Callable[[], object] | None = None
 ) -> tuple[Request, bytes] | Verdict | None:
-    """Read one request head; the request and the bytes that came after it.
+    """Read one request head from ``sock``; the request and the bytes that came after it.
 
     A :class:`Verdict` instead if the peer sent what no request can be (it gets
     that answer), None if it left first. ``began`` is called once bytes arrive.
     """
     buffer = b""
     while True:
-        data = await stream.receive_some(RECEIVE_SIZE)
+        try:
+            data = await read_socket(sock, RECEIVE_SIZE, "")
+        except ConnectionLost:
+            return None
         if not data:
             return None
         searched = max(0, len(buffer) - 3)  # a head's end may straddle two reads

@@ -65,6 +65,7 @@ from triochat.errors import ConnectionLost
 from triochat.protocol import ErrorCode, ProtocolError, split_message
 from triochat.transport.base import (
     DRIP_SIZE,
+    RECEIVE_SIZE,
     CloseCode,
     Direct,
     Frame,
@@ -75,7 +76,6 @@ from triochat.transport.base import (
 )
 from triochat.transport.release import release
 
-RECEIVE_SIZE = 64 * 1024
 _OPEN = ConnectionState.OPEN
 
 
