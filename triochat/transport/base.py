@@ -159,6 +159,8 @@ class Connection(Protocol):
     """The peer's address, for logs."""
     native_ping: bool
     """True when :meth:`ping` is a transport-level check (WebSocket Ping/Pong)."""
+    secure: bool
+    """The bytes are encrypted between the peer and this server (TLS)."""
     stream: trio.abc.Stream
     """What the outbox's writer writes to."""
     direct: Direct | None

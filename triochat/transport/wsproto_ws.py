@@ -154,6 +154,8 @@ class WsprotoConnection:
     """One accepted WebSocket peer (see the module docstring)."""
 
     native_ping = True
+    secure = False
+    """Set by the TLS listener (see :attr:`triochat.transport.base.Connection.secure`)."""
 
     def __init__(
         self,
