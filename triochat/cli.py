@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import trio
 
 from triochat import argtypes
-from triochat.errors import ListenError, StoreError
+from triochat.errors import CertificateError, ListenError, StoreError
 from triochat.server import ServerConfig, serve
 from triochat.server.config import MIN_MAX_LINE
 from triochat.server.limits import raise_open_files_limit
@@ -32,6 +32,12 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
         "--tcp-port", type=argtypes.port, default=DEFAULTS.tcp_port, help="TCP port (0: any free)"
     )
     p.add_argument("--no-tcp", action="store_true", help="do not open the TCP listener")
+    p.add_argument(
+        "--certfile",
+        metavar="PEM",
+        help="certificate chain (PEM): both listeners speak TLS (wss://, tls://); needs --keyfile",
+    )
+    p.add_argument("--keyfile", metavar="PEM", help="private key (PEM) of --certfile")
     p.add_argument(
         "--rate-limit",
         type=argtypes.non_negative,
@@ -201,6 +207,8 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         host=args.host,
         port=args.port,
         tcp_port=None if args.no_tcp else args.tcp_port,
+        certfile=args.certfile,
+        keyfile=args.keyfile,
         rate_limit=args.rate_limit,
         burst=args.burst,
         handshake_timeout=args.handshake_timeout,
@@ -251,7 +259,7 @@ async def _serve_until_signalled(config: ServerConfig) -> None:
                     logging.getLogger("triochat").info("%s: stopping", signal.Signals(signum).name)
                     server.stop()
                     break
-        except* (ListenError, StoreError) as group:
+        except* (CertificateError, ListenError, StoreError) as group:
             raise group.exceptions[0] from None
 
 
@@ -267,6 +275,9 @@ def _run_serve(args: argparse.Namespace) -> int:
     raise_open_files_limit()
     try:
         trio.run(_serve_until_signalled, _config(args))
+    except CertificateError as exc:  # a bad command line, found before anything listens
+        print(f"triochat: {exc}", file=sys.stderr)
+        return 2
     except (ListenError, StoreError) as exc:
         print(f"triochat: {exc}", file=sys.stderr)
         return 1

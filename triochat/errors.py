@@ -32,6 +32,10 @@ class ListenError(TriochatError):
     """Could not open a listener (port taken, address not ours). One line for a person."""
 
 
+class CertificateError(TriochatError):
+    """Could not load a TLS certificate, key or CA file. One line for a person."""
+
+
 class StoreError(TriochatError):
     """Could not open or use the history database. One line for a person."""
 

@@ -19,6 +19,12 @@ triochat/transport/upgrade.py: health probes, plain HTTP and bad upgrades get
 whole HTTP responses and a close, good upgrades a 101 and then wsproto.
 trio-websocket remains the client library (triochat/client.py, the TUI, the
 harness), not the server's.
+
+With a certificate (``certfile``/``keyfile``) both listeners speak TLS: each
+accepted socket is wrapped in a ``trio.SSLStream`` whose handshake runs under
+the connection's handshake deadline (:class:`_Handshake`), before the WebSocket
+upgrade is read. Such connections are ``secure``; the outbox's writer task
+writes to them, as socket fast paths cannot encrypt.
 """
 
 from __future__ import annotations
@@ -26,16 +32,18 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from types import TracebackType
+from typing import Any
 
 import trio
 from wsproto import ConnectionType
 from wsproto.connection import Connection as Protocol
 
-from triochat.errors import ConnectionLost, ListenError, StoreError
+from triochat.errors import CertificateError, ConnectionLost, ListenError, StoreError
 from triochat.protocol import ErrorCode, encode
 from triochat.protocol.events import Error
 from triochat.server.config import ServerConfig
@@ -59,6 +67,7 @@ from triochat.server.store import (
 from triochat.transport.base import Connection, hostport, write_without_waiting
 from triochat.transport.release import linger, release
 from triochat.transport.tcp import StreamConnection
+from triochat.transport.tls import server_context
 from triochat.transport.upgrade import (
     Answers,
     Request,
@@ -91,7 +100,10 @@ class Server:
     hub: Hub
     flusher: Flusher
     urls: list[str] = field(default_factory=list)
-    """``ws://host:port`` and ``tcp://host:port``, one per bound listener."""
+    """``ws://host:port`` and ``tcp://host:port`` (``wss://``, ``tls://`` with TLS),
+    one per bound listener."""
+    tls: ssl.SSLContext | None = None
+    """Both listeners' TLS context; None: plaintext."""
     _stop: trio.Event = field(default_factory=trio.Event)
     _sessions: set[Session] = field(default_factory=set)
     _handshakes: set[_Handshake] = field(default_factory=set)
@@ -110,7 +122,7 @@ class Server:
         self.limits = ConnectionLimits(self.config)
 
     def url(self, scheme: str) -> str:
-        """The first listener URL with ``scheme`` (``ws`` or ``tcp``)."""
+        """The first listener URL with ``scheme`` (``ws``, ``tcp``, ``wss`` or ``tls``)."""
         return next(u for u in self.urls if u.startswith(f"{scheme}://"))
 
     @property
@@ -133,17 +145,19 @@ async def serve(
 ) -> None:
     """Run a server until :meth:`Server.stop`; ``task_status`` gets the :class:`Server`.
 
-    Start-up failures (:class:`ListenError`, :class:`StoreError`) are raised
-    before any task starts, so they come out bare, not in an exception group.
+    Start-up failures (:class:`CertificateError`, :class:`ListenError`,
+    :class:`StoreError`) are raised before any task starts, so they come out
+    bare, not in an exception group.
     A history database that fails later stops the server in order (clients get
     the shutdown close) and its :class:`StoreError` is raised after that.
     """
+    tls = tls_context(config)
     opened = await open_store(config.db_path, config.retention) if config.db_path else None
     store = opened.store if opened else None
     server: Server | None = None
     try:
         hub = Hub(config, durable=True, server_id=opened.server_id) if opened else Hub(config)
-        server = Server(config=config, hub=hub, flusher=Flusher(config.batch_turns))
+        server = Server(config=config, hub=hub, flusher=Flusher(config.batch_turns), tls=tls)
         if store is not None:
             server.loader = RoomLoader(hub, store, server.fail)
         hub.on_fanout = server.flusher.mark_group
@@ -165,6 +179,19 @@ async def serve(
                 if server is not None and server._failure is None:
                     await commit_once(server.hub, store)
                 await trio.to_thread.run_sync(store.close)
+
+
+def tls_context(config: ServerConfig) -> ssl.SSLContext | None:
+    """The listeners' TLS context, or None without a certificate.
+
+    :class:`CertificateError` if only one of ``certfile`` and ``keyfile`` is
+    given, or they cannot be loaded together.
+    """
+    if config.certfile is None and config.keyfile is None:
+        return None
+    if config.certfile is None or config.keyfile is None:
+        raise CertificateError("TLS needs both a certificate (--certfile) and its key (--keyfile)")
+    return server_context(config.certfile, config.keyfile)
 
 
 async def _commit_or_stop(server: Server, store: HistoryStore) -> None:
@@ -225,7 +252,8 @@ async def _open_all(server: Server) -> Listeners:
                 continue
             group = await _listen(scheme, config.host, port)
             opened.append((scheme, handler, group))
-            server.urls += [f"{scheme}://{_endpoint(lst)}" for lst in group]
+            shown = url_scheme(scheme, secure=server.tls is not None)
+            server.urls += [f"{shown}://{_endpoint(lst)}" for lst in group]
         for scheme in ("ws", "tcp"):
             server.wrong_port[scheme] = wrong_port_line(scheme, server.urls)
         server.http = Answers(not_websocket_text(server.urls), server.wrong_port["ws"])
@@ -422,8 +450,23 @@ async def _contained(
         await release(stream)
 
 
-def _first_url(scheme: str, urls: list[str]) -> str | None:
-    return next((url for url in urls if url.startswith(f"{scheme}://")), None)
+URL_SCHEMES = {
+    ("ws", False): "ws",
+    ("ws", True): "wss",
+    ("tcp", False): "tcp",
+    ("tcp", True): "tls",
+}
+"""A listener's URL scheme, by its kind (``ws`` or ``tcp``) and whether it speaks TLS."""
+
+
+def url_scheme(kind: str, *, secure: bool) -> str:
+    return URL_SCHEMES[kind, secure]
+
+
+def _first_url(kind: str, urls: list[str]) -> str | None:
+    """The first listener URL of ``kind`` (``ws`` or ``tcp``), with or without TLS."""
+    prefixes = tuple(f"{url_scheme(kind, secure=tls)}://" for tls in (False, True))
+    return next((url for url in urls if url.startswith(prefixes)), None)
 
 
 def wrong_port_line(scheme: str, urls: list[str]) -> bytes:
@@ -448,36 +491,64 @@ def not_websocket_text(urls: list[str]) -> str:
 
 
 async def _open_tcp(
-    server: Server, stream: trio.SocketStream, remote: str, claim: Claim
-) -> Connection:
-    return StreamConnection(
+    server: Server, socket_stream: trio.SocketStream, remote: str, claim: Claim
+) -> Connection | None:
+    """One connection to the TCP port; with TLS, once its TLS handshake is done in time."""
+    stream: trio.abc.Stream = socket_stream
+    if server.tls is not None:
+        with _Handshake(server, remote, "TLS"):
+            stream = await _secure(server.tls, socket_stream)
+        if stream is socket_stream:
+            return None  # out of time
+    conn = StreamConnection(
         stream,
         max_line=server.config.max_line,
         message_timeout=server.config.message_timeout,
         remote=remote,
         http_answer=server.wrong_port["tcp"],
     )
+    if stream is not socket_stream:
+        conn.secure = True
+    return conn
 
 
 async def _open_websocket(
-    server: Server, stream: trio.SocketStream, remote: str, claim: Claim
+    server: Server, socket_stream: trio.SocketStream, remote: str, claim: Claim
 ) -> Connection | None:
     """One connection to the WebSocket port: its HTTP request answered; the WebSocket
-    if that was an upgrade."""
-    with _Handshake(server, remote) as handshake:
-        return await _upgrade(server, stream, remote, claim, handshake)
+    if that was an upgrade. With TLS, the TLS handshake comes first, under the same deadline."""
+    with _Handshake(server, remote, "WebSocket") as handshake:
+        if server.tls is None:
+            return await _upgrade(server, socket_stream, remote, claim, handshake)
+        stream = await _secure(server.tls, socket_stream)
+        conn = await _upgrade(server, stream, remote, claim, handshake)
+        if conn is not None:
+            conn.secure = True
+        return conn
     return None  # out of time
 
 
+async def _secure(context: ssl.SSLContext, stream: trio.SocketStream) -> trio.SSLStream[Any]:
+    """``stream`` with its server-side TLS handshake done; the caller bounds the time.
+
+    A peer that does not speak TLS (or too old a TLS) fails the handshake:
+    ``trio.BrokenResourceError``, which ends that connection alone.
+    """
+    secured = trio.SSLStream(stream, context, server_side=True)
+    await secured.do_handshake()
+    return secured
+
+
 async def _upgrade(
-    server: Server, stream: trio.SocketStream, remote: str, claim: Claim, handshake: _Handshake
+    server: Server, stream: trio.abc.Stream, remote: str, claim: Claim, handshake: _Handshake
 ) -> WsprotoConnection | None:
     """Read and judge the opening request (transport/upgrade.py); the connection after a 101.
 
     None if the peer left first, or got another answer (and a lingering close).
     A trusted proxy's upgrade is counted against the client it names first.
     """
-    received = await receive_request(stream.socket, handshake.begin)
+    source = stream.socket if isinstance(stream, trio.SocketStream) else stream
+    received = await receive_request(source, handshake.begin)
     if received is None:
         return None  # left before a whole request
     if isinstance(received, Verdict):  # not HTTP, or not a request HTTP allows
@@ -508,15 +579,22 @@ async def _upgrade(
     )
 
 
-async def _write(stream: trio.SocketStream, data: bytes) -> None:
-    """A fresh socket takes an answer whole: written without waiting, a checkpoint saved."""
-    rest = write_without_waiting(stream.socket, data)
+async def _write(stream: trio.abc.Stream, data: bytes) -> None:
+    """A fresh socket takes an answer whole: written without waiting, a checkpoint saved.
+
+    Other streams (TLS) are written the ordinary way.
+    """
+    rest = (
+        write_without_waiting(stream.socket, data)
+        if isinstance(stream, trio.SocketStream)
+        else data
+    )
     if rest:
         await stream.send_all(rest)
 
 
 async def _close_with(
-    server: Server, stream: trio.SocketStream, remote: str, verdict: Verdict, wire: bytes
+    server: Server, stream: trio.abc.Stream, remote: str, verdict: Verdict, wire: bytes
 ) -> None:
     """Send one whole answer, then close once the peer has read it (:func:`linger`).
 
@@ -553,17 +631,21 @@ def _max_message(config: ServerConfig) -> int:
 
 
 class _Handshake:
-    """One WebSocket port connection between accept and its session (or its answer),
-    under its deadline: ``handshake_timeout`` from accept, slowloris protection.
+    """One connection between accept and its session (or its answer), under its
+    deadline: ``handshake_timeout`` from accept, slowloris protection. On the
+    WebSocket port that is the TLS handshake (if any) and the upgrade; on the
+    TCP port with TLS, the TLS handshake.
 
     A context manager, so that the server can find it while it lasts (``stop``).
     """
 
-    __slots__ = ("_remote", "_server", "began", "scope")
+    __slots__ = ("_remote", "_server", "_what", "began", "scope")
 
-    def __init__(self, server: Server, remote: str) -> None:
+    def __init__(self, server: Server, remote: str, what: str) -> None:
         self._server = server
         self._remote = remote
+        self._what = what
+        """Which handshake, for the log."""
         self.scope = trio.move_on_after(server.config.handshake_timeout)
         self.began = False
         """Bytes of its request have arrived."""
@@ -582,7 +664,7 @@ class _Handshake:
         self._server._handshakes.discard(self)
         swallowed = self.scope.__exit__(kind, exc, tb)
         if self.scope.cancelled_caught:
-            log.debug("%s: no WebSocket handshake in time", self._remote)
+            log.debug("%s: no %s handshake in time", self._remote, self._what)
         return swallowed
 
     def begin(self) -> None:

@@ -23,8 +23,14 @@ class ServerConfig:
     tcp_port: int | None = 5001
     """Plain TCP (NDJSON) port; 0 picks a free one, None disables the listener."""
 
+    certfile: str | None = None
+    """PEM certificate chain; with ``keyfile``, both listeners speak TLS (wss://, tls://)."""
+    keyfile: str | None = None
+    """PEM private key of ``certfile``'s certificate."""
+
     handshake_timeout: float = 10.0
-    """Seconds from accept to a WebSocket upgrade, and again from there to ``hello``."""
+    """Seconds from accept to a WebSocket upgrade (TLS handshake included) or, on TCP
+    with TLS, to the end of the TLS handshake; and again from there to ``hello``."""
     keepalive_interval: float = 30.0
     """Seconds of silence from a client before the server checks it is alive; 0: never."""
     keepalive_timeout: float = 20.0

@@ -71,6 +71,15 @@ async def read_socket(sock: trio.socket.SocketType, size: int, remote: str) -> b
             pass
 
 
+async def read_stream(stream: trio.abc.ReceiveStream, size: int, remote: str) -> bytes:
+    """:func:`read_socket` for any other stream (TLS): one read, ``b""`` at EOF, and
+    :class:`ConnectionLost` (naming ``remote``) when the stream is broken or closed."""
+    try:
+        return bytes(await stream.receive_some(size))
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        raise ConnectionLost(f"{remote}: {exc}") from None
+
+
 def _read_now(sock: trio.socket.SocketType, size: int, remote: str) -> bytes:
     try:
         return os.read(sock.fileno(), size)

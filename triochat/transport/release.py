@@ -13,8 +13,12 @@ async def release(stream: trio.abc.Stream) -> None:
     A socket closes synchronously; ``trio.aclose_forcefully`` would spend a
     cancel scope and a checkpoint on it, which shows up in the cost of every
     short connection (handshake benchmark). Other streams (memory streams in
-    tests) get ``aclose_forcefully``.
+    tests) get ``aclose_forcefully``. A TLS stream is released by releasing the
+    stream under it: a forced close sends no ``close_notify`` anyway, and
+    closing the socket can neither wait nor meet a write in progress.
     """
+    if isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
     if isinstance(stream, trio.SocketStream):
         stream.socket.close()
     else:
@@ -28,8 +32,14 @@ async def linger(stream: trio.abc.Stream) -> None:
     destroy our last lines before the peer reads them; waiting for the peer's
     EOF first makes the close a flushed one. A peer already gone ends it early.
     The caller releases the stream afterwards.
+
+    TLS has no half-close: our ``close_notify`` stands for the FIN. A peer that
+    answers with its own gets the lingering close of the stream under TLS; one
+    that closes, or sends more, ends it.
     """
     try:
+        if isinstance(stream, trio.SSLStream):
+            stream, _ = await stream.unwrap()
         if isinstance(stream, trio.abc.HalfCloseableStream):
             await stream.send_eof()
         while await stream.receive_some(LINGER_READ):

@@ -1,4 +1,4 @@
-"""NDJSON over any trio byte stream (TCP sockets, or memory streams in tests).
+"""NDJSON over any trio byte stream (TCP sockets, TLS, or memory streams in tests).
 
 On the server a connection only reads: the session's outbox writes to
 :attr:`StreamConnection.stream` (see :mod:`triochat.server.outbox`). Clients,
@@ -26,6 +26,7 @@ from triochat.transport.base import (
     Replies,
     http_refusal,
     read_socket,
+    read_stream,
     receive_unfinished,
     write_without_waiting,
 )
@@ -90,10 +91,7 @@ class StreamConnection:
         if self._socket is not None:
             data: bytes | bytearray = await read_socket(self._socket, RECEIVE_SIZE, self.remote)
         else:
-            try:
-                data = await self._stream.receive_some(RECEIVE_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise ConnectionLost(f"{self.remote}: {exc}") from None
+            data = await read_stream(self._stream, RECEIVE_SIZE, self.remote)
         if not data:
             raise ConnectionLost(f"{self.remote}: closed by peer")
         return data

@@ -39,7 +39,7 @@ from http import HTTPStatus
 import trio
 
 from triochat.errors import ConnectionLost
-from triochat.transport.base import RECEIVE_SIZE, read_socket
+from triochat.transport.base import RECEIVE_SIZE, read_socket, read_stream
 
 MAX_HEAD = 8 * 1024
 """Bytes the request line and header lines may take, with their line ends."""
@@ -112,17 +112,23 @@ class Request:
 
 
 async def receive_request(
-    sock: trio.socket.SocketType, began: Callable[[], object] | None = None
+    source: trio.socket.SocketType | trio.abc.ReceiveStream,
+    began: Callable[[], object] | None = None,
 ) -> tuple[Request, bytes] | Verdict | None:
-    """Read one request head from ``sock``; the request and the bytes that came after it.
+    """Read one request head from ``source``; the request and the bytes that came after it.
 
-    A :class:`Verdict` instead if the peer sent what no request can be (it gets
-    that answer), None if it left first. ``began`` is called once bytes arrive.
+    ``source`` is a plain connection's socket (read directly) or any other
+    stream (TLS). A :class:`Verdict` instead if the peer sent what no request
+    can be (it gets that answer), None if it left first. ``began`` is called
+    once bytes arrive.
     """
     buffer = b""
     while True:
         try:
-            data = await read_socket(sock, RECEIVE_SIZE, "")
+            if isinstance(source, trio.abc.ReceiveStream):
+                data = await read_stream(source, RECEIVE_SIZE, "")
+            else:
+                data = await read_socket(source, RECEIVE_SIZE, "")
         except ConnectionLost:
             return None
         if not data:

@@ -71,6 +71,7 @@ from triochat.transport.base import (
     Frame,
     Replies,
     read_socket,
+    read_stream,
     receive_unfinished,
     write_without_waiting,
 )
@@ -106,7 +107,7 @@ def binary_frame(payload: bytes) -> bytes:
 
 
 async def accept(
-    stream: trio.SocketStream,
+    stream: trio.abc.Stream,
     *,
     max_line: int,
     max_message: int,
@@ -127,7 +128,7 @@ async def accept(
         if not data:
             return None
         try:
-            ws.receive_data(data)
+            ws.receive_data(bytes(data))
         except RemoteProtocolError as exc:
             if exc.event_hint is not None:
                 await stream.send_all(ws.send(exc.event_hint))
@@ -159,7 +160,7 @@ class WsprotoConnection:
 
     def __init__(
         self,
-        stream: trio.SocketStream,
+        stream: trio.abc.Stream,
         protocol: Protocol,
         *,
         max_line: int,
@@ -168,11 +169,17 @@ class WsprotoConnection:
         remote: str = "?",
     ) -> None:
         self._stream = stream
-        self._socket = stream.socket
-        self.stream: trio.abc.Stream = stream
-        self.direct: Direct | None = partial(write_without_waiting, stream.socket)
+        self.stream = stream
         self.frame: Frame | None = self._text_frame
-        self.write_lines: Direct | None = self._write_lines
+        self._socket: trio.socket.SocketType | None = None
+        """Read and written directly; ``None`` for other streams (TLS), which the
+        outbox's writer task writes to."""
+        self.direct: Direct | None = None
+        self.write_lines: Direct | None = None
+        if isinstance(stream, trio.SocketStream):
+            self._socket = stream.socket
+            self.direct = partial(write_without_waiting, stream.socket)
+            self.write_lines = self._write_lines
         self._ws = protocol
         self._max_line = max_line
         self._max_message = max_message
@@ -204,7 +211,8 @@ class WsprotoConnection:
         """``direct(frame(data))`` in one call: it runs once per recipient of each flush."""
         if self._ws.state is not _OPEN:
             return b""
-        return write_without_waiting(self._socket, text_frame(data))
+        # Offered as ``write_lines`` only when the stream is a socket: never None here.
+        return write_without_waiting(self._socket, text_frame(data))  # type: ignore[arg-type]
 
     # --- reading ----------------------------------------------------------------
 
@@ -264,11 +272,13 @@ class WsprotoConnection:
         return data
 
     def _read(self) -> Coroutine[Any, Any, bytes]:
+        if self._socket is None:
+            return read_stream(self._stream, RECEIVE_SIZE, self.remote)
         return read_socket(self._socket, RECEIVE_SIZE, self.remote)
 
     async def _receive_some(self) -> int:
         """Read once and give wsproto what came; how many bytes that was."""
-        return self._feed(await read_socket(self._socket, RECEIVE_SIZE, self.remote))
+        return self._feed(await self._read())
 
     def _feed(self, data: bytes) -> int:
         if not data:
