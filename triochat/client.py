@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -33,7 +34,13 @@ from urllib.parse import urlsplit
 import trio
 from trio_websocket import ConnectionRejected, HandshakeError, wrap_client_stream
 
-from triochat.errors import ConnectError, ConnectionClosed, ConnectionLost, Rejected
+from triochat.errors import (
+    CertificateError,
+    ConnectError,
+    ConnectionClosed,
+    ConnectionLost,
+    Rejected,
+)
 from triochat.protocol import ErrorCode, ProtocolError, decode_server, encode
 from triochat.protocol.events import (
     Dm,
@@ -53,7 +60,9 @@ from triochat.protocol.events import (
     Who,
 )
 from triochat.transport.base import ClientConnection, CloseCode, hostport
+from triochat.transport.release import release
 from triochat.transport.tcp import StreamConnection
+from triochat.transport.tls import client_context
 from triochat.transport.websocket import WebSocketLines
 
 log = logging.getLogger(__name__)
@@ -61,6 +70,10 @@ log = logging.getLogger(__name__)
 CLIENT_MAX_LINE = 64 * 1024 * 1024
 """Server lines can be long (a page of history); this only guards against nonsense."""
 _HELLO_REFUSALS = {ErrorCode.NICK_TAKEN, ErrorCode.NICK_INVALID, ErrorCode.HELLO_TIMEOUT}
+
+
+SCHEMES = {"ws": ("ws", False), "wss": ("ws", True), "tcp": ("tcp", False), "tls": ("tcp", True)}
+"""Each URL scheme's transport (``ws`` or ``tcp``) and whether it runs over TLS."""
 
 
 @dataclass(frozen=True)
@@ -73,29 +86,56 @@ class Address:
     def hostport(self) -> str:
         return hostport(self.host, self.port)
 
+    @property
+    def transport(self) -> str:
+        """``ws`` (WebSocket) or ``tcp`` (NDJSON lines), with or without TLS."""
+        return SCHEMES[self.scheme][0]
+
+    @property
+    def secure(self) -> bool:
+        """The connection runs over TLS (``wss://``, ``tls://``)."""
+        return SCHEMES[self.scheme][1]
+
     def wrong_port(self) -> ConnectError:
         """What to tell a person whose URL names the other listener of a triochat server."""
-        if self.scheme == "ws":
+        line, websocket = ("tls", "wss") if self.secure else ("tcp", "ws")
+        if self.transport == "ws":
             return ConnectError(
-                f"{self}: this looks like triochat's TCP port; use tcp://{self.hostport}"
+                f"{self}: this looks like triochat's TCP port; use {line}://{self.hostport}"
             )
-        return ConnectError(f"{self}: this looks like a WebSocket port; use ws://{self.hostport}")
+        return ConnectError(
+            f"{self}: this looks like a WebSocket port; use {websocket}://{self.hostport}"
+        )
 
     def __str__(self) -> str:
         return f"{self.scheme}://{self.hostport}"
 
 
 def parse_url(url: str) -> Address:
-    """``ws://host:port`` or ``tcp://host:port``; :class:`ConnectError` if it is neither."""
-    usage = ConnectError(f"{url!r}: use ws://HOST:PORT or tcp://HOST:PORT")
+    """``ws://``, ``wss://``, ``tcp://`` or ``tls://`` and ``host:port``;
+    :class:`ConnectError` if it is none of them."""
+    usage = ConnectError(f"{url!r}: use ws://, wss://, tcp:// or tls:// with HOST:PORT")
     try:  # urlsplit refuses some hosts itself ("[::1", "[zz]"); so does .port a bad port
         parts = urlsplit(url)
         host, port = parts.hostname, parts.port
     except ValueError:
         raise usage from None
-    if parts.scheme not in ("ws", "tcp") or not host or not port:
+    if parts.scheme not in SCHEMES or not host or not port:
         raise usage
     return Address(parts.scheme, host, port)
+
+
+def tls_for(address: Address, cafile: str | None) -> ssl.SSLContext | None:
+    """The verifying TLS context ``address`` needs (``cafile``: a private CA), or None.
+
+    :class:`ConnectError` if ``cafile`` cannot be used.
+    """
+    if not address.secure:
+        return None
+    try:
+        return client_context(cafile)
+    except CertificateError as exc:
+        raise ConnectError(f"{address}: {exc}") from None
 
 
 class Client:
@@ -244,14 +284,20 @@ async def open_client(
     rooms: list[str] | None = None,
     resume: dict[str, int] | None = None,
     connect_timeout: float = 10.0,
+    cafile: str | None = None,
 ) -> AsyncIterator[Client]:
     """Connect to ``url``, say hello as ``nick``, and yield the welcomed :class:`Client`.
+
+    ``wss://`` and ``tls://`` verify the server's certificate and host name
+    against the system's CAs, or only ``cafile``'s (a private CA) when given;
+    a certificate that fails is a :class:`ConnectError`.
 
     Errors come out as themselves, not wrapped in an exception group: the only
     background task is trio-websocket's reader, so a lone exception from the
     nursery is the caller's (or ours) and is re-raised bare.
     """
     address = parse_url(url)
+    tls = tls_for(address, cafile)
     with _unwrapped():
         async with trio.open_nursery() as nursery:
             library = await nursery.start(_contain_library_tasks, address)
@@ -260,6 +306,7 @@ async def open_client(
                 library,
                 Hello(nick=nick, rooms=rooms, resume=resume),
                 connect_timeout,
+                tls,
             )
             try:
                 yield client
@@ -316,12 +363,12 @@ async def _contain_library_tasks(
 
 
 async def _connect_and_greet(
-    address: Address, library: _Library, hello: Hello, limit: float
+    address: Address, library: _Library, hello: Hello, limit: float, tls: ssl.SSLContext | None
 ) -> Client:
     try:
         with trio.fail_after(limit):
             with library.connecting:
-                client = Client(await connect(address, library.nursery), address)
+                client = Client(await connect(address, library.nursery, tls), address)
                 await client.greet(hello)
                 return client
     except trio.TooSlowError:
@@ -349,10 +396,15 @@ def _lone(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
     return _lone(inner) if isinstance(inner, BaseExceptionGroup) else inner
 
 
-async def connect(address: Address, nursery: trio.Nursery) -> ClientConnection:
-    """A transport :class:`ClientConnection` to ``address``; WebSocket tasks run in ``nursery``."""
-    stream = await open_stream(address)
-    if address.scheme == "tcp":
+async def connect(
+    address: Address, nursery: trio.Nursery, tls: ssl.SSLContext | None = None
+) -> ClientConnection:
+    """A transport :class:`ClientConnection` to ``address``; WebSocket tasks run in ``nursery``.
+
+    ``tls`` (see :func:`tls_for`) is required for ``wss://`` and ``tls://``.
+    """
+    stream = await open_secure_stream(address, tls)
+    if address.transport == "tcp":
         return StreamConnection(stream, max_line=CLIENT_MAX_LINE, remote=str(address))
     try:
         ws = await wrap_client_stream(
@@ -385,6 +437,46 @@ def _is_wrong_port(body: bytes | None) -> bool:
     except ProtocolError:
         return False
     return isinstance(event, Error) and event.code == ErrorCode.WRONG_PORT
+
+
+async def open_secure_stream(
+    address: Address, tls: ssl.SSLContext | None
+) -> trio.SocketStream | trio.SSLStream[trio.SocketStream]:
+    """:func:`open_stream`, then for ``wss://`` and ``tls://`` the TLS handshake with
+    ``tls``; a refused certificate (or TLS) is one :class:`ConnectError` line."""
+    stream = await open_stream(address)
+    if not address.secure:
+        return stream
+    if tls is None:
+        raise ConnectError(f"{address}: no TLS context given for a TLS address")
+    return await secure(address, stream, tls)
+
+
+async def secure(
+    address: Address, stream: trio.SocketStream, tls: ssl.SSLContext
+) -> trio.SSLStream[trio.SocketStream]:
+    """``stream`` after a client TLS handshake that verified the server as ``address.host``."""
+    secured = trio.SSLStream(stream, tls, server_hostname=address.host)
+    try:
+        await secured.do_handshake()
+    except trio.BrokenResourceError as exc:
+        await release(stream)
+        raise _tls_refusal(address, exc.__cause__) from None
+    except BaseException:
+        await release(stream)
+        raise
+    return secured
+
+
+def _tls_refusal(address: Address, cause: BaseException | None) -> ConnectError:
+    """A failed TLS handshake, in one line: an untrusted certificate is named as such."""
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return ConnectError(
+            f"{address}: the server's certificate is not trusted ({cause.verify_message})"
+        )
+    if isinstance(cause, ssl.SSLError):
+        return ConnectError(f"{address}: TLS handshake failed ({cause.reason or cause})")
+    return ConnectError(f"{address}: the server closed the connection during the TLS handshake")
 
 
 async def open_stream(address: Address) -> trio.SocketStream:

@@ -18,6 +18,8 @@ async def release(stream: trio.abc.Stream) -> None:
     closing the socket can neither wait nor meet a write in progress.
     """
     if isinstance(stream, trio.SSLStream):
+        if stream.transport_stream is None:
+            return  # unwrapped: :func:`linger` released the stream under it
         stream = stream.transport_stream
     if isinstance(stream, trio.SocketStream):
         stream.socket.close()
@@ -34,15 +36,28 @@ async def linger(stream: trio.abc.Stream) -> None:
     The caller releases the stream afterwards.
 
     TLS has no half-close: our ``close_notify`` stands for the FIN. A peer that
-    answers with its own gets the lingering close of the stream under TLS; one
-    that closes, or sends more, ends it.
+    answers with its own gets the lingering close of the stream under TLS, which
+    is then released here (the TLS stream no longer holds it); one that closes,
+    or sends more, ends it.
     """
+    if isinstance(stream, trio.SSLStream):
+        await _linger_tls(stream)
+        return
     try:
-        if isinstance(stream, trio.SSLStream):
-            stream, _ = await stream.unwrap()
         if isinstance(stream, trio.abc.HalfCloseableStream):
             await stream.send_eof()
         while await stream.receive_some(LINGER_READ):
             pass
     except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
         pass
+
+
+async def _linger_tls(stream: trio.SSLStream[trio.abc.Stream]) -> None:
+    try:
+        transport, _ = await stream.unwrap()
+    except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+        return
+    try:
+        await linger(transport)
+    finally:
+        await release(transport)

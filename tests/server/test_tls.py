@@ -1,0 +1,424 @@
+"""TLS on both listeners, over real sockets, with trustme certificates.
+
+Every wait here is on an event, a line or an EOF, bounded by ``fail_after``:
+a test that would hang fails instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import shutil
+import socket
+import ssl
+import subprocess
+import warnings
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+import trio
+import trustme
+from websockets.asyncio.client import connect as websockets_connect
+
+from tests.server.helpers import host_port, settle_join, skip_until
+from triochat.client import Client, open_client
+from triochat.errors import CertificateError, ConnectError
+from triochat.protocol import decode_server, encode
+from triochat.protocol.events import (
+    Ack,
+    Error,
+    Hello,
+    Left,
+    LeftReason,
+    Members,
+    Message,
+    Notice,
+    Ping,
+    Welcome,
+)
+from triochat.server import Server, ServerConfig, serve
+from triochat.server.app import tls_context
+
+WAIT = 10
+"""Seconds any one test may take; every wait below is bounded by it."""
+CLIENT_GRACE = inspect.signature(Client.aclose).parameters["grace"].default
+"""Seconds a client's close may take before it drops the connection."""
+
+
+@dataclass(frozen=True)
+class Certs:
+    cafile: str
+    certfile: str
+    keyfile: str
+    ca: trustme.CA
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    """A private CA and a server certificate for 127.0.0.1 and localhost, as PEM files."""
+    folder = tmp_path_factory.mktemp("tls")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    paths = Certs(str(folder / "ca.pem"), str(folder / "cert.pem"), str(folder / "key.pem"), ca)
+    ca.cert_pem.write_to_path(paths.cafile)
+    cert.private_key_pem.write_to_path(paths.keyfile)
+    for n, blob in enumerate(cert.cert_chain_pems):
+        blob.write_to_path(paths.certfile, append=n > 0)
+    return paths
+
+
+def tls_config(certs: Certs, **changes: object) -> ServerConfig:
+    base = ServerConfig(
+        port=0, tcp_port=0, rate_limit=0, certfile=certs.certfile, keyfile=certs.keyfile
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def server(nursery: trio.Nursery, certs: Certs) -> AsyncIterator[Server]:
+    running: Server = await nursery.start(serve, tls_config(certs))
+    yield running
+    running.stop()
+
+
+def _client_context(certs: Certs) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=certs.cafile)
+
+
+async def _tls_stream(url: str, certs: Certs) -> trio.SSLStream[trio.SocketStream]:
+    """A raw TLS stream to ``url``'s listener, handshake done (the test drives the bytes)."""
+    host, port = host_port(url)
+    stream = await trio.open_tcp_stream(host, port)
+    secured = trio.SSLStream(stream, _client_context(certs), server_hostname=host)
+    await secured.do_handshake()
+    return secured
+
+
+async def _lines_until(stream: trio.abc.ReceiveStream, kind: type) -> list[object]:
+    """Events read from a line stream up to the first ``kind``."""
+    events: list[object] = []
+    buffer = b""
+    while True:
+        data = await stream.receive_some()
+        assert data, f"closed before a {kind.__name__}: {events}"
+        buffer += data
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            events.append(decode_server(line))
+            if isinstance(events[-1], kind):
+                return events
+
+
+async def _eof(stream: trio.abc.ReceiveStream) -> None:
+    """Read until the server ends the stream (EOF, a reset, or a TLS stream cut)."""
+    try:
+        while await stream.receive_some():
+            pass
+    except trio.BrokenResourceError:
+        pass
+
+
+# --- chat over TLS ------------------------------------------------------------------
+
+
+async def test_listening_urls_name_the_tls_schemes(server: Server) -> None:
+    assert [url.split("://")[0] for url in server.urls] == ["wss", "tls"]
+    assert server.url("wss").startswith("wss://127.0.0.1:")
+    assert server.url("tls").startswith("tls://127.0.0.1:")
+
+
+async def test_chat_over_wss_and_tls(server: Server, certs: Certs) -> None:
+    with trio.fail_after(WAIT):
+        async with (
+            open_client(server.url("wss"), "ada", cafile=certs.cafile) as ada,
+            open_client(server.url("tls"), "bob", cafile=certs.cafile) as bob,
+        ):
+            await settle_join(ada)
+            await settle_join(bob)
+            await ada.say("lobby", "over wss", id=1)
+            await skip_until(bob, Message, from_="ada", text="over wss")
+            await bob.say("lobby", "over tls", id=2)
+            await skip_until(ada, Message, from_="bob", text="over tls")
+            await skip_until(bob, Ack, id=2)
+
+
+async def test_tls_connections_are_secure_and_plain_ones_are_not(
+    server: Server, certs: Certs, nursery: trio.Nursery
+) -> None:
+    plain: Server = await nursery.start(
+        serve, replace(tls_config(certs), certfile=None, keyfile=None)
+    )
+    with trio.fail_after(WAIT):
+        async with (
+            open_client(server.url("wss"), "ada", cafile=certs.cafile),
+            open_client(server.url("tls"), "bob", cafile=certs.cafile),
+            open_client(plain.url("ws"), "cy"),
+            open_client(plain.url("tcp"), "di"),
+        ):
+            secure = sorted(s._conn.secure for s in server._sessions)
+            insecure = sorted(s._conn.secure for s in plain._sessions)
+    plain.stop()
+    assert (secure, insecure) == ([True, True], [False, False])
+
+
+async def test_websockets_library_as_a_wss_client(server: Server, certs: Certs) -> None:
+    """Another stack: ``websockets``, trusting the private CA, as in docs/security.md."""
+
+    async def hello() -> dict[str, object]:
+        context = ssl.create_default_context(cafile=certs.cafile)
+        async with websockets_connect(server.url("wss"), ssl=context) as ws:
+            await ws.send(json.dumps({"type": "hello", "nick": "ada"}))
+            reply = await ws.recv()
+            assert isinstance(reply, str)
+            first: dict[str, object] = json.loads(reply.split("\n")[0])
+            return first
+
+    with trio.fail_after(WAIT):
+        welcome = await trio.to_thread.run_sync(asyncio.run, hello())
+    assert (welcome["type"], welcome["nick"]) == ("welcome", "ada")
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+async def test_openssl_s_client_on_the_tls_port(server: Server, certs: Certs) -> None:
+    host, port = host_port(server.url("tls"))
+    command = ["openssl", "s_client", "-connect", f"{host}:{port}", "-quiet"]
+    command += ["-CAfile", certs.cafile, "-verify_return_error"]
+    with trio.fail_after(WAIT):
+        process = await trio.lowlevel.open_process(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        )
+        try:
+            assert process.stdin is not None
+            assert process.stdout is not None
+            await process.stdin.send_all(encode(Hello(nick="ada")))
+            events = await _lines_until(process.stdout, Welcome)
+        finally:
+            process.kill()
+            await process.wait()
+    assert isinstance(events[0], Welcome)
+    assert events[0].nick == "ada"
+
+
+# --- refusals -----------------------------------------------------------------------
+
+
+async def test_an_untrusted_certificate_is_refused_by_the_client(
+    server: Server, tmp_path: Path
+) -> None:
+    stranger = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(stranger))
+    for url in (server.url("wss"), server.url("tls")):
+        with trio.fail_after(WAIT), pytest.raises(ConnectError) as refused:
+            async with open_client(url, "ada", cafile=str(stranger)):
+                pass
+        assert str(refused.value).startswith(f"{url}: the server's certificate is not trusted (")
+        assert "\n" not in str(refused.value)
+
+
+async def test_a_certificate_for_another_host_is_refused(
+    nursery: trio.Nursery, certs: Certs, tmp_path: Path
+) -> None:
+    elsewhere = tmp_path / "elsewhere.pem"
+    certs.ca.issue_cert("chat.example").private_key_and_cert_chain_pem.write_to_path(str(elsewhere))
+    config = tls_config(certs, certfile=str(elsewhere), keyfile=str(elsewhere))
+    server: Server = await nursery.start(serve, config)
+    for url in server.urls:
+        with trio.fail_after(WAIT), pytest.raises(ConnectError) as refused:
+            async with open_client(url, "ada", cafile=certs.cafile):
+                pass
+        assert "certificate is not trusted (IP address mismatch" in str(refused.value)
+    server.stop()
+
+
+def _client_up_to(certs: Certs, newest: ssl.TLSVersion) -> ssl.SSLContext:
+    """A client that offers TLS 1.0 up to ``newest`` (OpenSSL's own floor lowered)."""
+    context = _client_context(certs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # old versions are the point here
+        context.minimum_version = ssl.TLSVersion.TLSv1
+        context.maximum_version = newest
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    return context
+
+
+async def _handshake(url: str, context: ssl.SSLContext) -> None:
+    host, port = host_port(url)
+    stream = trio.SSLStream(await trio.open_tcp_stream(host, port), context, server_hostname=host)
+    try:
+        await stream.do_handshake()
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+async def test_a_tls_1_1_client_is_refused(server: Server, certs: Certs) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        old = _client_up_to(certs, ssl.TLSVersion.TLSv1_1)
+    for url in server.urls:
+        with trio.fail_after(WAIT):
+            await _handshake(url, _client_up_to(certs, ssl.TLSVersion.TLSv1_2))  # the control
+            with pytest.raises(trio.BrokenResourceError):
+                await _handshake(url, old)
+
+
+def _client_hello(certs: Certs) -> bytes:
+    """A real ClientHello, as the first flight of a handshake that then stalls."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = _client_context(certs).wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+@pytest.mark.parametrize("kind", ["wss", "tls"])
+async def test_a_stalled_tls_handshake_is_cut(
+    nursery: trio.Nursery, certs: Certs, kind: str
+) -> None:
+    server: Server = await nursery.start(serve, tls_config(certs, handshake_timeout=0.3))
+    with trio.fail_after(WAIT):
+        async with (
+            open_client(server.url(kind), "ada", cafile=certs.cafile) as ada,
+            await trio.open_tcp_stream(*host_port(server.url(kind))) as silent,
+            await trio.open_tcp_stream(*host_port(server.url(kind))) as halfway,
+        ):
+            await halfway.send_all(_client_hello(certs))  # then never the rest
+            await _eof(silent)
+            await _eof(halfway)
+            await ada.say("lobby", "still here", id="ok")
+            await skip_until(ada, Ack, id="ok")
+
+
+@pytest.mark.parametrize("kind", ["wss", "tls"])
+async def test_a_plaintext_client_on_the_tls_port_disturbs_nobody(
+    server: Server, certs: Certs, kind: str
+) -> None:
+    plain = {"wss": b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "tls": encode(Hello(nick="eve"))}[kind]
+    with trio.fail_after(WAIT):
+        async with open_client(server.url(kind), "ada", cafile=certs.cafile) as ada:
+            await settle_join(ada)
+            async with await trio.open_tcp_stream(*host_port(server.url(kind))) as eve:
+                await eve.send_all(plain)
+                await _eof(eve)
+            await ada.who("lobby")
+            members = await skip_until(ada, Members, room="lobby")
+            assert members.nicks == ["ada"]
+
+
+# --- keepalive, close and eviction over TLS ----------------------------------------
+
+
+async def test_keepalive_over_tls_drops_a_peer_that_stops_answering(
+    nursery: trio.Nursery, certs: Certs
+) -> None:
+    config = tls_config(certs, keepalive_interval=0.2, keepalive_timeout=0.3)
+    server: Server = await nursery.start(serve, config)
+    with trio.fail_after(WAIT):
+        async with open_client(server.url("wss"), "watcher", cafile=certs.cafile) as watcher:
+            await settle_join(watcher)
+            mute = await _tls_stream(server.url("tls"), certs)
+            await mute.send_all(encode(Hello(nick="mute")))
+            events = await _lines_until(mute, Error)  # the ping goes unanswered
+            left = await skip_until(watcher, Left, nick="mute")
+            await trio.aclose_forcefully(mute)
+        # Meanwhile the watcher answered every ping of its own (over wss) and stayed.
+        assert watcher.welcome is not None
+    assert Ping(token="keepalive") in events
+    assert isinstance(events[-1], Error)
+    assert events[-1].code == "timeout"
+    assert left.reason is LeftReason.TIMEOUT
+
+
+async def test_shutdown_over_tls_closes_both_listeners_promptly(
+    nursery: trio.Nursery, certs: Certs
+) -> None:
+    """Each side's close_notify stands for its FIN: the lingering closes end as soon as
+    both sides have closed, not at the server's ``close_timeout`` nor the client's grace."""
+    config = tls_config(certs, close_timeout=WAIT, drain_timeout=WAIT)
+    stopped = trio.Event()
+
+    async def run(task_status: trio.TaskStatus[Server]) -> None:
+        await serve(config, task_status=task_status)
+        stopped.set()
+
+    server: Server = await nursery.start(run)
+    with trio.fail_after(WAIT / 2):
+        async with (
+            open_client(server.url("wss"), "ada", cafile=certs.cafile) as ada,
+            open_client(server.url("tls"), "bob", cafile=certs.cafile) as bob,
+        ):
+            await settle_join(ada)
+            await settle_join(bob)
+            server.stop()
+            for client in (ada, bob):
+                # Iteration ends when the server has closed; its notice comes last.
+                notices = [event async for event in client if isinstance(event, Notice)]
+                assert [n.code for n in notices] == ["shutting_down"]
+            closing = trio.current_time()
+        await stopped.wait()
+    assert trio.current_time() - closing < CLIENT_GRACE / 2
+
+
+async def _stalled_tls_member(
+    url: str, certs: Certs, nick: str
+) -> trio.SSLStream[trio.SocketStream]:
+    """A TLS client on a tiny receive buffer: says hello, reads its welcome, then never reads."""
+    host, port = host_port(url)
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await sock.connect((host, port))
+    stream = trio.SSLStream(trio.SocketStream(sock), _client_context(certs), server_hostname=host)
+    await stream.send_all(encode(Hello(nick=nick)))
+    await _lines_until(stream, Welcome)
+    return stream
+
+
+async def test_a_stalled_tls_reader_is_evicted_and_the_room_goes_on(
+    nursery: trio.Nursery, certs: Certs
+) -> None:
+    server: Server = await nursery.start(serve, tls_config(certs, outbox_events=200))
+    text = "x" * 4000
+    numbers: list[int] = []
+    with trio.fail_after(3 * WAIT):
+        sloth = await _stalled_tls_member(server.url("tls"), certs, "sloth")
+        async with (
+            open_client(server.url("wss"), "ada", cafile=certs.cafile) as ada,
+            open_client(server.url("tls"), "bob", cafile=certs.cafile) as bob,
+        ):
+            await settle_join(ada)
+            await settle_join(bob)
+            sent = 0
+            left: Left | None = None
+            while left is None:
+                for _ in range(50):
+                    await bob.say("lobby", f"{sent}:{text}")
+                    sent += 1
+                while True:  # ada reads everything so far, and maybe sloth's eviction
+                    event = await ada.receive()
+                    if isinstance(event, Left) and event.nick == "sloth":
+                        left = event
+                    elif isinstance(event, Message):
+                        numbers.append(int(event.text.split(":", 1)[0]))
+                        if numbers[-1] == sent - 1:
+                            break
+                await skip_until(bob, Message, text=f"{sent - 1}:{text}")  # bob reads too
+        await trio.aclose_forcefully(sloth)
+    assert left.reason is LeftReason.SLOW_CONSUMER
+    assert numbers == list(range(sent))
+
+
+# --- configuration -------------------------------------------------------------------
+
+
+def test_a_certificate_without_its_key_is_refused(certs: Certs) -> None:
+    with pytest.raises(CertificateError, match="both a certificate"):
+        tls_context(replace(tls_config(certs), keyfile=None))
+
+
+def test_a_key_that_does_not_match_is_refused(certs: Certs, tmp_path: Path) -> None:
+    other = tmp_path / "other-key.pem"
+    certs.ca.issue_cert("127.0.0.1").private_key_pem.write_to_path(str(other))
+    with pytest.raises(CertificateError, match="the key does not match the certificate"):
+        tls_context(replace(tls_config(certs), keyfile=str(other)))
