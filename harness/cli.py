@@ -26,7 +26,7 @@ from harness.options import MIN_CLIENTS, SCENARIOS, Options
 from harness.report import Display, interruption_line, render, write_json
 from harness.runner import run_harness
 from triochat import argtypes
-from triochat.client import parse_url
+from triochat.client import parse_url, tls_for
 from triochat.errors import ConnectError
 
 FDS_PER_CLIENT_OWN = 2
@@ -84,8 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--url",
         action="append",
-        help="ws://HOST:PORT or tcp://HOST:PORT of a running server (repeatable; all must be"
-        " listeners of one server); default: start one in-process",
+        help="ws://, wss://, tcp:// or tls://HOST:PORT of a running server (repeatable; all"
+        " must be listeners of one server); default: start one in-process",
+    )
+    p.add_argument(
+        "--cafile",
+        metavar="PEM",
+        help="CA certificate to trust for wss:// and tls:// URLs (default: the system's CAs)",
     )
     p.add_argument(
         "--transport",
@@ -153,6 +158,7 @@ def options_from(args: argparse.Namespace) -> Options:
         duration=args.duration,
         scenarios=tuple(dict.fromkeys(args.scenario)) if args.scenario else SCENARIOS,
         urls=tuple(args.url or ()),
+        cafile=args.cafile,
         transport=args.transport,
         json_path=args.json,
         seed=args.seed,
@@ -187,7 +193,7 @@ def raise_open_files(options: Options) -> tuple[Options, list[str]]:
 def _usage_problem(options: Options) -> str | None:
     for url in options.urls:
         try:
-            parse_url(url)
+            tls_for(parse_url(url), options.cafile)
         except ConnectError as exc:
             return str(exc)
     if options.json_path:

@@ -23,8 +23,9 @@ import trio
 from wsproto.utilities import LocalProtocolError
 
 from harness.tally import Tally
+from harness.trust import open_client
 from harness.wire import now_ns
-from triochat.client import Client, open_client
+from triochat.client import Client
 from triochat.errors import ConnectError, ConnectionLost, Rejected, TriochatError
 from triochat.protocol import ProtocolError
 from triochat.protocol.events import Limits
@@ -123,7 +124,10 @@ class Fleet:
         holding = True
         try:
             async with open_client(
-                sim.url, sim.nick, rooms=sim.rooms, connect_timeout=self.connect_timeout
+                sim.url,
+                sim.nick,
+                rooms=sim.rooms,
+                connect_timeout=self.connect_timeout,
             ) as client:
                 self._limiter.release_on_behalf_of(sim)
                 holding = False

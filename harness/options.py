@@ -54,6 +54,8 @@ class Options:
     scenarios: tuple[str, ...] = SCENARIOS
     urls: tuple[str, ...] = ()
     """Servers to test; empty starts one in-process."""
+    cafile: str | None = None
+    """CA certificate trusted for ``wss://`` and ``tls://`` URLs; None: the system's CAs."""
     transport: str = "ws"
     """Transport of the in-process server."""
     json_path: str | None = None

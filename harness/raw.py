@@ -5,6 +5,10 @@ scenario choose socket options before connecting (a small receive buffer for
 a reader that stalls), send any bytes it likes (malformed lines, half a line,
 half a WebSocket frame, a binary frame) and vanish with a TCP reset
 (``SO_LINGER`` 0). It owns its socket: nothing here reaches into a library.
+
+``wss://`` and ``tls://`` work too: the same bytes go through TLS (trusting
+the run's ``--cafile``, :mod:`harness.trust`), and a reset still resets the
+socket under it.
 """
 
 from __future__ import annotations
@@ -19,14 +23,18 @@ import trio
 from trio_websocket import ConnectionClosed as WsClosed
 from trio_websocket import ConnectionRejected, WebSocketConnection, wrap_client_stream
 
-from triochat.client import CLIENT_MAX_LINE, Address, parse_url
+from harness.trust import CAFILE
+from triochat.client import CLIENT_MAX_LINE, Address, parse_url, secure, tls_for
 from triochat.errors import ConnectError, ConnectionLost
 from triochat.protocol import encode
 from triochat.protocol.events import Hello
 from triochat.transport.base import ClientConnection
+from triochat.transport.release import release
 from triochat.transport.tcp import StreamConnection
 from triochat.transport.websocket import WebSocketLines
 
+Carrier = trio.SocketStream | trio.SSLStream[trio.SocketStream]
+"""What carries a raw client's bytes: its socket, or TLS over it."""
 HALF_LINE = b'{"type":"say","room":"lobby","text":"this line never'
 
 
@@ -43,10 +51,16 @@ class RawClient:
     """One connection driven byte by byte. Make one with :func:`open_raw`."""
 
     def __init__(
-        self, address: Address, stream: trio.SocketStream, ws: WebSocketConnection | None
+        self,
+        address: Address,
+        stream: trio.abc.Stream,
+        ws: WebSocketConnection | None,
+        sock: trio.SocketStream,
     ) -> None:
+        """``stream`` carries the protocol: ``sock`` itself, or TLS over it."""
         self.address = address
         self._stream = stream
+        self._socket = sock
         self._ws = ws
         # Receiving is ordinary: the client library's own transports do it.
         self._incoming: ClientConnection = (
@@ -112,12 +126,12 @@ class RawClient:
         """Vanish: close with ``SO_LINGER`` 0, so the kernel sends RST instead of FIN."""
         linger = struct.pack("ii", 1, 0)
         with suppress(OSError):
-            self._stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
-        await trio.aclose_forcefully(self._stream)
+            self._socket.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+        await release(self._socket)
 
     async def drop(self) -> None:
-        """Close the socket without any goodbye (FIN, no WebSocket close)."""
-        await trio.aclose_forcefully(self._stream)
+        """Close the socket without any goodbye (FIN, no WebSocket close, no close_notify)."""
+        await release(self._socket)
 
 
 @asynccontextmanager
@@ -134,18 +148,21 @@ async def open_raw(
     :class:`Refused`.
     """
     address = parse_url(url)
-    stream = await _connect(address, receive_buffer, local_address)
+    tls = tls_for(address, CAFILE.get())
+    sock = await _connect(address, receive_buffer, local_address)
+    stream: Carrier = sock if tls is None else await secure(address, sock, tls)
     rejected: ConnectionRejected | None = None
     try:
         async with trio.open_nursery() as nursery:
             try:
-                ws = await _upgrade(nursery, address, stream) if address.scheme == "ws" else None
-                yield RawClient(address, stream, ws)
+                websocket = address.transport == "ws"
+                ws = await _upgrade(nursery, address, stream) if websocket else None
+                yield RawClient(address, stream, ws, sock)
             finally:
                 # Close before cancelling: a checkpoint in a cancelled scope here would
                 # replace the body's exception with Cancelled, and the nursery would eat it.
                 with trio.CancelScope(shield=True):
-                    await trio.aclose_forcefully(stream)
+                    await release(sock)
                 nursery.cancel_scope.cancel()
     except* ConnectionRejected as group:  # trio-websocket's reader task raises the refusal
         found = group.exceptions[0]
@@ -176,9 +193,7 @@ async def _connect(
     return trio.SocketStream(sock)
 
 
-async def _upgrade(
-    nursery: trio.Nursery, address: Address, stream: trio.SocketStream
-) -> WebSocketConnection:
+async def _upgrade(nursery: trio.Nursery, address: Address, stream: Carrier) -> WebSocketConnection:
     try:
         ws: WebSocketConnection = await wrap_client_stream(
             nursery, stream, address.host, "/", max_message_size=CLIENT_MAX_LINE

@@ -19,7 +19,8 @@ from harness.fleet import Unreachable, quit_and_wait
 from harness.model import Interruption, Report, ScenarioResult
 from harness.options import Options
 from harness.registry import SCENARIOS
-from triochat.client import open_client, parse_url
+from harness.trust import CAFILE, open_client
+from triochat.client import parse_url
 from triochat.errors import ConnectError, Rejected
 
 PROBE_TIMEOUT = 10.0
@@ -47,6 +48,19 @@ async def run_harness(
 ) -> Report:
     """Run ``options.scenarios`` in order; :class:`Unreachable` if the target is not there."""
     options = with_seed(options)
+    trusted = CAFILE.set(options.cafile)  # inherited by every task the run starts
+    try:
+        return await _run_harness(options, progress, on_result, stop_on)
+    finally:
+        CAFILE.reset(trusted)
+
+
+async def _run_harness(
+    options: Options,
+    progress: Progress,
+    on_result: Callable[[ScenarioResult], None] | None,
+    stop_on: Collection[signal.Signals],
+) -> Report:
     ctx = Context(options, progress=progress)
     report = Report(
         target=_describe(options),

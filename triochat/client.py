@@ -114,7 +114,7 @@ class Address:
 def parse_url(url: str) -> Address:
     """``ws://``, ``wss://``, ``tcp://`` or ``tls://`` and ``host:port``;
     :class:`ConnectError` if it is none of them."""
-    usage = ConnectError(f"{url!r}: use ws://, wss://, tcp:// or tls:// with HOST:PORT")
+    usage = ConnectError(f"{url!r}: use ws://, wss://, tcp:// or tls://HOST:PORT")
     try:  # urlsplit refuses some hosts itself ("[::1", "[zz]"); so does .port a bad port
         parts = urlsplit(url)
         host, port = parts.hostname, parts.port

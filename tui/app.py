@@ -75,9 +75,11 @@ class ChatApp(App[int]):
         show_rtt: bool = True,
         address_label: str | None = None,
         rng: random.Random | None = None,
+        cafile: str | None = None,
     ) -> None:
         super().__init__()
         self.url = url
+        self._cafile = cafile
         self.me = nick
         self._room = room
         self._render = Renderer(timefmt)
@@ -135,6 +137,7 @@ class ChatApp(App[int]):
             backoff=self._backoff,
             ping_interval=self._ping_interval,
             rng=self._rng,
+            cafile=self._cafile,
         )
         self.guest.start(self.link.run)
         self.run_worker(self._watch_network(), name="network", group="network")

@@ -202,8 +202,11 @@ class Link:
         backoff: Backoff | None = None,
         rng: random.Random | None = None,
         ping_interval: float = PING_INTERVAL,
+        cafile: str | None = None,
     ) -> None:
         self.url = url
+        self._cafile = cafile
+        """A private CA that ``wss://`` and ``tls://`` servers' certificates are checked against."""
         self._post = post
         self._state = _State(nick=nick)
         self._wanted_rooms = list(rooms or [])
@@ -276,7 +279,9 @@ class Link:
         resume = {room: sync.resume_from() for room, sync in state.rooms.items()}
         resume_points = {room: seq for room, seq in resume.items() if seq is not None}
         rooms = list(state.rooms) or self._wanted_rooms or None
-        async with open_client(self.url, nick, rooms=rooms, resume=resume_points or None) as client:
+        async with open_client(
+            self.url, nick, rooms=rooms, resume=resume_points or None, cafile=self._cafile
+        ) as client:
             state.replays = dict.fromkeys(resume_points, "resumed")
             for sync in state.rooms.values():
                 sync.reset_connection()

@@ -19,7 +19,7 @@ from harness.fleet import SEND_ERRORS, Fleet, Sim
 from harness.model import ScenarioResult
 from harness.scenarios.common import barrier, room_members, wait_until
 from harness.traffic import connect_check, open_members
-from triochat.client import open_client
+from harness.trust import open_client
 from triochat.errors import ConnectionLost
 
 NAME = "churn"

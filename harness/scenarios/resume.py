@@ -52,8 +52,9 @@ from harness.model import ScenarioResult
 from harness.raw import RawClient, open_raw
 from harness.tally import Tally
 from harness.traffic import Phase, delivery_checks, run_phase
+from harness.trust import open_client
 from harness.wire import Line, decode_line, now_ns, parse_counted
-from triochat.client import Client, open_client
+from triochat.client import Client
 from triochat.errors import ConnectError, ConnectionLost, Rejected, TriochatError
 from triochat.protocol import ErrorCode, ProtocolError, decode_server, encode
 from triochat.protocol.events import HistoryPage, Ping, Pong, ServerEvent, Welcome

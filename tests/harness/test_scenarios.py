@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import pytest
 import trio
+import trustme
 
+from harness.fleet import Unreachable
 from harness.model import Report
 from harness.options import SCENARIOS, Options
 from harness.runner import run_harness
@@ -102,3 +105,24 @@ async def look_behind(url: str, rooms: list[str]) -> LeftBehind:
             if isinstance(event, Members) and event.room is None:
                 seen.online = event.nicks
     return seen
+
+
+async def test_every_scenario_over_wss_and_tls_with_the_run_s_cafile(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """``--url wss://… --url tls://… --cafile``: the fleet and the raw clients speak TLS,
+    trusting that CA; without it the run cannot reach the server."""
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    pem = tmp_path / "server.pem"
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(pem))
+    config = ServerConfig(port=0, tcp_port=0, certfile=str(pem), keyfile=str(pem))
+    server: Server = await nursery.start(serve, config)
+    options = replace(SMALL, urls=(server.url("wss"), server.url("tls")))
+    with trio.fail_after(90):
+        with pytest.raises(Unreachable, match="certificate is not trusted"):
+            await run_harness(options)
+        report = await run_harness(replace(options, cafile=str(tmp_path / "ca.pem")))
+    assert failures(report) == []
+    assert [s.name for s in report.scenarios] == list(SCENARIOS)
+    server.stop()

@@ -232,7 +232,7 @@ def test_a_flag_value_that_cannot_work_is_one_line_naming_it(
 def test_a_malformed_tui_url_is_one_line(url: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["tui", "--url", url]) == 2
     err = capsys.readouterr().err
-    assert err == f"triochat tui: {url!r}: use ws://HOST:PORT or tcp://HOST:PORT\n"
+    assert err == f"triochat tui: {url!r}: use ws://, wss://, tcp:// or tls://HOST:PORT\n"
 
 
 def test_max_line_floor_fits_the_longest_hello() -> None:

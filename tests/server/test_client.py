@@ -46,7 +46,7 @@ async def test_unknown_host_is_one_clear_line() -> None:
     ],
 )
 async def test_bad_urls_are_refused_before_connecting(url: str) -> None:
-    with pytest.raises(ConnectError, match="use ws://HOST:PORT or tcp://HOST:PORT"):
+    with pytest.raises(ConnectError, match="use ws://, wss://, tcp:// or tls://HOST:PORT"):
         async with open_client(url, "ada"):
             pass
 
