@@ -30,6 +30,12 @@ shared clock; every worker (and the orchestrator, which samples the server's
 CPU) cuts its counters at the same instants. Deliveries are counted when
 read, during ``[measure, end)``.
 
+TLS. An endpoint with a ``cafile`` is spoken to over TLS (non-blocking
+``ssl`` sockets, verified against that CA). One TLS read returns at most one
+record, so a read takes every record already decrypted or arrived, as one
+plain read takes everything the socket holds; the hot loop is otherwise
+unchanged.
+
 Sync. Before a run, one client says ``SYNC<n>`` and every worker reads until
 each of its clients has it. A room's events reach every member in one order,
 so after a sync nothing older (a join storm, the tail of the last shape) is
@@ -46,6 +52,7 @@ import resource
 import select
 import signal
 import socket
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -61,7 +68,7 @@ RECV_BYTES = 64 * 1024  # 256 KiB would cost an mmap + munmap per read (glibc th
 SYNC_TIMEOUT = 60.0
 LATENCY_MAX_US = 60_000_000
 
-CONNECTING, UPGRADING, HELLO, READY = range(4)
+CONNECTING, SECURING, UPGRADING, HELLO, READY = range(5)
 
 
 class LoadgenError(Exception):
@@ -73,6 +80,8 @@ class Endpoint:
     host: str
     port: int
     websocket: bool
+    cafile: str | None = None
+    """The CA that signed the server's certificate: the endpoint speaks TLS."""
 
 
 @dataclass(frozen=True)
@@ -164,6 +173,29 @@ def _new_histogram() -> HdrHistogram:
     return HdrHistogram(1, LATENCY_MAX_US, 3)
 
 
+def _tls_recv(sock: socket.socket) -> bytes:
+    """Every record of a TLS socket readable now, up to ``RECV_BYTES``; ``BlockingIOError``
+    if none (a wake-up for a session ticket, say); ``b""`` at the end of the stream."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < RECV_BYTES:
+        try:
+            data = sock.recv(RECV_BYTES)
+        except ssl.SSLWantReadError:
+            break
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            data = b""
+        if not data:
+            if not chunks:
+                return b""
+            break  # the end is read again, alone, on the next wake-up
+        chunks.append(data)
+        size += len(data)
+    if not chunks:
+        raise BlockingIOError
+    return b"".join(chunks)
+
+
 def _abort(sock: socket.socket) -> None:
     """Close with RST: no TIME_WAIT, and the server learns at once."""
     with contextlib.suppress(OSError):
@@ -179,6 +211,14 @@ class Worker:
         self.clients: list[Client] = []
         self.by_fd: dict[int, Client] = {}
         self.endpoint: Endpoint | None = None
+        self.tls: ssl.SSLContext | None = None
+
+    def _use(self, endpoint: Endpoint) -> None:
+        """Talk to ``endpoint`` from now on (with TLS if it has a CA)."""
+        self.endpoint = endpoint
+        self.tls = None
+        if endpoint.cafile is not None:
+            self.tls = ssl.create_default_context(cafile=endpoint.cafile)
 
     # --- plumbing ---------------------------------------------------------------------
 
@@ -212,7 +252,7 @@ class Worker:
     # --- setup: connect, upgrade, hello, welcome --------------------------------------
 
     def connect(self, pop: Population) -> dict[str, float]:
-        self.endpoint = pop.endpoint
+        self._use(pop.endpoint)
         began = time.monotonic()
         deadline = began + pop.timeout
         todo = deque(range(pop.first, pop.first + pop.count))
@@ -247,13 +287,15 @@ class Worker:
             if err:
                 raise LoadgenError(f"{client.nick}: connect failed: {os.strerror(err)}")
             self.ep.modify(client.fd, select.EPOLLIN)
-            if endpoint.websocket:
-                request, client.accept = wire.upgrade_request(endpoint.host, endpoint.port)
-                client.sock.send(request)
-                client.state = UPGRADING
-            else:
-                self._send(client, wire.hello(client.nick, client.room))
-                client.state = HELLO
+            if self.tls is None:
+                self._greet(client)
+                return
+            client.sock = self.tls.wrap_socket(
+                client.sock, server_hostname=endpoint.host, do_handshake_on_connect=False
+            )
+            client.state = SECURING
+        if client.state == SECURING:
+            self._secure(client)
             return
         data = self._recv(client)
         if not data:
@@ -263,8 +305,36 @@ class Worker:
         if client.state == HELLO:
             self._await_welcome(client, data)
 
+    def _secure(self, client: Client) -> None:
+        """One step of the TLS handshake; once it is done, the upgrade or hello."""
+        assert isinstance(client.sock, ssl.SSLSocket)
+        try:
+            client.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self.ep.modify(client.fd, select.EPOLLIN)
+            return
+        except ssl.SSLWantWriteError:
+            self.ep.modify(client.fd, select.EPOLLOUT)
+            return
+        except OSError as exc:
+            raise LoadgenError(f"{client.nick}: TLS handshake failed: {exc}") from None
+        self.ep.modify(client.fd, select.EPOLLIN)
+        self._greet(client)
+
+    def _greet(self, client: Client) -> None:
+        """The connection is open (and secured): the upgrade request, or hello on TCP."""
+        endpoint = self.endpoint
+        assert endpoint is not None
+        if endpoint.websocket:
+            request, client.accept = wire.upgrade_request(endpoint.host, endpoint.port)
+            client.sock.send(request)
+            client.state = UPGRADING
+        else:
+            self._send(client, wire.hello(client.nick, client.room))
+            client.state = HELLO
+
     def _upgrade(self, client: Client, data: bytes) -> bytes:
-        client.buf += data
+        client.buf = (client.buf + data).lstrip(b"\n")  # a spurious wake-up's empty line
         end = client.buf.find(b"\r\n\r\n")
         if end < 0:
             return b""
@@ -288,6 +358,8 @@ class Worker:
 
     def _recv(self, client: Client) -> bytes:
         try:
+            if self.tls is not None:
+                return _tls_recv(client.sock)
             return client.sock.recv(RECV_BYTES)
         except BlockingIOError:
             return b"\n"  # spurious wake-up: an empty line changes nothing
@@ -339,6 +411,7 @@ class Worker:
         for index in spec.sampled:
             self.clients[index].sampled = True
         message, sent_at, by_fd = wire.MESSAGE, wire.SENT_AT, self.by_fd
+        tls = self.tls is not None
         monotonic, monotonic_ns = time.monotonic, time.monotonic_ns
         delivered = broadcasts = lost = reads = polls = 0
         d0 = b0 = d1 = b1 = r0 = r1 = p0 = p1 = 0
@@ -372,7 +445,7 @@ class Worker:
                     continue
                 client = reader
                 try:
-                    data = client.sock.recv(RECV_BYTES)
+                    data = _tls_recv(client.sock) if tls else client.sock.recv(RECV_BYTES)
                 except BlockingIOError:
                     continue
                 except OSError:
@@ -419,8 +492,11 @@ class Worker:
     # --- handshakes -----------------------------------------------------------------
 
     def handshakes(self, spec: HandshakeSpec) -> HandshakeResult:
-        """Connect, upgrade, close (FIN), with ``parallel`` handshakes always under way."""
-        self.endpoint = spec.endpoint
+        """Connect, upgrade, close (FIN), with ``parallel`` handshakes always under way.
+
+        With TLS, the TLS handshake comes first: a handshake is both.
+        """
+        self._use(spec.endpoint)
         opening: dict[int, Client] = {}
         completed = failed = 0
         cpu0 = cpu1 = 0.0
@@ -453,10 +529,15 @@ class Worker:
         return HandshakeResult(completed=completed, failed=failed, cpu_s=cpu1 - cpu0)
 
     def _handshake_step(self, client: Client) -> None:
-        if client.state == CONNECTING:
+        if client.state in (CONNECTING, SECURING):
             self._advance(client)
             return
-        data = self._recv(client)
+        try:
+            data = _tls_recv(client.sock) if self.tls else client.sock.recv(RECV_BYTES)
+        except BlockingIOError:
+            return  # nothing yet (with TLS: a session ticket alone)
+        except OSError:
+            data = b""
         if not data:
             raise LoadgenError("closed during the upgrade")
         client.buf += data

@@ -83,6 +83,7 @@ def targets(results: Results) -> list[Target]:
         *_idle_targets(results),
         *_handshake_targets(results),
         *_history_targets(results),
+        *_tls_targets(results),
         Target(
             6,
             "harness `broadcast --clients 1000` reports in the same units",
@@ -175,7 +176,7 @@ def _idle_targets(results: Results) -> list[Target]:
 
 
 def _handshake_targets(results: Results) -> list[Target]:
-    by_server = {e.server: e for e in results.handshakes if not e.error}
+    by_server = {e.server: e for e in results.handshakes if not e.error and e.transport == "ws"}
     goal = "WebSocket handshakes per second >= the peer's"
     entry = by_server.get(TRIO_WS.server)
     peer = by_server.get(PEER_WS.server)
@@ -191,6 +192,42 @@ def _handshake_targets(results: Results) -> list[Target]:
         us, peer_us = entry.server_cpu_us_each, peer.server_cpu_us_each
         measured += f"; server CPU {us:.0f} vs {peer_us:.0f} us each"
     return [Target(4, goal, _beside(measured, figures), ratio >= 1)]
+
+
+TLS_TARGET = 15
+"""The issue that asked for TLS (its acceptance 4); the number column of its targets."""
+TLS_CPU_LIMIT = 1.5
+"""Server CPU per delivery over TLS, at most this times plaintext WebSocket's."""
+
+
+def _tls_targets(results: Results) -> list[Target]:
+    """WebSocket over TLS beside plaintext WebSocket, same run, N=200, 32 in flight."""
+    goal = f"N=200, 32 in flight: WSS <= {TLS_CPU_LIMIT}x WS server CPU per delivery"
+    plain = find(results, TRIO_WS.server, "ws", 200, 32)
+    tls = find(results, TRIO_WS.server, "wss", 200, 32)
+    out: list[Target] = []
+    if plain is None or tls is None or not plain.server_cpu_us_per_delivery:
+        out.append(Target(TLS_TARGET, goal, "not measured", None))
+    else:
+        us, plain_us = tls.server_cpu_us_per_delivery, plain.server_cpu_us_per_delivery
+        ratio = us / plain_us
+        measured = (
+            f"{ratio:.2f}x ({us:.2f} vs {plain_us:.2f} us); "
+            f"{rate(tls.deliveries_per_s)} vs {rate(plain.deliveries_per_s)} deliveries/s"
+        )
+        out.append(Target(TLS_TARGET, goal, measured, ratio <= TLS_CPU_LIMIT))
+    entries = {(e.server, e.transport): e for e in results.handshakes if not e.error}
+    wss, ws = entries.get((TRIO_WS.server, "wss")), entries.get((TRIO_WS.server, "ws"))
+    goal = "WebSocket-over-TLS handshakes per second (reported)"
+    if wss is None or ws is None:
+        out.append(Target(TLS_TARGET, goal, "not measured", None))
+    else:
+        measured = (
+            f"{wss.per_s:,.0f}/s ({wss.server_cpu_us_each:.0f} us server CPU each)"
+            f" vs plaintext {ws.per_s:,.0f}/s ({ws.server_cpu_us_each:.0f} us)"
+        )
+        out.append(Target(TLS_TARGET, goal, measured, None))
+    return out
 
 
 HISTORY_SETUPS = ((TRIO_WS.server, "ws"), (TRIO_TCP.server, "tcp"))
@@ -362,7 +399,7 @@ def _history_table(results: Results) -> Table:
 
 def _handshake_table(results: Results) -> Table:
     table = _table(
-        "WebSocket handshakes (connect, upgrade, close)",
+        "WebSocket handshakes (connect, upgrade, close; wss: a TLS handshake first)",
         "server",
         "per second",
         "server CPU us each",
@@ -371,11 +408,12 @@ def _handshake_table(results: Results) -> Table:
         "failed",
     )
     for e in results.handshakes:
+        label = e.server if e.transport == "ws" else short_label(e.server, e.transport)
         if e.error:
-            table.add_row(e.server, f"[red]{e.error}[/]")
+            table.add_row(label, f"[red]{e.error}[/]")
             continue
         table.add_row(
-            e.server,
+            label,
             f"{e.per_s:,.0f}",
             f"{e.server_cpu_us_each:.0f}",
             f"{e.server_cpu_share:.0%}",

@@ -45,6 +45,8 @@ DISTURBED = 0.10
 """Share of a core taken by other work (or by steal) that makes a window suspect."""
 FLOORS_UP_TO = 200
 """The largest N at which a target is set, and so the floors are measured."""
+TLS_AT = 200
+"""The N at which WebSocket over TLS is measured, beside plaintext WebSocket."""
 FD_RESERVE = 64
 """Descriptors each process keeps for itself (listeners, pipes, logs, the SQLite file)."""
 
@@ -96,6 +98,8 @@ PEER_WS = Setup("websockets peer", "ws")
 FLOOR_WS = Setup("trio-websocket floor", "ws")
 WSPROTO_WS = Setup("wsproto floor", "ws")
 TRIO_WS = Setup(servers.TRIOCHAT, "ws")
+TRIO_WSS = Setup(servers.TRIOCHAT, "wss")
+"""WebSocket over TLS, beside the plaintext row at N=200 (see :data:`TLS_AT`)."""
 TRIO_TCP = Setup(servers.TRIOCHAT, "tcp")
 TRIO_WS_DB = Setup(servers.TRIOCHAT, "ws", history=True)
 TRIO_TCP_DB = Setup(servers.TRIOCHAT, "tcp", history=True)
@@ -137,6 +141,8 @@ class Row:
 @dataclass
 class Handshakes:
     server: str
+    transport: str = "ws"
+    """``ws``, or ``wss``: WebSocket over TLS, each handshake a TLS handshake too."""
     per_s: float = 0.0
     server_cpu_us_each: float = 0.0
     server_cpu_share: float = 0.0
@@ -183,6 +189,7 @@ class Bench:
     progress: Callable[[str], None]
     db_dir: str
     lg_cpus: list[int] | None = None
+    _certificates: servers.Certificates | None = None
     _sync: int = 0
     _retries: int = RETRY_BUDGET
 
@@ -201,24 +208,35 @@ class Bench:
     def _setups(self, n: int) -> list[Setup]:
         """Who runs at ``n`` clients: the floors only where a target is set (N <= 200)."""
         floors = [FLOOR_WS, WSPROTO_WS] if n <= FLOORS_UP_TO else []
+        tls = [TRIO_WSS] if n == TLS_AT else []
         if n == self.settings.history_size:
-            return [PEER_WS, *floors, TRIO_WS, TRIO_WS_DB, TRIO_TCP, TRIO_TCP_DB]
-        return [PEER_WS, *floors, TRIO_WS, TRIO_TCP]
+            return [PEER_WS, *floors, TRIO_WS, *tls, TRIO_WS_DB, TRIO_TCP, TRIO_TCP_DB]
+        return [PEER_WS, *floors, TRIO_WS, *tls, TRIO_TCP]
 
     def _spec(self, setup: Setup) -> servers.ServerSpec:
         if setup.server in servers.REFERENCES:
             return servers.reference(setup.server)
+        if setup.transport == "wss":
+            return servers.triochat(db_path=None, tls=self._tls())
         if not setup.history:
             return servers.triochat(db_path=None)
         path = tempfile.mktemp(prefix="history-", suffix=".sqlite3", dir=self.db_dir)
         return servers.triochat(db_path=path)
 
+    def _tls(self) -> servers.Certificates:
+        """The TLS rows' CA and certificate, made once per run in its temporary folder."""
+        if self._certificates is None:
+            self._certificates = servers.make_certificates(self.db_dir)
+        return self._certificates
+
     @contextmanager
     def _server(self, setup: Setup) -> Iterator[tuple[servers.RunningServer, Endpoint]]:
         with servers.running(self._spec(setup), cpus=self.server_cpus) as server:
             host, port = server.urls[setup.transport]
+            cafile = self._tls().cafile if setup.transport == "wss" else None
+            websocket = setup.transport in ("ws", "wss")
             try:
-                yield server, Endpoint(host, port, websocket=setup.transport == "ws")
+                yield server, Endpoint(host, port, websocket=websocket, cafile=cafile)
             except KeyboardInterrupt:
                 raise  # workers may be mid-command: the caller tears the whole fleet down
             except BaseException:
@@ -324,8 +342,8 @@ class Bench:
     # --- handshakes ---------------------------------------------------------------------
 
     def handshakes(self) -> None:
-        for setup in (PEER_WS, FLOOR_WS, WSPROTO_WS, TRIO_WS):
-            entry = Handshakes(setup.server)
+        for setup in (PEER_WS, FLOOR_WS, WSPROTO_WS, TRIO_WS, TRIO_WSS):
+            entry = Handshakes(setup.server, setup.transport)
             self.results.handshakes.append(entry)
             self.progress(f"{setup.label}: handshakes")
             try:

@@ -46,14 +46,38 @@ TRIOCHAT = "triochat"
 """triochat's name in the tables."""
 
 
-def triochat(*, db_path: str | None) -> ServerSpec:
-    """``triochat serve`` on free ports, flood control off, keepalive out of the way."""
+@dataclass(frozen=True)
+class Certificates:
+    """A private CA and a certificate for 127.0.0.1 it signed, as PEM files."""
+
+    cafile: str
+    pem: str
+    """The server's key and certificate chain, in one file."""
+
+
+def make_certificates(folder: str) -> Certificates:
+    """A fresh CA and server certificate (trustme) in ``folder``, for the TLS rows."""
+    import trustme  # a dev dependency, as the bench is
+
+    ca = trustme.CA()
+    made = Certificates(os.path.join(folder, "ca.pem"), os.path.join(folder, "server.pem"))
+    ca.cert_pem.write_to_path(made.cafile)
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(made.pem)
+    return made
+
+
+def triochat(*, db_path: str | None, tls: Certificates | None = None) -> ServerSpec:
+    """``triochat serve`` on free ports, flood control off, keepalive out of the way;
+    with ``tls``, both listeners speak TLS (``wss``, ``tls``)."""
     argv = [sys.executable, "-m", "triochat", "serve", "--host", "127.0.0.1"]
     argv += ["--port", "0", "--tcp-port", "0", "--rate-limit", "0"]
     # Receivers never speak; the default 30 s keepalive would probe them mid-run.
     argv += ["--keepalive-interval", "3600"]
     argv += ["--db", db_path] if db_path else ["--no-history"]
-    return ServerSpec(name=TRIOCHAT, argv=tuple(argv), schemes=("ws", "tcp"))
+    if tls is None:
+        return ServerSpec(name=TRIOCHAT, argv=tuple(argv), schemes=("ws", "tcp"))
+    argv += ["--certfile", tls.pem, "--keyfile", tls.pem]
+    return ServerSpec(name=TRIOCHAT, argv=tuple(argv), schemes=("wss", "tls"))
 
 
 REFERENCES = {

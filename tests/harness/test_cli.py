@@ -43,7 +43,10 @@ async def test_unreachable_server_is_one_line_and_exit_2() -> None:
 async def test_bad_url_is_usage_error() -> None:
     code, _, err = await _run("--url", "http://example.invalid", "--quiet")
     assert code == 2
-    assert err.strip() == "harness: 'http://example.invalid': use ws://, wss://, tcp:// or tls://HOST:PORT"
+    assert (
+        err.strip()
+        == "harness: 'http://example.invalid': use ws://, wss://, tcp:// or tls://HOST:PORT"
+    )
 
 
 async def test_bad_option_is_usage_error() -> None:
