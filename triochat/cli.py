@@ -54,7 +54,8 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
         "--handshake-timeout",
         type=argtypes.positive,
         default=DEFAULTS.handshake_timeout,
-        help="seconds to complete the WebSocket upgrade, and again to send hello",
+        help="seconds to complete the WebSocket upgrade (or, on TCP with TLS, the TLS"
+        " handshake; a TLS handshake counts towards the upgrade), and again to send hello",
     )
     p.add_argument(
         "--keepalive-interval",

@@ -123,7 +123,10 @@ class Server:
 
     def url(self, scheme: str) -> str:
         """The first listener URL with ``scheme`` (``ws``, ``tcp``, ``wss`` or ``tls``)."""
-        return next(u for u in self.urls if u.startswith(f"{scheme}://"))
+        found = next((u for u in self.urls if u.startswith(f"{scheme}://")), None)
+        if found is None:
+            raise ValueError(f"no {scheme}:// listener; this server has {', '.join(self.urls)}")
+        return found
 
     @property
     def connections(self) -> int:
