@@ -41,25 +41,21 @@ What trio-websocket did for us and is done here, each in one place:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from functools import partial
 from typing import Any, NamedTuple, NoReturn
 
 import trio
-from wsproto import ConnectionType, WSConnection
 from wsproto.connection import Connection as Protocol
 from wsproto.connection import ConnectionState
 from wsproto.events import (
-    AcceptConnection,
     BytesMessage,
     CloseConnection,
     Event,
     Ping,
     Pong,
-    Request,
     TextMessage,
 )
-from wsproto.utilities import RemoteProtocolError
 
 from triochat.errors import ConnectionLost
 from triochat.protocol import ErrorCode, ProtocolError, split_message
@@ -103,51 +99,6 @@ def binary_frame(payload: bytes) -> bytes:
     No chat line goes this way (the tests' echo does), so it is made from the text frame.
     """
     return b"\x82" + text_frame(payload)[1:]
-
-
-async def accept(
-    stream: trio.SocketStream,
-    *,
-    max_line: int,
-    max_message: int,
-    message_timeout: float = math.inf,
-    remote: str = "?",
-    refuse: Callable[[Request], bytes | None] | None = None,
-) -> WsprotoConnection | None:
-    """The server's side of the opening handshake.
-
-    ``None`` if the peer left first, or sent something other than an upgrade
-    request (it gets wsproto's HTTP error response), or ``refuse`` turned the
-    request down (it gets the HTTP response ``refuse`` returned). The caller
-    bounds the time.
-    """
-    ws = WSConnection(ConnectionType.SERVER)
-    while True:
-        data = await stream.receive_some(RECEIVE_SIZE)
-        if not data:
-            return None
-        try:
-            ws.receive_data(data)
-        except RemoteProtocolError as exc:
-            if exc.event_hint is not None:
-                await stream.send_all(ws.send(exc.event_hint))
-            return None
-        for event in ws.events():
-            if isinstance(event, Request):
-                answer = refuse(event) if refuse is not None else None
-                if answer is not None:
-                    await stream.send_all(answer)
-                    return None
-                await stream.send_all(ws.send(AcceptConnection()))
-                assert ws.connection is not None  # accepting opened it
-                return WsprotoConnection(
-                    stream,
-                    ws.connection,
-                    max_line=max_line,
-                    max_message=max_message,
-                    message_timeout=message_timeout,
-                    remote=remote,
-                )
 
 
 class WsprotoConnection:
