@@ -6,7 +6,8 @@ trio-websocket gives every connection a reader task, a message channel and a
 ``send_message`` that passes through the scheduler twice; at fan-out rates that
 is most of what a delivery costs, and at idle most of what a connection weighs
 (docs/performance.md). Here wsproto (the protocol library under trio-websocket)
-parses what the peer sends and produces the handshake and control frames; the
+parses what the peer sends and produces the control frames; the opening
+request is answered before this connection exists (transport/upgrade.py); the
 session's own reader task feeds it, and lines go out as text frames built here
 (a server's frames are not masked, RFC 6455 §5.1). So the outbox can write a
 batch without waiting, exactly as on TCP.
@@ -34,8 +35,7 @@ What trio-websocket did for us and is done here, each in one place:
   their fragments (``too_large``, 1009), and must end within ``message_timeout``
   of their first fragment (``message_timeout``, 1008);
 - a frame wsproto cannot accept (invalid UTF-8, a bad header) gets the close
-  code wsproto names (1007, 1002), which trio-websocket 0.12 does not send;
-- a request that is not a WebSocket upgrade gets wsproto's HTTP error.
+  code wsproto names (1007, 1002), which trio-websocket 0.12 does not send.
 """
 
 from __future__ import annotations
