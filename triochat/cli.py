@@ -325,7 +325,7 @@ def _run_serve(args: argparse.Namespace) -> int:
 def _run_tui(args: argparse.Namespace) -> int:
     from tui.cli import run_tui
 
-    return run_tui(args.url, args.nick, args.room)
+    return run_tui(args.url, args.nick, args.room, args.password_env)
 
 
 def build_parser() -> argparse.ArgumentParser:
