@@ -66,7 +66,7 @@ def _db_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def run_account(args: argparse.Namespace, read_password: Callable[[], str] | None = None) -> int:
-    path = args.db or str(default_db_path())
+    path = args.db or _default_path()
     try:
         nick = _nick(args)
         store = AccountStore(path)
@@ -108,6 +108,13 @@ def _act(store: AccountStore, action: str, nick: str, read_password: Callable[[]
         store.set_hash(nick, password_hash)
         print(f"{nick}: password changed")
     return 0
+
+
+def _default_path() -> str:
+    """The server's default data file; its folder is made here, as ``serve`` does."""
+    path = default_db_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return str(path)
 
 
 def _nick(args: argparse.Namespace) -> str:

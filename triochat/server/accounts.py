@@ -38,6 +38,8 @@ SCRYPT_P = 1
 """scrypt's cost (16 MiB, about 50 ms a hash): OWASP's minimum for scrypt."""
 SALT_BYTES = 16
 HASH_BYTES = 32
+READ_TIMEOUT = 0.1
+"""Seconds a lookup may wait for SQLite's lock before failing (closed: the login is refused)."""
 MAX_PASSWORD = 1024
 """Longer passwords are refused: hashing cost must not be the client's to choose."""
 
@@ -124,7 +126,9 @@ class AccountStore:
     """The ``accounts`` table of one SQLite file (or of a private in-memory database).
 
     ``lookup`` uses its own connection, so a write waiting for SQLite's lock
-    (the history committer, the operator's command) never holds up a read.
+    (the history committer, the operator's command) never holds up a read; the
+    server makes that read on its event loop, so it waits at most
+    ``READ_TIMEOUT`` for a lock (a WAL reader normally waits for none).
     """
 
     def __init__(self, path: str | Path | None, *, busy_timeout: float = 5.0) -> None:
@@ -142,7 +146,7 @@ class AccountStore:
             self._writer
             if uri
             else sqlite3.connect(
-                self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+                self.path, timeout=READ_TIMEOUT, isolation_level=None, check_same_thread=False
             )
         )
 
