@@ -6,9 +6,12 @@ code ``triochat account`` uses; its command line is tested in test_account_cli.p
 
 from __future__ import annotations
 
+import hashlib
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -260,4 +263,48 @@ async def test_a_password_guessed_wrong_20_times_locks_out_even_the_right_one(
         mock_clock.jump(10 / 0.1)  # a full refill
         async with open_client(url, "ada", password=PASSWORD) as ada:
             assert isinstance(ada.welcome, Welcome)
+    server.stop()
+
+
+async def test_a_login_flood_hashes_on_at_most_auth_threads_worker_threads(
+    nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Watches the standard library's scrypt: never on the event loop's thread, never
+    more at once than ``auth_threads``; a bystander is served meanwhile."""
+    add_account(tmp_path / "data.sqlite3", "ada")
+    inside, most, on_loop = [0], [0], []
+    lock = threading.Lock()
+    real = hashlib.scrypt
+
+    def watched(*args: Any, **kwargs: Any) -> bytes:
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        on_loop.append(threading.current_thread() is threading.main_thread())
+        try:
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                inside[0] -= 1
+
+    monkeypatch.setattr(hashlib, "scrypt", watched)
+    server = await start(nursery, tmp_path, auth_threads=2, auth_fail_burst=100)
+    url = server.url("tcp")
+    codes: list[str] = []
+
+    async def guess(n: int) -> None:
+        codes.append((await refused(url, "ada", password=f"guess{n}")).code)
+
+    with trio.fail_after(20):
+        async with open_client(url, "bystander") as bystander:
+            await settle_join(bystander)
+            async with trio.open_nursery() as flood:
+                for n in range(8):
+                    flood.start_soon(guess, n)
+                await bystander.say("lobby", "still served", id="s")
+                await skip_until(bystander, Ack, id="s")
+    assert codes == [ErrorCode.AUTH_FAILED] * 8
+    assert len(on_loop) == 8
+    assert not any(on_loop)
+    assert 1 <= most[0] <= 2
     server.stop()
