@@ -209,7 +209,7 @@ def _auth_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--allow-insecure-auth",
         action="store_true",
-        help="accept passwords over plaintext from any address (default: TLS or loopback only)",
+        help="accept passwords over plaintext from any address (else: only over TLS or loopback)",
     )
     p.add_argument(
         "--jwt-secret-file",

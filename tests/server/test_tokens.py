@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from tests.server.conftest import TEST_CONFIG
 from tests.server.helpers import skip_until
 from tests.server.test_accounts import add_account, refused
+from tests.server.test_cli import SERVE, serving
 from triochat.client import open_client
 from triochat.protocol import ErrorCode
 from triochat.protocol.events import Error, Members
@@ -158,3 +159,34 @@ async def test_a_token_holder_keeps_to_its_nick(server: Server) -> None:
         async with open_client(server.url("tcp"), "tess", token=token({"sub": "tess"})) as tess:
             await tess.nick("ada")
             assert (await skip_until(tess, Error)).code == ErrorCode.AUTH_REQUIRED
+
+
+async def test_serve_verifies_tokens_with_the_key_files_it_is_given(tmp_path: Path) -> None:
+    secret, public = tmp_path / "secret", tmp_path / "public.pem"
+    secret.write_bytes(SECRET + b"\n")
+    public.write_bytes(pem(ED_KEY))
+    flags = ["--port", "0", "--tcp-port", "0", "--no-history"]
+    keys = ["--jwt-secret-file", str(secret), "--jwt-public-key", str(public)]
+    with trio.fail_after(30):
+        async with serving(*flags, *keys) as (_, urls):
+            for signed in [token({"sub": "ada"}), token({"sub": "ada"}, ED_KEY, "EdDSA")]:
+                async with open_client(urls[1], "ada", token=signed) as ada:
+                    assert ada.welcome is not None
+
+
+async def test_serve_refuses_a_short_secret_or_a_bad_key_in_one_line(tmp_path: Path) -> None:
+    short, bad = tmp_path / "short", tmp_path / "bad.pem"
+    short.write_bytes(b"too short")
+    bad.write_bytes(b"not a key")
+    for flag, path, says in [
+        ("--jwt-secret-file", short, "at least 32 bytes"),
+        ("--jwt-public-key", bad, "not a PEM public key"),
+        ("--jwt-public-key", tmp_path / "missing", "No such file"),
+    ]:
+        done = await trio.run_process(
+            [*SERVE, flag, str(path)], capture_stdout=True, capture_stderr=True, check=False
+        )
+        lines = done.stderr.decode().splitlines()
+        assert done.returncode == 2
+        assert len(lines) == 1
+        assert says in lines[0]
