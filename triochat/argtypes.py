@@ -104,3 +104,26 @@ def file_in_existing_folder(text: str) -> str:
     if not folder.is_dir():
         raise argparse.ArgumentTypeError(f"{text}: no such directory {folder}")
     return text
+
+
+def jwt_secret_file(text: str) -> bytes:
+    """The HS256 secret in file ``text`` (surrounding whitespace dropped); at least 32 bytes."""
+    try:
+        secret = Path(text).read_bytes().strip()
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"{text}: {exc.strerror or exc}") from None
+    if len(secret) < 32:
+        raise argparse.ArgumentTypeError(f"{text}: an HS256 secret needs at least 32 bytes")
+    return secret
+
+
+def jwt_public_key(text: str) -> bytes:
+    """The PEM public key (RSA or Ed25519) in file ``text``."""
+    from triochat.server.auth import load_public_key  # cryptography loads only when asked
+
+    try:
+        return load_public_key(Path(text).read_bytes())
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"{text}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text}: {exc}") from None

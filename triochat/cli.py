@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import trio
 
 from triochat import argtypes
+from triochat.account_cli import add_account_parser
 from triochat.errors import CertificateError, ListenError, StoreError
 from triochat.server import ServerConfig, serve
 from triochat.server.config import MIN_MAX_LINE
@@ -195,11 +196,51 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keep history in memory only (lost on restart)",
     )
+    _auth_arguments(p)
     p.add_argument(
         "--log-level",
         default="warning",
         choices=["debug", "info", "warning", "error"],
         help="stderr log level",
+    )
+
+
+def _auth_arguments(p: argparse.ArgumentParser) -> None:
+    """Accounts and tokens (docs/security.md)."""
+    p.add_argument(
+        "--auth",
+        choices=["open", "required"],
+        default=DEFAULTS.auth,
+        help="open: guests may use any unregistered nick; required: a password or token always",
+    )
+    p.add_argument(
+        "--allow-insecure-auth",
+        action="store_true",
+        help="accept passwords over plaintext from any address (else: only over TLS or loopback)",
+    )
+    p.add_argument(
+        "--jwt-secret-file",
+        type=argtypes.jwt_secret_file,
+        metavar="PATH",
+        help="file holding the HS256 secret that signs hello tokens (at least 32 bytes)",
+    )
+    p.add_argument(
+        "--jwt-public-key",
+        type=argtypes.jwt_public_key,
+        metavar="PATH",
+        help="PEM public key (RSA: RS256, Ed25519: EdDSA) that verifies hello tokens",
+    )
+    p.add_argument(
+        "--auth-fail-rate",
+        type=argtypes.positive,
+        default=DEFAULTS.auth_fail_rate,
+        help="failed logins per second one address, and one account, may make",
+    )
+    p.add_argument(
+        "--auth-fail-burst",
+        type=argtypes.positive_int,
+        default=DEFAULTS.auth_fail_burst,
+        help="failed logins one address, and one account, may make before the rate applies",
     )
 
 
@@ -235,6 +276,14 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         history_limit=args.history,
         retention=args.retention,
         db_path=None if args.no_history else (args.db or _default_db()),
+        # Accounts live in the data file; with --no-history, only if --db names one.
+        accounts_path=args.db if args.no_history else (args.db or _default_db()),
+        auth=args.auth,
+        allow_insecure_auth=args.allow_insecure_auth,
+        auth_fail_rate=args.auth_fail_rate,
+        auth_fail_burst=args.auth_fail_burst,
+        jwt_secret=args.jwt_secret_file,
+        jwt_public_key=args.jwt_public_key,
     )
 
 
@@ -288,7 +337,7 @@ def _run_serve(args: argparse.Namespace) -> int:
 def _run_tui(args: argparse.Namespace) -> int:
     from tui.cli import run_tui
 
-    return run_tui(args.url, args.nick, args.room, args.cafile)
+    return run_tui(args.url, args.nick, args.room, args.password_env, args.cafile)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -307,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_tui_arguments(tui_parser)  # argparse only; Textual loads when the app runs
     tui_parser.set_defaults(run=_run_tui)
+    add_account_parser(commands)
     return parser
 
 

@@ -54,6 +54,7 @@ from triochat.protocol.events import (
     Pong,
     Quit,
     Ref,
+    Register,
     Say,
     ServerEvent,
     Welcome,
@@ -69,7 +70,19 @@ log = logging.getLogger(__name__)
 
 CLIENT_MAX_LINE = 64 * 1024 * 1024
 """Server lines can be long (a page of history); this only guards against nonsense."""
-_HELLO_REFUSALS = {ErrorCode.NICK_TAKEN, ErrorCode.NICK_INVALID, ErrorCode.HELLO_TIMEOUT}
+_HELLO_REFUSALS = {
+    ErrorCode.NICK_TAKEN,
+    ErrorCode.NICK_INVALID,
+    ErrorCode.HELLO_TIMEOUT,
+    ErrorCode.AUTH_REQUIRED,
+    ErrorCode.AUTH_FAILED,
+    ErrorCode.AUTH_RATE_LIMITED,
+    ErrorCode.INSECURE_AUTH,
+    ErrorCode.TOKEN_INVALID,
+    ErrorCode.TOKEN_EXPIRED,
+}
+AUTH_REFUSALS = frozenset({ErrorCode.AUTH_REQUIRED, ErrorCode.AUTH_FAILED})
+"""Refusals a password can fix: a client with a person at it asks for one."""
 
 
 SCHEMES = {"ws": ("ws", False), "wss": ("ws", True), "tcp": ("tcp", False), "tls": ("tcp", True)}
@@ -178,6 +191,10 @@ class Client:
     async def nick(self, nick: str) -> None:
         await self.send(Nick(nick=nick))
 
+    async def register(self, password: str) -> None:
+        """Register the current nick; the server answers ``notice{registered}`` or an error."""
+        await self.send(Register(password=password))
+
     async def who(self, room: str | None = None) -> None:
         await self.send(Who(room=room))
 
@@ -283,10 +300,16 @@ async def open_client(
     *,
     rooms: list[str] | None = None,
     resume: dict[str, int] | None = None,
+    password: str | None = None,
+    token: str | None = None,
     connect_timeout: float = 10.0,
     cafile: str | None = None,
 ) -> AsyncIterator[Client]:
     """Connect to ``url``, say hello as ``nick``, and yield the welcomed :class:`Client`.
+
+    ``password`` logs in to a registered nick; ``token`` is a JWT an application
+    issued (its ``sub`` is the nick). A refused login is :class:`Rejected` with
+    the server's code (``auth_required``, ``auth_failed``, ``token_expired``...).
 
     ``wss://`` and ``tls://`` verify the server's certificate and host name
     against the system's CAs, or only ``cafile``'s (a private CA) when given;
@@ -304,7 +327,7 @@ async def open_client(
             client = await _connect_and_greet(
                 address,
                 library,
-                Hello(nick=nick, rooms=rooms, resume=resume),
+                Hello(nick=nick, rooms=rooms, resume=resume, password=password, token=token),
                 connect_timeout,
                 tls,
             )

@@ -29,7 +29,15 @@ from tui.commands import COMMANDS, HELP_KEYS
 from tui.guest import TrioGuest
 from tui.link import PING_INTERVAL, Backoff, Link, Request, RetryNow, Route, Stop, UseNick
 from tui.render import Renderer, TimeFormat, clock
-from tui.widgets import ChatInput, MemberList, MessageLog, NickScreen, RoomList, StatusBar
+from tui.widgets import (
+    ChatInput,
+    MemberList,
+    MessageLog,
+    NickScreen,
+    PasswordScreen,
+    RoomList,
+    StatusBar,
+)
 
 VIEW_LINES = 2000
 """Lines kept per view; older ones scroll away for good."""
@@ -75,12 +83,15 @@ class ChatApp(App[int]):
         show_rtt: bool = True,
         address_label: str | None = None,
         rng: random.Random | None = None,
+        password: str | None = None,
         cafile: str | None = None,
     ) -> None:
         super().__init__()
         self.url = url
         self._cafile = cafile
         self.me = nick
+        self._password = password
+        """The first hello's password (``--password-env``); later ones are asked for."""
         self._room = room
         self._render = Renderer(timefmt)
         self._backoff = backoff
@@ -137,6 +148,7 @@ class ChatApp(App[int]):
             backoff=self._backoff,
             ping_interval=self._ping_interval,
             rng=self._rng,
+            password=self._password,
             cafile=self._cafile,
         )
         self.guest.start(self.link.run)
@@ -153,13 +165,14 @@ class ChatApp(App[int]):
         if self.link is None or not self.guest.call_soon(self.link.submit, request):
             self._problem("not connected yet")
 
-    def _nick_chosen(self, nick: str | None) -> None:
+    def _nick_chosen(self, nick: str | None, password: str | None = None) -> None:
         if not nick:
             return
         if self.link is None:
+            self._password = password
             self._start(nick)
         else:
-            self.request(UseNick(nick))
+            self.request(UseNick(nick, password))
         self.query_one(ChatInput).focus()
 
     async def action_quit(self, reason: str | None = None) -> None:
@@ -274,6 +287,18 @@ class ChatApp(App[int]):
             NickScreen(reason=f"{event.nick}: {event.reason}", suggestion=event.nick),
             self._nick_chosen,
         )
+
+    def on_link_password_needed(self, event: Link.PasswordNeeded) -> None:
+        self.me = None
+        self._refresh_status()
+
+        def chosen(password: str | None) -> None:
+            if password is None:  # Escape: another nick instead
+                self.push_screen(NickScreen(suggestion=event.nick), self._nick_chosen)
+            else:
+                self._nick_chosen(event.nick, password)
+
+        self.push_screen(PasswordScreen(event.nick, f"{event.nick}: {event.reason}"), chosen)
 
     def on_link_round_trip(self, event: Link.RoundTrip) -> None:
         self._rtt = f"{event.seconds * 1000:.0f} ms"

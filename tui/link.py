@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import trio
 from textual.message import Message as TextualMessage
 
-from triochat.client import Client, open_client
+from triochat.client import AUTH_REFUSALS, Client, open_client
 from triochat.errors import ConnectError, ConnectionClosed, ConnectionLost, Rejected
 from triochat.protocol import rules
 from triochat.protocol.events import (
@@ -87,9 +87,11 @@ class RetryNow:
 
 @dataclass(frozen=True)
 class UseNick:
-    """The nick picked on screen after the server refused the previous one."""
+    """The nick picked on screen after the server refused the previous one, and its
+    password if it is a registered nick."""
 
     nick: str
+    password: str | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,8 @@ Request = Route | UseNick | RetryNow | Stop
 @dataclass
 class _State:
     nick: str | None
+    password: str | None = None
+    """Sent with every hello (reconnects too) once given; forgotten when refused."""
     rooms: dict[str, RoomSync] = field(default_factory=dict)
     """Rooms we are in, in join order: what a reconnect asks for."""
     server_id: str | None = None
@@ -185,6 +189,13 @@ class Link:
             super().__init__()
             self.nick, self.reason = nick, reason
 
+    class PasswordNeeded(TextualMessage):
+        """The nick is registered (``auth_required``) or the password wrong (``auth_failed``)."""
+
+        def __init__(self, nick: str, reason: str) -> None:
+            super().__init__()
+            self.nick, self.reason = nick, reason
+
     class RoundTrip(TextualMessage):
         def __init__(self, seconds: float) -> None:
             super().__init__()
@@ -202,19 +213,20 @@ class Link:
         backoff: Backoff | None = None,
         rng: random.Random | None = None,
         ping_interval: float = PING_INTERVAL,
+        password: str | None = None,
         cafile: str | None = None,
     ) -> None:
         self.url = url
         self._cafile = cafile
         """A private CA that ``wss://`` and ``tls://`` servers' certificates are checked against."""
         self._post = post
-        self._state = _State(nick=nick)
+        self._state = _State(nick=nick, password=password)
         self._wanted_rooms = list(rooms or [])
         self._backoff = backoff or Backoff()
         self._rng = rng or random.Random()
         self._ping_interval = ping_interval
         self._requests_in, self._requests = trio.open_memory_channel[Request](COMMAND_BUFFER)
-        self._nicks_in, self._nicks = trio.open_memory_channel[str](1)
+        self._nicks_in, self._nicks = trio.open_memory_channel[UseNick](1)
         self._client: Client | None = None
         self._pings: dict[int, float] = {}
         self._ping_count = 0
@@ -250,15 +262,14 @@ class Link:
     async def _connect_loop(self) -> None:
         attempt = 0
         while True:
-            nick = self._state.nick or await self._nicks.receive()
+            nick = self._state.nick or await self._chosen()
             self._state.nick = nick
             self._post(Link.Status("connecting", self.url))
             try:
                 reason = await self._one_connection(nick)
                 attempt = 0
             except Rejected as exc:
-                self._state.nick = None
-                self._post(Link.NickNeeded(nick, exc.message))
+                self._refused(nick, exc)
                 continue
             except (ConnectError, ConnectionLost) as exc:
                 reason = str(exc)
@@ -266,6 +277,20 @@ class Link:
             attempt += 1
             self._post(Link.Status("waiting", self.url, reason, delay))
             await self._pause(delay)
+
+    async def _chosen(self) -> str:
+        """The nick (and password) the person picks on screen."""
+        choice = await self._nicks.receive()
+        self._state.password = choice.password
+        return choice.nick
+
+    def _refused(self, nick: str, exc: Rejected) -> None:
+        """Ask the person: a password if one would do, else another nick."""
+        self._state.nick = self._state.password = None
+        if exc.code in AUTH_REFUSALS:
+            self._post(Link.PasswordNeeded(nick, exc.message))
+        else:
+            self._post(Link.NickNeeded(nick, exc.message))
 
     async def _pause(self, delay: float) -> None:
         """Sleep ``delay`` seconds, or less if the person asks to retry now."""
@@ -280,7 +305,12 @@ class Link:
         resume_points = {room: seq for room, seq in resume.items() if seq is not None}
         rooms = list(state.rooms) or self._wanted_rooms or None
         async with open_client(
-            self.url, nick, rooms=rooms, resume=resume_points or None, cafile=self._cafile
+            self.url,
+            nick,
+            rooms=rooms,
+            resume=resume_points or None,
+            password=self._state.password,
+            cafile=self._cafile,
         ) as client:
             state.replays = dict.fromkeys(resume_points, "resumed")
             for sync in state.rooms.values():
@@ -416,9 +446,9 @@ class Link:
                     return
                 case RetryNow():
                     self._retry_now.set()
-                case UseNick(nick=nick):
+                case UseNick():
                     with contextlib.suppress(trio.WouldBlock):
-                        self._nicks_in.send_nowait(nick)
+                        self._nicks_in.send_nowait(request)
                 case Route(command=command, view=view):
                     await self._send(command, view)
 

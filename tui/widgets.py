@@ -132,6 +132,34 @@ class ChatInput(Input):
         self.cursor_position = len(self.value)
 
 
+class PasswordScreen(ModalScreen[str | None]):
+    """Asks for the password of a registered nick, masked. Escape: pick another nick (None)."""
+
+    AUTO_FOCUS = "#password-input"
+    BINDINGS = [Binding("escape", "other_nick", "another nick")]  # noqa: RUF012
+
+    def __init__(self, nick: str, reason: str) -> None:
+        super().__init__()
+        self._nick = nick
+        self._reason = reason
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="nick-box"):
+            yield Label(Text(literal(f"Password for {self._nick}")), id="nick-title")
+            yield Label(Text(literal(self._reason)), id="password-reason")
+            yield Input(password=True, placeholder="password", id="password-input")
+            yield Label("Enter: log in · Escape: another nick · Ctrl-Q: quit", id="nick-help")
+
+    @on(Input.Submitted, "#password-input")
+    def _submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        if event.value:
+            self.dismiss(event.value)
+
+    def action_other_nick(self) -> None:
+        self.dismiss(None)
+
+
 class NickScreen(ModalScreen[str]):
     """Asks for a nick; shows why the last one was refused. Dismissed with a valid nick."""
 

@@ -17,6 +17,7 @@ import pytest
 import trio
 import trio.testing
 import wsproto
+import wsproto.connection
 from wsproto.events import (
     AcceptConnection,
     CloseConnection,
@@ -34,7 +35,9 @@ from triochat.protocol.events import Left
 from triochat.server import Server
 from triochat.server.outbox import Outbox, Writing
 from triochat.transport.base import CloseCode
-from triochat.transport.wsproto_ws import WsprotoConnection, accept, text_frame
+from triochat.transport.upgrade import Request as UpgradeRequest
+from triochat.transport.upgrade import parse, switching_protocols
+from triochat.transport.wsproto_ws import WsprotoConnection, text_frame
 
 TIMEOUT = 10.0
 BIG = b"".join(b"%06d:%s\n" % (n, b"a" * 93) for n in range(1000))  # 100 kB of lines
@@ -48,12 +51,19 @@ async def _accepted_pair() -> tuple[WsprotoConnection, socket.socket, wsproto.WS
     """
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+    ours.settimeout(TIMEOUT)
     theirs.settimeout(TIMEOUT)
-    stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
     ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
     theirs.sendall(ws.send(Request(host="pair", target="/")))
-    conn = await accept(stream, max_line=1 << 20, max_message=1 << 22)
-    assert conn is not None
+    head = b""
+    while b"\r\n\r\n" not in head:  # the upgrade as the server answers it (app._upgrade)
+        head += ours.recv(4096)
+    request = parse(head.partition(b"\r\n\r\n")[0])
+    assert isinstance(request, UpgradeRequest)
+    ours.sendall(switching_protocols(request))
+    stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
+    protocol = wsproto.connection.Connection(wsproto.ConnectionType.SERVER)
+    conn = WsprotoConnection(stream, protocol, max_line=1 << 20, max_message=1 << 22)
     while not any(isinstance(e, AcceptConnection) for e in ws.events()):
         ws.receive_data(theirs.recv(4096))
     return conn, theirs, ws

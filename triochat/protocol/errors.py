@@ -27,6 +27,13 @@ class ErrorCode(StrEnum):
     TIMEOUT = "timeout"
     WRONG_PORT = "wrong_port"
     TOO_MANY_CONNECTIONS = "too_many_connections"
+    AUTH_REQUIRED = "auth_required"
+    AUTH_FAILED = "auth_failed"
+    AUTH_RATE_LIMITED = "auth_rate_limited"
+    INSECURE_AUTH = "insecure_auth"
+    TOKEN_INVALID = "token_invalid"
+    TOKEN_EXPIRED = "token_expired"
+    ROOM_FORBIDDEN = "room_forbidden"
 
 
 class ProtocolError(Exception):

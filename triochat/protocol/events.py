@@ -51,6 +51,16 @@ class Hello(_Event, tag="hello"):
     nick: str
     rooms: list[str] | None = None
     resume: dict[str, int] | None = None
+    password: str | None = None
+    """The account's password, for a registered nick (see docs/security.md)."""
+    token: str | None = None
+    """A JWT signed by an application the operator trusts; its ``sub`` is the nick."""
+
+
+class Register(_Event, tag="register"):
+    """Register the current nick with ``password``; answered by ``notice{registered}``."""
+
+    password: str
 
 
 class Join(_Event, tag="join"):
@@ -91,7 +101,7 @@ class Quit(_Event, tag="quit"):
     reason: str | None = None
 
 
-ClientEvent = Hello | Join | Part | Say | Dm | Nick | Who | History | Ping | Pong | Quit
+ClientEvent = Hello | Join | Part | Say | Dm | Nick | Who | History | Ping | Pong | Quit | Register
 
 
 # --- server -> client --------------------------------------------------------

@@ -32,6 +32,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import sqlite3
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -46,6 +47,8 @@ from wsproto.connection import Connection as Protocol
 from triochat.errors import CertificateError, ConnectionLost, ListenError, StoreError
 from triochat.protocol import ErrorCode, encode
 from triochat.protocol.events import Error
+from triochat.server.accounts import AccountStore
+from triochat.server.auth import Guard
 from triochat.server.config import ServerConfig
 from triochat.server.hub import Hub
 from triochat.server.limits import (
@@ -117,6 +120,8 @@ class Server:
     limits: ConnectionLimits = field(init=False)
     loader: RoomLoader | None = None
     """Brings rooms back from the history database before they are joined; None without one."""
+    guard: Guard | None = None
+    """Accounts and tokens (triochat/server/auth.py); every session asks it who it may be."""
 
     def __post_init__(self) -> None:
         self.limits = ConnectionLimits(self.config)
@@ -158,9 +163,13 @@ async def serve(
     opened = await open_store(config.db_path, config.retention) if config.db_path else None
     store = opened.store if opened else None
     server: Server | None = None
+    guard: Guard | None = None
     try:
+        guard = Guard(config, await open_accounts(config.accounts_path))
         hub = Hub(config, durable=True, server_id=opened.server_id) if opened else Hub(config)
-        server = Server(config=config, hub=hub, flusher=Flusher(config.batch_turns), tls=tls)
+        server = Server(
+            config=config, hub=hub, flusher=Flusher(config.batch_turns), guard=guard, tls=tls
+        )
         if store is not None:
             server.loader = RoomLoader(hub, store, server.fail)
         hub.on_fanout = server.flusher.mark_group
@@ -175,6 +184,8 @@ async def serve(
         if server._failure is not None:
             raise server._failure
     finally:
+        if guard is not None:
+            guard.close()
         if store is not None:
             with trio.CancelScope(shield=True):
                 # Goodbyes (left{shutdown}) are history too; after a failed write
@@ -182,6 +193,14 @@ async def serve(
                 if server is not None and server._failure is None:
                     await commit_once(server.hub, store)
                 await trio.to_thread.run_sync(store.close)
+
+
+async def open_accounts(path: str | None) -> AccountStore:
+    """The accounts table of ``path`` (made if missing); in memory if None."""
+    try:
+        return await trio.to_thread.run_sync(AccountStore, path)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open accounts database {path}: {exc}") from None
 
 
 def tls_context(config: ServerConfig) -> ssl.SSLContext | None:
@@ -436,7 +455,7 @@ async def _contained(
     try:
         conn = await handler(stream, remote, claim)
         if conn is not None:
-            session = _session(server, conn, claim)
+            session = _session(server, conn, claim, remote)
             server._sessions.add(session)
             try:
                 await session.run()
@@ -618,11 +637,18 @@ def _refuse_forwarded(server: Server, claim: Claim, request: Request) -> bytes |
     """
     assert claim.proxy is not None
     values = [v.decode("latin-1") for v in request.fields.get(b"x-forwarded-for", [])]
-    address = server.limits.claim(server.limits.forwarded_client(claim.proxy, values))
+    claim.client = server.limits.forwarded_client(claim.proxy, values)
+    address = server.limits.claim(claim.client)
     if isinstance(address, Refusal):
         return server.limits.answers["ws"][address]
     claim.address = address
     return None
+
+
+def _host_of(remote: str) -> str:
+    """The host of a ``host:port`` (:func:`hostport`'s form: an IPv6 host in brackets)."""
+    host = remote.rsplit(":", 1)[0]
+    return host[1:-1] if host.startswith("[") else host
 
 
 def _max_message(config: ServerConfig) -> int:
@@ -686,7 +712,7 @@ class _Handshake:
             self.scope.cancel()
 
 
-def _session(server: Server, conn: Connection, claim: Claim) -> Session:
+def _session(server: Server, conn: Connection, claim: Claim, remote: str) -> Session:
     """A session for ``conn``; told at once that the server is stopping, if it is."""
     session = Session(
         conn,
@@ -695,6 +721,8 @@ def _session(server: Server, conn: Connection, claim: Claim) -> Session:
         server.flusher,
         address=claim.address,
         loader=server.loader,
+        guard=server.guard,
+        host=claim.client or _host_of(remote),
     )
     if server._stop.is_set():
         session.shutdown()

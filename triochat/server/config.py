@@ -81,6 +81,25 @@ class ServerConfig:
     """Events kept per room, in memory and in the store."""
     db_path: str | None = None
     """SQLite file for durable history; None keeps history in memory only."""
+    accounts_path: str | None = None
+    """SQLite file holding registered nicks (``serve`` uses the history file);
+    None keeps accounts in memory, for this run only."""
+    auth: str = "open"
+    """``open``: guests may use any unregistered nick; ``required``: every hello
+    needs a password or a token."""
+    allow_insecure_auth: bool = False
+    """Accept passwords (login and ``register``) over plaintext from any peer."""
+    loopback_is_secure: bool = True
+    """Accept passwords over plaintext from loopback peers (nothing crosses a network)."""
+    auth_threads: int = 2
+    """Password hashes computed at once (worker threads); more logins wait their turn."""
+    auth_fail_rate: float = 0.1
+    """Failed logins per second one address, and one account, may make after ``auth_fail_burst``."""
+    auth_fail_burst: int = 10
+    jwt_secret: bytes | None = None
+    """The HS256 key of ``hello{token}`` (``--jwt-secret-file``); None: no HS256 tokens."""
+    jwt_public_key: bytes | None = None
+    """A PEM public key (RSA: RS256, Ed25519: EdDSA) for ``hello{token}``; None: none."""
     batch_turns: int = 2
     """Scheduler turns the flusher lets pass between the first event of a burst and
     flushing, so events already on their way land in the same write

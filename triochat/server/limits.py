@@ -132,6 +132,8 @@ class Claim:
     """Its address's entry; None while exempt (loopback) or not yet known (proxied)."""
     proxy: str | None = None
     """The trusted proxy it came through, whose ``X-Forwarded-For`` names the client."""
+    client: str | None = None
+    """The client that proxy named (set once its upgrade request is read)."""
 
     EXEMPT: ClassVar[Claim]
     """Shared by every exempt connection: nothing is claimed, so nothing changes."""

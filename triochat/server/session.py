@@ -50,13 +50,15 @@ from triochat.protocol.events import (
     Pong,
     Quit,
     Ref,
+    Register,
     Say,
     Welcome,
     Who,
 )
+from triochat.server.auth import Guard, Identity, Peer
 from triochat.server.config import ServerConfig
 from triochat.server.hub import Hub, Member
-from triochat.server.limits import Address
+from triochat.server.limits import Address, is_loopback
 from triochat.server.outbox import Flusher, Outbox, OutboxClosed
 from triochat.server.ratelimit import TokenBucket
 from triochat.server.store import RoomLoader
@@ -79,8 +81,16 @@ class Session:
         *,
         address: Address | None = None,
         loader: RoomLoader | None = None,
+        guard: Guard | None = None,
+        host: str = "",
     ) -> None:
         self._conn = conn
+        self._guard = guard
+        """Judges passwords and tokens; None: no accounts, everyone is a guest."""
+        self._host = host
+        """The client's address (behind a trusted proxy, the client it names)."""
+        self._identity = Identity("")
+        """What the client proved; every nick it uses must pass :meth:`Guard.check_rename`."""
         self._loader = loader
         """Brings stored rooms into the hub before a join; None without a store."""
         self._address = address
@@ -269,10 +279,13 @@ class Session:
                 if not isinstance(event, Hello):
                     self._error(ErrorCode.HELLO_FIRST, "say hello first", _ref(event))
                     continue
+                identity = await self._admit(event)
+                if identity is None:
+                    continue
                 rooms, resume_after = self._rooms_of(event)
                 with self._hub.pinned(rooms):  # none is freed before its join
                     await self._load(rooms)
-                    if self._accept(event, rooms, resume_after):
+                    if self._accept(identity, rooms, resume_after):
                         return lines[index + 1 :]
 
     async def _read_loop(self, lines: list[bytes]) -> None:
@@ -300,6 +313,9 @@ class Session:
                             await self._load([event.room])
                             if self._reason is not None:  # closed meanwhile: no ghost join
                                 break
+                        if isinstance(event, Register):
+                            await self._register(event)
+                            continue
                         if event is not None:
                             self._handle(event)
                     try:
@@ -439,15 +455,54 @@ class Session:
             rooms = rooms[: self._config.max_rooms_per_client]
         return rooms, resume_after
 
-    def _accept(self, hello: Hello, rooms: list[str], resume_after: dict[str, int]) -> bool:
+    async def _admit(self, hello: Hello) -> Identity | None:
+        """What ``hello`` proves (a guest, without a guard); None (client told) if nothing."""
+        if self._guard is None:
+            return Identity(hello.nick)
+        try:
+            rules.check_nick(hello.nick)
+            return await self._guard.admit(hello.nick, hello.password, hello.token, self._peer())
+        except ProtocolError as exc:
+            self._error(exc.code, exc.message)
+            return None
+
+    def _peer(self) -> Peer:
+        """This connection as the guard judges it: may a password cross it?"""
+        config = self._config
+        secure = (
+            self._conn.secure
+            or config.allow_insecure_auth
+            or (config.loopback_is_secure and is_loopback(self._host))
+        )
+        return Peer(self._host, secure)
+
+    async def _register(self, event: Register) -> None:
+        """Register the current nick; ``notice{registered}`` or an error tells the client."""
+        member = self._member
+        assert member is not None
+        if self._guard is None:
+            self._error(ErrorCode.BAD_EVENT, "this server keeps no accounts")
+            return
+        try:
+            self._identity = await self._guard.register(
+                self._identity, member.nick, event.password, self._peer()
+            )
+        except ProtocolError as exc:
+            self._error(exc.code, exc.message)
+            return
+        text = f"{member.nick} is registered: from now on, log in with its password"
+        self._send(encode(Notice(code="registered", text=text)))
+
+    def _accept(self, identity: Identity, rooms: list[str], resume_after: dict[str, int]) -> bool:
         """Attach, welcome and join ``rooms``; ``False`` (client told) if refused."""
         try:
-            member = self._hub.attach(self, hello.nick)
+            member = self._hub.attach(self, identity.nick)
         except ProtocolError as exc:
             self._error(exc.code, exc.message)
             return False
         self._member = member
-        rooms = [room for room in rooms if self._may_join(room)]
+        self._identity = identity
+        rooms = [room for room in rooms if self._allowed(room) and self._may_join(room)]
         rooms, refused = self._hub.admit(rooms)
         for room in refused:
             self._error(ErrorCode.TOO_MANY_ROOMS, f"the server holds its room limit: {room!r}")
@@ -487,13 +542,15 @@ class Session:
                 hub.say(member, room, self._check_text(text), ref)
             case Dm(to=to, text=text, id=ref):
                 hub.dm(member, to, self._check_text(text), ref)
-            case Join(room=room) if not self._may_join(room):
+            case Join(room=room) if not (self._allowed(room) and self._may_join(room)):
                 pass  # refused, and the client told
             case Join(room=room):
                 hub.join(member, room)
             case Part(room=room):
                 hub.part(member, room)
             case Nick(nick=nick):
+                if self._guard is not None:
+                    self._guard.check_rename(self._identity, rules.check_nick(nick))
                 hub.rename(member, nick)
             case Who(room=room):
                 hub.who(member, room)
@@ -507,6 +564,13 @@ class Session:
                 self.close(LeftReason.QUIT)
             case Hello():
                 raise ProtocolError(ErrorCode.BAD_EVENT, "already said hello")
+
+    def _allowed(self, room: str) -> bool:
+        """Whether the client's token lets it into ``room`` (if not, it is told)."""
+        if self._identity.may_join(rules.check_room(room)):
+            return True
+        self._error(ErrorCode.ROOM_FORBIDDEN, f"your token does not allow room {room!r}")
+        return False
 
     def _may_join(self, room: str) -> bool:
         """Whether the address's join rate allows joining ``room`` (if not, the client is told).

@@ -6,7 +6,8 @@ trio-websocket gives every connection a reader task, a message channel and a
 ``send_message`` that passes through the scheduler twice; at fan-out rates that
 is most of what a delivery costs, and at idle most of what a connection weighs
 (docs/performance.md). Here wsproto (the protocol library under trio-websocket)
-parses what the peer sends and produces the handshake and control frames; the
+parses what the peer sends and produces the control frames; the opening
+request is answered before this connection exists (transport/upgrade.py); the
 session's own reader task feeds it, and lines go out as text frames built here
 (a server's frames are not masked, RFC 6455 §5.1). So the outbox can write a
 batch without waiting, exactly as on TCP.
@@ -34,32 +35,27 @@ What trio-websocket did for us and is done here, each in one place:
   their fragments (``too_large``, 1009), and must end within ``message_timeout``
   of their first fragment (``message_timeout``, 1008);
 - a frame wsproto cannot accept (invalid UTF-8, a bad header) gets the close
-  code wsproto names (1007, 1002), which trio-websocket 0.12 does not send;
-- a request that is not a WebSocket upgrade gets wsproto's HTTP error.
+  code wsproto names (1007, 1002), which trio-websocket 0.12 does not send.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from functools import partial
 from typing import Any, NamedTuple, NoReturn
 
 import trio
-from wsproto import ConnectionType, WSConnection
 from wsproto.connection import Connection as Protocol
 from wsproto.connection import ConnectionState
 from wsproto.events import (
-    AcceptConnection,
     BytesMessage,
     CloseConnection,
     Event,
     Ping,
     Pong,
-    Request,
     TextMessage,
 )
-from wsproto.utilities import RemoteProtocolError
 
 from triochat.errors import ConnectionLost
 from triochat.protocol import ErrorCode, ProtocolError, split_message
@@ -104,51 +100,6 @@ def binary_frame(payload: bytes) -> bytes:
     No chat line goes this way (the tests' echo does), so it is made from the text frame.
     """
     return b"\x82" + text_frame(payload)[1:]
-
-
-async def accept(
-    stream: trio.abc.Stream,
-    *,
-    max_line: int,
-    max_message: int,
-    message_timeout: float = math.inf,
-    remote: str = "?",
-    refuse: Callable[[Request], bytes | None] | None = None,
-) -> WsprotoConnection | None:
-    """The server's side of the opening handshake.
-
-    ``None`` if the peer left first, or sent something other than an upgrade
-    request (it gets wsproto's HTTP error response), or ``refuse`` turned the
-    request down (it gets the HTTP response ``refuse`` returned). The caller
-    bounds the time.
-    """
-    ws = WSConnection(ConnectionType.SERVER)
-    while True:
-        data = await stream.receive_some(RECEIVE_SIZE)
-        if not data:
-            return None
-        try:
-            ws.receive_data(bytes(data))
-        except RemoteProtocolError as exc:
-            if exc.event_hint is not None:
-                await stream.send_all(ws.send(exc.event_hint))
-            return None
-        for event in ws.events():
-            if isinstance(event, Request):
-                answer = refuse(event) if refuse is not None else None
-                if answer is not None:
-                    await stream.send_all(answer)
-                    return None
-                await stream.send_all(ws.send(AcceptConnection()))
-                assert ws.connection is not None  # accepting opened it
-                return WsprotoConnection(
-                    stream,
-                    ws.connection,
-                    max_line=max_line,
-                    max_message=max_message,
-                    message_timeout=message_timeout,
-                    remote=remote,
-                )
 
 
 class WsprotoConnection:
