@@ -24,6 +24,7 @@ import trustme
 from websockets.asyncio.client import connect as websockets_connect
 
 from tests.server.helpers import host_port, settle_join, skip_until
+from tests.server.test_accounts import PASSWORD, add_account
 from triochat.client import Client, open_client
 from triochat.errors import CertificateError, ConnectError
 from triochat.protocol import decode_server, encode
@@ -422,3 +423,26 @@ def test_a_key_that_does_not_match_is_refused(certs: Certs, tmp_path: Path) -> N
     certs.ca.issue_cert("127.0.0.1").private_key_pem.write_to_path(str(other))
     with pytest.raises(CertificateError, match="the key does not match the certificate"):
         tls_context(replace(tls_config(certs), keyfile=str(other)))
+
+
+# --- what rides on Connection.secure -------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["wss", "tls"])
+async def test_a_password_login_is_accepted_over_tls_when_plaintext_would_be_refused(
+    nursery: trio.Nursery, certs: Certs, tmp_path: Path, kind: str
+) -> None:
+    """With loopback not trusted, only the connection's TLS lets a password cross it
+    (tests/server/test_accounts.py has the same login refused over ws:// and tcp://)."""
+    add_account(tmp_path / "data.sqlite3", "ada")
+    config = tls_config(
+        certs, accounts_path=str(tmp_path / "data.sqlite3"), loopback_is_secure=False
+    )
+    server: Server = await nursery.start(serve, config)
+    with trio.fail_after(WAIT):
+        async with open_client(
+            server.url(kind), "ada", password=PASSWORD, cafile=certs.cafile
+        ) as ada:
+            assert ada.welcome is not None
+            assert ada.welcome.nick == "ada"
+    server.stop()
