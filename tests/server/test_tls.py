@@ -25,6 +25,7 @@ from websockets.asyncio.client import connect as websockets_connect
 
 from tests.server.helpers import host_port, settle_join, skip_until
 from tests.server.test_accounts import PASSWORD, add_account
+from tests.server.test_cli import SERVE, serving
 from triochat.client import Client, open_client
 from triochat.errors import CertificateError, ConnectError
 from triochat.protocol import decode_server, encode
@@ -446,3 +447,42 @@ async def test_a_password_login_is_accepted_over_tls_when_plaintext_would_be_ref
             assert ada.welcome is not None
             assert ada.welcome.nick == "ada"
     server.stop()
+
+
+# --- the command line ------------------------------------------------------------------
+
+
+async def test_serve_with_a_certificate_prints_the_tls_listeners(certs: Certs) -> None:
+    flags = ["--port", "0", "--tcp-port", "0", "--no-history"]
+    tls = ["--certfile", certs.certfile, "--keyfile", certs.keyfile]
+    with trio.fail_after(30):
+        async with serving(*flags, *tls) as (_, urls):
+            assert [url.split("://")[0] for url in urls] == ["wss", "tls"]
+            async with open_client(urls[1], "ada", cafile=certs.cafile) as ada:
+                assert ada.welcome is not None
+
+
+async def test_serve_refuses_a_certificate_it_cannot_use_in_one_line(
+    certs: Certs, tmp_path: Path
+) -> None:
+    other = tmp_path / "other-key.pem"
+    certs.ca.issue_cert("127.0.0.1").private_key_pem.write_to_path(str(other))
+    cases = [
+        (["--certfile", certs.certfile], "needs both a certificate"),
+        (["--keyfile", certs.keyfile], "needs both a certificate"),
+        (["--certfile", str(tmp_path / "missing"), "--keyfile", certs.keyfile], "no such file"),
+        (["--certfile", certs.certfile, "--keyfile", str(other)], "does not match"),
+        (["--certfile", certs.cafile, "--keyfile", certs.cafile], "not a PEM certificate chain"),
+    ]
+    for flags, says in cases:
+        done = await trio.run_process(
+            [*SERVE, "--port", "0", "--tcp-port", "0", "--no-history", *flags],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+        lines = done.stderr.decode().splitlines()
+        assert done.returncode == 2, flags
+        assert len(lines) == 1, lines
+        assert says in lines[0]
+        assert done.stdout == b""  # nothing listened
