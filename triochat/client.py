@@ -497,6 +497,11 @@ def _tls_refusal(address: Address, cause: BaseException | None) -> ConnectError:
         return ConnectError(
             f"{address}: the server's certificate is not trusted ({cause.verify_message})"
         )
+    if isinstance(cause, ssl.SSLError) and cause.reason == "WRONG_VERSION_NUMBER":
+        plain = "ws" if address.transport == "ws" else "tcp"
+        return ConnectError(
+            f"{address}: the server does not speak TLS there; use {plain}://{address.hostport}"
+        )
     if isinstance(cause, ssl.SSLError):
         return ConnectError(f"{address}: TLS handshake failed ({cause.reason or cause})")
     return ConnectError(f"{address}: the server closed the connection during the TLS handshake")

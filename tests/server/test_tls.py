@@ -235,6 +235,17 @@ async def test_a_certificate_for_another_host_is_refused(
     server.stop()
 
 
+async def test_a_tls_url_on_a_plaintext_port_says_so_in_one_line(nursery: trio.Nursery) -> None:
+    plain: Server = await nursery.start(serve, ServerConfig(port=0, tcp_port=0))
+    for url, scheme in ((plain.url("ws"), "ws"), (plain.url("tcp"), "tcp")):
+        secure_url = url.replace(f"{scheme}://", "wss://" if scheme == "ws" else "tls://")
+        with trio.fail_after(WAIT), pytest.raises(ConnectError) as refused:
+            async with open_client(secure_url, "ada"):
+                pass
+        assert str(refused.value) == f"{secure_url}: the server does not speak TLS there; use {url}"
+    plain.stop()
+
+
 def _client_up_to(certs: Certs, newest: ssl.TLSVersion) -> ssl.SSLContext:
     """A client that offers TLS 1.0 up to ``newest`` (OpenSSL's own floor lowered)."""
     context = _client_context(certs)
