@@ -21,10 +21,11 @@ trio-websocket remains the client library (triochat/client.py, the TUI, the
 harness), not the server's.
 
 With a certificate (``certfile``/``keyfile``) both listeners speak TLS: each
-accepted socket is wrapped in a ``trio.SSLStream`` whose handshake runs under
-the connection's handshake deadline (:class:`_Handshake`), before the WebSocket
-upgrade is read. Such connections are ``secure``; the outbox's writer task
-writes to them, as socket fast paths cannot encrypt.
+accepted socket gets a :class:`~triochat.transport.tls_direct.TLSEngine` whose
+handshake runs under the connection's handshake deadline (:class:`_Handshake`),
+before the WebSocket upgrade is read. Such connections are ``secure``, and keep
+the socket fast paths: what the outbox writes is sealed as it becomes wire bytes
+(triochat/transport/tls_direct.py).
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from types import TracebackType
-from typing import Any
 
 import trio
 from wsproto import ConnectionType
@@ -71,6 +71,12 @@ from triochat.transport.base import Connection, hostport, write_without_waiting
 from triochat.transport.release import linger, release
 from triochat.transport.tcp import StreamConnection
 from triochat.transport.tls import server_context
+from triochat.transport.tls_direct import (
+    TLSEngine,
+    TLSStream,
+    TLSStreamConnection,
+    TLSWsprotoConnection,
+)
 from triochat.transport.upgrade import (
     Answers,
     Request,
@@ -513,25 +519,29 @@ def not_websocket_text(urls: list[str]) -> str:
 
 
 async def _open_tcp(
-    server: Server, socket_stream: trio.SocketStream, remote: str, claim: Claim
+    server: Server, stream: trio.SocketStream, remote: str, claim: Claim
 ) -> Connection | None:
     """One connection to the TCP port; with TLS, once its TLS handshake is done in time."""
-    stream: trio.abc.Stream = socket_stream
-    if server.tls is not None:
-        with _Handshake(server, remote, "TLS"):
-            stream = await _secure(server.tls, socket_stream)
-        if stream is socket_stream:
-            return None  # out of time
-    conn = StreamConnection(
-        stream,
-        max_line=server.config.max_line,
-        message_timeout=server.config.message_timeout,
-        remote=remote,
-        http_answer=server.wrong_port["tcp"],
-    )
-    if stream is not socket_stream:
-        conn.secure = True
-    return conn
+    config = server.config
+    if server.tls is None:
+        return StreamConnection(
+            stream,
+            max_line=config.max_line,
+            message_timeout=config.message_timeout,
+            remote=remote,
+            http_answer=server.wrong_port["tcp"],
+        )
+    engine = TLSEngine(server.tls, stream, remote)
+    with _Handshake(server, remote, "TLS"):
+        await engine.handshake()
+        return TLSStreamConnection(
+            engine,
+            max_line=config.max_line,
+            message_timeout=config.message_timeout,
+            remote=remote,
+            http_answer=server.wrong_port["tcp"],
+        )
+    return None  # out of time
 
 
 async def _open_websocket(
@@ -542,27 +552,19 @@ async def _open_websocket(
     with _Handshake(server, remote, "WebSocket") as handshake:
         if server.tls is None:
             return await _upgrade(server, socket_stream, remote, claim, handshake)
-        stream = await _secure(server.tls, socket_stream)
-        conn = await _upgrade(server, stream, remote, claim, handshake)
-        if conn is not None:
-            conn.secure = True
-        return conn
+        # A peer that does not speak TLS (or too old a TLS) fails here: ConnectionLost.
+        engine = TLSEngine(server.tls, socket_stream, remote)
+        await engine.handshake()
+        return await _upgrade(server, TLSStream(engine), remote, claim, handshake)
     return None  # out of time
 
 
-async def _secure(context: ssl.SSLContext, stream: trio.SocketStream) -> trio.SSLStream[Any]:
-    """``stream`` with its server-side TLS handshake done; the caller bounds the time.
-
-    A peer that does not speak TLS (or too old a TLS) fails the handshake:
-    ``trio.BrokenResourceError``, which ends that connection alone.
-    """
-    secured = trio.SSLStream(stream, context, server_side=True)
-    await secured.do_handshake()
-    return secured
-
-
 async def _upgrade(
-    server: Server, stream: trio.abc.Stream, remote: str, claim: Claim, handshake: _Handshake
+    server: Server,
+    stream: trio.SocketStream | TLSStream,
+    remote: str,
+    claim: Claim,
+    handshake: _Handshake,
 ) -> WsprotoConnection | None:
     """Read and judge the opening request (transport/upgrade.py); the connection after a 101.
 
@@ -591,6 +593,15 @@ async def _upgrade(
     if trailing:
         protocol.receive_data(trailing)  # frames sent right behind the request
     config = server.config
+    if isinstance(stream, TLSStream):
+        return TLSWsprotoConnection(
+            stream.engine,
+            protocol,
+            max_line=config.max_line,
+            max_message=_max_message(config),
+            message_timeout=config.message_timeout,
+            remote=remote,
+        )
     return WsprotoConnection(
         stream,
         protocol,
