@@ -21,7 +21,11 @@ from pathlib import Path
 import pytest
 import trio
 import trustme
+import wsproto
 from websockets.asyncio.client import connect as websockets_connect
+from wsproto.events import AcceptConnection
+from wsproto.events import Request as WsRequest
+from wsproto.events import TextMessage as WsText
 
 from tests.server.helpers import host_port, settle_join, skip_until
 from tests.server.test_accounts import PASSWORD, add_account
@@ -497,3 +501,80 @@ async def test_serve_refuses_a_certificate_it_cannot_use_in_one_line(
         assert len(lines) == 1, lines
         assert says in lines[0]
         assert done.stdout == b""  # nothing listened
+
+
+# --- the send side: sealed bytes, partly written --------------------------------------
+
+
+async def _slow_tls_reader(url: str, certs: Certs) -> trio.SSLStream[trio.SocketStream]:
+    """A TLS stream on a socket with a tiny receive buffer, so the server's writes to it
+    are taken in part and the rest waits (held ciphertext, then the writer task)."""
+    host, port = host_port(url)
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await sock.connect((host, port))
+    stream = trio.SSLStream(trio.SocketStream(sock), _client_context(certs), server_hostname=host)
+    await stream.do_handshake()
+    return stream
+
+
+async def _websocket_lines(stream: trio.abc.Stream, host: str) -> AsyncIterator[bytes]:
+    """A minimal WebSocket client (wsproto) over ``stream``: the server's lines, as they come."""
+    ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+    await stream.send_all(ws.send(WsRequest(host=host, target="/")))
+    message = ""
+    while True:
+        data = await stream.receive_some()
+        assert data, "closed by the server"
+        ws.receive_data(bytes(data))
+        for event in ws.events():
+            if isinstance(event, WsText):
+                message += event.data  # a message may come in pieces
+                if event.message_finished:
+                    for line in message.splitlines():
+                        yield line.encode()
+                    message = ""
+            elif isinstance(event, AcceptConnection):
+                await stream.send_all(ws.send(WsText(data=encode(Hello(nick="slow")).decode())))
+
+
+async def _tcp_lines(stream: trio.abc.Stream, host: str) -> AsyncIterator[bytes]:
+    await stream.send_all(encode(Hello(nick="slow")))
+    buffer = b""
+    while True:
+        data = await stream.receive_some()
+        assert data, "closed by the server"
+        *lines, buffer = (buffer + data).split(b"\n")
+        for line in lines:
+            yield line
+
+
+@pytest.mark.parametrize("kind", ["wss", "tls"])
+async def test_a_reader_behind_on_tls_gets_every_line_in_order(
+    nursery: trio.Nursery, certs: Certs, kind: str
+) -> None:
+    """What the socket did not take is sent later, sealed once and in sequence: a client that
+    falls megabytes behind and then reads decrypts every line, in order."""
+    config = tls_config(certs, outbox_events=10_000, outbox_bytes=64 * 2**20)
+    server: Server = await nursery.start(serve, config)
+    text, count = "y" * 4000, 300
+    with trio.fail_after(3 * WAIT):
+        slow = await _slow_tls_reader(server.url(kind), certs)
+        lines = (_websocket_lines if kind == "wss" else _tcp_lines)(slow, "127.0.0.1")
+        async for line in lines:  # the slow reader is welcomed and in the lobby
+            if b'"type":"members"' in line:
+                break
+        async with open_client(server.url("tls"), "bob", cafile=certs.cafile) as bob:
+            await settle_join(bob)
+            for n in range(count):  # far more than the slow reader's buffers take
+                await bob.say("lobby", f"{n}:{text}")
+            await skip_until(bob, Message, text=f"{count - 1}:{text}")
+            numbers: list[int] = []
+            async for line in lines:
+                event = decode_server(line)
+                if isinstance(event, Message):
+                    numbers.append(int(event.text.split(":", 1)[0]))
+                    if len(numbers) == count:
+                        break
+        await trio.aclose_forcefully(slow)
+    assert numbers == list(range(count))
