@@ -39,7 +39,7 @@ HTTP_REQUEST = re.compile(rb"(GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH|CONNECT|TRA
 class StreamConnection:
     native_ping = False
     secure = False
-    """Set by the TLS listener (see :attr:`triochat.transport.base.Connection.secure`)."""
+    """True in the TLS subclass (transport/tls_direct.py; see :attr:`Connection.secure`)."""
 
     def __init__(
         self,

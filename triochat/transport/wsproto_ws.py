@@ -107,7 +107,7 @@ class WsprotoConnection:
 
     native_ping = True
     secure = False
-    """Set by the TLS listener (see :attr:`triochat.transport.base.Connection.secure`)."""
+    """True in the TLS subclass (transport/tls_direct.py; see :attr:`Connection.secure`)."""
 
     def __init__(
         self,
