@@ -7,6 +7,7 @@ a test that would hang fails instead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import shutil
@@ -578,3 +579,48 @@ async def test_a_reader_behind_on_tls_gets_every_line_in_order(
                         break
         await trio.aclose_forcefully(slow)
     assert numbers == list(range(count))
+
+
+async def test_a_tls_line_client_gets_close_notify_on_shutdown_and_closes_promptly(
+    nursery: trio.Nursery, certs: Certs
+) -> None:
+    """TLS's clean end both ways: the server's goodbye ends with ``close_notify`` (a clean EOF,
+    not a truncated stream), and a client's own close ends without waiting out its grace."""
+    server: Server = await nursery.start(serve, tls_config(certs))
+    with trio.fail_after(WAIT):
+        async with open_client(server.url("tls"), "ada", cafile=certs.cafile) as ada:
+            await settle_join(ada)
+            closing = trio.current_time()
+        assert trio.current_time() - closing < CLIENT_GRACE / 2
+        raw = await _tls_stream(server.url("tls"), certs)
+        await raw.send_all(encode(Hello(nick="bob")))
+        await _lines_until(raw, Members)
+        server.stop()
+        while await raw.receive_some():  # BrokenResourceError here: no close_notify
+            pass
+        await trio.aclose_forcefully(raw)
+
+
+async def test_a_request_sent_with_the_last_handshake_flight_is_read(
+    server: Server, certs: Certs
+) -> None:
+    """A client may send its first bytes in the same segment as its Finished (openssl
+    s_client does): they are already in the server's TLS buffer, not on the socket."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = _client_context(certs).wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+    with trio.fail_after(WAIT):
+        async with await trio.open_tcp_stream(*host_port(server.url("tls"))) as sock:
+            while True:
+                try:
+                    tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    await sock.send_all(outgoing.read())
+                    incoming.write(await sock.receive_some())
+            tls.write(encode(Hello(nick="ada")))
+            await sock.send_all(outgoing.read())  # Finished and hello, one write
+            received = b""
+            while b'"type":"welcome"' not in received:
+                incoming.write(await sock.receive_some())
+                with contextlib.suppress(ssl.SSLWantReadError):
+                    received += tls.read(65536)
