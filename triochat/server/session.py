@@ -447,6 +447,10 @@ class Session:
             self._error(exc.code, exc.message)
             return False
         self._member = member
+        # Again, now that the rooms on disk are loaded: one may be stored under a
+        # look-alike of the name asked for, and two names asked for may be one room.
+        resume_by_key = {rules.room_key(room): seq for room, seq in resume_after.items()}
+        rooms = list(dict.fromkeys(self._hub.canonical(room) for room in rooms))
         rooms = [room for room in rooms if self._may_join(room)]
         rooms, refused = self._hub.admit(rooms)
         for room in refused:
@@ -459,7 +463,7 @@ class Session:
         )
         self._send(encode(welcome))
         for room in rooms:
-            self._hub.join(member, room, resume_after=resume_after.get(room))
+            self._hub.join(member, room, resume_after=resume_by_key.get(rules.room_key(room)))
         return True
 
     def _valid_rooms(self, names: list[str]) -> dict[str, str]:
@@ -467,7 +471,7 @@ class Session:
         valid = {}
         for name in names:
             try:
-                valid[name] = rules.check_room(name)
+                valid[name] = self._hub.canonical(name)
             except ProtocolError as exc:
                 self._error(exc.code, exc.message)
         return valid
@@ -520,13 +524,7 @@ class Session:
         return False
 
     def _check_text(self, text: str) -> str:
-        if not text:
-            raise ProtocolError(ErrorCode.BAD_EVENT, "text is empty")
-        if len(text) > self._config.max_text:
-            raise ProtocolError(
-                ErrorCode.BAD_EVENT, f"text longer than {self._config.max_text} characters"
-            )
-        return text
+        return rules.check_text(text, self._config.max_text)
 
     def _error(self, code: ErrorCode, message: str, ref: Ref = None) -> None:
         self._send(encode(Error(code=code, message=message, ref=ref)))
