@@ -113,11 +113,20 @@ def check_room(room: str) -> str:
     For ASCII names that is the lower case, as room names always were, so rooms
     stored under those names keep their history.
     """
-    shown = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", room).casefold())
-    why = name_refusal(room, shown, MAX_ROOM)
+    shown, why = _room_form(room)
     if why is not None:
         raise ProtocolError(ErrorCode.ROOM_INVALID, f"a room name {why}")
     return shown
+
+
+@functools.lru_cache(maxsize=4096)
+def _room_form(room: str) -> tuple[str, str | None]:
+    """``room``'s canonical form, and why it is refused (None if it is not).
+
+    Memoised like :func:`name_key`: every ``say`` names its room, and the checks
+    cost ~3 µs where a cache hit costs ~0.2."""
+    shown = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", room).casefold())
+    return shown, name_refusal(room, shown, MAX_ROOM)
 
 
 def name_refusal(typed: str, shown: str, longest: int) -> str | None:
