@@ -117,6 +117,14 @@ async def test_a_look_alike_room_name_joins_the_same_room(url: str) -> None:
                 await skip_until(ada, Message, room="access", text="same room")
 
 
+async def test_look_alike_rooms_in_one_hello_are_one_new_room(url: str) -> None:
+    with trio.fail_after(TIMEOUT):
+        wanted = [ACCESS_IN_CYRILLIC, "access", "ACCESS", "lobby"]
+        async with open_client(url, "ada", rooms=wanted) as ada:
+            assert ada.welcome is not None
+            assert ada.welcome.rooms == [ACCESS_IN_CYRILLIC, "lobby"]
+
+
 async def test_a_deceiving_room_name_is_room_invalid(url: str) -> None:
     with trio.fail_after(TIMEOUT):
         async with open_client(url, "ada") as ada:

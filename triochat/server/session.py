@@ -450,7 +450,7 @@ class Session:
         # Again, now that the rooms on disk are loaded: one may be stored under a
         # look-alike of the name asked for, and two names asked for may be one room.
         resume_by_key = {rules.room_key(room): seq for room, seq in resume_after.items()}
-        rooms = list(dict.fromkeys(self._hub.canonical(room) for room in rooms))
+        rooms = self._one_name_per_room(rooms)
         rooms = [room for room in rooms if self._may_join(room)]
         rooms, refused = self._hub.admit(rooms)
         for room in refused:
@@ -465,6 +465,15 @@ class Session:
         for room in rooms:
             self._hub.join(member, room, resume_after=resume_by_key.get(rules.room_key(room)))
         return True
+
+    def _one_name_per_room(self, rooms: list[str]) -> list[str]:
+        """``rooms`` by the names the hub knows them by, each room once (the first of
+        look-alikes asked for wins, when the room is new)."""
+        unique: dict[str, str] = {}
+        for room in rooms:
+            name = self._hub.canonical(room)
+            unique.setdefault(rules.room_key(name), name)
+        return list(unique.values())
 
     def _valid_rooms(self, names: list[str]) -> dict[str, str]:
         """Each valid name mapped to its canonical form; invalid ones reported and skipped."""
