@@ -221,3 +221,24 @@ async def test_stored_rooms_that_now_look_alike_serve_the_latest_and_say_so(
             assert [getattr(e, "text", None) for e in page.events] == ["in mode"]
             server.stop()
     assert any("'mode' and 'rnode' now count as one" in r.getMessage() for r in caplog.records)
+
+
+def test_the_room_index_is_rebuilt_when_the_key_version_changes(tmp_path: Path) -> None:
+    """Keys depend on the Unicode data: one made under other data must not be trusted."""
+    path = tmp_path / "h.sqlite3"
+    _legacy_db(path, {"access": 1.0})
+    HistoryStore(path, 100).close()  # indexed under today's version
+    with closing(sqlite3.connect(path)) as db:
+        db.execute("UPDATE rooms SET key = 'stale'")
+        db.execute("UPDATE meta SET value = 'older data' WHERE key = 'room_keys'")
+        db.commit()
+    store = HistoryStore(path, 100)
+    try:
+        past = store.read_room(ACCESS_IN_CYRILLIC)
+        assert (past.name, past.last_seq) == ("access", 1)
+    finally:
+        store.close()
+    with closing(sqlite3.connect(path)) as db:
+        assert db.execute("SELECT value FROM meta WHERE key = 'room_keys'").fetchone() == (
+            rules.KEY_VERSION,
+        )
