@@ -240,11 +240,11 @@ class Hub:
         name: the flusher may write them later, once for all that room's presence meanwhile."""
         self._rooms: dict[str, Room] = {}
         self._idle: dict[str, Room] = {}
+        """The rooms without members, least recently emptied first."""
         self._names: dict[str, str] = {}
         """:func:`rules.room_key` of every room in :attr:`_rooms` to its name. Invariant:
-        one room per key, so look-alike names (``access`` in Cyrillic letters, and in Latin) are
-        one room, called by the name it was made (or stored) with."""
-        """The rooms without members, least recently emptied first."""
+        one room per key, so look-alike names (``access`` in Cyrillic letters, and in
+        Latin) are one room, called by the name it was made (or stored) with."""
         self._history_bytes = 0
         """What the rooms in memory take, by :data:`ROOM_COST` and their logs."""
         self._seq_floor = 0
