@@ -27,7 +27,7 @@ from harness.context import Context
 from harness.fleet import Fleet
 from harness.model import ScenarioResult
 from harness.traffic import connect_check, delivery_checks, open_members, run_phase
-from triochat.client import open_client, open_stream, parse_url
+from triochat.client import Client, open_client, open_stream, parse_url
 from triochat.errors import ConnectError, Rejected, TriochatError
 from triochat.protocol.events import Error, Notice
 
@@ -103,28 +103,40 @@ async def _accounts(ctx: Context, url: str, room: str, seen: dict[str, str]) -> 
 
 async def _register(url: str, nick: str, room: str, password: str) -> str:
     """``registered``, or the code or failure the owner met instead."""
+    answer = "closed before an answer"
     try:
         async with open_client(url, nick, rooms=[room]) as owner:
             await owner.register(password)
             async for event in owner:
                 if isinstance(event, Notice) and event.code == "registered":
-                    return "registered"
+                    answer = "registered"
+                    break
                 if isinstance(event, Error):
-                    return event.code
+                    answer = event.code
+                    break
+            await _quit(owner)
     except TriochatError as exc:
         return str(exc)
-    return "closed before an answer"
+    return answer
 
 
 async def _hello(url: str, nick: str, room: str, password: str | None) -> str:
     """``welcome``, or the code the hello was refused with."""
     try:
-        async with open_client(url, nick, rooms=[room], password=password):
+        async with open_client(url, nick, rooms=[room], password=password) as client:
+            await _quit(client)
             return "welcome"
     except Rejected as exc:
         return exc.code
     except TriochatError as exc:
         return str(exc)
+
+
+async def _quit(client: Client) -> None:
+    """Leave as every harness client does: ``quit``, then read until the server closes."""
+    await client.quit()
+    async for _ in client:
+        pass
 
 
 def _check_origin(result: ScenarioResult, urls: list[str], seen: dict[str, str]) -> None:
