@@ -102,3 +102,21 @@ async def look_behind(url: str, rooms: list[str]) -> LeftBehind:
             if isinstance(event, Members) and event.room is None:
                 seen.online = event.nicks
     return seen
+
+
+async def test_security_fails_against_a_server_that_lets_any_origin_in(
+    nursery: trio.Nursery,
+) -> None:
+    """The scenario's Origin check can fail: ``--allowed-origin '*'`` lets evil.example in,
+    while the account checks, which that setting does not touch, still pass."""
+    config = ServerConfig(port=0, tcp_port=0, allowed_origins=("*",))
+    server: Server = await nursery.start(serve, config)
+    options = replace(SMALL, scenarios=("security",), urls=(server.url("ws"),), seed=1)
+    with trio.fail_after(60):
+        report = await run_harness(options)
+    (result,) = report.scenarios
+    verdicts = {check.name: check.passed for check in result.checks}
+    assert verdicts["foreign origin refused"] is False
+    assert verdicts["registered nick protected"] is True
+    assert report.exit_code == 1
+    server.stop()
