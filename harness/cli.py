@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argtypes.Parser(
         prog="harness",
         description="Load and fault harness for triochat servers: proves broadcast, disconnect,"
-        " broken-pipe, slow-reader, flood, bad-input, churn and resume handling, and measures"
+        " broken-pipe, slow-reader, flood, bad-input, churn, resume and security handling, and"
+        " measures"
         " latency."
         " Exit status: 0 all checks passed, 1 a check failed, 2 bad usage or unreachable,"
         " 130 interrupted by Ctrl-C (143 by SIGTERM): the report of the scenarios that"
@@ -117,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait for deliveries after the last scheduled send, at least;"
         f" {MIN_SETTLE:g} or more (10)",
     )
+    p.add_argument(
+        "--password-env",
+        metavar="VAR",
+        help="the security scenario registers its nick with the password in environment"
+        " variable VAR (default: a fresh random one)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.add_argument(
         "--verbose",
@@ -141,6 +148,8 @@ def _combination_problem(args: argparse.Namespace) -> str | None:
     """What is wrong with flags that are each fine alone (None: nothing)."""
     if args.url and args.transport:
         return "argument --transport: not with --url (it sets the in-process server's transport)"
+    if args.password_env is not None and not os.environ.get(args.password_env):
+        return f"argument --password-env: environment variable {args.password_env} is not set"
     for name in args.scenario or SCENARIOS:
         if args.clients < MIN_CLIENTS[name]:
             return (
@@ -164,6 +173,7 @@ def options_from(args: argparse.Namespace) -> Options:
         seed=args.seed,
         evict_within=args.evict_within,
         settle=args.settle,
+        password=os.environ.get(args.password_env) if args.password_env else None,
         quiet=args.quiet,
         verbose=args.verbose,
     )

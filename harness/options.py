@@ -21,6 +21,7 @@ SCENARIOS = (
     "churn",
     "resume",
     "abuse",
+    "security",
 )
 MIN_CLIENTS = {
     "broadcast": 1,
@@ -32,6 +33,7 @@ MIN_CLIENTS = {
     "churn": 2,  # a churn worker and one stable client that watches
     "resume": 3,  # two droppers (one of each kind) and a sender
     "abuse": 1,  # a fixed handful of attackers, whatever --clients says
+    "security": 2,  # two members chat while the attempts run
 }
 """The fewest ``--clients`` each scenario proves its claim with; the command line refuses fewer."""
 PER_CLIENT_RATE = 10.0
@@ -64,6 +66,8 @@ class Options:
     """Seconds a stalled reader may take to be evicted (``slow_reader``)."""
     settle: float = 10.0
     """Seconds to wait for deliveries after the last scheduled send, at least."""
+    password: str | None = None
+    """The password ``security`` registers its owner's nick with; None: a fresh one."""
     quiet: bool = False
     verbose: bool = False
     """The report lists every check with its criterion, and every figure."""

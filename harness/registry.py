@@ -14,6 +14,7 @@ from harness.scenarios import (
     departures,
     flood,
     resume,
+    security,
     slow_reader,
 )
 
@@ -29,4 +30,5 @@ SCENARIOS: dict[str, tuple[str, Run]] = {
     "churn": (churn.PROVES, churn.run),
     "resume": (resume.PROVES, resume.run),
     "abuse": (abuse.PROVES, abuse.run),
+    "security": (security.PROVES, security.run),
 }

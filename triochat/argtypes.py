@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
+from triochat.transport.upgrade import normal_origin, origin_text
+
 
 class Parser(argparse.ArgumentParser):
     """argparse, with a refused command line as one line instead of a usage block."""
@@ -94,6 +96,18 @@ def network(text: str) -> str:
         return str(ipaddress.ip_network(text, strict=False))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an IP address or network") from None
+
+
+def origin(text: str) -> str:
+    """A browser origin, ``scheme://host[:port]`` (normalised), or ``*``."""
+    if text.strip() == "*":
+        return "*"
+    found = normal_origin(text)
+    if found is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an origin: scheme://host[:port] (no path), or *"
+        )
+    return origin_text(found)
 
 
 def file_in_existing_folder(text: str) -> str:

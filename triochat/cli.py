@@ -163,6 +163,15 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
         help="a proxy (address or network) whose X-Forwarded-For names the client (repeatable)",
     )
     p.add_argument(
+        "--allowed-origin",
+        action="append",
+        type=argtypes.origin,
+        default=[],
+        metavar="ORIGIN",
+        help="a browser origin (scheme://host[:port], or * for all) that may open a WebSocket"
+        " besides the Host's own (repeatable)",
+    )
+    p.add_argument(
         "--outbox-events",
         type=argtypes.positive_int,
         default=DEFAULTS.outbox_events,
@@ -271,6 +280,7 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         join_burst=args.join_burst,
         limit_loopback=args.limit_loopback,
         trusted_proxies=tuple(args.trusted_proxy),
+        allowed_origins=tuple(args.allowed_origin),
         outbox_events=args.outbox_events,
         outbox_bytes=args.outbox_bytes,
         history_limit=args.history,

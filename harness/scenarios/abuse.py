@@ -78,13 +78,14 @@ PROVES = (
     " each meet their bound, and an innocent client notices nothing"
 )
 MIB = 1 << 20
-HEAVY_CHAR = "\x01"
-"""Stored escaped (``\\u0001``): six bytes on the wire and in memory for one character."""
+HEAVY_CHAR = "\U0001f642"
+"""Four bytes of UTF-8 on the wire and in memory for one character: the heaviest text
+may hold (control characters, which JSON escapes to six, are refused)."""
 HEAP_MESSAGES = 50
-"""Heavy messages in the heap (about 2.4 MB): within the default burst of 60."""
+"""Heavy messages in the heap (about 1.6 MB): within the default burst of 60."""
 HISTORY_ATTACKERS = 2
 HISTORY_REQUESTS = 16
-"""``history{limit:500}`` per attacker, in one write: the whole heap each, 38 MB asked for."""
+"""``history{limit:500}`` per attacker, in one write: the whole heap each, 26 MB asked for."""
 RESUME_ATTACKERS = 16
 CHURN_ROOMS = 300
 CHURN_SHARE = 25

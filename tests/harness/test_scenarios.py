@@ -125,4 +125,21 @@ async def test_every_scenario_over_wss_and_tls_with_the_run_s_cafile(
         report = await run_harness(replace(options, cafile=str(tmp_path / "ca.pem")))
     assert failures(report) == []
     assert [s.name for s in report.scenarios] == list(SCENARIOS)
+
+
+async def test_security_fails_against_a_server_that_lets_any_origin_in(
+    nursery: trio.Nursery,
+) -> None:
+    """The scenario's Origin check can fail: ``--allowed-origin '*'`` lets evil.example in,
+    while the account checks, which that setting does not touch, still pass."""
+    config = ServerConfig(port=0, tcp_port=0, allowed_origins=("*",))
+    server: Server = await nursery.start(serve, config)
+    options = replace(SMALL, scenarios=("security",), urls=(server.url("ws"),), seed=1)
+    with trio.fail_after(60):
+        report = await run_harness(options)
+    (result,) = report.scenarios
+    verdicts = {check.name: check.passed for check in result.checks}
+    assert verdicts["foreign origin refused"] is False
+    assert verdicts["registered nick protected"] is True
+    assert report.exit_code == 1
     server.stop()

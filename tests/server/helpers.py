@@ -87,10 +87,13 @@ class RawWebSocket:
         self.ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
 
     @classmethod
-    async def connect(cls, url: str) -> RawWebSocket:
+    async def connect(
+        cls, url: str, headers: list[tuple[bytes, bytes]] | None = None
+    ) -> RawWebSocket:
         host, port = host_port(url)
         raw = cls(await trio.open_tcp_stream(host, port))
-        await raw.stream.send_all(raw.ws.send(Request(host=host, target="/")))
+        request = Request(host=host, target="/", extra_headers=headers or [])
+        await raw.stream.send_all(raw.ws.send(request))
         await raw.next_event(AcceptConnection)
         return raw
 

@@ -59,7 +59,7 @@ async def test_account_errors_are_one_line_with_their_exit_code(tmp_path: Path) 
             (("remove", "bob"), None, 1, "no such account"),
             (("passwd", "bob"), "x", 1, "no such account"),
             (("add", "bob"), "", 2, "the password is empty"),
-            (("add", "b b"), "x", 2, "a nick uses"),
+            (("add", "b b"), "x", 2, "a nick may not hold spaces"),
         ]
         for args, password, code, says in cases:
             done = await account(*args, "--db", db, password=password)

@@ -16,13 +16,14 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from wsproto.events import TextMessage
 
 from tests.server.conftest import TEST_CONFIG
-from tests.server.helpers import settle_join, skip_until
+from tests.server.helpers import RawWebSocket, settle_join, skip_until
 from triochat.client import Client, open_client
 from triochat.errors import Rejected
-from triochat.protocol import ErrorCode
-from triochat.protocol.events import Ack, Error, HistoryPage, Message, Notice, Welcome
+from triochat.protocol import ErrorCode, decode_server, encode
+from triochat.protocol.events import Ack, Error, Hello, HistoryPage, Message, Notice, Welcome
 from triochat.server import Server, serve
 from triochat.server.accounts import AccountStore, hash_password
 
@@ -264,6 +265,45 @@ async def test_a_password_guessed_wrong_20_times_locks_out_even_the_right_one(
         async with open_client(url, "ada", password=PASSWORD) as ada:
             assert isinstance(ada.welcome, Welcome)
     server.stop()
+
+
+async def test_guesses_spread_over_many_addresses_still_lock_the_account(
+    nursery: trio.Nursery, tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    """Behind a trusted proxy each guess names another client address, so no address
+    bucket empties: the account's own bucket is what stops them, for every address."""
+    add_account(tmp_path / "data.sqlite3", "ada")
+    add_account(tmp_path / "data.sqlite3", "bob")
+    server = await start(
+        nursery,
+        tmp_path,
+        auth_fail_rate=0.1,
+        auth_fail_burst=10,
+        trusted_proxies=("127.0.0.1",),
+        allow_insecure_auth=True,  # the proxied clients are not loopback
+    )
+    url = server.url("ws")
+    guesses = [await _login_via(url, f"203.0.113.{n}", "ada", f"guess{n}") for n in range(12)]
+    assert guesses == ["auth_failed"] * 10 + ["auth_rate_limited"] * 2
+    assert await _login_via(url, "198.51.100.7", "ada", PASSWORD) == "auth_rate_limited"
+    assert await _login_via(url, "198.51.100.7", "bob", PASSWORD) == "welcome"
+    server.stop()
+
+
+async def _login_via(url: str, client: str, nick: str, password: str) -> str:
+    """Log in through a proxy that names ``client``: ``welcome`` or the error code."""
+    raw = await RawWebSocket.connect(url, [(b"x-forwarded-for", client.encode())])
+    async with raw.stream:
+        await raw.send_text(encode(Hello(nick=nick, password=password)).decode())
+        while True:
+            event = await raw.next_event(TextMessage)
+            assert isinstance(event, TextMessage)
+            for line in event.data.splitlines():
+                answer = decode_server(line)
+                if isinstance(answer, Welcome):
+                    return "welcome"
+                if isinstance(answer, Error):
+                    return answer.code
 
 
 async def test_a_login_flood_hashes_on_at_most_auth_threads_worker_threads(

@@ -29,8 +29,9 @@ from triochat.server.hub import Row
 from triochat.server.store import HistoryStore
 
 MIB = 1 << 20
-HEAVY = "\x01" * 7990
-"""The longest text, each character stored escaped: a 48 KB line."""
+HEAVY = "\U0001f642" * 7990
+"""The longest text, of the heaviest characters text may hold (4 bytes of UTF-8 each;
+control characters, which JSON escapes to 6, are refused): a 32 KB line."""
 
 
 def rss(pid: int) -> int:
@@ -64,7 +65,7 @@ async def test_history_requests_from_a_client_that_never_reads_pin_its_bound_at_
     with trio.fail_after(60):
         async with attacked_server() as (proc, urls), open_client(urls[1], "ada") as ada:
             await settle_join(ada)
-            await fill(ada, "lobby", 11, HEAVY)
+            await fill(ada, "lobby", 17, HEAVY)
             before = rss(proc.process.pid)
             for n in range(6):
                 hoarder = await stalled(urls[1], Hello(nick=f"hoarder{n}"))
@@ -82,7 +83,7 @@ async def test_resumes_by_clients_that_never_read_pin_their_bound_at_most() -> N
     with trio.fail_after(60):
         async with attacked_server() as (proc, urls), open_client(urls[1], "ada") as ada:
             await settle_join(ada)
-            await fill(ada, "lobby", 200, HEAVY)  # about 10 MB of history
+            await fill(ada, "lobby", 300, HEAVY)  # about 10 MB of history
             before = rss(proc.process.pid)
             attackers = []
             for n in range(5):
@@ -136,7 +137,7 @@ async def test_joining_again_and_again_without_reading_pins_the_bound_at_most() 
             open_client(urls[1], "ada", rooms=["big"]) as ada,
         ):
             await settle_join(ada)
-            await fill(ada, "big", 50, HEAVY)  # a join's past: 50 events, about 2.4 MB
+            await fill(ada, "big", 75, HEAVY)  # a join's past: 75 events, about 2.4 MB
             churner = await stalled(urls[1], Hello(nick="churner", rooms=["lobby"]))
             before = rss(proc.process.pid)
             await churner.send_all(cycle * 100)

@@ -14,8 +14,8 @@ from triochat.protocol.events import Error, HistoryPage, Message
 from triochat.server import Server, serve
 from triochat.server.roomlog import LINE_COST, RoomLog
 
-HEAVY = "\x01" * 7990
-"""Stored escaped: a 48 KB line."""
+HEAVY = "\U0001f642" * 7990
+"""4 bytes of UTF-8 a character: a 32 KB line."""
 
 
 def test_a_room_log_keeps_the_newest_lines_that_fit_its_bytes() -> None:
@@ -50,7 +50,7 @@ async def test_history_in_memory_is_bounded_in_bytes_per_room(nursery: trio.Nurs
     with trio.fail_after(20):
         async with open_client(server.url("tcp"), "ada") as ada:
             await settle_join(ada)
-            for n in range(20):  # about 1 MB said, 300 KB kept
+            for n in range(20):  # about 640 KB said, 300 KB kept
                 await ada.say("lobby", f"{n}:{HEAVY}")
             await skip_until(ada, Message, text=f"19:{HEAVY}")
             await ada.history("lobby", limit=500)

@@ -166,11 +166,14 @@ async def test_text_from_others_is_shown_literally(server: ServerThread) -> None
     app = ChatApp(server.url, "ada")
     async with app.run_test(size=SIZE) as pilot:
         await ready(app, "bob")
-        await bob.say("lobby", "[bold red]loud[/] \x1b[2J\x1b]0;pwned\x07 end")
+        # The server refuses control characters in text (ESC included: rules.check_text),
+        # so what reaches the TUI here is markup and a bidi override, which it shows as
+        # they are; its escaping of control characters is tests/tui/test_parts.py's.
+        await bob.say("lobby", "[bold red]loud[/] \u202epwned end")
         await until(lambda: " end" in screen_log(app), "bob's message")
         line = next(s for s in app.query_one(MessageLog).lines if "loud" in s.text)
-        assert r"[bold red]loud[/] \x1b[2J\x1b]0;pwned\x07 end" in line.text
-        assert not any("\x1b" in segment.text for segment in line)
+        assert r"[bold red]loud[/] \u202epwned end" in line.text
+        assert not any("\u202e" in segment.text for segment in line)
         text_style = next(seg.style for seg in line if "loud" in seg.text)
         assert text_style is None or not (text_style.bold or text_style.color)
         await pilot.pause()
@@ -299,7 +302,7 @@ async def test_nick_prompt_reasks_with_the_reason(server: ServerThread) -> None:
     app = ChatApp(server.url, None)
     async with app.run_test(size=SIZE) as pilot:
         assert isinstance(app.screen, NickScreen)
-        app.screen.query_one("#nick-input", Input).value = "no good"
+        app.screen.query_one("#nick-input", Input).value = "no/good"
         await pilot.press("enter")
         assert "a nick uses letters" in reason(app)
         app.screen.query_one("#nick-input", Input).value = ""

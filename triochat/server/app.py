@@ -79,6 +79,7 @@ from triochat.transport.tls_direct import (
 )
 from triochat.transport.upgrade import (
     Answers,
+    Origins,
     Request,
     Verdict,
     answer,
@@ -124,6 +125,8 @@ class Server:
     http: Answers = field(init=False)
     """The WebSocket port's HTTP answers (all but the upgrade), made once."""
     limits: ConnectionLimits = field(init=False)
+    origins: Origins = field(init=False)
+    """Which browser origins may upgrade (``allowed_origins`` plus the Host's own)."""
     loader: RoomLoader | None = None
     """Brings rooms back from the history database before they are joined; None without one."""
     guard: Guard | None = None
@@ -131,6 +134,7 @@ class Server:
 
     def __post_init__(self) -> None:
         self.limits = ConnectionLimits(self.config)
+        self.origins = Origins.of(self.config.allowed_origins)
 
     def url(self, scheme: str) -> str:
         """The first listener URL with ``scheme`` (``ws``, ``tcp``, ``wss`` or ``tls``)."""
@@ -579,7 +583,7 @@ async def _upgrade(
         await _close_with(server, stream, remote, received, server.http.wire(received))
         return None
     request, trailing = received
-    verdict = answer(request, draining=server._stop.is_set())
+    verdict = answer(request, draining=server._stop.is_set(), origins=server.origins)
     if verdict is not Verdict.UPGRADE:
         wire = server.http.wire(verdict, head_only=request.head_only)
         await _close_with(server, stream, remote, verdict, wire)

@@ -55,13 +55,13 @@ class Identity:
     account: str | None = None
     """The :func:`rules.nick_key` it proved (password or token); None: a guest."""
     rooms: frozenset[str] | None = None
-    """The rooms a token allows (canonical names); None: any."""
+    """The rooms a token allows, by room key (look-alikes are one room); None: any."""
 
     def owns(self, nick: str) -> bool:
         return self.account is not None and self.account == rules.nick_key(nick)
 
     def may_join(self, room: str) -> bool:
-        return self.rooms is None or room in self.rooms
+        return self.rooms is None or rules.room_key(room) in self.rooms
 
 
 class FailureLimits:
@@ -291,7 +291,7 @@ class Peer:
 
 
 def _rooms_claim(claims: dict[str, Any]) -> frozenset[str] | None:
-    """The canonical rooms of a ``rooms`` claim; ``token_invalid`` if it is not a list of rooms."""
+    """The room keys of a ``rooms`` claim; ``token_invalid`` if it is not a list of rooms."""
     rooms = claims.get("rooms")
     if rooms is None:
         return None
@@ -300,7 +300,7 @@ def _rooms_claim(claims: dict[str, Any]) -> frozenset[str] | None:
             ErrorCode.TOKEN_INVALID, "the token's rooms claim is not a list of rooms"
         )
     try:
-        return frozenset(rules.check_room(room) for room in rooms)
+        return frozenset(rules.room_key(rules.check_room(room)) for room in rooms)
     except ProtocolError:
         raise ProtocolError(
             ErrorCode.TOKEN_INVALID, "the token's rooms claim names an invalid room"

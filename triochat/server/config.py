@@ -68,6 +68,9 @@ class ServerConfig:
     """Apply the per-address limits to loopback peers too (off: local tools and tests)."""
     trusted_proxies: tuple[str, ...] = ()
     """Addresses (or networks) whose ``X-Forwarded-For`` names the real client."""
+    allowed_origins: tuple[str, ...] = ()
+    """Browser origins (``scheme://host[:port]``, or ``*`` for all) that may open a
+    WebSocket besides the ``Host``'s own; requests without ``Origin`` always may."""
     outbox_events: int = 1000
     outbox_bytes: int = 1 * MIB
     rate_limit: float = 20.0

@@ -241,6 +241,10 @@ class Hub:
         self._rooms: dict[str, Room] = {}
         self._idle: dict[str, Room] = {}
         """The rooms without members, least recently emptied first."""
+        self._names: dict[str, str] = {}
+        """:func:`rules.room_key` of every room in :attr:`_rooms` to its name. Invariant:
+        one room per key, so look-alike names (``access`` in Cyrillic letters, and in
+        Latin) are one room, called by the name it was made (or stored) with."""
         self._history_bytes = 0
         """What the rooms in memory take, by :data:`ROOM_COST` and their logs."""
         self._seq_floor = 0
@@ -261,6 +265,16 @@ class Hub:
         """How many clients are attached."""
         return len(self._members)
 
+    def canonical(self, room: str) -> str:
+        """The name of the room ``room`` means, ``room_invalid`` if it is no room name.
+
+        That is the name of the room in memory with the same key, if there is one,
+        else ``room``'s canonical form (:func:`rules.check_room`). A room on disk
+        under a look-alike name is found by the store (see ``RoomLoader``).
+        """
+        name = rules.check_room(room)
+        return self._names.get(rules.room_key(name), name)
+
     def room_nicks(self, room: str) -> list[str]:
         found = self._rooms.get(room)
         return found.nicks() if found else []
@@ -278,7 +292,7 @@ class Hub:
 
     def attach(self, peer: Peer, nick: str) -> Member:
         """Register ``nick`` for ``peer``; ``nick_invalid`` or ``nick_taken`` if it can't be."""
-        rules.check_nick(nick)
+        nick = rules.check_nick(nick)
         key = rules.nick_key(nick)
         if key in self._members:
             raise ProtocolError(ErrorCode.NICK_TAKEN, f"the nick {nick!r} is taken")
@@ -313,7 +327,7 @@ class Hub:
         its bound at most, never retention x rooms. A small past (the usual
         case) is all sent here, and the joiner is level before this returns.
         """
-        name = rules.check_room(room)
+        name = self.canonical(room)
         if name in member.rooms:
             self._send(member, encode(Members(room=name, nicks=self._rooms[name].nicks())))
             return
@@ -470,7 +484,7 @@ class Hub:
         wanted = []
         for raw in names:
             try:
-                name = rules.check_room(raw)
+                name = self.canonical(raw)
             except ProtocolError:
                 continue
             if name not in self._rooms:
@@ -480,16 +494,20 @@ class Hub:
     @contextmanager
     def pinned(self, names: Sequence[str]) -> Iterator[None]:
         """Keep ``names`` from being freed while a load of them is under way: a room
-        loaded and changed meanwhile would make what the load read out of date."""
+        loaded and changed meanwhile would make what the load read out of date.
+
+        Pinned by key (:func:`rules.room_key`): the room loaded may be stored under a
+        look-alike of the name asked for."""
+        keys = [rules.room_key(name) for name in names]
         pinned = self._pinned
-        pinned.update(names)
+        pinned.update(keys)
         try:
             yield
         finally:
-            for name in names:
-                pinned[name] -= 1
-                if not pinned[name]:
-                    del pinned[name]
+            for key in keys:
+                pinned[key] -= 1
+                if not pinned[key]:
+                    del pinned[key]
 
     def restore(self, name: str, rows: Sequence[Row], last_seq: int) -> None:
         """Put room ``name`` back in memory from the store: ``rows`` (its newest events,
@@ -498,7 +516,7 @@ class Hub:
         Does nothing if the room is in memory already: that copy is newer. The
         room is idle until someone joins; it is not freed before the next change.
         """
-        if name in self._rooms:
+        if rules.room_key(name) in self._names:
             return
         config = self._config
         log = RoomLog.restore(
@@ -508,6 +526,7 @@ class Hub:
 
     def _keep(self, name: str, log: RoomLog) -> Room:
         room = self._rooms[name] = Room(name=name, log=log)
+        self._names[rules.room_key(name)] = name
         self._history_bytes += ROOM_COST + log.retained_bytes
         return room
 
@@ -523,7 +542,7 @@ class Hub:
         for room in self._idle.values():
             if freeing <= 0:
                 break
-            if room.unsaved <= self._saved and room.name not in self._pinned:
+            if room.unsaved <= self._saved and rules.room_key(room.name) not in self._pinned:
                 victims.append(room)
                 freeing -= ROOM_COST + room.log.retained_bytes
         for room in victims:
@@ -534,6 +553,7 @@ class Hub:
     def _forget(self, room: Room) -> None:
         del self._rooms[room.name]
         del self._idle[room.name]
+        del self._names[rules.room_key(room.name)]
         self._history_bytes -= ROOM_COST + room.log.retained_bytes
         self._seq_floor = max(self._seq_floor, room.log.last_seq)
 
@@ -547,7 +567,7 @@ class Hub:
         return log.retained_bytes < before
 
     def _membership(self, member: Member, room: str) -> str:
-        name = rules.check_room(room)
+        name = self.canonical(room)
         if name not in member.rooms:
             raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"you are not in {name!r}")
         return name
@@ -577,7 +597,7 @@ class Hub:
 
     def rename(self, member: Member, nick: str) -> None:
         """Change ``member``'s nick; everyone who shares a room with it is told once."""
-        rules.check_nick(nick)
+        nick = rules.check_nick(nick)
         key = rules.nick_key(nick)
         holder = self._members.get(key)
         if holder is not None and holder is not member:
@@ -611,7 +631,7 @@ class Hub:
             nicks = [m.nick for m in self._members.values()]
             self._send(member, encode(Members(room=None, nicks=nicks)))
             return
-        name = rules.check_room(room)
+        name = self.canonical(room)
         self._send(member, encode(Members(room=name, nicks=self.room_nicks(name))))
 
     def history(self, member: Member, room: str, before_seq: int | None, limit: int | None) -> None:

@@ -502,6 +502,10 @@ class Session:
             return False
         self._member = member
         self._identity = identity
+        # Again, now that the rooms on disk are loaded: one may be stored under a
+        # look-alike of the name asked for, and two names asked for may be one room.
+        resume_by_key = {rules.room_key(room): seq for room, seq in resume_after.items()}
+        rooms = self._one_name_per_room(rooms)
         rooms = [room for room in rooms if self._allowed(room) and self._may_join(room)]
         rooms, refused = self._hub.admit(rooms)
         for room in refused:
@@ -514,15 +518,24 @@ class Session:
         )
         self._send(encode(welcome))
         for room in rooms:
-            self._hub.join(member, room, resume_after=resume_after.get(room))
+            self._hub.join(member, room, resume_after=resume_by_key.get(rules.room_key(room)))
         return True
+
+    def _one_name_per_room(self, rooms: list[str]) -> list[str]:
+        """``rooms`` by the names the hub knows them by, each room once (the first of
+        look-alikes asked for wins, when the room is new)."""
+        unique: dict[str, str] = {}
+        for room in rooms:
+            name = self._hub.canonical(room)
+            unique.setdefault(rules.room_key(name), name)
+        return list(unique.values())
 
     def _valid_rooms(self, names: list[str]) -> dict[str, str]:
         """Each valid name mapped to its canonical form; invalid ones reported and skipped."""
         valid = {}
         for name in names:
             try:
-                valid[name] = rules.check_room(name)
+                valid[name] = self._hub.canonical(name)
             except ProtocolError as exc:
                 self._error(exc.code, exc.message)
         return valid
@@ -584,13 +597,7 @@ class Session:
         return False
 
     def _check_text(self, text: str) -> str:
-        if not text:
-            raise ProtocolError(ErrorCode.BAD_EVENT, "text is empty")
-        if len(text) > self._config.max_text:
-            raise ProtocolError(
-                ErrorCode.BAD_EVENT, f"text longer than {self._config.max_text} characters"
-            )
-        return text
+        return rules.check_text(text, self._config.max_text)
 
     def _error(self, code: ErrorCode, message: str, ref: Ref = None) -> None:
         self._send(encode(Error(code=code, message=message, ref=ref)))

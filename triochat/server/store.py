@@ -25,6 +25,19 @@ connection of its own, so the number of rooms on disk costs neither start-up
 time nor memory. A room whose stored events cannot be served whole (a ``seq``
 gap, a line that is not a JSON event) is served from after the damage, with a
 warning naming the statement that repairs it.
+
+Rooms by identity
+-----------------
+Events are stored under the room's name (as shown on the wire), but a room's
+identity is its key (:func:`rules.room_key`): look-alike names are one room. The
+``rooms`` table maps each key to the one name its events are stored under; a
+room is read by key, so a join by any look-alike finds it. Keys depend on the
+Unicode data (:data:`rules.KEY_VERSION`): when that changes (and on the first
+open of a file made before rooms had keys) the table is rebuilt from the names
+in ``events``. ASCII names were stored lowercased, which is still their
+canonical name, so their history is served as before. If two stored rooms now
+share a key (``mode`` and ``rnode``), the most recently active one is served and
+a warning names the other, whose events stay in the file.
 """
 
 from __future__ import annotations
@@ -41,6 +54,7 @@ import msgspec
 import trio
 
 from triochat.errors import StoreError
+from triochat.protocol import rules
 from triochat.server.hub import Hub, Row
 from triochat.server.outbox import Flusher
 
@@ -77,6 +91,10 @@ CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS rooms (
+    key  TEXT PRIMARY KEY,
+    name TEXT NOT NULL
+) WITHOUT ROWID;
 """
 
 
@@ -97,6 +115,7 @@ class HistoryStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_PAGES}")
         self._db.executescript(SCHEMA)
+        self._index_rooms()
         self._reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         """Loads rooms while the committer writes on ``_db`` (WAL lets both go at once)."""
 
@@ -106,13 +125,57 @@ class HistoryStore:
         (value,) = self._db.execute("SELECT value FROM meta WHERE key = 'server_id'").fetchone()
         return str(value)
 
+    def _index_rooms(self) -> None:
+        """Make the ``rooms`` table match :data:`rules.KEY_VERSION` (see the module docstring).
+
+        Runs once per file and key version: it reads every room's name and last
+        activity, so it costs a scan of ``events`` that one time only.
+        """
+        found = self._db.execute("SELECT value FROM meta WHERE key = 'room_keys'").fetchone()
+        if found is not None and found[0] == rules.KEY_VERSION:
+            return
+        names = self._db.execute(
+            "SELECT room FROM events GROUP BY room ORDER BY MAX(ts) DESC, room"
+        ).fetchall()
+        with self._transaction():
+            self._db.execute("DELETE FROM rooms")
+            for (name,) in names:
+                key = rules.room_key(name)
+                kept = self._db.execute("SELECT name FROM rooms WHERE key = ?", (key,)).fetchone()
+                if kept is None:
+                    self._db.execute("INSERT INTO rooms VALUES (?, ?)", (key, name))
+                else:
+                    log.warning(
+                        "history database %s: rooms %r and %r now count as one (their names look"
+                        " alike); serving %r, the more recently active; %r's events stay in the"
+                        " file",
+                        self.path,
+                        kept[0],
+                        name,
+                        kept[0],
+                        name,
+                    )
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('room_keys', ?)", (rules.KEY_VERSION,)
+            )
+
+    def stored_name(self, room: str) -> str:
+        """The name the room ``room`` (a canonical name) is stored under: that of
+        its key if stored, else ``room`` itself."""
+        found = self._reader.execute(
+            "SELECT name FROM rooms WHERE key = ?", (rules.room_key(room),)
+        ).fetchone()
+        return room if found is None else str(found[0])
+
     def read_room(self, room: str) -> Past:
-        """``room``'s last ``retention`` events, oldest first, and the ``seq`` it ended at.
+        """The room ``room`` names (by key, see :meth:`stored_name`): its last
+        ``retention`` events, oldest first, the ``seq`` it ended at, and its name.
 
         Only an unbroken run of JSON events is served: if the newest events are
         preceded by a gap or a line that is not a JSON event, the run starts
         after it, and a warning says how to repair the file.
         """
+        room = self.stored_name(room)
         query = "SELECT seq, ts, line FROM events WHERE room = ? ORDER BY seq DESC LIMIT ?"
         newest_first: list[Row] = []
         for seq, ts, line in self._reader.execute(query, (room, self._retention)):
@@ -124,15 +187,15 @@ class HistoryStore:
                 break
             newest_first.append(Row(room, seq, ts, bytes(line)))
         if newest_first:
-            return Past(newest_first[::-1], newest_first[0].seq)
+            return Past(newest_first[::-1], newest_first[0].seq, room)
         (last,) = self._reader.execute(
             "SELECT COALESCE(MAX(seq), 0) FROM events WHERE room = ?", (room,)
         ).fetchone()
-        return Past([], int(last))
+        return Past([], int(last), room)
 
     def load(self) -> dict[str, list[Row]]:
         """Every room's retained events (for tests and tools: the server loads lazily)."""
-        rooms = [room for (room,) in self._reader.execute("SELECT DISTINCT room FROM events")]
+        rooms = [room for (room,) in self._reader.execute("SELECT name FROM rooms")]
         return {room: self.read_room(room).rows for room in rooms}
 
     def _damaged(self, room: str, upto: int, what: str) -> str:
@@ -155,9 +218,17 @@ class HistoryStore:
         I/O error); the transaction is then rolled back whole.
         """
         due: dict[str, int] = {}
+        named: set[str] = set()
         try:
             with self._transaction():
-                self._db.executemany("INSERT INTO events VALUES (?, ?, ?, ?)", rows_iter(rows, due))
+                self._db.executemany(
+                    "INSERT INTO events VALUES (?, ?, ?, ?)", rows_iter(rows, due, named)
+                )
+                # The hub holds one room per key, so a new key's name is its first writer's.
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO rooms VALUES (?, ?)",
+                    [(rules.room_key(room), room) for room in named],
+                )
                 self._db.executemany(
                     "DELETE FROM events WHERE room = ? AND seq <= ?",
                     [(room, seq - self._retention) for room, seq in due.items()],
@@ -174,14 +245,16 @@ class HistoryStore:
         return self._db
 
 
-def rows_iter(rows: Iterable[Row], due: dict[str, int]) -> Iterable[Row]:
-    """``rows`` as they are, noting each room due a trim and its newest seq on the way.
+def rows_iter(rows: Iterable[Row], due: dict[str, int], named: set[str]) -> Iterable[Row]:
+    """``rows`` as they are, noting each room due a trim and its newest seq on the way,
+    and every room's name in ``named``.
 
     A room is due when one of its rows has a seq that is a multiple of
     ``TRIM_EVERY``; seqs are consecutive, so that happens once per ``TRIM_EVERY``
     events of the room, whatever the group sizes.
     """
     for row in rows:
+        named.add(row.room)
         if row.room in due or row.seq % TRIM_EVERY == 0:
             due[row.room] = row.seq
         yield row
@@ -197,10 +270,12 @@ def _is_event(line: bytes) -> bool:
 
 
 class Past(NamedTuple):
-    """A room as the store has it: its retained events and the ``seq`` it ended at."""
+    """A room as the store has it: its retained events, the ``seq`` it ended at, and
+    the name it is stored under (a look-alike of the name asked for, maybe)."""
 
     rows: list[Row]
     last_seq: int
+    name: str
 
 
 class Opened(NamedTuple):
@@ -250,8 +325,8 @@ class RoomLoader:
         with trio.CancelScope(shield=True), self._hub.pinned(missing):
             async with self._lock:
                 pasts = await trio.to_thread.run_sync(self._read, missing)
-        for name, past in zip(missing, pasts, strict=True):
-            self._hub.restore(name, past.rows, past.last_seq)
+        for past in pasts:
+            self._hub.restore(past.name, past.rows, past.last_seq)
 
     def _read(self, names: list[str]) -> list[Past]:
         try:

@@ -23,6 +23,12 @@ Bounds: the request head must fit in :data:`MAX_HEAD` bytes with at most
 
 No subprotocol and no extension is negotiated: ``Sec-WebSocket-Protocol`` and
 ``Sec-WebSocket-Extensions`` are ignored, so permessage-deflate is never on.
+
+Origins (:class:`Origins`): a browser names the page that opens a WebSocket in
+``Origin``, and cannot lie about it; a page from another site would otherwise
+ride on the visitor's network position (cross-site WebSocket hijacking). So an
+upgrade with an ``Origin`` that is not the ``Host``'s own, nor allowed by the
+operator, gets ``403``. Clients that are no browser send no ``Origin`` and pass.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import base64
 import binascii
 import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
 from http import HTTPStatus
@@ -66,6 +72,11 @@ class Verdict(Enum):
     UPGRADE = (101, "")
     HEALTHY = (200, "ok")
     DRAINING = (503, "triochat is shutting down; try again later")
+    FOREIGN_ORIGIN = (
+        403,
+        "this Origin may not open a WebSocket here: it is not the Host's own"
+        " and the server does not allow it (--allowed-origin)",
+    )
     NOT_WEBSOCKET = (426, "")
     """A plain HTTP request; the body names the ports (see :class:`Answers`)."""
     WRONG_VERSION = (426, "this server speaks WebSocket version 13 only")
@@ -185,12 +196,14 @@ def _unended(line: bytes) -> bytes:
 # --- judging -------------------------------------------------------------------------
 
 
-def answer(request: Request, *, draining: bool) -> Verdict:
-    """What ``request`` gets; ``draining``: the server is stopping.
+def answer(request: Request, *, draining: bool, origins: Origins | None = None) -> Verdict:
+    """What ``request`` gets; ``draining``: the server is stopping; ``origins``: which
+    browser origins may upgrade (default: the Host's own only).
 
     In this order: a probe gets its state; a plain request is told this is a
     WebSocket port (or 503 while draining); an upgrade RFC 6455 §4.2.1 does not
-    allow gets 400, one of another version 426; a good one is refused while
+    allow gets 400, one of another version 426, one from a foreign origin 403
+    (draining or not: it would never be accepted); a good one is refused while
     draining, else accepted.
     """
     if not _wants_websocket(request):
@@ -203,6 +216,8 @@ def answer(request: Request, *, draining: bool) -> Verdict:
             return broken
     if request.field(b"sec-websocket-version") != b"13":
         return Verdict.WRONG_VERSION  # RFC 6455 §4.4: 426 naming the versions we speak
+    if not (origins or SAME_HOST).admits(request):
+        return Verdict.FOREIGN_ORIGIN
     return Verdict.DRAINING if draining else Verdict.UPGRADE
 
 
@@ -270,6 +285,93 @@ def _nonce(request: Request) -> bytes | None:
     except binascii.Error:
         return None
     return key if len(decoded) == 16 else None
+
+
+# --- origins -------------------------------------------------------------------------
+
+DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+_ORIGIN = re.compile(
+    r"([a-z][a-z0-9+.-]*)://(\[[0-9a-f:.]+\]|[a-z0-9._~!$&'()*+,;=%-]+)(?::([0-9]{1,5}))?"
+)
+"""RFC 6454 §6.2's serialisation (after lower-casing): scheme, host, optional port; no path."""
+_HOST = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9._~!$&'()*+,;=%-]+)(?::([0-9]{1,5}))?")
+"""RFC 9110 §7.2's ``Host``: host and optional port (after lower-casing)."""
+
+
+def normal_origin(text: str) -> tuple[str, str, int] | None:
+    """``text`` as an origin (scheme, host, port), case-folded and with the scheme's
+    default port filled in; None if it is none (``null``, a path, no known port)."""
+    found = _ORIGIN.fullmatch(text.strip().lower())
+    if found is None:
+        return None
+    scheme, host, port = found[1], found[2], found[3]
+    number = int(port) if port else DEFAULT_PORTS.get(scheme)
+    if number is None or not 0 < number <= 65535:
+        return None
+    return scheme, host, number
+
+
+def origin_text(origin: tuple[str, str, int]) -> str:
+    """The origin as ``scheme://host[:port]``, the port left out when it is the default."""
+    scheme, host, port = origin
+    return (
+        f"{scheme}://{host}" if DEFAULT_PORTS.get(scheme) == port else f"{scheme}://{host}:{port}"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Origins:
+    """Which ``Origin`` may upgrade: none at all, the ``Host``'s own, and ``allowed``.
+
+    Invariant: ``allowed`` holds normalised origins (:func:`normal_origin`), so
+    matching is exact after both sides are normalised: scheme and host in any
+    case, a default port written or not.
+    """
+
+    allowed: frozenset[tuple[str, str, int]] = frozenset()
+    anything: bool = False
+    """``*`` was allowed: every origin passes."""
+
+    @classmethod
+    def of(cls, origins: Iterable[str]) -> Origins:
+        """From ``--allowed-origin`` values; ValueError names one that is no origin."""
+        allowed = set()
+        anything = False
+        for text in origins:
+            if text.strip() == "*":
+                anything = True
+                continue
+            origin = normal_origin(text)
+            if origin is None:
+                raise ValueError(f"{text!r} is not an origin (scheme://host[:port], or *)")
+            allowed.add(origin)
+        return cls(frozenset(allowed), anything)
+
+    def admits(self, request: Request) -> bool:
+        value = request.field(b"origin")
+        if value is None or self.anything:
+            return True  # no Origin: not a browser, nothing to hijack
+        origin = normal_origin(value.decode("latin-1"))
+        if origin is None:
+            return False  # "null" (sandboxed or file: pages), two Origins, garbage
+        return origin in self.allowed or _is_host_of(origin, request.field(b"host"))
+
+
+def _is_host_of(origin: tuple[str, str, int], host: bytes | None) -> bool:
+    """Whether ``Host`` names the origin's host and port (its scheme's default if none).
+
+    The scheme is not compared: behind a TLS-terminating proxy the page is
+    ``https://chat.example`` while this server speaks plain HTTP to the proxy.
+    """
+    found = None if host is None else _HOST.fullmatch(host.decode("latin-1").strip().lower())
+    if found is None:
+        return False
+    port = int(found[2]) if found[2] else DEFAULT_PORTS.get(origin[0])
+    return (found[1], port) == (origin[1], origin[2])
+
+
+SAME_HOST = Origins()
+"""The default: browsers may upgrade from the Host's own origin only."""
 
 
 # --- answering -----------------------------------------------------------------------
