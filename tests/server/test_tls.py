@@ -24,6 +24,8 @@ import trio
 import trustme
 import wsproto
 from websockets.asyncio.client import connect as websockets_connect
+from websockets.exceptions import InvalidStatus
+from websockets.typing import Origin
 from wsproto.events import AcceptConnection
 from wsproto.events import Request as WsRequest
 from wsproto.events import TextMessage as WsText
@@ -624,3 +626,22 @@ async def test_a_request_sent_with_the_last_handshake_flight_is_read(
                 incoming.write(await sock.receive_some())
                 with contextlib.suppress(ssl.SSLWantReadError):
                     received += tls.read(65536)
+
+
+async def test_origin_checks_hold_over_wss(server: Server, certs: Certs) -> None:
+    """A page's own https:// origin may open a wss:// WebSocket; a foreign one gets 403,
+    inside TLS as without it."""
+    own = server.url("wss").replace("wss://", "https://")
+
+    async def status(origin: str) -> int:
+        context = ssl.create_default_context(cafile=certs.cafile)
+        try:
+            async with websockets_connect(server.url("wss"), ssl=context, origin=Origin(origin)):
+                return 101
+        except InvalidStatus as exc:
+            return exc.response.status_code
+
+    with trio.fail_after(WAIT):
+        own_status = await trio.to_thread.run_sync(asyncio.run, status(own))
+        foreign = await trio.to_thread.run_sync(asyncio.run, status("https://evil.example"))
+    assert (own_status, foreign) == (101, 403)
