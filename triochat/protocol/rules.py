@@ -19,7 +19,7 @@ import functools
 import re
 import unicodedata
 
-from triochat.protocol.confusables import DATA_VERSION, skeleton
+from triochat.protocol.confusables import DATA_VERSION, prototypes, skeleton
 from triochat.protocol.errors import ErrorCode, ProtocolError
 
 MAX_NICK = 32
@@ -88,6 +88,15 @@ def name_key(name: str) -> str:
 def nick_key(nick: str) -> str:
     """A nick's identity (:func:`name_key`): accounts and the online list key by it."""
     return name_key(nick)
+
+
+def load_tables() -> None:
+    """Read the Unicode data name identity needs (about 1 MiB, once).
+
+    A server calls this at start-up, so that the table is part of its base
+    memory and not of its first client's.
+    """
+    prototypes()
 
 
 def room_key(room: str) -> str:

@@ -45,7 +45,7 @@ from wsproto import ConnectionType
 from wsproto.connection import Connection as Protocol
 
 from triochat.errors import CertificateError, ConnectionLost, ListenError, StoreError
-from triochat.protocol import ErrorCode, encode
+from triochat.protocol import ErrorCode, encode, rules
 from triochat.protocol.events import Error
 from triochat.server.accounts import AccountStore
 from triochat.server.auth import Guard
@@ -170,6 +170,7 @@ async def serve(
     the shutdown close) and its :class:`StoreError` is raised after that.
     """
     tls = tls_context(config)
+    rules.load_tables()
     opened = await open_store(config.db_path, config.retention) if config.db_path else None
     store = opened.store if opened else None
     server: Server | None = None
