@@ -85,6 +85,23 @@ async def test_a_look_alike_of_a_registered_nick_is_refused(accounts: Server) ->
     assert rejected.code in {ErrorCode.AUTH_REQUIRED, ErrorCode.NICK_INVALID}
 
 
+@pytest.mark.parametrize(
+    ("registered", "guest"),
+    [("ace", "\u0430\u0441\u0435"), ("mom", "rnorn"), ("bill", "bi11"), ("bill", "BILL")],
+)
+async def test_a_look_alike_of_an_offline_registered_nick_needs_its_password(
+    nursery: trio.Nursery, tmp_path: Path, registered: str, guest: str
+) -> None:
+    """Whole-script (Cyrillic ``\\u0430\\u0441\\u0435``), ASCII (``rn``/``m``,
+    ``1``/``l``) and case look-alikes are the account's nick: ``auth_required``."""
+    add_account(tmp_path / "data.sqlite3", registered)
+    server = await start(nursery, tmp_path)
+    with trio.fail_after(10):
+        rejected = await refused(server.url("tcp"), guest)
+    assert rejected.code == ErrorCode.AUTH_REQUIRED
+    server.stop()
+
+
 async def test_the_password_logs_in_and_a_wrong_one_is_refused(
     accounts: Server, scheme: str
 ) -> None:
