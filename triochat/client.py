@@ -74,6 +74,7 @@ _HELLO_REFUSALS = {
     ErrorCode.NICK_TAKEN,
     ErrorCode.NICK_INVALID,
     ErrorCode.HELLO_TIMEOUT,
+    ErrorCode.TLS_REQUIRED,
     ErrorCode.AUTH_REQUIRED,
     ErrorCode.AUTH_FAILED,
     ErrorCode.AUTH_RATE_LIMITED,
@@ -450,16 +451,25 @@ def _refusal(address: Address, exc: ConnectionRejected) -> ConnectError:
     """A refused WebSocket upgrade, in one line; a triochat TCP listener is named as such."""
     if _is_wrong_port(exc.body):
         return address.wrong_port()
+    said = _error_in(exc.body)
+    if said is not None:  # e.g. tls_required: a ws:// URL for a wss:// port
+        return ConnectError(f"{address}: {said.message}")
     return ConnectError(f"{address}: WebSocket upgrade refused (HTTP {exc.status_code})")
 
 
 def _is_wrong_port(body: bytes | None) -> bool:
     """Whether an HTTP refusal's body is a triochat TCP listener's ``error{wrong_port}``."""
+    said = _error_in(body)
+    return said is not None and said.code == ErrorCode.WRONG_PORT
+
+
+def _error_in(body: bytes | None) -> Error | None:
+    """The triochat ``error`` an HTTP refusal's body holds, if it holds one."""
     try:
         event = decode_server((body or b"").strip())
     except ProtocolError:
-        return False
-    return isinstance(event, Error) and event.code == ErrorCode.WRONG_PORT
+        return None
+    return event if isinstance(event, Error) else None
 
 
 async def open_secure_stream(

@@ -34,7 +34,7 @@ from tests.server.helpers import host_port, settle_join, skip_until
 from tests.server.test_accounts import PASSWORD, add_account
 from tests.server.test_cli import SERVE, serving
 from triochat.client import Client, open_client
-from triochat.errors import CertificateError, ConnectError
+from triochat.errors import CertificateError, ConnectError, TriochatError
 from triochat.protocol import decode_server, encode
 from triochat.protocol.events import (
     Ack,
@@ -251,6 +251,18 @@ async def test_a_tls_url_on_a_plaintext_port_says_so_in_one_line(nursery: trio.N
                 pass
         assert str(refused.value) == f"{secure_url}: the server does not speak TLS there; use {url}"
     plain.stop()
+
+
+async def test_a_plaintext_url_on_a_tls_port_says_so_in_one_line(server: Server) -> None:
+    """A ``ws://`` or ``tcp://`` client learns at once to use the secure URL, instead
+    of waiting for its connect timeout."""
+    for kind, plain in (("wss", "ws"), ("tls", "tcp")):
+        secure_url = server.url(kind)
+        plain_url = secure_url.replace(f"{kind}://", f"{plain}://")
+        with trio.fail_after(WAIT), pytest.raises(TriochatError) as refused:
+            async with open_client(plain_url, "ada", connect_timeout=WAIT):
+                pass
+        assert str(refused.value).endswith(f"this port speaks TLS: connect with {secure_url}")
 
 
 def _client_up_to(certs: Certs, newest: ssl.TLSVersion) -> ssl.SSLContext:

@@ -26,6 +26,7 @@ class ErrorCode(StrEnum):
     TOO_MANY_ROOMS = "too_many_rooms"
     TIMEOUT = "timeout"
     WRONG_PORT = "wrong_port"
+    TLS_REQUIRED = "tls_required"
     TOO_MANY_CONNECTIONS = "too_many_connections"
     AUTH_REQUIRED = "auth_required"
     AUTH_FAILED = "auth_failed"

@@ -44,7 +44,13 @@ import trio
 from wsproto import ConnectionType
 from wsproto.connection import Connection as Protocol
 
-from triochat.errors import CertificateError, ConnectionLost, ListenError, StoreError
+from triochat.errors import (
+    CertificateError,
+    ConnectionLost,
+    ListenError,
+    StoreError,
+    WrongPort,
+)
 from triochat.protocol import ErrorCode, encode, rules
 from triochat.protocol.events import Error
 from triochat.server.accounts import AccountStore
@@ -67,7 +73,7 @@ from triochat.server.store import (
     open_store,
     run_committer,
 )
-from triochat.transport.base import Connection, hostport, write_without_waiting
+from triochat.transport.base import Connection, hostport, http_refusal, write_without_waiting
 from triochat.transport.release import linger, release
 from triochat.transport.tcp import StreamConnection
 from triochat.transport.tls import server_context
@@ -122,6 +128,9 @@ class Server:
     wrong_port: dict[str, bytes] = field(default_factory=dict)
     """Per listener scheme, the one ``error{wrong_port}`` line for a peer that speaks
     the other listener's protocol there (see :func:`wrong_port_line`)."""
+    tls_required: dict[str, bytes] = field(default_factory=dict)
+    """Per listener scheme, the ``error{tls_required}`` line for a peer that speaks
+    plaintext to a TLS listener (see :func:`tls_required_line`)."""
     http: Answers = field(init=False)
     """The WebSocket port's HTTP answers (all but the upgrade), made once."""
     limits: ConnectionLimits = field(init=False)
@@ -289,6 +298,7 @@ async def _open_all(server: Server) -> Listeners:
             server.urls += [f"{shown}://{_endpoint(lst)}" for lst in group]
         for scheme in ("ws", "tcp"):
             server.wrong_port[scheme] = wrong_port_line(scheme, server.urls)
+            server.tls_required[scheme] = tls_required_line(scheme, server.urls)
         server.http = Answers(not_websocket_text(server.urls), server.wrong_port["ws"])
     except BaseException:
         for _, _, group in opened:
@@ -472,7 +482,12 @@ async def _contained(
                 await session.run()
             finally:
                 server._sessions.discard(session)
-    except* (ConnectionLost, trio.BrokenResourceError, trio.ClosedResourceError) as group:
+    except* (
+        ConnectionLost,
+        WrongPort,
+        trio.BrokenResourceError,
+        trio.ClosedResourceError,
+    ) as group:
         log.debug("%s: connection lost: %r", remote, group.exceptions)
     except* Exception as group:
         # Library failures land here too: one line, details at debug level.
@@ -500,6 +515,13 @@ def _first_url(kind: str, urls: list[str]) -> str | None:
     """The first listener URL of ``kind`` (``ws`` or ``tcp``), with or without TLS."""
     prefixes = tuple(f"{url_scheme(kind, secure=tls)}://" for tls in (False, True))
     return next((url for url in urls if url.startswith(prefixes)), None)
+
+
+def tls_required_line(scheme: str, urls: list[str]) -> bytes:
+    """What a peer that speaks plaintext to the ``scheme`` listener of a TLS server is told."""
+    here = _first_url(scheme, urls) or f"{url_scheme(scheme, secure=True)}://"
+    text = f"this port speaks TLS: connect with {here}"
+    return encode(Error(code=ErrorCode.TLS_REQUIRED, message=text))
 
 
 def wrong_port_line(scheme: str, urls: list[str]) -> bytes:
@@ -538,7 +560,7 @@ async def _open_tcp(
         )
     engine = TLSEngine(server.tls, stream, remote)
     with _Handshake(server, remote, "TLS"):
-        await engine.handshake()
+        await engine.handshake(partial(_plaintext_answer, server.tls_required["tcp"]))
         return TLSStreamConnection(
             engine,
             max_line=config.max_line,
@@ -559,9 +581,15 @@ async def _open_websocket(
             return await _upgrade(server, socket_stream, remote, claim, handshake)
         # A peer that does not speak TLS (or too old a TLS) fails here: ConnectionLost.
         engine = TLSEngine(server.tls, socket_stream, remote)
-        await engine.handshake()
+        await engine.handshake(partial(_plaintext_answer, server.tls_required["ws"]))
         return await _upgrade(server, TLSStream(engine), remote, claim, handshake)
     return None  # out of time
+
+
+def _plaintext_answer(line: bytes, first: bytes) -> bytes:
+    """The answer to plaintext on a TLS port: ``line``, in an HTTP 400 if ``first``
+    (the peer's first bytes) may be an HTTP request (a ``ws://`` client)."""
+    return line if first.startswith(b"{") else http_refusal(400, line)
 
 
 async def _upgrade(

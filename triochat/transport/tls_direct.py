@@ -27,13 +27,13 @@ from __future__ import annotations
 import contextlib
 import math
 import ssl
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import trio
 from wsproto.connection import Connection as Protocol
 
-from triochat.errors import ConnectionLost
+from triochat.errors import ConnectionLost, WrongPort
 from triochat.transport.base import (
     RECEIVE_SIZE,
     CloseCode,
@@ -43,6 +43,9 @@ from triochat.transport.base import (
 )
 from triochat.transport.tcp import StreamConnection
 from triochat.transport.wsproto_ws import WsprotoConnection
+
+TLS_HANDSHAKE_RECORD = b"\x16"
+"""The first byte of every TLS connection: a handshake record (RFC 8446 §5.1)."""
 
 
 class TLSEngine:
@@ -57,8 +60,18 @@ class TLSEngine:
         self.socket = stream
         self.remote = remote
 
-    async def handshake(self) -> None:
-        """The TLS handshake; the caller bounds the time. :class:`ConnectionLost` if it fails."""
+    async def handshake(self, plaintext_answer: Callable[[bytes], bytes]) -> None:
+        """The TLS handshake; the caller bounds the time. :class:`ConnectionLost` if it fails.
+
+        A peer whose first bytes are no TLS record (a ``ws://`` or ``tcp://`` client)
+        is sent ``plaintext_answer(first bytes)``, unencrypted, and :class:`WrongPort`
+        is raised: it learns why instead of waiting for its own timeout.
+        """
+        first = await self._read_raw()
+        if first[:1] != TLS_HANDSHAKE_RECORD:
+            await self._send(plaintext_answer(first))
+            raise WrongPort(f"{self.remote}: plaintext on a TLS port")
+        self._incoming.write(first)
         while True:
             try:
                 self._object.do_handshake()
