@@ -26,7 +26,9 @@ Who writes (:class:`Writing`), one at a time::
   frame (from the reader) is written at once without waiting: one system call,
   no task switch. What the socket does not take becomes ``held``.
 * ``WRITER``: the writer task owns the socket. It takes held + control + lines
-  as one write and waits for it; nothing else writes until it is done.
+  as one write and waits for it; nothing else writes until it is done. A
+  stranger (no ``hello`` yet) has no writer task: its reader takes that role
+  between reads (:meth:`Outbox.write_owed`).
 * ``BROKEN``: a write failed, or was cancelled part-way through a frame. The
   byte stream is no longer the protocol, so nothing more is ever written and
   everything accepted is dropped.
