@@ -133,6 +133,8 @@ UNREACHABLE = ["--url", "tcp://127.0.0.1:1"]
         (["--evict-within", "-1", *UNREACHABLE], "--evict-within"),
         (["--seed", "1.5", *UNREACHABLE], "--seed"),
         (["--json", "/", *UNREACHABLE], "--json"),
+        (["--password-env", "TRIOCHAT_TEST_NO_SUCH_VARIABLE", *UNREACHABLE], "--password-env"),
+        (["--clients", "1", "--scenario", "security", *UNREACHABLE], "--clients"),
         (["--transport", "tcp", *UNREACHABLE], "--transport"),
         (["--transport", "ws", *UNREACHABLE], "--transport"),  # the default, given: still refused
         (["--url", "ws://[::1"], "ws://[::1"),

@@ -143,3 +143,20 @@ async def test_security_fails_against_a_server_that_lets_any_origin_in(
     assert verdicts["registered nick protected"] is True
     assert report.exit_code == 1
     server.stop()
+
+
+async def test_security_registers_its_owner_with_the_password_it_is_given(
+    nursery: trio.Nursery,
+) -> None:
+    """``--password-env``'s password is the account's: it logs in after the run."""
+    server: Server = await nursery.start(serve, ServerConfig(port=0, tcp_port=0))
+    options = replace(
+        SMALL, scenarios=("security",), urls=(server.url("tcp"),), password="given secret", seed=1
+    )
+    with trio.fail_after(60):
+        report = await run_harness(options)
+        assert failures(report) == []
+        owner = f"{report.run_id}-securi-owner"
+        async with open_client(server.url("tcp"), owner, password="given secret") as client:
+            assert client.welcome is not None
+    server.stop()
