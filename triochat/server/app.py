@@ -398,7 +398,7 @@ def _admit(
             _refuse(server, scheme, stream, address, connections)
             return
         claim = Claim(address) if address is not None else Claim.EXEMPT
-    connections.start_soon(_contained, server, handler, stream, remote, claim)
+    connections.start_soon(_contained, server, handler, stream, host, remote, claim)
 
 
 def _refuse(
@@ -466,7 +466,12 @@ class _Starved:
 
 
 async def _contained(
-    server: Server, handler: Handler, stream: trio.SocketStream, remote: str, claim: Claim
+    server: Server,
+    handler: Handler,
+    stream: trio.SocketStream,
+    host: str,
+    remote: str,
+    claim: Claim,
 ) -> None:
     """Run one connection; whatever it raises stops here and ends only this connection.
 
@@ -476,7 +481,7 @@ async def _contained(
     try:
         conn = await handler(stream, remote, claim)
         if conn is not None:
-            session = _session(server, conn, claim, remote)
+            session = _session(server, conn, claim, host)
             server._sessions.add(session)
             try:
                 await session.run()
@@ -689,12 +694,6 @@ def _refuse_forwarded(server: Server, claim: Claim, request: Request) -> bytes |
     return None
 
 
-def _host_of(remote: str) -> str:
-    """The host of a ``host:port`` (:func:`hostport`'s form: an IPv6 host in brackets)."""
-    host = remote.rsplit(":", 1)[0]
-    return host[1:-1] if host.startswith("[") else host
-
-
 def _max_message(config: ServerConfig) -> int:
     """A whole WebSocket message may hold one line plus framing slack.
 
@@ -756,8 +755,9 @@ class _Handshake:
             self.scope.cancel()
 
 
-def _session(server: Server, conn: Connection, claim: Claim, remote: str) -> Session:
-    """A session for ``conn``; told at once that the server is stopping, if it is."""
+def _session(server: Server, conn: Connection, claim: Claim, host: str) -> Session:
+    """A session for ``conn`` from ``host`` (or the client a trusted proxy named); told
+    at once that the server is stopping, if it is."""
     session = Session(
         conn,
         server.hub,
@@ -766,7 +766,7 @@ def _session(server: Server, conn: Connection, claim: Claim, remote: str) -> Ses
         address=claim.address,
         loader=server.loader,
         guard=server.guard,
-        host=claim.client or _host_of(remote),
+        host=claim.client or host,
     )
     if server._stop.is_set():
         session.shutdown()
