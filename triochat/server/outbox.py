@@ -373,14 +373,14 @@ class Outbox:
             self.writing = Writing.IDLE
 
     async def write_owed(self, stream: trio.abc.Stream) -> None:
-        """Write, in the calling task, what only a writer task could write: bytes a
-        direct write left behind, or lines with no direct write to carry them.
+        """Write, in the calling task, what only a writer task could write
+        (:meth:`_writer_needed`).
 
         For a session that has no writer task (a stranger, before its ``hello``):
         its reader calls this before it reads on, so its answers are not held
         back until a nursery opens.
         """
-        if self.writing is Writing.WRITER or (self._direct is None and self._pending()):
+        if self._writer_needed():
             await self._send(stream, self._take(b"".join(self._lines)))
 
     # --- the writer task ----------------------------------------------------------
