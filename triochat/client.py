@@ -60,7 +60,7 @@ from triochat.protocol.events import (
     Welcome,
     Who,
 )
-from triochat.transport.base import ClientConnection, CloseCode, hostport
+from triochat.transport.base import SCHEMES, ClientConnection, CloseCode, hostport, url_scheme
 from triochat.transport.release import release
 from triochat.transport.tcp import StreamConnection
 from triochat.transport.tls import client_context
@@ -86,10 +86,6 @@ AUTH_REFUSALS = frozenset({ErrorCode.AUTH_REQUIRED, ErrorCode.AUTH_FAILED})
 """Refusals a password can fix: a client with a person at it asks for one."""
 
 
-SCHEMES = {"ws": ("ws", False), "wss": ("ws", True), "tcp": ("tcp", False), "tls": ("tcp", True)}
-"""Each URL scheme's transport (``ws`` or ``tcp``) and whether it runs over TLS."""
-
-
 @dataclass(frozen=True)
 class Address:
     scheme: str
@@ -112,7 +108,7 @@ class Address:
 
     def wrong_port(self) -> ConnectError:
         """What to tell a person whose URL names the other listener of a triochat server."""
-        line, websocket = ("tls", "wss") if self.secure else ("tcp", "ws")
+        line, websocket = (url_scheme(kind, secure=self.secure) for kind in ("tcp", "ws"))
         if self.transport == "ws":
             return ConnectError(
                 f"{self}: this looks like triochat's TCP port; use {line}://{self.hostport}"
@@ -508,7 +504,7 @@ def _tls_refusal(address: Address, cause: BaseException | None) -> ConnectError:
             f"{address}: the server's certificate is not trusted ({cause.verify_message})"
         )
     if isinstance(cause, ssl.SSLError) and cause.reason == "WRONG_VERSION_NUMBER":
-        plain = "ws" if address.transport == "ws" else "tcp"
+        plain = url_scheme(address.transport, secure=False)
         return ConnectError(
             f"{address}: the server does not speak TLS there; use {plain}://{address.hostport}"
         )

@@ -73,7 +73,13 @@ from triochat.server.store import (
     open_store,
     run_committer,
 )
-from triochat.transport.base import Connection, hostport, http_refusal, write_without_waiting
+from triochat.transport.base import (
+    Connection,
+    hostport,
+    http_refusal,
+    url_scheme,
+    write_without_waiting,
+)
 from triochat.transport.release import linger, release
 from triochat.transport.tcp import StreamConnection
 from triochat.transport.tls import server_context
@@ -501,19 +507,6 @@ async def _contained(
     finally:
         server.limits.leave(claim.address)
         await release(stream)
-
-
-URL_SCHEMES = {
-    ("ws", False): "ws",
-    ("ws", True): "wss",
-    ("tcp", False): "tcp",
-    ("tcp", True): "tls",
-}
-"""A listener's URL scheme, by its kind (``ws`` or ``tcp``) and whether it speaks TLS."""
-
-
-def url_scheme(kind: str, *, secure: bool) -> str:
-    return URL_SCHEMES[kind, secure]
 
 
 def _first_url(kind: str, urls: list[str]) -> str | None:

@@ -15,6 +15,16 @@ from triochat.protocol import ErrorCode, ProtocolError
 
 T = TypeVar("T")
 
+SCHEMES = {"ws": ("ws", False), "wss": ("ws", True), "tcp": ("tcp", False), "tls": ("tcp", True)}
+"""Each URL scheme's transport (``ws`` or ``tcp``) and whether it runs over TLS."""
+_URL_SCHEMES = {meaning: scheme for scheme, meaning in SCHEMES.items()}
+
+
+def url_scheme(transport: str, *, secure: bool) -> str:
+    """The URL scheme of ``transport`` (``ws`` or ``tcp``), with or without TLS."""
+    return _URL_SCHEMES[transport, secure]
+
+
 RECEIVE_SIZE = 64 * 1024
 """The most bytes one read asks for."""
 DRIP_PAUSE = 0.01
