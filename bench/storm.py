@@ -3,7 +3,9 @@
 Every join is announced to every member, so a storm of N joins owes N(N+1)/2
 ``joined`` deliveries. While it runs, an *innocent* client connects every
 :data:`PROBE_EVERY` seconds, says hello to another room and times how long its
-``welcome`` takes: the storm must not starve anyone else.
+``welcome`` takes: the storm must not starve anyone else. The clock starts once
+the connection is made, at the hello: a connect is the kernel's (a SYN dropped
+from a full queue is retried after the 1 s initial RTO), the welcome the server's.
 
 The end of the storm. A storm client knows the room's members from the
 ``members`` it gets on joining plus every ``joined`` after it (:class:`Roster`);
@@ -214,6 +216,8 @@ class Storm:
     wall_s: float = 0.0
     welcome_max_ms: float = 0.0
     welcome_median_ms: float = 0.0
+    connect_max_ms: float = 0.0
+    """The innocent client's slowest connect, which its welcome times do not include."""
     probes: int = 0
     rss_peak_mib: float = 0.0
     """The server's largest RSS, sampled every :data:`PROBE_EVERY` seconds."""
@@ -282,6 +286,7 @@ def _storm(
     if prober.error:
         raise StormFailed(f"innocent client: {prober.error}")
     result.probes = len(prober.waits)
+    result.connect_max_ms = max(prober.connects) * 1000
     result.welcome_max_ms = max(prober.waits) * 1000
     result.welcome_median_ms = statistics.median(prober.waits) * 1000
 
@@ -414,10 +419,11 @@ def _upgrade(client: Client, data: bytes) -> bytes:
 
 @dataclass(eq=False)
 class Prober:
-    """The innocent client: a thread that times connect + hello → welcome, again and again."""
+    """The innocent client: a thread that connects and times hello → welcome, again and again."""
 
     address: tuple[str, int]
     waits: list[float] = field(default_factory=list)
+    connects: list[float] = field(default_factory=list)
     error: str | None = None
     _stop: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
     _thread: threading.Thread | None = field(default=None, init=False, repr=False)
@@ -444,8 +450,10 @@ class Prober:
             self._stop.wait(PROBE_EVERY)  # pacing between probes, not a synchronisation
 
     def _probe(self, nick: str) -> float:
-        began = time.monotonic()
+        dialled = time.monotonic()
         with socket.create_connection(self.address, timeout=PROBE_TIMEOUT) as sock:
+            began = time.monotonic()
+            self.connects.append(began - dialled)
             sock.sendall(wire.hello(nick, CALM_ROOM))
             got = b""
             while wire.WELCOME not in got:
