@@ -9,11 +9,15 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
+from triochat.server.redis_url import parse_redis_url
 from triochat.transport.upgrade import normal_origin, origin_text
+
+NODE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 class Parser(argparse.ArgumentParser):
@@ -141,3 +145,19 @@ def jwt_public_key(text: str) -> bytes:
         raise argparse.ArgumentTypeError(f"{text}: {exc.strerror or exc}") from None
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text}: {exc}") from None
+
+
+def redis_url(text: str) -> str:
+    """A ``--redis`` URL that names a Redis: ``redis://``, ``rediss://`` or ``unix://``."""
+    try:
+        parse_redis_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def node_id(text: str) -> str:
+    """A ``--node-id``: 1-64 letters, digits, ``-``, ``_`` or ``.`` (it names Redis keys)."""
+    if not NODE_ID.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r}: 1-64 letters, digits, '-', '_' or '.'")
+    return text

@@ -13,10 +13,11 @@ import trio
 
 from triochat import argtypes
 from triochat.account_cli import add_account_parser
-from triochat.errors import CertificateError, ListenError, StoreError
+from triochat.errors import CertificateError, ListenError, RedisError, StoreError
 from triochat.server import ServerConfig, serve
 from triochat.server.config import MIN_MAX_LINE
 from triochat.server.limits import raise_open_files_limit
+from triochat.server.redis_url import parse_redis_url
 from triochat.server.store import default_db_path
 from tui.cli import add_arguments as add_tui_arguments
 
@@ -205,12 +206,41 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keep history in memory only (lost on restart)",
     )
+    _redis_arguments(p)
     _auth_arguments(p)
     p.add_argument(
         "--log-level",
         default="warning",
         choices=["debug", "info", "warning", "error"],
         help="stderr log level",
+    )
+
+
+def _redis_arguments(p: argparse.ArgumentParser) -> None:
+    """Many nodes sharing rooms through Redis (docs/scaling.md)."""
+    p.add_argument(
+        "--redis",
+        type=argtypes.redis_url,
+        metavar="URL",
+        help="share rooms, nicks and history with every node of this Redis or Valkey"
+        " (redis://HOST:PORT[/DB], rediss://..., unix:///PATH); history then lives there",
+    )
+    p.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        help="the --redis URL is one node of a Redis Cluster",
+    )
+    p.add_argument(
+        "--node-id",
+        type=argtypes.node_id,
+        help="this node's name in Redis and in logs (default: random)",
+    )
+    p.add_argument(
+        "--redis-lease",
+        type=argtypes.positive,
+        default=DEFAULTS.redis_lease,
+        metavar="SECONDS",
+        help="a node's and its nicks' lease; a dead node's members leave within ~1.2x this",
     )
 
 
@@ -285,7 +315,11 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         outbox_bytes=args.outbox_bytes,
         history_limit=args.history,
         retention=args.retention,
-        db_path=None if args.no_history else (args.db or _default_db()),
+        db_path=None if args.no_history or args.redis else (args.db or _default_db()),
+        redis_url=args.redis,
+        redis_cluster=args.redis_cluster,
+        node_id=args.node_id,
+        redis_lease=args.redis_lease,
         # Accounts live in the data file; with --no-history, only if --db names one.
         accounts_path=args.db if args.no_history else (args.db or _default_db()),
         auth=args.auth,
@@ -313,17 +347,22 @@ async def _serve_until_signalled(config: ServerConfig) -> None:
                 # Everything allocated so far (modules, config, loaded history) lives
                 # for the whole run: keep it out of every future collection.
                 gc.freeze()
+                if config.redis_url is not None:
+                    print(f"using redis {parse_redis_url(config.redis_url).shown}", flush=True)
                 for url in server.urls:
                     print(f"listening {url}", flush=True)
                 async for signum in signals:
                     logging.getLogger("triochat").info("%s: stopping", signal.Signals(signum).name)
                     server.stop()
                     break
-        except* (CertificateError, ListenError, StoreError) as group:
+        except* (CertificateError, ListenError, StoreError, RedisError) as group:
             raise group.exceptions[0] from None
 
 
 def _run_serve(args: argparse.Namespace) -> int:
+    if args.redis_cluster and not args.redis:
+        print("triochat: argument --redis-cluster: needs --redis URL", file=sys.stderr)
+        return 2
     # A chat server allocates many short-lived objects per event; Python's default
     # thresholds then run full collections every few ms under load (p99 spikes and
     # about a third of the throughput at N=1000, see docs/performance.md).
@@ -338,7 +377,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     except CertificateError as exc:  # a bad command line, found before anything listens
         print(f"triochat: {exc}", file=sys.stderr)
         return 2
-    except (ListenError, StoreError) as exc:
+    except (ListenError, StoreError, RedisError) as exc:
         print(f"triochat: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -40,6 +40,10 @@ class StoreError(TriochatError):
     """Could not open or use the history database. One line for a person."""
 
 
+class RedisError(TriochatError):
+    """Redis could not be reached, or refused a call. One line for a person."""
+
+
 class Rejected(TriochatError):
     """The server refused the ``hello`` (e.g. ``nick_taken``); ``code`` is its error code."""
 

@@ -35,6 +35,7 @@ class ErrorCode(StrEnum):
     TOKEN_INVALID = "token_invalid"
     TOKEN_EXPIRED = "token_expired"
     ROOM_FORBIDDEN = "room_forbidden"
+    UNAVAILABLE = "unavailable"
 
 
 class ProtocolError(Exception):

@@ -35,10 +35,12 @@ import logging
 import socket
 import sqlite3
 import ssl
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import trio
 from wsproto import ConnectionType
@@ -48,6 +50,7 @@ from triochat.errors import (
     CertificateError,
     ConnectionLost,
     ListenError,
+    RedisError,
     StoreError,
     WrongPort,
 )
@@ -65,9 +68,11 @@ from triochat.server.limits import (
     Refusal,
 )
 from triochat.server.outbox import Flusher
-from triochat.server.session import Session
+from triochat.server.redis_url import parse_redis_url
+from triochat.server.session import Loader, Session
 from triochat.server.store import (
     HistoryStore,
+    Opened,
     RoomLoader,
     commit_once,
     open_store,
@@ -99,6 +104,9 @@ from triochat.transport.upgrade import (
     switching_protocols,
 )
 from triochat.transport.wsproto_ws import WsprotoConnection
+
+if TYPE_CHECKING:
+    from triochat.server.relay import Relay
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +150,9 @@ class Server:
     limits: ConnectionLimits = field(init=False)
     origins: Origins = field(init=False)
     """Which browser origins may upgrade (``allowed_origins`` plus the Host's own)."""
-    loader: RoomLoader | None = None
-    """Brings rooms back from the history database before they are joined; None without one."""
+    loader: Loader | None = None
+    """Brings rooms in from the history database (or Redis) before they are joined; None
+    without one."""
     guard: Guard | None = None
     """Accounts and tokens (triochat/server/auth.py); every session asks it who it may be."""
 
@@ -167,6 +176,13 @@ class Server:
         """Begin an orderly shutdown; :func:`serve` returns once it is done."""
         self._stop.set()
 
+    def new_history(self, server_id: str) -> None:
+        """Redis lost the shared history: every client is closed, to come back (here or
+        on another node) to a ``welcome`` whose new ``server_id`` says it was not kept."""
+        self.hub.server_id = server_id
+        for session in list(self._sessions):
+            session.shutdown()
+
     def fail(self, exc: StoreError) -> None:
         """Stop in order because of ``exc``, which :func:`serve` then raises."""
         self._failure = self._failure or exc
@@ -188,16 +204,20 @@ async def serve(
     rules.load_tables()
     opened = await open_store(config.db_path, config.retention) if config.db_path else None
     store = opened.store if opened else None
+    relay = await open_relay(config) if config.redis_url else None
     server: Server | None = None
     guard: Guard | None = None
     try:
         guard = Guard(config, await open_accounts(config.accounts_path))
-        hub = Hub(config, durable=True, server_id=opened.server_id) if opened else Hub(config)
+        hub = _hub(config, opened, relay)
         server = Server(
             config=config, hub=hub, flusher=Flusher(config.batch_turns), guard=guard, tls=tls
         )
         if store is not None:
             server.loader = RoomLoader(hub, store, server.fail)
+        if relay is not None:
+            server.loader = relay
+            relay.on_lost = server.new_history
         hub.on_fanout = server.flusher.mark_group
         hub.on_presence = server.flusher.mark_presence
         listeners = await _open_all(server)
@@ -205,6 +225,8 @@ async def serve(
             background.start_soon(server.flusher.run)
             if store is not None:
                 background.start_soon(_commit_or_stop, server, store)
+            if relay is not None:
+                background.start_soon(relay.run)
             await _serve(server, listeners, task_status)
             background.cancel_scope.cancel()
         if server._failure is not None:
@@ -212,6 +234,10 @@ async def serve(
     finally:
         if guard is not None:
             guard.close()
+        if relay is not None:
+            with trio.CancelScope(shield=True):
+                await relay.stop()  # the goodbyes' leaves, the nicks, the node's lease
+                await relay.bus.close()
         if store is not None:
             with trio.CancelScope(shield=True):
                 # Goodbyes (left{shutdown}) are history too; after a failed write
@@ -219,6 +245,41 @@ async def serve(
                 if server is not None and server._failure is None:
                     await commit_once(server.hub, store)
                 await trio.to_thread.run_sync(store.close)
+
+
+async def open_relay(config: ServerConfig) -> Relay:
+    """Connect to the shared Redis and announce this node; :class:`RedisError` if it can't.
+
+    The client library is imported here: a server alone never loads it."""
+    from triochat.server.redis_bus import Bus
+    from triochat.server.relay import Relay
+
+    assert config.redis_url is not None
+    bus = await Bus.connect(
+        parse_redis_url(config.redis_url),
+        cluster=config.redis_cluster,
+        debug=logging.getLogger("glide").isEnabledFor(logging.DEBUG),
+    )
+    relay = Relay(
+        bus, config.node_id or uuid.uuid4().hex[:12], config.redis_lease, config.redis_lease / 5
+    )
+    try:
+        await relay.start()
+    except RedisError:
+        await bus.close()
+        raise
+    log.info("redis %s: node %s, history %s", bus.target.shown, relay.node, relay.history_id)
+    return relay
+
+
+def _hub(config: ServerConfig, opened: Opened | None, relay: Relay | None) -> Hub:
+    if relay is not None:
+        from triochat.server.shared import SharedHub
+
+        return SharedHub(config, relay)
+    if opened is not None:
+        return Hub(config, durable=True, server_id=opened.server_id)
+    return Hub(config)
 
 
 async def open_accounts(path: str | None) -> AccountStore:

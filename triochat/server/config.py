@@ -83,7 +83,19 @@ class ServerConfig:
     retention: int = 10_000
     """Events kept per room, in memory and in the store."""
     db_path: str | None = None
-    """SQLite file for durable history; None keeps history in memory only."""
+    """SQLite file for durable history; None keeps history in memory only (or in
+    Redis, with ``redis_url``)."""
+    redis_url: str | None = None
+    """``redis://``, ``rediss://`` or ``unix://``: rooms, nicks and history shared by
+    every node of that Redis (docs/scaling.md); None: this server alone."""
+    redis_cluster: bool = False
+    """``redis_url`` is one node of a Redis Cluster (rooms on shard channels)."""
+    node_id: str | None = None
+    """Names this node in Redis and in logs; None: a random one."""
+    redis_lease: float = 10.0
+    """Seconds a node's lease and its nicks' leases last unless renewed (a fifth of
+    it is the heartbeat): a dead node's members are announced left within about
+    1.2 leases, and its nicks are free after one."""
     accounts_path: str | None = None
     """SQLite file holding registered nicks (``serve`` uses the history file);
     None keeps accounts in memory, for this run only."""

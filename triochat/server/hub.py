@@ -290,6 +290,14 @@ class Hub:
 
     # --- attach / detach ----------------------------------------------------
 
+    async def reserve(self, nick: str) -> None:
+        """Make sure ``nick`` may be attached or renamed to. One server decides that in
+        :meth:`attach` and :meth:`rename` alone; nodes sharing rooms ask Redis first
+        (see :class:`triochat.server.shared.SharedHub`)."""
+
+    def unreserve(self, nick: str) -> None:
+        """Give back a reserved ``nick`` that was not attached or renamed to after all."""
+
     def attach(self, peer: Peer, nick: str) -> Member:
         """Register ``nick`` for ``peer``; ``nick_invalid`` or ``nick_taken`` if it can't be."""
         nick = rules.check_nick(nick)

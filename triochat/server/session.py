@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
+from typing import Protocol
 
 import trio
 
@@ -61,12 +62,17 @@ from triochat.server.hub import Hub, Member
 from triochat.server.limits import Address, is_loopback
 from triochat.server.outbox import Flusher, Outbox, OutboxClosed
 from triochat.server.ratelimit import TokenBucket
-from triochat.server.store import RoomLoader
 from triochat.transport.base import ENDS_CONNECTION, CloseCode, Connection
 
 log = logging.getLogger(__name__)
 
 KEEPALIVE_TOKEN = "keepalive"
+
+
+class Loader(Protocol):
+    """Brings rooms into the hub before they are joined (a history database, or Redis)."""
+
+    async def load(self, names: Iterable[str]) -> None: ...
 
 
 class Session:
@@ -80,7 +86,7 @@ class Session:
         flusher: Flusher | None = None,
         *,
         address: Address | None = None,
-        loader: RoomLoader | None = None,
+        loader: Loader | None = None,
         guard: Guard | None = None,
         host: str = "",
     ) -> None:
@@ -282,11 +288,14 @@ class Session:
                 identity = await self._admit(event)
                 if identity is None:
                     continue
+                if not await self._reserve(identity.nick):
+                    continue
                 rooms, resume_after = self._rooms_of(event)
                 with self._hub.pinned(rooms):  # none is freed before its join
                     await self._load(rooms)
                     if self._accept(identity, rooms, resume_after):
                         return lines[index + 1 :]
+                self._hub.unreserve(identity.nick)
 
     async def _read_loop(self, lines: list[bytes]) -> None:
         """Handle lines as they come until closed; a peer silent for
@@ -315,6 +324,11 @@ class Session:
                                 break
                         if isinstance(event, Register):
                             await self._register(event)
+                            continue
+                        if isinstance(event, Nick):
+                            if await self._reserve(event.nick, _ref(event)):
+                                self._handle(event)
+                                self._hub.unreserve(event.nick)  # unless renamed to it
                             continue
                         if event is not None:
                             self._handle(event)
@@ -436,6 +450,15 @@ class Session:
             self._error(ErrorCode.RATE_LIMITED, "slow down: too many events", _ref(event))
             return None
         return event
+
+    async def _reserve(self, nick: str, ref: Ref = None) -> bool:
+        """Whether ``nick`` may be taken (see :meth:`Hub.reserve`); if not, the client is told."""
+        try:
+            await self._hub.reserve(nick)
+        except ProtocolError as exc:
+            self._error(exc.code, exc.message, ref)
+            return False
+        return True
 
     async def _load(self, rooms: list[str]) -> None:
         if self._loader is not None:
