@@ -1,24 +1,44 @@
-"""Live servers on 127.0.0.1 port 0, one per test, for both transports."""
+"""Live servers on 127.0.0.1 port 0, one per test, for both transports.
+
+A test module that sets ``ACROSS_NODES = True`` runs its ``server`` tests a third
+time on three ``--redis`` nodes behind balancers (:mod:`tests.server.nodes`): what
+one server promises, several sharing rooms must promise too.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
+from typing import cast
 
 import pytest
 import trio
 
+from tests.server.nodes import run_nodes
 from triochat.server import Server, ServerConfig, serve
 
 TEST_CONFIG = ServerConfig(host="127.0.0.1", port=0, tcp_port=0, rate_limit=0)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "server" in metafunc.fixturenames:
+        kinds = ["memory", "sqlite"]
+        if getattr(metafunc.module, "ACROSS_NODES", False):
+            kinds.append("nodes")
+        metafunc.parametrize("server", kinds, indirect=True)
+
+
+@pytest.fixture
 async def server(
     nursery: trio.Nursery, request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[Server]:
-    """A server with history in memory, or in SQLite (where every delivery waits for a commit)."""
+    """A server with history in memory, or in SQLite (where every delivery waits for a
+    commit), or three nodes sharing one Redis (typed as a server: tests use its URLs)."""
+    if request.param == "nodes":
+        async with run_nodes(TEST_CONFIG) as nodes:
+            yield cast(Server, nodes)
+        return
     db = str(tmp_path / "history.sqlite3") if request.param == "sqlite" else None
     running: Server = await nursery.start(serve, replace(TEST_CONFIG, db_path=db))
     yield running

@@ -23,6 +23,8 @@ from triochat.protocol.events import (
 )
 from triochat.server import Server
 
+ACROSS_NODES = True
+
 
 async def test_hello_without_rooms_joins_lobby(url: str) -> None:
     with trio.fail_after(5):

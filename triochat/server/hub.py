@@ -298,6 +298,11 @@ class Hub:
     def unreserve(self, nick: str) -> None:
         """Give back a reserved ``nick`` that was not attached or renamed to after all."""
 
+    async def released(self, member: Member) -> None:
+        """Return once a detached ``member``'s nick is free for anyone: at once on one
+        server; nodes sharing rooms wait for Redis (the session's goodbye waits too, so a
+        client that reconnects after seeing it go finds its nick free)."""
+
     def attach(self, peer: Peer, nick: str) -> Member:
         """Register ``nick`` for ``peer``; ``nick_invalid`` or ``nick_taken`` if it can't be."""
         nick = rules.check_nick(nick)

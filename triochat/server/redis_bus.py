@@ -15,7 +15,8 @@ Keys (``K`` a room's or nick's key, ``ID`` a node's id):
 
 * ``tc:{r:K}:m`` a room's meta hash (``s`` its last seq, ``e`` its epoch, ``n`` its
   name), ``tc:{r:K}:l`` its stream (entry ids ``<seq>-0``, field ``l`` the line),
-  ``tc:{r:K}:u`` its members (nick key → ``ID\\nnick``), ``tc:{r:K}:c`` its channel.
+  ``tc:{r:K}:u`` its members (nick key → ``ID\\nSEQ\\nnick``, SEQ that of its
+  ``joined``, so every node lists members in join order), ``tc:{r:K}:c`` its channel.
   A channel message is ``<seq> <epoch> <line>``.
 * ``tc:{n:K}`` a nick's lease: ``ID\\nnick``, expiring unless its node renews it.
 * ``tc:{d:ID}:live`` a node's lease, ``tc:{d:ID}:rooms`` the rooms it has members
@@ -86,7 +87,7 @@ redis.register_function('tc_event', function(keys, args)
   local line = args[1] .. seq .. args[2]
   redis.call('XADD', keys[2], 'MAXLEN', args[3], seq .. '-0', 'l', line)
   if kind == 'j' then
-    redis.call('HSET', keys[3], who, node .. '\n' .. args[7])
+    redis.call('HSET', keys[3], who, node .. '\n' .. seq .. '\n' .. args[7])
   elseif kind == 'l' then
     redis.call('HDEL', keys[3], who)
   end
@@ -123,7 +124,7 @@ redis.register_function{function_name='tc_range', flags={'no-writes'}, callback=
   return events
 end}
 
--- A room's members, flat (key, node\nnick, ...). KEYS: members.
+-- A room's members, flat (key, node\nseq\nnick, ...). KEYS: members.
 redis.register_function{function_name='tc_roster', flags={'no-writes'},
   callback=function(keys, args) return redis.call('HGETALL', keys[1]) end}
 
@@ -172,10 +173,14 @@ redis.register_function('tc_index', function(keys, args)
   return 1
 end)
 
--- Move a member of a room to a new nick. KEYS: members. ARGV: old key, new key, node, nick.
+-- Move a member of a room to a new nick, keeping its place (the seq it joined
+-- at). KEYS: members. ARGV: old key, new key, node, nick.
 redis.register_function('tc_rename', function(keys, args)
-  if redis.call('HDEL', keys[1], args[1]) == 1 then
-    redis.call('HSET', keys[1], args[2], args[3] .. '\n' .. args[4])
+  local held = redis.call('HGET', keys[1], args[1])
+  if held then
+    local joined = string.match(held, '^[^\n]*\n([^\n]*)\n')
+    redis.call('HDEL', keys[1], args[1])
+    redis.call('HSET', keys[1], args[2], args[3] .. '\n' .. joined .. '\n' .. args[4])
   end
   return 1
 end)

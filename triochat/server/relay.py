@@ -33,7 +33,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import trio
 
@@ -257,12 +257,15 @@ class Relay:
         self.call(Call("tc_index", [self.keys.nicks], ["put", key, nick]), _ignore, retry=True)
         return True
 
-    def release(self, key: str, nick: str) -> None:
+    def release(self, key: str, nick: str, done: Done | None = None) -> None:
+        """Free a nick of this node's; ``done`` is called once Redis has (or it was not held)."""
         lease = nick_lease(key)
         held = self._nicks.pop(lease, None)
         if held is None:
+            if done is not None:
+                done(None)
             return
-        self.call(Call("tc_release", [lease], [held]), _ignore, retry=True)
+        self.call(Call("tc_release", [lease], [held]), done or _ignore, retry=True)
         self.call(Call("tc_index", [self.keys.nicks], ["del", key]), _ignore, retry=True)
 
     def everyone(self, done: Callable[[list[str]], None]) -> None:
@@ -439,11 +442,12 @@ class Relay:
         hub = self._hub
         assert hub is not None
         calls = []
-        for held in roster[1::2]:
-            owner, _, nick = _text(held).partition("\n")
-            if owner != node:
+        for holder in members_of(roster):
+            if holder.node != node:
                 continue
-            left = Left(room=name, nick=nick, reason=LeftReason.DISCONNECTED, seq=0, ts=now())
+            left = Left(
+                room=name, nick=holder.nick, reason=LeftReason.DISCONNECTED, seq=0, ts=now()
+            )
             calls.append(
                 event_call(
                     keys,
@@ -455,6 +459,24 @@ class Relay:
                 )
             )
         await self.bus.batch(calls)
+
+
+class Holder(NamedTuple):
+    """A room member as Redis keeps it."""
+
+    key: str
+    node: str
+    nick: str
+
+
+def members_of(flat: list[Any]) -> list[Holder]:
+    """A room's members from ``tc_roster`` or ``tc_load`` (flat key, value pairs), in
+    join order: each value is ``node\\nSEQ\\nnick``, SEQ that of its ``joined``."""
+    joined = []
+    for key, value in zip(flat[0::2], flat[1::2], strict=True):
+        node, seq, nick = _text(value).split("\n", 2)
+        joined.append((int(seq), Holder(_text(key), node, nick)))
+    return [holder for _, holder in sorted(joined)]
 
 
 def now() -> float:

@@ -220,9 +220,13 @@ class Session:
                         await self._read_loop(rest)
         finally:
             self._nursery = None  # it takes no new tasks once it has exited
-            if self._member is not None:
-                self._hub.detach(self._member, self._reason or LeftReason.DISCONNECTED)
+            member = self._member
+            if member is not None:
+                self._hub.detach(member, self._reason or LeftReason.DISCONNECTED)
             try:
+                if member is not None:
+                    with trio.move_on_after(self._config.close_timeout):
+                        await self._hub.released(member)
                 await self._say_goodbye()
             finally:
                 # Nothing of an ended session may outlive it: whatever still refers to

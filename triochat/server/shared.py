@@ -41,6 +41,7 @@ from functools import partial
 from typing import Any
 
 import msgspec
+import trio
 
 from triochat.errors import RedisError
 from triochat.protocol import ErrorCode, ProtocolError, encode, rules
@@ -59,7 +60,15 @@ from triochat.protocol.events import (
 from triochat.server.config import ServerConfig
 from triochat.server.hub import LARGE_ROOM, CatchUp, Hub, Member, Room
 from triochat.server.redis_bus import Call
-from triochat.server.relay import NICKS_CHANNEL, Relay, RoomKeys, event_call, nick_lease, now
+from triochat.server.relay import (
+    NICKS_CHANNEL,
+    Relay,
+    RoomKeys,
+    event_call,
+    members_of,
+    nick_lease,
+    now,
+)
 from triochat.server.roomlog import RoomLog
 
 log = logging.getLogger(__name__)
@@ -116,6 +125,8 @@ class SharedHub(Hub):
         super().__init__(config, server_id=relay.history_id)
         self._relay = relay
         self._channels: dict[bytes, SharedRoom] = {}
+        self._releasing: dict[Member, trio.Event] = {}
+        """Detached members whose nick Redis has not freed yet."""
         relay.serve(self)
 
     @property
@@ -162,7 +173,16 @@ class SharedHub(Hub):
         attached = self._members.get(member.key) is member
         super().detach(member, reason)
         if attached:
-            self._relay.release(member.key, member.nick)
+            freed = self._releasing[member] = trio.Event()
+            self._relay.release(member.key, member.nick, lambda result: freed.set())
+
+    async def released(self, member: Member) -> None:
+        freed = self._releasing.get(member)
+        if freed is not None:
+            try:
+                await freed.wait()
+            finally:
+                del self._releasing[member]
 
     # --- loading and forgetting mirrors --------------------------------------------
 
@@ -192,9 +212,8 @@ class SharedHub(Hub):
             log_.append(seq, line)
         name = _text(stored) or name
         room = SharedRoom(name=name, log=log_, keys=keys, epoch=_text(epoch))
-        for held in roster[1::2]:
-            nick = _text(held).partition("\n")[2]
-            room.roster[rules.nick_key(nick)] = nick
+        for holder in members_of(roster):
+            room.roster[holder.key] = holder.nick
         self._rooms[name] = room
         self._names[rules.room_key(name)] = name
         self._history_bytes += log_.retained_bytes
@@ -531,11 +550,7 @@ class SharedHub(Hub):
         self._relay.everyone(partial(self._everyone_for, member))
 
     def _roster_for(self, member: Member, name: str, result: Any) -> None:
-        nicks = (
-            []
-            if isinstance(result, Exception)
-            else [_text(held).partition("\n")[2] for held in result[1::2]]
-        )
+        nicks = [] if isinstance(result, Exception) else [h.nick for h in members_of(result)]
         self._send(member, encode(Members(room=name, nicks=nicks)))
 
     def _everyone_for(self, member: Member, nicks: list[str]) -> None:
