@@ -21,6 +21,8 @@ from triochat.protocol.events import (
 )
 from triochat.server import Server, ServerConfig, serve
 
+ACROSS_NODES = True
+
 TEXT = "x" * 4000
 
 

@@ -41,6 +41,8 @@ from triochat.protocol.events import (
 )
 from triochat.server import Server, ServerConfig, serve
 
+ACROSS_NODES = True
+
 TIMEOUT = 10
 _nicks = itertools.count()
 

@@ -31,6 +31,8 @@ from triochat.protocol.codec import MAX_DEPTH
 from triochat.protocol.events import Ack, Error, Hello, Ping, Pong
 from triochat.server import Server, serve
 
+ACROSS_NODES = True
+
 TIMEOUT = 10
 MESSAGE_TIMEOUT = 0.3
 DRIP_EVERY = 0.05

@@ -19,6 +19,8 @@ from triochat.protocol import encode
 from triochat.protocol.events import Hello, Joined, Left, LeftReason, Quit
 from triochat.server import Server
 
+ACROSS_NODES = True
+
 
 async def test_ping_after_server_close_does_not_crash_the_server(
     server: Server,

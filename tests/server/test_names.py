@@ -32,6 +32,8 @@ from triochat.protocol.events import (
 from triochat.server import Server, serve
 from triochat.server.store import HistoryStore
 
+ACROSS_NODES = True
+
 TIMEOUT = 10
 ACE_IN_CYRILLIC = "\u0430\u0441\u0435"
 """``ace`` spelt in Cyrillic letters: one script, so a valid nick, and ``ace``'s look-alike."""
