@@ -11,7 +11,7 @@ connection ends, the balancer ends the other, as a layer-4 balancer does.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from itertools import count
@@ -48,14 +48,16 @@ class Nodes:
 
 
 @asynccontextmanager
-async def run_nodes(config: ServerConfig, count_: int = 3) -> AsyncIterator[Nodes]:
+async def run_nodes(
+    config: ServerConfig, count_: int = 3, *, appendfsync: str | None = None
+) -> AsyncIterator[Nodes]:
     """``count_`` nodes with ``config`` on a fresh ``redis-server``, and their balancers.
 
     The Redis directory is short-lived and short-named: a Unix socket path has at
     most 107 bytes, which a test's ``tmp_path`` can exceed."""
     with (
         tempfile.TemporaryDirectory(prefix="tc-redis-") as folder,
-        start_redis(Path(folder)) as redis,
+        start_redis(Path(folder), appendfsync=appendfsync) as redis,
     ):
         async with trio.open_nursery() as nursery:
             servers: list[Server] = []
@@ -65,9 +67,12 @@ async def run_nodes(config: ServerConfig, count_: int = 3) -> AsyncIterator[Node
             nodes = Nodes(servers, redis)
             try:
                 async with trio.open_nursery() as balancers:
+                    turn = count()  # one rotation for both: clients spread whatever they speak
                     for scheme in SCHEMES:
                         targets = [server.url(scheme) for server in servers]
-                        nodes.balanced[scheme] = await balancers.start(_balance, scheme, targets)
+                        nodes.balanced[scheme] = await balancers.start(
+                            _balance, scheme, targets, turn
+                        )
                     try:
                         yield nodes
                     finally:
@@ -76,11 +81,12 @@ async def run_nodes(config: ServerConfig, count_: int = 3) -> AsyncIterator[Node
                 nodes.stop()
 
 
-async def _balance(scheme: str, targets: list[str], *, task_status: trio.TaskStatus[str]) -> None:
+async def _balance(
+    scheme: str, targets: list[str], turn: Iterator[int], *, task_status: trio.TaskStatus[str]
+) -> None:
     """Accept on 127.0.0.1, hand each connection to the next target in turn."""
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port = listeners[0].socket.getsockname()[1]
-    turn = count()
     async with trio.open_nursery() as nursery:
         task_status.started(f"{scheme}://127.0.0.1:{port}")
         while True:

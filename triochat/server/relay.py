@@ -31,8 +31,9 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import count
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import trio
@@ -167,6 +168,7 @@ class Relay:
     """Room channels to leave, once no load needs them again."""
     _lost: str | None = None
     _nursery: trio.Nursery | None = None
+    _epochs: Iterator[int] = field(default_factory=lambda: count(int(time.time() * 1000)))
     """Why this node found Redis without what it held, until the heartbeat acts on it."""
 
     @property
@@ -176,6 +178,11 @@ class Relay:
     @property
     def lease_ms(self) -> str:
         return str(int(self.lease * 1000))
+
+    def new_epoch(self) -> str:
+        """An epoch for a room Redis does not hold yet: unique to this node and call, so a
+        room made again after a loss never looks like the one before."""
+        return f"{self.node}.{next(self._epochs)}"
 
     def holder(self, nick: str) -> str:
         return f"{self.node}\n{nick}"

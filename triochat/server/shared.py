@@ -258,7 +258,7 @@ class SharedHub(Hub):
             node=self._relay.node,
             retention=self._config.retention,
             sharded=self._relay.bus.sharded,
-            epoch=room.epoch or self.server_id,
+            epoch=self._relay.new_epoch(),
         )
         self._relay.call(call, answered, retry=isinstance(event, Left))
 
