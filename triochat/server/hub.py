@@ -682,6 +682,13 @@ class Hub:
         self._emit(recipients, line, room_event=True, presence=presence)
         return line
 
+    def answer(self, member: Member, line: bytes) -> None:
+        """Send ``member`` a line that answers it (an error, a pong), in the order of its
+        requests: on one server every answer is made at once, so that is now, ahead of
+        any room event waiting for a commit."""
+        if not member.peer.deliver(line):
+            self._evict_later([member])
+
     def _send(self, member: Member, line: bytes, *, replay: bool = False) -> None:
         self._emit((member,), line, replay=replay)
 

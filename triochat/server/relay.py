@@ -402,10 +402,12 @@ class Relay:
             self.on_lost(found)
             return
         rooms = hub.mirrors()
+        # Levels as they were when asked: a room may move on while the answer comes.
+        levels = [room.level for room in rooms]
         tops = await self.bus.batch([Call("tc_top", [room.keys.meta], []) for room in rooms])
-        for room, top in zip(rooms, tops, strict=True):
+        for room, level, top in zip(rooms, levels, tops, strict=True):
             if not isinstance(top, Exception):
-                hub.check_top(room, _text(top[0]), int(top[1]))
+                hub.check_top(room, _text(top[0]), int(top[1]), level)
 
     def lost(self, why: str) -> None:
         """Redis no longer holds what this node has (a room's epoch changed): the next

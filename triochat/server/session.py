@@ -630,7 +630,9 @@ class Session:
         self._send(encode(Error(code=code, message=message, ref=ref)))
 
     def _send(self, line: bytes) -> None:
-        if not self._outbox.put(line):
+        if self._member is not None:
+            self._hub.answer(self._member, line)  # after the hub's answers still due
+        elif not self._outbox.put(line):
             self.evict()
 
 

@@ -25,6 +25,10 @@ Invariants of a mirror (:class:`SharedRoom`):
    shows the same members at the same seq.
 4. A mirror is forgotten (its channel left) only when no member, call in
    flight, due action or load needs it.
+5. A client's answers come in the order of its requests, as on one server: an
+   answer that waits for Redis (an ack, a DM's echo, ``who``) holds a place in
+   the member's ``_waiting`` queue, and every later answer (an error, a pong,
+   a history page) waits behind it.
 
 What one server keeps in the hub alone, this node asks Redis for: nicks are
 claimed there before :meth:`attach` (see :meth:`Relay.claim`), DMs to a member
@@ -35,6 +39,7 @@ members.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -118,6 +123,13 @@ class SharedRoom(Room):
         return self.log.last_seq
 
 
+@dataclass(eq=False, slots=True)
+class _Ticket:
+    """A place in a member's answers; ``lines`` is None until the answer is known."""
+
+    lines: list[bytes] | None = None
+
+
 class SharedHub(Hub):
     """The hub of one node of many; see the module docstring."""
 
@@ -125,6 +137,8 @@ class SharedHub(Hub):
         super().__init__(config, server_id=relay.history_id)
         self._relay = relay
         self._channels: dict[bytes, SharedRoom] = {}
+        self._waiting: dict[Member, deque[_Ticket]] = {}
+        """Members with an answer that waits for Redis, and every answer behind it."""
         self._releasing: dict[Member, trio.Event] = {}
         """Detached members whose nick Redis has not freed yet."""
         relay.serve(self)
@@ -143,6 +157,34 @@ class SharedHub(Hub):
         room = self._rooms[name]
         assert isinstance(room, SharedRoom)
         return room
+
+    # --- answers in order (invariant 5) ------------------------------------------
+
+    def _ticket(self, member: Member) -> _Ticket:
+        ticket = _Ticket()
+        self._waiting.setdefault(member, deque()).append(ticket)
+        return ticket
+
+    def _fulfil(self, member: Member, ticket: _Ticket, *lines: bytes) -> None:
+        ticket.lines = list(lines)
+        waiting = self._waiting.get(member)
+        if waiting is None:
+            return  # gone meanwhile
+        while waiting and waiting[0].lines is not None:
+            for line in waiting.popleft().lines or ():
+                super()._send(member, line)
+        if not waiting:
+            del self._waiting[member]
+
+    def _send(self, member: Member, line: bytes, *, replay: bool = False) -> None:
+        waiting = self._waiting.get(member)
+        if waiting and not replay:
+            waiting.append(_Ticket([line]))
+        else:
+            super()._send(member, line, replay=replay)
+
+    def answer(self, member: Member, line: bytes) -> None:
+        self._send(member, line)
 
     # --- nicks ------------------------------------------------------------------
 
@@ -172,6 +214,7 @@ class SharedHub(Hub):
     def detach(self, member: Member, reason: LeftReason) -> None:
         attached = self._members.get(member.key) is member
         super().detach(member, reason)
+        self._waiting.pop(member, None)
         if attached:
             freed = self._releasing[member] = trio.Event()
             self._relay.release(member.key, member.nick, lambda result: freed.set())
@@ -354,17 +397,20 @@ class SharedHub(Hub):
         here. Returns 0: the seq is not known yet."""
         target = self._shared(self._membership(member, room))
         message = Message(room=target.name, seq=0, from_=member.nick, text=text, ts=now(), id=ref)
-        self._ask(target, message, partial(self._said, member, target, ref))
+        ticket = self._ticket(member)
+        self._ask(target, message, partial(self._said, member, target, ref, ticket))
         return 0
 
-    def _said(self, member: Member, room: SharedRoom, ref: Ref, result: Any) -> None:
+    def _said(
+        self, member: Member, room: SharedRoom, ref: Ref, ticket: _Ticket, result: Any
+    ) -> None:
         if isinstance(result, Exception):
             error = Error(code=ErrorCode.UNAVAILABLE, message=f"not sent: {UNAVAILABLE}", ref=ref)
-            self._send(member, encode(error))
+            self._fulfil(member, ticket, encode(error))
             return
         seq = int(result)
         ack = encode(Ack(id=ref, room=room.name, seq=seq))
-        self._when(room, seq, partial(self._send, member, ack))
+        self._when(room, seq, partial(self._fulfil, member, ticket, ack))
 
     # --- hearing ---------------------------------------------------------------------
 
@@ -446,17 +492,21 @@ class SharedHub(Hub):
         for member in list(room.members.values()):
             self._evict_later([member])
 
-    def check_top(self, room: SharedRoom, epoch: str, top: int) -> None:
-        """The heartbeat's re-check: a room ahead of this node is read from its stream."""
+    def check_top(self, room: SharedRoom, epoch: str, top: int, level: int) -> None:
+        """The heartbeat's re-check of Redis's ``epoch`` and ``top`` seq, asked when the
+        room was at ``level``: a room ahead of this node is read from its stream; one
+        behind what this node had delivered then has lost events."""
+        if self._rooms.get(room.name) is not room:
+            return  # forgotten meanwhile
         if not epoch:
-            if room.epoch and room.level:
+            if room.epoch and level:
                 self._relay.lost(f"room {room.name!r} is gone from redis")
             return
         if room.epoch and epoch != room.epoch:
             self._relay.lost(f"room {room.name!r} has a new epoch in redis")
             return
-        if top < room.level:  # a restored snapshot, or a replica without the tail
-            self._relay.lost(f"room {room.name!r} went back from seq {room.level} to {top}")
+        if top < level:  # a restored snapshot, or a replica without the tail
+            self._relay.lost(f"room {room.name!r} went back from seq {level} to {top}")
         elif top > room.level:
             self._fill(room, room.level + 1, top)
 
@@ -470,10 +520,18 @@ class SharedHub(Hub):
         line = encode(DirectMessage(from_=member.nick, to="", text=text, ts=now(), id=ref))
         before, _, after = line.partition(b'"to":""')
         call = Call("tc_dm", [nick_lease(key)], [before + b'"to":', after, key])
-        self._relay.call(call, partial(self._dm_sent, member, before, after, to, ref))
+        ticket = self._ticket(member)
+        self._relay.call(call, partial(self._dm_sent, member, ticket, before, after, to, ref))
 
     def _dm_sent(
-        self, member: Member, before: bytes, after: bytes, to: str, ref: Ref, result: Any
+        self,
+        member: Member,
+        ticket: _Ticket,
+        before: bytes,
+        after: bytes,
+        to: str,
+        ref: Ref,
+        result: Any,
     ) -> None:
         if isinstance(result, Exception):
             error = Error(code=ErrorCode.UNAVAILABLE, message=f"not sent: {UNAVAILABLE}", ref=ref)
@@ -481,9 +539,9 @@ class SharedHub(Hub):
             error = Error(code=ErrorCode.NO_SUCH_USER, message=f"nobody is called {to!r}", ref=ref)
         else:
             nick = msgspec.json.encode(_text(result))
-            self._send(member, before + b'"to":' + nick + after)
+            self._fulfil(member, ticket, before + b'"to":' + nick + after)
             return
-        self._send(member, encode(error))
+        self._fulfil(member, ticket, encode(error))
 
     def hear_direct(self, payload: bytes) -> None:
         """A DM for one of this node's members: ``d\\n<nick key>\\n<line>``."""
@@ -545,16 +603,16 @@ class SharedHub(Hub):
                 return
             keys = RoomKeys.of(name)
             call = Call("tc_roster", [keys.members], [])
-            self._relay.call(call, partial(self._roster_for, member, name))
+            self._relay.call(call, partial(self._roster_for, member, self._ticket(member), name))
             return
-        self._relay.everyone(partial(self._everyone_for, member))
+        self._relay.everyone(partial(self._everyone_for, member, self._ticket(member)))
 
-    def _roster_for(self, member: Member, name: str, result: Any) -> None:
+    def _roster_for(self, member: Member, ticket: _Ticket, name: str, result: Any) -> None:
         nicks = [] if isinstance(result, Exception) else [h.nick for h in members_of(result)]
-        self._send(member, encode(Members(room=name, nicks=nicks)))
+        self._fulfil(member, ticket, encode(Members(room=name, nicks=nicks)))
 
-    def _everyone_for(self, member: Member, nicks: list[str]) -> None:
-        self._send(member, encode(Members(room=None, nicks=nicks)))
+    def _everyone_for(self, member: Member, ticket: _Ticket, nicks: list[str]) -> None:
+        self._fulfil(member, ticket, encode(Members(room=None, nicks=nicks)))
 
 
 def _text(value: Any) -> str:
