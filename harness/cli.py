@@ -85,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--url",
         action="append",
-        help="ws://, wss://, tcp:// or tls://HOST:PORT of a running server (repeatable; all"
-        " must be listeners of one server); default: start one in-process",
+        help="ws://, wss://, tcp:// or tls://HOST:PORT of a running server (repeatable: the"
+        " listeners of one server, or of nodes sharing one Redis; clients are spread evenly);"
+        " default: start one in-process",
     )
     p.add_argument(
         "--cafile",

@@ -14,6 +14,8 @@ from harness.fleet import Unreachable
 from harness.model import Report
 from harness.options import SCENARIOS, Options
 from harness.runner import run_harness
+from tests.redisd import needs_redis
+from tests.server.nodes import run_nodes
 from triochat.client import open_client
 from triochat.protocol.events import HistoryPage, Left, Members
 from triochat.server import Server, ServerConfig, serve
@@ -160,3 +162,24 @@ async def test_security_registers_its_owner_with_the_password_it_is_given(
         async with open_client(server.url("tcp"), owner, password="given secret") as client:
             assert client.welcome is not None
     server.stop()
+
+
+@needs_redis
+async def test_every_scenario_passes_across_three_nodes() -> None:
+    """Three ``--redis`` nodes, the harness's clients spread over all of them (``--url``
+    each, both transports): one order per room, and everything else one server
+    promises (docs/scaling.md)."""
+    config = ServerConfig(host="127.0.0.1", port=0, tcp_port=0)
+    async with run_nodes(config) as nodes:
+        urls = (
+            nodes.servers[0].url("ws"),
+            nodes.servers[1].url("ws"),
+            nodes.servers[2].url("tcp"),
+        )
+        wanted = tuple(s for s in SCENARIOS if s != "abuse")  # 11 s of its own timers
+        options = replace(SMALL, urls=urls, scenarios=wanted, seed=1)
+        with trio.fail_after(120):
+            report = await run_harness(options)
+    assert failures(report) == []
+    assert report.exit_code == 0
+    assert [s.name for s in report.scenarios] == list(wanted)
