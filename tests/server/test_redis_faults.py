@@ -165,6 +165,7 @@ async def test_a_killed_node_s_members_leave_and_resume_elsewhere() -> None:
                     page = await skip_until(again, HistoryPage)
                     ada.seqs += [past.seq for past in page.events] + [joined.seq]
                 assert freed < LEASE + 2, freed
+                print(f"left announced after {announced:.2f} s, nick free after {freed:.2f} s")
                 ada.check(acked)
                 assert left.seq in ada.seqs
 
