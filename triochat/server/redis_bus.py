@@ -320,15 +320,18 @@ class Bus:
         except GlideError as exc:
             raise RedisError(f"redis unsubscribe: {exc}") from None
 
-    async def message(self) -> tuple[bytes, bytes]:
-        """The next message heard on any subscribed channel: (channel, payload).
+    async def messages(self) -> list[tuple[bytes, bytes]]:
+        """What was heard on the subscribed channels, oldest first: (channel, payload)
+        pairs, at least one. Everything the library already holds comes at once, so a
+        burst is handed on (and fanned out, and flushed) in one scheduler turn.
 
         Only one task may wait here, and only cancelling it at the end is safe: the
         library hands a message to the waiter that asked first, even one cancelled.
         """
-        got = await self._listener.get_pubsub_message()
-        channel, payload = got.channel, got.message
-        return _bytes(channel), _bytes(payload)
+        heard = [await self._listener.get_pubsub_message()]
+        while (more := self._listener.try_get_pubsub_message()) is not None:
+            heard.append(more)
+        return [(_bytes(got.channel), _bytes(got.message)) for got in heard]
 
 
 def _bytes(value: str | bytes) -> bytes:

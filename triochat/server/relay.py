@@ -29,6 +29,7 @@ otherwise hold forever. Every retried call is idempotent.
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -168,6 +169,8 @@ class Relay:
     """Room channels to leave, once no load needs them again."""
     _lost: str | None = None
     _nursery: trio.Nursery | None = None
+    _renewed: float = -math.inf
+    """When the nick leases were last renewed (trio's clock)."""
     _epochs: Iterator[int] = field(default_factory=lambda: count(int(time.time() * 1000)))
     """Why this node found Redis without what it held, until the heartbeat acts on it."""
 
@@ -345,16 +348,16 @@ class Relay:
         assert hub is not None
         own, nicks = self.keys.channel.encode(), NICKS_CHANNEL.encode()
         while True:
-            channel, payload = await self.bus.message()
-            loading = self._loading.get(channel)
-            if loading is not None:
-                loading.append(payload)
-            elif channel == own:
-                hub.hear_direct(payload)
-            elif channel == nicks:
-                hub.hear_rename(payload)
-            else:
-                hub.hear(channel, payload)
+            for channel, payload in await self.bus.messages():
+                loading = self._loading.get(channel)
+                if loading is not None:
+                    loading.append(payload)
+                elif channel == own:
+                    hub.hear_direct(payload)
+                elif channel == nicks:
+                    hub.hear_rename(payload)
+                else:
+                    hub.hear(channel, payload)
 
     # --- heartbeat ------------------------------------------------------------
 
@@ -373,19 +376,25 @@ class Relay:
         keys = self.keys
         await self.bus.command("SET", keys.live, "1", "PX", self.lease_ms)
         await self.bus.command("SADD", NODES, self.node)
-        renewals = [
-            Call("tc_renew", [lease], [held, self.lease_ms]) for lease, held in self._nicks.items()
-        ]
-        for (lease, held), kept in zip(
-            list(self._nicks.items()), await self.bus.batch(renewals), strict=True
-        ):
-            if kept == 0:  # the lease ran out (Redis lost it, or stalled past it): take it again
-                again = await self.bus.batch([Call("tc_claim", [lease], [held, self.lease_ms])])
-                if again[0] != 1:
-                    log.warning("redis: nick %r of this node is now held elsewhere", held)
+        now = trio.current_time()
+        if now - self._renewed >= self.lease / 3:  # a third of a lease: soon enough
+            self._renewed = now
+            await self._renew(list(self._nicks.items()))
         retry, self._retry = self._retry, []
         for call, done in retry:
             self.call(call, done, retry=True)
+
+    async def _renew(self, held: list[tuple[str, str]]) -> None:
+        """Renew this node's nick leases; take again any that ran out (Redis lost it, or
+        stalled past it) unless another node holds it now."""
+        if not held:
+            return
+        calls = [Call("tc_renew", [lease], [holder, self.lease_ms]) for lease, holder in held]
+        for (lease, holder), kept in zip(held, await self.bus.batch(calls), strict=True):
+            if kept == 0:
+                again = await self.bus.batch([Call("tc_claim", [lease], [holder, self.lease_ms])])
+                if again[0] != 1:
+                    log.warning("redis: nick %r of this node is now held elsewhere", holder)
 
     async def _check(self) -> None:
         """Re-check the shared history's id and every room's top seq."""
