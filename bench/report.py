@@ -16,7 +16,6 @@ from bench.runner import (
     DISTURBED,
     FLOOR_WS,
     PEER_WS,
-    REDIS_N,
     STANDALONE,
     STORM_TRANSPORTS,
     TRIO_TCP,
@@ -509,8 +508,9 @@ REDIS_LABELS = {0: "standalone", 1: "1 node", 2: "2 nodes"}
 def _redis_table(rows: list[RedisRow]) -> Table:
     table = _table(
         f"Redis: standalone (in memory) vs serve --redis nodes on one redis-server (Unix socket), "
-        f"N={REDIS_N} WS\n2 nodes: half the clients on node A, half on B; latency A->B: sent on "
-        "A, read on B; per node: averaged over the nodes; PUBLISH: counted by Redis",
+        f"N={rows[0].clients} WS\n2 nodes: half the clients on node A, half on B; "
+        "latency A->B: sent on A, read on B; per node: averaged over the nodes; "
+        "PUBLISH: counted by Redis",
         "server",
         "K",
         "deliv/s",
@@ -564,7 +564,7 @@ def redis_summary(rows: list[RedisRow]) -> list[str]:
     if alone and one and one.vs_standalone is not None:
         verdict = "met" if one.vs_standalone >= REDIS_AIM else "not met"
         out.append(
-            f"1 node --redis vs {STANDALONE}, N={REDIS_N}, 32 in flight: "
+            f"1 node --redis vs {STANDALONE}, N={one.clients}, 32 in flight: "
             f"{one.vs_standalone:.2f}x ({rate(one.deliveries_per_s)} vs "
             f"{rate(alone.deliveries_per_s)} deliveries/s; aim >= {REDIS_AIM}x: {verdict}); "
             f"{one.broadcasts_per_s:,.0f} room events/s ordered by Redis for the node"

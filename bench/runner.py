@@ -66,6 +66,9 @@ class Settings:
     """Receivers (besides the senders) that time every broadcast they get."""
     storm_clients: int = 2000
     """Clients of each join storm (bench/storm.py), one per :data:`STORM_TRANSPORTS` entry."""
+    redis_clients: int = 200
+    """N of the Redis section: the fan-out table's N=200 (its headline row is N=200, 32 in
+    flight)."""
 
 
 FULL = Settings()
@@ -105,9 +108,8 @@ TRIO_WS_DB = Setup(servers.TRIOCHAT, "ws", history=True)
 TRIO_TCP_DB = Setup(servers.TRIOCHAT, "tcp", history=True)
 STORM_TRANSPORTS = ("tcp", "ws")
 """The join storm's rows, side by side: TCP, then WebSocket."""
-REDIS_N = 200
 REDIS_IN_FLIGHT = (32, 1)
-"""The Redis section's shapes: the fan-out table's N=200 / 32 in flight, then 1 in flight."""
+"""The Redis section's shapes: the fan-out table's 32 in flight (its headline row), then 1."""
 STANDALONE = "standalone"
 ONE_NODE = "1 node --redis"
 TWO_NODES = "2 nodes --redis"
@@ -453,16 +455,17 @@ class Bench:
 
     def redis_section(self) -> None:
         """:data:`REDIS_SETUPS` side by side, each on fresh processes (and a fresh Redis)."""
+        n = self.settings.redis_clients
         for name, nodes in REDIS_SETUPS:
-            rows = [RedisRow(name, nodes, REDIS_N, k) for k in REDIS_IN_FLIGHT]
+            rows = [RedisRow(name, nodes, n, k) for k in REDIS_IN_FLIGHT]
             self.results.redis += rows
-            self.progress(f"redis: {name}: connecting {REDIS_N} clients")
+            self.progress(f"redis: {name}: connecting {n} clients")
             try:
                 with self._redis_setup(nodes) as (procs, store, endpoints):
-                    owners = self._connect_split(endpoints, REDIS_N)
+                    owners = self._connect_split(endpoints, n)
                     self._sync_all()
                     for row in rows:
-                        self.progress(f"redis: {name}: N={REDIS_N}, {row.in_flight} in flight")
+                        self.progress(f"redis: {name}: N={n}, {row.in_flight} in flight")
                         self._redis_measure(procs, store, row, owners)
             except (LoadgenError, servers.ServerFailed) as exc:
                 for row in rows:
