@@ -40,6 +40,14 @@ class Redis:
     def url(self) -> str:
         return f"unix://{self.socket_path}"
 
+    def calls(self) -> dict[str, int]:
+        """Calls per command so far (see :func:`command_calls`); :class:`RedisFailed` if the
+        server cannot be asked."""
+        try:
+            return command_calls(self.socket_path)
+        except (OSError, ValueError) as exc:
+            raise RedisFailed(f"redis-server (pid {self.pid}) did not answer INFO: {exc}") from None
+
     def cpu_s(self) -> float:
         """User + system CPU seconds of the server (every thread) so far."""
         try:

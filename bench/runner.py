@@ -181,6 +181,13 @@ class RedisRow:
     fcalls_per_s: float | None = None
     """Redis Function calls per second in the window (each a room event, or a batch's part)."""
     loadgen_cpu_share: float = 0.0
+    deliveries_per_read: float = 0.0
+    """Deliveries per read by the load generator: how many events each write carried."""
+    other_cpu_share: float = 0.0
+    """Busy time of the server's CPU not spent by the nodes or redis-server (other work)."""
+    attempts: int = 1
+    loadgen_other_cpu_share: float = 0.0
+    """Busy time of the load generator's CPUs not spent by it (the orchestrator, other work)."""
     vs_standalone: float | None = None
     """deliveries/s divided by the standalone server's at the same K."""
     window_s: float = 0.0
@@ -466,7 +473,7 @@ class Bench:
                     self._sync_all()
                     for row in rows:
                         self.progress(f"redis: {name}: N={n}, {row.in_flight} in flight")
-                        self._redis_measure(procs, store, row, owners)
+                        self._redis_shape(procs, store, row, owners)
             except (LoadgenError, servers.ServerFailed) as exc:
                 for row in rows:
                     row.error = row.error or str(exc)
@@ -520,6 +527,22 @@ class Bench:
             self.fleet.call("connect", pops)
         return owners
 
+    def _redis_shape(
+        self,
+        procs: list[servers.RunningServer],
+        store: redis.Redis | None,
+        row: RedisRow,
+        owners: list[int],
+    ) -> None:
+        """Measure ``row``; once more (budget permitting) if other work disturbed the window."""
+        self._redis_measure(procs, store, row, owners)
+        if max(row.other_cpu_share, row.loadgen_other_cpu_share) > DISTURBED and self._retries:
+            self._retries -= 1
+            again = dataclasses.replace(row)
+            self._redis_measure(procs, store, again, owners)
+            best = min((row, again), key=lambda r: r.other_cpu_share + r.loadgen_other_cpu_share)
+            vars(row).update(vars(best), attempts=2)
+
     def _redis_measure(
         self,
         procs: list[servers.RunningServer],
@@ -541,14 +564,21 @@ class Bench:
         measure, end = start + s.warmup, start + s.warmup + s.window
         runs = [RunSpec(ROOM, se, sa, start, measure, end, time_echo=not cross) for se, sa in specs]
         self.fleet.submit("run", runs)
-        _sleep_until(measure)
-        cpu0 = [p.cpu_s() for p in procs]
-        redis0 = store.cpu_s() if store else 0.0
-        calls0 = redis.command_calls(store.socket_path) if store else {}
-        _sleep_until(end)
-        cpu1 = [p.cpu_s() for p in procs]
-        redis1 = store.cpu_s() if store else 0.0
-        calls1 = redis.command_calls(store.socket_path) if store else {}
+
+        def sample() -> tuple[list[float], float, dict[str, int], float, float]:
+            cpu = [p.cpu_s() for p in procs]
+            busy, lg_busy = self._busy(self.server_cpus), self._busy(self.lg_cpus)
+            redis_s, calls = (store.cpu_s(), store.calls()) if store else (0.0, {})
+            return cpu, redis_s, calls, busy, lg_busy
+
+        try:
+            _sleep_until(measure)
+            cpu0, redis0, calls0, busy0, lg0 = sample()
+            _sleep_until(end)
+            cpu1, redis1, calls1, busy1, lg1 = sample()
+        except servers.ServerFailed:
+            self.fleet.collect()  # the workers' answers first: the pipes stay in step
+            raise
         results: list[RunResult] = self.fleet.collect()
         _redis_fill(
             row,
@@ -558,6 +588,11 @@ class Bench:
             calls={c: n - calls0.get(c, 0) for c, n in calls1.items()} if store else None,
             window=s.window,
         )
+        if self.server_cpus and self.lg_cpus:
+            ours = sum(cpu1) - sum(cpu0) + (redis1 - redis0)
+            row.other_cpu_share = max(0.0, (busy1 - busy0) - ours) / s.window
+            loadgen_s = row.loadgen_cpu_share * s.window
+            row.loadgen_other_cpu_share = max(0.0, (lg1 - lg0) - loadgen_s) / s.window
 
     # --- join storm ----------------------------------------------------------------------
 
@@ -595,6 +630,8 @@ def _redis_fill(
     row.node_cpu_s = node_cpu_s
     row.node_cpu_us_per_delivery = sum(node_cpu_s) / deliveries * 1e6 if deliveries else 0.0
     row.loadgen_cpu_share = sum(r.cpu_s for r in results) / window
+    reads = sum(r.reads for r in results)
+    row.deliveries_per_read = deliveries / reads if reads else 0.0
     if redis_cpu_s is not None:
         row.redis_cpu_s = redis_cpu_s
         row.redis_cpu_us_per_delivery = redis_cpu_s / deliveries * 1e6 if deliveries else 0.0
