@@ -519,11 +519,10 @@ def _redis_table(rows: list[RedisRow]) -> Table:
         "p50 ms",
         "p99 ms",
         "node CPU",
-        "node us/deliv",
+        "node us/d",
         "redis CPU s",
-        "redis us/deliv",
-        "PUBLISH/s per node",
-        "loadgen CPU",
+        "redis us/d",
+        "PUBLISH/s/node",
         "other CPU",
         "deliv/read",
     )
@@ -551,7 +550,6 @@ def _redis_table(rows: list[RedisRow]) -> Table:
             "" if redis_cpu is None else f"{redis_cpu:.2f} ({redis_cpu / window:.0%})",
             "" if row.redis_cpu_us_per_delivery is None else f"{row.redis_cpu_us_per_delivery:.2f}",
             "" if row.publishes_per_s_per_node is None else f"{row.publishes_per_s_per_node:,.0f}",
-            f"{row.loadgen_cpu_share:.0%}",
             other,
             f"{row.deliveries_per_read:.1f}",
         )
