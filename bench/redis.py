@@ -33,8 +33,13 @@ class RedisFailed(servers.ServerFailed):
 
 @dataclass(frozen=True)
 class Redis:
-    pid: int
+    server: servers.RunningServer
+    """The process (its log is the ``stderr_path``, quoted when it fails)."""
     socket_path: str
+
+    @property
+    def pid(self) -> int:
+        return self.server.pid
 
     @property
     def url(self) -> str:
@@ -46,14 +51,12 @@ class Redis:
         try:
             return command_calls(self.socket_path)
         except (OSError, ValueError) as exc:
+            self.server.check()  # gone: say how, with its log
             raise RedisFailed(f"redis-server (pid {self.pid}) did not answer INFO: {exc}") from None
 
     def cpu_s(self) -> float:
         """User + system CPU seconds of the server (every thread) so far."""
-        try:
-            return servers.proc_cpu_s(self.pid)
-        except OSError as exc:
-            raise RedisFailed(f"redis-server (pid {self.pid}) is gone: {exc}") from None
+        return self.server.cpu_s()
 
 
 def available() -> bool:
@@ -126,7 +129,7 @@ def running(*, cpus: Sequence[int] | None) -> Iterator[Redis]:
         server = servers.RunningServer(spec=spec, proc=proc, urls={}, stderr_path=str(log_path))
         try:
             _await_ping(server, socket_path)
-            yield Redis(proc.pid, socket_path)
+            yield Redis(server, socket_path)
         finally:
             server.stop()
     finally:
