@@ -469,11 +469,14 @@ class Bench:
             self.progress(f"redis: {name}: connecting {n} clients")
             try:
                 with self._redis_setup(nodes) as (procs, store, endpoints):
-                    owners = self._connect_split(endpoints, n)
-                    self._sync_all()
-                    for row in rows:
-                        self.progress(f"redis: {name}: N={n}, {row.in_flight} in flight")
-                        self._redis_shape(procs, store, row, owners)
+                    try:
+                        owners = self._connect_split(endpoints, n)
+                        self._sync_all()
+                        for row in rows:
+                            self.progress(f"redis: {name}: N={n}, {row.in_flight} in flight")
+                            self._redis_shape(procs, store, row, owners)
+                    except LoadgenError as exc:  # the nodes' logs go with them: quote them
+                        raise LoadgenError(f"{exc}; {_last_words(procs)}") from None
             except (LoadgenError, servers.ServerFailed) as exc:
                 for row in rows:
                     row.error = row.error or str(exc)
@@ -588,6 +591,8 @@ class Bench:
             calls={c: n - calls0.get(c, 0) for c, n in calls1.items()} if store else None,
             window=s.window,
         )
+        if row.error:  # the nodes' logs go with them: quote them
+            row.error += f"; {_last_words(procs)}"
         if self.server_cpus and self.lg_cpus:
             ours = sum(cpu1) - sum(cpu0) + (redis1 - redis0)
             row.other_cpu_share = max(0.0, (busy1 - busy0) - ours) / s.window
@@ -606,6 +611,10 @@ class Bench:
                 progress=self.progress,
             )
             self.results.storms.append(storm)
+
+
+def _last_words(procs: list[servers.RunningServer]) -> str:
+    return "; ".join(f"node {i}: {p.last_words()}" for i, p in enumerate(procs))
 
 
 def _redis_fill(
