@@ -48,6 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--storm-only", action="store_true", help="run only the join storm (TCP, then WS)"
     )
+    p.add_argument(
+        "--redis-only",
+        action="store_true",
+        help="run only the Redis section (standalone vs one and two --redis nodes, N=200)",
+    )
     p.add_argument("--storm-clients", type=int, help="join storm clients per row (default 2,000)")
     return p
 
@@ -103,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             bench = Bench(settings, fleet, server_cpus, results, progress, db_dir, loadgen_cpus)
             if args.storm_only:
                 bench.storm()
+            elif args.redis_only:
+                bench.redis_section()
             else:
                 bench.run()
     except KeyboardInterrupt:
@@ -133,7 +140,8 @@ def _meta(wall: float, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "command": "python -m bench"
         + (" --quick" if args.quick else "")
-        + (" --storm-only" if args.storm_only else ""),
+        + (" --storm-only" if args.storm_only else "")
+        + (" --redis-only" if args.redis_only else ""),
         "started_unix": time.time() - wall,
         "wall_s": round(wall, 1),
         "python": sys.version.split()[0],

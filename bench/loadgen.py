@@ -110,6 +110,9 @@ class RunSpec:
     measure: float
     end: float
     drain: float = 5.0
+    time_echo: bool = True
+    """Whether senders time their own echo; off, only the sampled receivers are timed
+    (the Redis section's cross-node latency: senders on one node, receivers on another)."""
 
 
 @dataclass(frozen=True)
@@ -411,7 +414,7 @@ class Worker:
         for index in spec.sampled:
             self.clients[index].sampled = True
         message, sent_at, by_fd = wire.MESSAGE, wire.SENT_AT, self.by_fd
-        tls = self.tls is not None
+        tls, time_echo = self.tls is not None, spec.time_echo
         monotonic, monotonic_ns = time.monotonic, time.monotonic_ns
         delivered = broadcasts = lost = reads = polls = 0
         d0 = b0 = d1 = b1 = r0 = r1 = p0 = p1 = 0
@@ -464,7 +467,7 @@ class Worker:
                     continue
                 delivered += data.count(message, 0, cut)
                 if client.sent_ns and data.find(client.marker or b"\0", 0, cut) >= 0:
-                    if phase == 2:
+                    if phase == 2 and time_echo:
                         hist.record_value(max(1, (monotonic_ns() - client.sent_ns) // 1000))
                     client.sent_ns = 0
                     if phase < 3:

@@ -16,11 +16,13 @@ from bench.runner import (
     DISTURBED,
     FLOOR_WS,
     PEER_WS,
+    STANDALONE,
     STORM_TRANSPORTS,
     TRIO_TCP,
     TRIO_WS,
     WSPROTO_WS,
     Idle,
+    RedisRow,
     Results,
     Row,
 )
@@ -299,8 +301,13 @@ def print_report(results: Results, console: Console) -> None:
         console.print(_idle_table(results))
     if results.storms:
         console.print(_storm_table(results.storms))
+    if results.redis:
+        console.print(_redis_table(results.redis))
+        for line in redis_summary(results.redis):
+            console.print(line)
     only_storm = not (results.rows or results.handshakes or results.idle)
-    console.print(_target_table(_storm_targets(results) if only_storm else targets(results)))
+    if results.storms or not only_storm:
+        console.print(_target_table(_storm_targets(results) if only_storm else targets(results)))
     for note in results.notes:
         console.print(f"[yellow]note:[/] {note}")
 
@@ -482,6 +489,98 @@ def _storm_table(storms: list[Storm]) -> Table:
             other,
         )
     return table
+
+
+REDIS_AIM = 0.7
+"""One ``--redis`` node's deliveries/s, at least this times the standalone server's (the aim
+of the issue that asked for the Redis section; reported, not a numbered target)."""
+REDIS_CAVEAT = (
+    "2 cores: the nodes and redis-server share the server's CPU, the load generator has the "
+    "other; the figures show the cost of going through Redis (ratios, CPU per delivery, the "
+    "cross-node hop), not how far more nodes on more machines would scale"
+)
+
+
+REDIS_LABELS = {0: "standalone", 1: "1 node", 2: "2 nodes"}
+"""Narrow names for the Redis table (its title says what they are)."""
+
+
+def _redis_table(rows: list[RedisRow]) -> Table:
+    table = _table(
+        f"Redis: standalone (in memory) vs serve --redis nodes on one redis-server (Unix socket), "
+        f"N={rows[0].clients} WS\n2 nodes: half the clients on node A, half on B; "
+        "latency A->B: sent on A, read on B; PUBLISH (room events Redis ordered): counted by "
+        "Redis, averaged over the nodes; other CPU: server's / load generator's",
+        "server",
+        "K",
+        "deliv/s",
+        "x alone",
+        "latency",
+        "p50 ms",
+        "p99 ms",
+        "node CPU",
+        "node us/d",
+        "redis CPU s",
+        "redis us/d",
+        "PUBLISH/s/node",
+        "other CPU",
+        "deliv/read",
+    )
+    for row in rows:
+        label = REDIS_LABELS.get(row.nodes, row.setup)
+        if row.error:
+            table.add_row(label, str(row.in_flight), f"[red]{row.error}[/]")
+            continue
+        window = row.window_s or 1.0
+        node_cpu = "+".join(f"{cpu / window:.0%}" for cpu in row.node_cpu_s)
+        redis_cpu = row.redis_cpu_s
+        other = f"{row.other_cpu_share:.0%} / {row.loadgen_other_cpu_share:.0%}"
+        if max(row.other_cpu_share, row.loadgen_other_cpu_share) > DISTURBED:
+            other = f"[yellow]{other}[/]"
+        table.add_row(
+            label,
+            str(row.in_flight),
+            rate(row.deliveries_per_s),
+            "" if row.vs_standalone is None else f"{row.vs_standalone:.2f}",
+            row.latency,
+            f"{row.p50_ms:.2f}",
+            f"{row.p99_ms:.2f}",
+            node_cpu,
+            f"{row.node_cpu_us_per_delivery:.2f}",
+            "" if redis_cpu is None else f"{redis_cpu:.2f} ({redis_cpu / window:.0%})",
+            "" if row.redis_cpu_us_per_delivery is None else f"{row.redis_cpu_us_per_delivery:.2f}",
+            "" if row.publishes_per_s_per_node is None else f"{row.publishes_per_s_per_node:,.0f}",
+            other,
+            f"{row.deliveries_per_read:.1f}",
+        )
+    return table
+
+
+def _redis_row(rows: list[RedisRow], nodes: int, k: int) -> RedisRow | None:
+    return next((r for r in rows if (r.nodes, r.in_flight) == (nodes, k) and not r.error), None)
+
+
+def redis_summary(rows: list[RedisRow]) -> list[str]:
+    """The section's headline figures, one line each, and what 2 cores can show."""
+    out = []
+    alone, one, two = (_redis_row(rows, nodes, 32) for nodes in (0, 1, 2))
+    if alone and one and one.vs_standalone is not None:
+        verdict = "met" if one.vs_standalone >= REDIS_AIM else "not met"
+        out.append(
+            f"1 node --redis vs {STANDALONE}, N={one.clients}, 32 in flight: "
+            f"{one.vs_standalone:.2f}x ({rate(one.deliveries_per_s)} vs "
+            f"{rate(alone.deliveries_per_s)} deliveries/s; aim >= {REDIS_AIM}x: {verdict}); "
+            f"{one.broadcasts_per_s:,.0f} room events/s ordered by Redis for the node"
+        )
+    if two:
+        cross = _redis_row(rows, 2, 1)
+        line = f"2 nodes, 32 in flight: {rate(two.deliveries_per_s)} deliveries/s"
+        if cross:
+            line += f"; cross-node latency (1 in flight) p50 {cross.p50_ms:.2f} ms, "
+            line += f"p99 {cross.p99_ms:.2f} ms"
+        out.append(line)
+    out.append(f"[dim]{REDIS_CAVEAT}[/]")
+    return out
 
 
 def _target_table(items: list[Target]) -> Table:

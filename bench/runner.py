@@ -17,13 +17,13 @@ import os
 import resource
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 from hdrh.histogram import HdrHistogram
 
-from bench import servers
+from bench import redis, servers
 from bench.loadgen import (
     LATENCY_MAX_US,
     Endpoint,
@@ -66,6 +66,9 @@ class Settings:
     """Receivers (besides the senders) that time every broadcast they get."""
     storm_clients: int = 2000
     """Clients of each join storm (bench/storm.py), one per :data:`STORM_TRANSPORTS` entry."""
+    redis_clients: int = 200
+    """N of the Redis section: the fan-out table's N=200 (its headline row is N=200, 32 in
+    flight)."""
 
 
 FULL = Settings()
@@ -105,6 +108,13 @@ TRIO_WS_DB = Setup(servers.TRIOCHAT, "ws", history=True)
 TRIO_TCP_DB = Setup(servers.TRIOCHAT, "tcp", history=True)
 STORM_TRANSPORTS = ("tcp", "ws")
 """The join storm's rows, side by side: TCP, then WebSocket."""
+REDIS_IN_FLIGHT = (32, 1)
+"""The Redis section's shapes: the fan-out table's 32 in flight (its headline row), then 1."""
+STANDALONE = "standalone"
+ONE_NODE = "1 node --redis"
+TWO_NODES = "2 nodes --redis"
+REDIS_SETUPS = ((STANDALONE, 0), (ONE_NODE, 1), (TWO_NODES, 2))
+"""The Redis section's setups, side by side: name, and how many ``--redis`` nodes."""
 
 
 @dataclass
@@ -133,6 +143,54 @@ class Row:
     rss_per_conn_kib: float = 0.0
     vs_peer: float | None = None
     """deliveries/s divided by the peer's at the same N and K."""
+    lost: int = 0
+    stalled: int = 0
+    error: str | None = None
+
+
+@dataclass
+class RedisRow:
+    """One shape of the Redis section: a setup (standalone, or ``--redis`` nodes on one
+    ``redis-server``) at N WebSocket clients with K broadcasts in flight."""
+
+    setup: str
+    nodes: int
+    """``--redis`` nodes (0: the standalone server, history in memory off as in the fan-out
+    table); with 2, clients alternate halves: the first half on node A, the rest on B."""
+    clients: int
+    in_flight: int
+    latency: str = ""
+    """What p50/p99 time: ``echo+rx`` (senders' echoes and sampled receivers, as in the
+    fan-out table), or ``A->B`` (sent on node A, read by a client of node B)."""
+    deliveries_per_s: float = 0.0
+    broadcasts_per_s: float = 0.0
+    """Messages sent per second in the window (every one a room event Redis orders)."""
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    latency_samples: int = 0
+    node_cpu_s: list[float] = field(default_factory=list)
+    """CPU seconds of each server process (node) in the window."""
+    node_cpu_us_per_delivery: float = 0.0
+    """All nodes' CPU per delivery."""
+    redis_cpu_s: float | None = None
+    """redis-server's CPU seconds in the window (``/proc/<pid>/stat``); None standalone."""
+    redis_cpu_us_per_delivery: float | None = None
+    publishes_per_s: float | None = None
+    """PUBLISH calls Redis ran per second in the window (``INFO commandstats``), all nodes."""
+    publishes_per_s_per_node: float | None = None
+    fcalls_per_s: float | None = None
+    """Redis Function calls per second in the window (each a room event, or a batch's part)."""
+    loadgen_cpu_share: float = 0.0
+    deliveries_per_read: float = 0.0
+    """Deliveries per read by the load generator: how many events each write carried."""
+    other_cpu_share: float = 0.0
+    """Busy time of the server's CPU not spent by the nodes or redis-server (other work)."""
+    attempts: int = 1
+    loadgen_other_cpu_share: float = 0.0
+    """Busy time of the load generator's CPUs not spent by it (the orchestrator, other work)."""
+    vs_standalone: float | None = None
+    """deliveries/s divided by the standalone server's at the same K."""
+    window_s: float = 0.0
     lost: int = 0
     stalled: int = 0
     error: str | None = None
@@ -175,6 +233,8 @@ class Results:
     idle: list[Idle] = field(default_factory=list)
     storms: list[Storm] = field(default_factory=list)
     """The join storm, one per :data:`STORM_TRANSPORTS` entry."""
+    redis: list[RedisRow] = field(default_factory=list)
+    """The Redis section: :data:`REDIS_SETUPS` at each of :data:`REDIS_IN_FLIGHT`."""
     notes: list[str] = field(default_factory=list)
 
 
@@ -203,6 +263,7 @@ class Bench:
         self._ratios()
         self.idle()
         self.storm()
+        self.redis_section()
         return self.results
 
     def _setups(self, n: int) -> list[Setup]:
@@ -312,10 +373,14 @@ class Bench:
     def _busy(cpus: list[int] | None) -> float:
         return servers.cpu_busy_s(cpus) if cpus else 0.0
 
-    def _run_specs(self, n: int, k: int) -> list[tuple[dict[int, int], tuple[int, ...]]]:
-        """Senders spread evenly over the join order; sampled receivers spread over the rest."""
+    def _run_specs(
+        self, n: int, k: int, receivers: Sequence[int] | None = None
+    ) -> list[tuple[dict[int, int], tuple[int, ...]]]:
+        """Senders spread evenly over the join order; sampled receivers spread over the rest
+        (over ``receivers`` only, when given)."""
         senders = {n * j // k: j for j in range(k)}
-        others = [i for i in range(n) if i not in senders]
+        pool = range(n) if receivers is None else receivers
+        others = [i for i in pool if i not in senders]
         count = min(self.settings.sampled, len(others))
         sampled = {others[(2 * j + 1) * len(others) // (2 * count)] for j in range(count)}
         workers = len(self.fleet)
@@ -393,6 +458,147 @@ class Bench:
             except (LoadgenError, servers.ServerFailed) as exc:
                 entry.error = str(exc)
 
+    # --- the Redis section ---------------------------------------------------------------
+
+    def redis_section(self) -> None:
+        """:data:`REDIS_SETUPS` side by side, each on fresh processes (and a fresh Redis)."""
+        n = self.settings.redis_clients
+        for name, nodes in REDIS_SETUPS:
+            rows = [RedisRow(name, nodes, n, k) for k in REDIS_IN_FLIGHT]
+            self.results.redis += rows
+            self.progress(f"redis: {name}: connecting {n} clients")
+            try:
+                with self._redis_setup(nodes) as (procs, store, endpoints):
+                    try:
+                        owners = self._connect_split(endpoints, n)
+                        self._sync_all()
+                        for row in rows:
+                            self.progress(f"redis: {name}: N={n}, {row.in_flight} in flight")
+                            self._redis_shape(procs, store, row, owners)
+                    except LoadgenError as exc:  # the nodes' logs go with them: quote them
+                        raise LoadgenError(f"{exc}; {_last_words(procs)}") from None
+            except (LoadgenError, servers.ServerFailed) as exc:
+                for row in rows:
+                    row.error = row.error or str(exc)
+                self.results.notes.append(f"redis section, {name}: {exc}")
+        base = {r.in_flight: r.deliveries_per_s for r in self.results.redis if r.nodes == 0}
+        for row in self.results.redis:
+            if base.get(row.in_flight) and not row.error:
+                row.vs_standalone = row.deliveries_per_s / base[row.in_flight]
+
+    @contextmanager
+    def _redis_setup(
+        self, nodes: int
+    ) -> Iterator[tuple[list[servers.RunningServer], redis.Redis | None, list[Endpoint]]]:
+        """The standalone server (``nodes`` 0), or a fresh ``redis-server`` and ``nodes``
+        nodes on it; every process on the server's CPUs, so the load generator keeps its own."""
+        with ExitStack() as stack:
+            store: redis.Redis | None = None
+            specs = [servers.triochat(db_path=None)]
+            if nodes:
+                store = stack.enter_context(redis.running(cpus=self.server_cpus))
+                specs = [
+                    servers.triochat(db_path=None, redis_url=store.url, node_id=f"bench-{i}")
+                    for i in range(nodes)
+                ]
+            procs = [stack.enter_context(servers.running(s, cpus=self.server_cpus)) for s in specs]
+            endpoints = [Endpoint(*p.urls["ws"], websocket=True) for p in procs]
+            try:
+                yield procs, store, endpoints
+            except KeyboardInterrupt:
+                raise  # workers may be mid-command: the caller tears the whole fleet down
+            except BaseException:
+                self.fleet.broadcast("close")
+                raise
+            else:
+                self.fleet.broadcast("close")  # clients first: the servers then stop at once
+
+    def _connect_split(self, endpoints: list[Endpoint], n: int) -> list[int]:
+        """``n`` clients in room :data:`ROOM`, each worker's share split evenly and in order
+        over ``endpoints``; which endpoint each client (global index) is on."""
+        workers = len(self.fleet)
+        bounds = [n * w // workers for w in range(workers + 1)]
+        owners = [0] * n
+        parts = len(endpoints)
+        for e, endpoint in enumerate(endpoints):
+            pops = []
+            for w in range(workers):
+                lo, size = bounds[w], bounds[w + 1] - bounds[w]
+                first, last = lo + size * e // parts, lo + size * (e + 1) // parts
+                owners[first:last] = [e] * (last - first)
+                pops.append(Population(endpoint, first, last - first, ROOM))
+            self.fleet.call("connect", pops)
+        return owners
+
+    def _redis_shape(
+        self,
+        procs: list[servers.RunningServer],
+        store: redis.Redis | None,
+        row: RedisRow,
+        owners: list[int],
+    ) -> None:
+        """Measure ``row``; once more (budget permitting) if other work disturbed the window."""
+        self._redis_measure(procs, store, row, owners)
+        if max(row.other_cpu_share, row.loadgen_other_cpu_share) > DISTURBED and self._retries:
+            self._retries -= 1
+            again = dataclasses.replace(row)
+            self._redis_measure(procs, store, again, owners)
+            best = min((row, again), key=lambda r: r.other_cpu_share + r.loadgen_other_cpu_share)
+            vars(row).update(vars(best), attempts=2)
+
+    def _redis_measure(
+        self,
+        procs: list[servers.RunningServer],
+        store: redis.Redis | None,
+        row: RedisRow,
+        owners: list[int],
+    ) -> None:
+        """One shape. With two nodes at 1 in flight, the latency is cross-node: the sender
+        is on node A and only clients of node B are timed."""
+        s = self.settings
+        self._sync_all()
+        cross = row.nodes >= 2 and row.in_flight == 1
+        receivers = [i for i, node in enumerate(owners) if node == 1] if cross else None
+        specs = self._run_specs(row.clients, row.in_flight, receivers)
+        if cross:
+            assert all(owners[i] == 0 for se, _ in specs for i in se), "sender not on node A"
+        row.latency = "A->B" if cross else "echo+rx"
+        start = time.monotonic() + 0.05
+        measure, end = start + s.warmup, start + s.warmup + s.window
+        runs = [RunSpec(ROOM, se, sa, start, measure, end, time_echo=not cross) for se, sa in specs]
+        self.fleet.submit("run", runs)
+
+        def sample() -> tuple[list[float], float, dict[str, int], float, float]:
+            cpu = [p.cpu_s() for p in procs]
+            busy, lg_busy = self._busy(self.server_cpus), self._busy(self.lg_cpus)
+            redis_s, calls = (store.cpu_s(), store.calls()) if store else (0.0, {})
+            return cpu, redis_s, calls, busy, lg_busy
+
+        try:
+            _sleep_until(measure)
+            cpu0, redis0, calls0, busy0, lg0 = sample()
+            _sleep_until(end)
+            cpu1, redis1, calls1, busy1, lg1 = sample()
+        except servers.ServerFailed:
+            self.fleet.collect()  # the workers' answers first: the pipes stay in step
+            raise
+        results: list[RunResult] = self.fleet.collect()
+        _redis_fill(
+            row,
+            results,
+            node_cpu_s=[b - a for a, b in zip(cpu0, cpu1, strict=True)],
+            redis_cpu_s=redis1 - redis0 if store else None,
+            calls={c: n - calls0.get(c, 0) for c, n in calls1.items()} if store else None,
+            window=s.window,
+        )
+        if row.error:  # the nodes' logs go with them: quote them
+            row.error += f"; {_last_words(procs)}"
+        if self.server_cpus and self.lg_cpus:
+            ours = sum(cpu1) - sum(cpu0) + (redis1 - redis0)
+            row.other_cpu_share = max(0.0, (busy1 - busy0) - ours) / s.window
+            loadgen_s = row.loadgen_cpu_share * s.window
+            row.loadgen_other_cpu_share = max(0.0, (lg1 - lg0) - loadgen_s) / s.window
+
     # --- join storm ----------------------------------------------------------------------
 
     def storm(self) -> None:
@@ -405,6 +611,48 @@ class Bench:
                 progress=self.progress,
             )
             self.results.storms.append(storm)
+
+
+def _last_words(procs: list[servers.RunningServer]) -> str:
+    return "; ".join(f"node {i}: {p.last_words()}" for i, p in enumerate(procs))
+
+
+def _redis_fill(
+    row: RedisRow,
+    results: list[RunResult],
+    *,
+    node_cpu_s: list[float],
+    redis_cpu_s: float | None,
+    calls: dict[str, int] | None,
+    window: float,
+) -> None:
+    hist = HdrHistogram(1, LATENCY_MAX_US, 3)
+    for result in results:
+        hist.add(HdrHistogram.decode(result.histogram))
+    deliveries = sum(r.deliveries for r in results)
+    row.window_s = window
+    row.deliveries_per_s = deliveries / window
+    row.broadcasts_per_s = sum(r.broadcasts for r in results) / window
+    row.latency_samples = hist.get_total_count()
+    row.p50_ms = hist.get_value_at_percentile(50) / 1000
+    row.p99_ms = hist.get_value_at_percentile(99) / 1000
+    row.node_cpu_s = node_cpu_s
+    row.node_cpu_us_per_delivery = sum(node_cpu_s) / deliveries * 1e6 if deliveries else 0.0
+    row.loadgen_cpu_share = sum(r.cpu_s for r in results) / window
+    reads = sum(r.reads for r in results)
+    row.deliveries_per_read = deliveries / reads if reads else 0.0
+    if redis_cpu_s is not None:
+        row.redis_cpu_s = redis_cpu_s
+        row.redis_cpu_us_per_delivery = redis_cpu_s / deliveries * 1e6 if deliveries else 0.0
+    if calls is not None:
+        publishes = calls.get("publish", 0) + calls.get("spublish", 0)
+        row.publishes_per_s = publishes / window
+        row.publishes_per_s_per_node = row.publishes_per_s / max(1, row.nodes)
+        row.fcalls_per_s = calls.get("fcall", 0) / window
+    row.lost = sum(r.lost for r in results)
+    row.stalled = sum(r.stalled for r in results)
+    if row.lost or row.stalled:
+        row.error = f"{row.lost} clients dropped by the server, {row.stalled} senders stalled"
 
 
 def _disturbed(row: Row) -> bool:

@@ -66,14 +66,23 @@ def make_certificates(folder: str) -> Certificates:
     return made
 
 
-def triochat(*, db_path: str | None, tls: Certificates | None = None) -> ServerSpec:
+def triochat(
+    *,
+    db_path: str | None,
+    tls: Certificates | None = None,
+    redis_url: str | None = None,
+    node_id: str | None = None,
+) -> ServerSpec:
     """``triochat serve`` on free ports, flood control off, keepalive out of the way;
-    with ``tls``, both listeners speak TLS (``wss``, ``tls``)."""
+    with ``tls``, both listeners speak TLS (``wss``, ``tls``); with ``redis_url``, a
+    node of ``serve --redis`` called ``node_id`` (history then lives in Redis)."""
     argv = [sys.executable, "-m", "triochat", "serve", "--host", "127.0.0.1"]
     argv += ["--port", "0", "--tcp-port", "0", "--rate-limit", "0"]
     # Receivers never speak; the default 30 s keepalive would probe them mid-run.
     argv += ["--keepalive-interval", "3600"]
     argv += ["--db", db_path] if db_path else ["--no-history"]
+    if redis_url is not None:
+        argv += ["--redis", redis_url] + (["--node-id", node_id] if node_id else [])
     if tls is None:
         return ServerSpec(name=TRIOCHAT, argv=tuple(argv), schemes=("ws", "tcp"))
     argv += ["--certfile", tls.pem, "--keyfile", tls.pem]
@@ -181,7 +190,7 @@ class RunningServer:
             self.proc.stdout.close()
 
 
-def _child_setup(cpus: Sequence[int] | None) -> None:
+def child_setup(cpus: Sequence[int] | None) -> None:
     """Runs in the child before exec: die with the parent, stay on the server's CPU."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -202,7 +211,7 @@ def running(spec: ServerSpec, *, cpus: Sequence[int] | None) -> Iterator[Running
             stdout=subprocess.PIPE,
             stderr=stderr,
             start_new_session=True,  # Ctrl-C reaches the bench, which stops us in order
-            preexec_fn=lambda: _child_setup(cpus),
+            preexec_fn=lambda: child_setup(cpus),
         )
     server = RunningServer(spec=spec, proc=proc, urls={}, stderr_path=stderr_path)
     try:
