@@ -218,6 +218,7 @@ async def serve(
         if relay is not None:
             server.loader = relay
             relay.on_lost = server.new_history
+            relay.flusher = server.flusher
         hub.on_fanout = server.flusher.mark_group
         hub.on_presence = server.flusher.mark_presence
         listeners = await _open_all(server)

@@ -66,11 +66,16 @@ local function publish(channel, payload, sharded)
 end
 
 -- A room event. KEYS: meta, log, members, channel. ARGV: prefix, suffix (the line
--- around its seq), retention, kind (m, j, l), nick key, node, nick, epoch for a
--- new room, its name, sharded. A leave by a node the member does not belong to
--- is no event: 0. Otherwise the event's seq.
+-- around its seq), the node's settings ("retention\nnode\nsharded"), the event
+-- ("m", or "j\nnick key\nnick\nroom name", "l\nnick key\nnick\nroom name"). A leave
+-- by a node the member does not belong to is no event: 0. Otherwise the event's seq.
+-- A room made here gets an epoch of its maker's node and Redis's clock.
 redis.register_function('tc_event', function(keys, args)
-  local kind, who, node = args[4], args[5], args[6]
+  local retention, node, sharded = string.match(args[3], '^(%d+)\n([^\n]*)\n(%d)$')
+  local kind, who, nick, name = args[4], '', '', ''
+  if #kind > 1 then
+    kind, who, nick, name = string.match(args[4], '^(.)\n([^\n]*)\n([^\n]*)\n(.*)$')
+  end
   if kind == 'l' then
     local held = redis.call('HGET', keys[3], who)
     if not held or string.sub(held, 1, #node + 1) ~= node .. '\n' then
@@ -79,19 +84,20 @@ redis.register_function('tc_event', function(keys, args)
   end
   local epoch = redis.call('HGET', keys[1], 'e')
   if not epoch then
-    epoch = args[8]
-    redis.call('HSET', keys[1], 'e', epoch, 'n', args[9])
+    local now = redis.call('TIME')
+    epoch = node .. '.' .. now[1] .. '.' .. now[2]
+    redis.call('HSET', keys[1], 'e', epoch, 'n', name)
     redis.call('DEL', keys[2])
   end
   local seq = redis.call('HINCRBY', keys[1], 's', 1)
   local line = args[1] .. seq .. args[2]
-  redis.call('XADD', keys[2], 'MAXLEN', args[3], seq .. '-0', 'l', line)
+  redis.call('XADD', keys[2], 'MAXLEN', retention, seq .. '-0', 'l', line)
   if kind == 'j' then
-    redis.call('HSET', keys[3], who, node .. '\n' .. seq .. '\n' .. args[7])
+    redis.call('HSET', keys[3], who, node .. '\n' .. seq .. '\n' .. nick)
   elseif kind == 'l' then
     redis.call('HDEL', keys[3], who)
   end
-  publish(keys[4], seq .. ' ' .. epoch .. ' ' .. line, args[10])
+  publish(keys[4], seq .. ' ' .. epoch .. ' ' .. line, sharded)
   return seq
 end)
 

@@ -32,9 +32,9 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from itertools import count
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import trio
@@ -42,6 +42,7 @@ import trio
 from triochat.errors import RedisError
 from triochat.protocol import encode, rules
 from triochat.protocol.events import Joined, Left, LeftReason, Message
+from triochat.server.outbox import Flusher
 from triochat.server.redis_bus import Bus, Call
 
 if TYPE_CHECKING:
@@ -88,42 +89,24 @@ class RoomKeys:
         return cls.at(meta.removesuffix(":m"))
 
 
-def event_call(
-    keys: RoomKeys,
-    event: Joined | Left | Message,
-    *,
-    node: str,
-    retention: int,
-    sharded: bool,
-    epoch: str,
-) -> Call:
-    """The ``tc_event`` call of a room event: Redis puts its seq into its line.
+def event_call(keys: RoomKeys, event: Joined | Left | Message, settings: bytes) -> Call:
+    """The ``tc_event`` call of a room event (``settings``: :meth:`Relay.settings`).
 
-    The line is encoded once with seq 0; ``"seq":0`` can only be the field
-    itself, since quotes inside JSON strings are escaped."""
+    Redis puts the seq into the line: it is encoded once with seq 0, and
+    ``"seq":0`` can only be the field itself, since quotes inside JSON strings
+    are escaped. Few arguments: the client library's cost grows with each."""
     before, _, after = encode(event).partition(b'"seq":0')
     match event:
-        case Joined(nick=nick):
-            kind, who = "j", rules.nick_key(nick)
-        case Left(nick=nick):
-            kind, who = "l", rules.nick_key(nick)
+        case Joined(nick=nick, room=room):
+            what = f"j\n{rules.nick_key(nick)}\n{nick}\n{room}"
+        case Left(nick=nick, room=room):
+            what = f"l\n{rules.nick_key(nick)}\n{nick}\n{room}"
         case _:
-            kind, who, nick = "m", "", ""
+            what = "m"
     return Call(
         "tc_event",
         [keys.meta, keys.log, keys.members, keys.channel],
-        [
-            before + b'"seq":',
-            after,
-            str(retention),
-            kind,
-            who,
-            node,
-            nick,
-            epoch,
-            event.room,
-            "1" if sharded else "0",
-        ],
+        [before + b'"seq":', after, settings, what],
     )
 
 
@@ -168,10 +151,12 @@ class Relay:
     _dropped: set[str] = field(default_factory=set)
     """Room channels to leave, once no load needs them again."""
     _lost: str | None = None
+    flusher: Flusher | None = None
+    """Told while a batch is out (see :meth:`Flusher.committing`): the burst it carries comes
+    back on pub/sub with its answer, and is written in one flush with the acks."""
     _nursery: trio.Nursery | None = None
     _renewed: float = -math.inf
     """When the nick leases were last renewed (trio's clock)."""
-    _epochs: Iterator[int] = field(default_factory=lambda: count(int(time.time() * 1000)))
     """Why this node found Redis without what it held, until the heartbeat acts on it."""
 
     @property
@@ -182,10 +167,10 @@ class Relay:
     def lease_ms(self) -> str:
         return str(int(self.lease * 1000))
 
-    def new_epoch(self) -> str:
-        """An epoch for a room Redis does not hold yet: unique to this node and call, so a
-        room made again after a loss never looks like the one before."""
-        return f"{self.node}.{next(self._epochs)}"
+    def settings(self, retention: int, node: str | None = None) -> bytes:
+        """What ``tc_event`` needs of this node (or of ``node``, when a reaper leaves on
+        a dead node's behalf): the retention, the node's id, sharded or not."""
+        return f"{retention}\n{node or self.node}\n{int(self.bus.sharded)}".encode()
 
     def holder(self, nick: str) -> str:
         return f"{self.node}\n{nick}"
@@ -248,7 +233,8 @@ class Relay:
     async def _send(self, taken: list[tuple[Call, Done, bool]]) -> None:
         if not taken:
             return
-        results = await self.bus.batch([call for call, _, _ in taken])
+        with self.flusher.committing() if self.flusher is not None else nullcontext():
+            results = await self.bus.batch([call for call, _, _ in taken])
         for (call, done, retry), result in zip(taken, results, strict=True):
             if isinstance(result, Exception) and retry:
                 self._retry.append((call, done))
@@ -453,9 +439,9 @@ class Relay:
     async def _reap_room(self, node: str, keys: RoomKeys) -> None:
         """``left{disconnected}`` for each member ``node`` had in the room (each leave is
         refused by Redis unless the member is still that node's)."""
-        epoch, _, name = (_text(v) for v in await self.bus.call(Call("tc_top", [keys.meta], [])))
-        if not name:
-            return
+        top = await self.bus.call(Call("tc_top", [keys.meta], []))
+        # A room made by something else than a join has no name: its key is one.
+        name = _text(top[2]) or keys.meta.partition("{r:")[2].partition("}")[0]
         roster = await self.bus.call(Call("tc_roster", [keys.members], []))
         hub = self._hub
         assert hub is not None
@@ -466,16 +452,7 @@ class Relay:
             left = Left(
                 room=name, nick=holder.nick, reason=LeftReason.DISCONNECTED, seq=0, ts=now()
             )
-            calls.append(
-                event_call(
-                    keys,
-                    left,
-                    node=node,
-                    retention=hub.retention,
-                    sharded=self.bus.sharded,
-                    epoch=epoch,
-                )
-            )
+            calls.append(event_call(keys, left, self.settings(hub.retention, node)))
         await self.bus.batch(calls)
 
 

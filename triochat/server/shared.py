@@ -139,6 +139,7 @@ class SharedHub(Hub):
         self._channels: dict[bytes, SharedRoom] = {}
         self._waiting: dict[Member, deque[_Ticket]] = {}
         """Members with an answer that waits for Redis, and every answer behind it."""
+        self._settings = relay.settings(config.retention)
         self._releasing: dict[Member, trio.Event] = {}
         """Detached members whose nick Redis has not freed yet."""
         relay.serve(self)
@@ -295,14 +296,7 @@ class SharedHub(Hub):
             done(result)
             self._settle(room)
 
-        call = event_call(
-            room.keys,
-            event,
-            node=self._relay.node,
-            retention=self._config.retention,
-            sharded=self._relay.bus.sharded,
-            epoch=self._relay.new_epoch(),
-        )
+        call = event_call(room.keys, event, self._settings)
         self._relay.call(call, answered, retry=isinstance(event, Left))
 
     def _when(self, room: SharedRoom, seq: int, action: Callable[[], None]) -> None:
