@@ -1,7 +1,8 @@
 """``triochat account add|remove|list|passwd``: the operator's hand on registered nicks.
 
 It works on the server's data file directly, stopped or running (SQLite WAL:
-a running server reads accounts at every login, so a change counts at once).
+a running server reads accounts at every login, so a change counts at once); with
+``--redis URL``, on the accounts every node of that Redis shares.
 Exit codes: 0 done, 1 it could not be done (unknown nick, already registered,
 unreadable file), 2 bad usage (invalid nick, empty password). Every failure is
 one line on stderr.
@@ -14,10 +15,15 @@ import getpass
 import sqlite3
 import sys
 from collections.abc import Callable
+from typing import Protocol
+
+import trio
 
 from triochat import argtypes
+from triochat.errors import RedisError
 from triochat.protocol import ProtocolError, rules
 from triochat.server.accounts import (
+    Account,
     AccountError,
     AccountExists,
     AccountStore,
@@ -25,6 +31,7 @@ from triochat.server.accounts import (
     check_password,
     hash_password,
 )
+from triochat.server.redis_url import parse_redis_url
 from triochat.server.store import default_db_path
 
 EXIT_FAILED = 1
@@ -58,14 +65,61 @@ def add_account_parser(commands: argparse._SubParsersAction[argtypes.Parser]) ->
 
 
 def _db_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
         "--db",
         type=argtypes.file_in_existing_folder,
         help=f"the server's data file (default: {default_db_path()})",
     )
+    where.add_argument(
+        "--redis",
+        type=argtypes.redis_url,
+        metavar="URL",
+        help="the accounts of the nodes sharing this Redis (serve --redis)",
+    )
+    parser.add_argument(
+        "--redis-cluster", action="store_true", help="the --redis URL is one node of a cluster"
+    )
+
+
+class Book(Protocol):
+    """The accounts an action works on: the data file's, or Redis's."""
+
+    async def find(self, nick: str) -> Account | None: ...
+    async def add(self, nick: str, password_hash: str) -> None: ...
+    async def set_hash(self, nick: str, password_hash: str) -> None: ...
+    async def remove(self, nick: str) -> None: ...
+    async def nicks(self) -> list[str]: ...
+
+
+class _FileBook:
+    """An :class:`AccountStore` as a :class:`Book` (this process has nothing else to wait for)."""
+
+    def __init__(self, store: AccountStore) -> None:
+        self._store = store
+
+    async def find(self, nick: str) -> Account | None:
+        return self._store.lookup(nick)
+
+    async def add(self, nick: str, password_hash: str) -> None:
+        self._store.add(nick, password_hash)
+
+    async def set_hash(self, nick: str, password_hash: str) -> None:
+        self._store.set_hash(nick, password_hash)
+
+    async def remove(self, nick: str) -> None:
+        self._store.remove(nick)
+
+    async def nicks(self) -> list[str]:
+        return self._store.nicks()
 
 
 def run_account(args: argparse.Namespace, read_password: Callable[[], str] | None = None) -> int:
+    read = read_password or _read_password
+    if args.redis is None and args.redis_cluster:
+        return _fail("--redis-cluster needs --redis URL", EXIT_USAGE)
+    if args.redis is not None:
+        return trio.run(_in_redis, args, read)
     path = args.db or _default_path()
     try:
         nick = _nick(args)
@@ -75,7 +129,7 @@ def run_account(args: argparse.Namespace, read_password: Callable[[], str] | Non
     except sqlite3.Error as exc:
         return _fail(f"cannot open {path}: {exc}", EXIT_FAILED)
     try:
-        return _act(store, args.action, nick, read_password or _read_password)
+        return trio.run(_act, _FileBook(store), args.action, nick, read)
     except _Usage as exc:
         return _fail(str(exc), EXIT_USAGE)
     except AccountError as exc:
@@ -86,26 +140,47 @@ def run_account(args: argparse.Namespace, read_password: Callable[[], str] | Non
         store.close()
 
 
-def _act(store: AccountStore, action: str, nick: str, read_password: Callable[[], str]) -> int:
+async def _in_redis(args: argparse.Namespace, read_password: Callable[[], str]) -> int:
+    from triochat.server.redis_accounts import RedisAccounts
+    from triochat.server.redis_bus import Bus
+
+    try:
+        nick = _nick(args)
+        bus = await Bus.connect(parse_redis_url(args.redis), cluster=args.redis_cluster)
+    except _Usage as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except RedisError as exc:
+        return _fail(str(exc), EXIT_FAILED)
+    try:
+        return await _act(RedisAccounts(bus), args.action, nick, read_password)
+    except _Usage as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except AccountError as exc:
+        return _fail(str(exc), EXIT_FAILED)
+    finally:
+        await bus.close()
+
+
+async def _act(book: Book, action: str, nick: str, read_password: Callable[[], str]) -> int:
     if action == "list":
-        for registered in store.nicks():
+        for registered in await book.nicks():
             print(registered)
         return 0
     if action == "remove":
-        store.remove(nick)
+        await book.remove(nick)
         print(f"{nick}: removed")
         return 0
     # Checked before the password is asked for (and checked again by the write).
-    if action == "passwd" and store.lookup(nick) is None:
+    if action == "passwd" and await book.find(nick) is None:
         raise NoSuchAccount(f"{nick}: no such account")
-    if action == "add" and store.lookup(nick) is not None:
+    if action == "add" and await book.find(nick) is not None:
         raise AccountExists(f"{nick}: already registered")
     password_hash = hash_password(_password(read_password))
     if action == "add":
-        store.add(nick, password_hash)
+        await book.add(nick, password_hash)
         print(f"{nick}: registered")
     else:
-        store.set_hash(nick, password_hash)
+        await book.set_hash(nick, password_hash)
         print(f"{nick}: password changed")
     return 0
 

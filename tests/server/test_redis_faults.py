@@ -310,3 +310,33 @@ async def _welcomed_anew(url: str, before: str) -> bool:
             return again.welcome.server_id != before
     except (ConnectError, ConnectionLost, Rejected):
         return False
+
+
+async def test_readyz_says_when_a_node_cannot_reach_redis() -> None:
+    """``/readyz`` is 503 while Redis is down (a balancer sends new clients elsewhere),
+    200 again once it is back; ``/healthz`` stays 200 throughout: the node lives."""
+    async with run_nodes(FAST, count_=1) as nodes:
+        url = nodes.servers[0].url("ws")
+        with trio.fail_after(20):
+            assert await _probe(url, "/readyz") == 200
+            nodes.redis.kill()
+            while await _probe(url, "/readyz") != 503:  # noqa: ASYNC110
+                await trio.sleep(LEASE / 10)  # the next heartbeat finds out
+            assert await _probe(url, "/healthz") == 200
+            nodes.redis.restart()
+            while await _probe(url, "/readyz") != 200:  # noqa: ASYNC110
+                await trio.sleep(LEASE / 10)
+
+
+async def _probe(url: str, path: str) -> int:
+    """The status of ``GET path`` on a WebSocket listener."""
+    host, _, port = url.removeprefix("ws://").rpartition(":")
+    stream = await trio.open_tcp_stream(host, int(port))
+    async with stream:
+        await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        head = b""
+        while b"\r\n" not in head:
+            chunk = await stream.receive_some()
+            assert chunk, head
+            head += chunk
+    return int(head.split()[1])

@@ -29,6 +29,9 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
+
+import trio
 
 from triochat.protocol import rules
 
@@ -187,3 +190,50 @@ class AccountStore:
         if self._reader is not self._writer:
             self._reader.close()
         self._writer.close()
+
+
+class AccountsUnavailable(AccountError):
+    """The accounts could not be read or written now (a locked file, Redis unreachable)."""
+
+
+class Accounts(Protocol):
+    """Where the server finds and registers accounts: this file's table on one server,
+    Redis when nodes share rooms (:class:`triochat.server.relay.RedisAccounts`)."""
+
+    where: str
+    """Named in logs."""
+
+    async def find(self, nick: str) -> Account | None:
+        """The account ``nick`` belongs to; :class:`AccountsUnavailable` if unreadable."""
+        ...
+
+    async def add(self, nick: str, password_hash: str) -> None:
+        """Register ``nick``; :class:`AccountExists`, or :class:`AccountsUnavailable`."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class LocalAccounts:
+    """The :class:`Accounts` of an :class:`AccountStore`: a read is made on the event
+    loop (a WAL read waits for no lock, and at most ``READ_TIMEOUT`` for one), a write
+    on a worker thread."""
+
+    def __init__(self, store: AccountStore) -> None:
+        self.store = store
+        self.where = store.path
+
+    async def find(self, nick: str) -> Account | None:
+        try:
+            return self.store.lookup(nick)
+        except sqlite3.Error as exc:
+            raise AccountsUnavailable(str(exc)) from None
+
+    async def add(self, nick: str, password_hash: str) -> None:
+        try:
+            await trio.to_thread.run_sync(self.store.add, nick, password_hash)
+        except sqlite3.Error as exc:
+            raise AccountsUnavailable(str(exc)) from None
+
+    def close(self) -> None:
+        self.store.close()

@@ -56,7 +56,7 @@ from triochat.errors import (
 )
 from triochat.protocol import ErrorCode, encode, rules
 from triochat.protocol.events import Error
-from triochat.server.accounts import AccountStore
+from triochat.server.accounts import Accounts, AccountStore, LocalAccounts
 from triochat.server.auth import Guard
 from triochat.server.config import ServerConfig
 from triochat.server.hub import Hub
@@ -153,6 +153,8 @@ class Server:
     loader: Loader | None = None
     """Brings rooms in from the history database (or Redis) before they are joined; None
     without one."""
+    relay: Relay | None = None
+    """The node's link to Redis (``--redis``); None for a server alone."""
     guard: Guard | None = None
     """Accounts and tokens (triochat/server/auth.py); every session asks it who it may be."""
 
@@ -175,6 +177,11 @@ class Server:
     def stop(self) -> None:
         """Begin an orderly shutdown; :func:`serve` returns once it is done."""
         self._stop.set()
+
+    def ready(self) -> bool:
+        """Whether what the server needs answers (``/readyz``): with ``--redis``, Redis's
+        last heartbeat went through."""
+        return self.relay is None or self.relay.healthy
 
     def new_history(self, server_id: str) -> None:
         """Redis lost the shared history: every client is closed, to come back (here or
@@ -208,7 +215,7 @@ async def serve(
     server: Server | None = None
     guard: Guard | None = None
     try:
-        guard = Guard(config, await open_accounts(config.accounts_path))
+        guard = Guard(config, await _accounts(config, relay))
         hub = _hub(config, opened, relay)
         server = Server(
             config=config, hub=hub, flusher=Flusher(config.batch_turns), guard=guard, tls=tls
@@ -216,7 +223,7 @@ async def serve(
         if store is not None:
             server.loader = RoomLoader(hub, store, server.fail)
         if relay is not None:
-            server.loader = relay
+            server.loader = server.relay = relay
             relay.on_lost = server.new_history
             relay.flusher = server.flusher
         hub.on_fanout = server.flusher.mark_group
@@ -281,6 +288,15 @@ def _hub(config: ServerConfig, opened: Opened | None, relay: Relay | None) -> Hu
     if opened is not None:
         return Hub(config, durable=True, server_id=opened.server_id)
     return Hub(config)
+
+
+async def _accounts(config: ServerConfig, relay: Relay | None) -> Accounts:
+    """Redis's accounts when nodes share rooms, else the data file's (or memory's)."""
+    if relay is not None:
+        from triochat.server.redis_accounts import RedisAccounts
+
+        return RedisAccounts(relay.bus)
+    return LocalAccounts(await open_accounts(config.accounts_path))
 
 
 async def open_accounts(path: str | None) -> AccountStore:
@@ -672,7 +688,9 @@ async def _upgrade(
         await _close_with(server, stream, remote, received, server.http.wire(received))
         return None
     request, trailing = received
-    verdict = answer(request, draining=server._stop.is_set(), origins=server.origins)
+    verdict = answer(
+        request, draining=server._stop.is_set(), origins=server.origins, ready=server.ready()
+    )
     if verdict is not Verdict.UPGRADE:
         wire = server.http.wire(verdict, head_only=request.head_only)
         await _close_with(server, stream, remote, verdict, wire)

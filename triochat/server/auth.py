@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -34,7 +33,8 @@ from triochat.protocol import ErrorCode, ProtocolError, rules
 from triochat.server.accounts import (
     Account,
     AccountExists,
-    AccountStore,
+    Accounts,
+    AccountsUnavailable,
     check_password,
     hash_password,
     verify_password,
@@ -160,7 +160,7 @@ def load_public_key(pem: bytes) -> bytes:
 class Guard:
     """The server's one authority on identities; sessions ask it, it never calls them."""
 
-    def __init__(self, config: ServerConfig, accounts: AccountStore) -> None:
+    def __init__(self, config: ServerConfig, accounts: Accounts) -> None:
         self._config = config
         self.accounts = accounts
         self._limiter = trio.CapacityLimiter(config.auth_threads)
@@ -181,13 +181,13 @@ class Guard:
             raise ProtocolError(
                 ErrorCode.AUTH_REQUIRED, "this server requires a password or a token"
             )
-        if self.registered(nick) is not None:
+        if await self.registered(nick) is not None:
             raise ProtocolError(
                 ErrorCode.AUTH_REQUIRED, f"{nick} is registered: log in with its password"
             )
         return Identity(nick)
 
-    def check_rename(self, identity: Identity, nick: str) -> None:
+    async def check_rename(self, identity: Identity, nick: str) -> None:
         """Refuse (``auth_required``) a ``nick`` change to a nick the session has not proved."""
         if identity.owns(nick):
             return
@@ -195,15 +195,15 @@ class Guard:
             raise ProtocolError(
                 ErrorCode.AUTH_REQUIRED, "this server requires a proved nick: you cannot change it"
             )
-        if self.registered(nick) is not None:
+        if await self.registered(nick) is not None:
             raise ProtocolError(ErrorCode.AUTH_REQUIRED, f"{nick} is registered to someone else")
 
-    def registered(self, nick: str) -> Account | None:
+    async def registered(self, nick: str) -> Account | None:
         """The account of ``nick``, read now (never cached); fails closed if unreadable."""
         try:
-            return self.accounts.lookup(nick)
-        except sqlite3.Error as exc:
-            log.warning("cannot read accounts from %s: %s", self.accounts.path, exc)
+            return await self.accounts.find(nick)
+        except AccountsUnavailable as exc:
+            log.warning("cannot read accounts from %s: %s", self.accounts.where, exc)
             raise ProtocolError(
                 ErrorCode.AUTH_REQUIRED, "accounts cannot be read now; try again later"
             ) from None
@@ -218,7 +218,7 @@ class Guard:
                 f"too many failed logins for {nick} or from your address; try again in"
                 f" {math.ceil(wait)} s",
             )
-        account = self.registered(nick)
+        account = await self.registered(nick)
         stored = account.hash if account is not None else None
         if stored is not None and await self._hashing(verify_password, password, stored):
             assert account is not None
@@ -251,15 +251,15 @@ class Guard:
             check_password(password)
         except ValueError as exc:
             raise ProtocolError(ErrorCode.BAD_EVENT, str(exc)) from None
-        if self.registered(nick) is not None:
+        if await self.registered(nick) is not None:
             raise ProtocolError(ErrorCode.NICK_TAKEN, f"{nick} is already registered")
         password_hash = await self._hashing(hash_password, password)
         try:
-            await trio.to_thread.run_sync(self.accounts.add, nick, password_hash)
+            await self.accounts.add(nick, password_hash)
         except AccountExists as exc:  # registered meanwhile
             raise ProtocolError(ErrorCode.NICK_TAKEN, str(exc)) from None
-        except sqlite3.Error as exc:
-            log.warning("cannot register %s in %s: %s", nick, self.accounts.path, exc)
+        except AccountsUnavailable as exc:
+            log.warning("cannot register %s in %s: %s", nick, self.accounts.where, exc)
             raise ProtocolError(ErrorCode.BAD_EVENT, "cannot register now; try later") from None
         return Identity(nick, rules.nick_key(nick), identity.rooms)
 

@@ -18,6 +18,7 @@ Keys (``K`` a room's or nick's key, ``ID`` a node's id):
   ``tc:{r:K}:u`` its members (nick key → ``ID\\nSEQ\\nnick``, SEQ that of its
   ``joined``, so every node lists members in join order), ``tc:{r:K}:c`` its channel.
   A channel message is ``<seq> <epoch> <line>``.
+* ``tc:{a:K}`` a registered nick's account, ``tc:accounts`` every account's key.
 * ``tc:{n:K}`` a nick's lease: ``ID\\nnick``, expiring unless its node renews it.
 * ``tc:{d:ID}:live`` a node's lease, ``tc:{d:ID}:rooms`` the rooms it has members
   in, ``tc:{d:ID}:nicks`` its nicks (key → nick), ``tc:{d:ID}:c`` its channel (DMs);
@@ -195,6 +196,32 @@ end)
 redis.register_function('tc_publish', function(keys, args)
   redis.call('PUBLISH', args[1], args[2])
   return 1
+end)
+
+-- Accounts (registered nicks). KEYS: the account's hash (n: nick as registered,
+-- h: password hash, t: when). tc_account_add: 0 if it exists; tc_account_set and
+-- tc_account_del: 0 if it does not.
+redis.register_function{function_name='tc_account', flags={'no-writes'},
+  callback=function(keys, args) return redis.call('HMGET', keys[1], 'n', 'h') end}
+
+redis.register_function('tc_account_add', function(keys, args)
+  if redis.call('EXISTS', keys[1]) == 1 then
+    return 0
+  end
+  redis.call('HSET', keys[1], 'n', args[1], 'h', args[2], 't', args[3])
+  return 1
+end)
+
+redis.register_function('tc_account_set', function(keys, args)
+  if redis.call('EXISTS', keys[1]) == 0 then
+    return 0
+  end
+  redis.call('HSET', keys[1], 'h', args[1])
+  return 1
+end)
+
+redis.register_function('tc_account_del', function(keys, args)
+  return redis.call('DEL', keys[1])
 end)
 
 -- A direct message to whoever holds the nick: its nick as shown, 0 if nobody holds it. KEYS: nick.

@@ -139,6 +139,8 @@ class Relay:
     on_lost: Callable[[str], None] = lambda new_id: None
     """Told the shared history's new id when Redis lost what the node holds."""
     history_id: str = ""
+    healthy: bool = True
+    """Whether the last heartbeat reached Redis (``/readyz``)."""
     _queue: list[tuple[Call, Done, bool]] = field(default_factory=list)
     _retry: list[tuple[Call, Done]] = field(default_factory=list)
     _wakeup: trio.lowlevel.ParkingLot = field(default_factory=trio.lowlevel.ParkingLot)
@@ -352,11 +354,16 @@ class Relay:
             await trio.sleep(self.beat)  # a period, not a synchronisation
             try:
                 await self._beat_once()
+                if not self.healthy:
+                    log.warning("redis: reachable again")
+                self.healthy = True
                 await self._check()
                 await self._leave_dropped()
                 await self._reap()
             except RedisError as exc:
-                log.warning("redis: %s", exc)
+                if self.healthy:
+                    log.warning("redis: %s", exc)
+                self.healthy = False
 
     async def _beat_once(self) -> None:
         keys = self.keys

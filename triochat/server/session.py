@@ -330,7 +330,7 @@ class Session:
                             await self._register(event)
                             continue
                         if isinstance(event, Nick):
-                            if await self._reserve(event.nick, _ref(event)):
+                            if await self._may_rename(event.nick, _ref(event)):
                                 self._handle(event)
                                 self._hub.unreserve(event.nick)  # unless renamed to it
                             continue
@@ -454,6 +454,17 @@ class Session:
             self._error(ErrorCode.RATE_LIMITED, "slow down: too many events", _ref(event))
             return None
         return event
+
+    async def _may_rename(self, nick: str, ref: Ref) -> bool:
+        """Whether the guard lets this session take ``nick`` and the hub has reserved it
+        (see :meth:`Hub.reserve`); if not, the client is told."""
+        if self._guard is not None:
+            try:
+                await self._guard.check_rename(self._identity, rules.check_nick(nick))
+            except ProtocolError as exc:
+                self._error(exc.code, exc.message, ref)
+                return False
+        return await self._reserve(nick, ref)
 
     async def _reserve(self, nick: str, ref: Ref = None) -> bool:
         """Whether ``nick`` may be taken (see :meth:`Hub.reserve`); if not, the client is told."""
@@ -588,9 +599,7 @@ class Session:
                 hub.join(member, room)
             case Part(room=room):
                 hub.part(member, room)
-            case Nick(nick=nick):
-                if self._guard is not None:
-                    self._guard.check_rename(self._identity, rules.check_nick(nick))
+            case Nick(nick=nick):  # the guard and the hub agreed first (_may_rename)
                 hub.rename(member, nick)
             case Who(room=room):
                 hub.who(member, room)

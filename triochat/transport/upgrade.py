@@ -53,7 +53,8 @@ MAX_FIELDS = 100
 """Header lines one request may have."""
 WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 """RFC 6455 §1.3: appended to the client's key before hashing."""
-PROBES = frozenset({b"/healthz", b"/readyz"})
+READY = b"/readyz"
+PROBES = frozenset({b"/healthz", READY})
 """Paths a load balancer may poll (the same answer; see docs/operations.md)."""
 
 _TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
@@ -72,6 +73,8 @@ class Verdict(Enum):
     UPGRADE = (101, "")
     HEALTHY = (200, "ok")
     DRAINING = (503, "triochat is shutting down; try again later")
+    UNREADY = (503, "triochat cannot reach its shared store (redis) now; try another node")
+    """``/readyz`` of a node whose Redis does not answer (``/healthz`` stays 200: it lives)."""
     FOREIGN_ORIGIN = (
         403,
         "this Origin may not open a WebSocket here: it is not the Host's own"
@@ -196,9 +199,12 @@ def _unended(line: bytes) -> bytes:
 # --- judging -------------------------------------------------------------------------
 
 
-def answer(request: Request, *, draining: bool, origins: Origins | None = None) -> Verdict:
+def answer(
+    request: Request, *, draining: bool, origins: Origins | None = None, ready: bool = True
+) -> Verdict:
     """What ``request`` gets; ``draining``: the server is stopping; ``origins``: which
-    browser origins may upgrade (default: the Host's own only).
+    browser origins may upgrade (default: the Host's own only); ``ready``: what it
+    needs to serve (with ``--redis``, Redis) answers.
 
     In this order: a probe gets its state; a plain request is told this is a
     WebSocket port (or 503 while draining); an upgrade RFC 6455 §4.2.1 does not
@@ -208,7 +214,10 @@ def answer(request: Request, *, draining: bool, origins: Origins | None = None) 
     """
     if not _wants_websocket(request):
         if _is_probe(request):
-            return Verdict.DRAINING if draining else Verdict.HEALTHY
+            if draining:
+                return Verdict.DRAINING
+            unready = not ready and request.target.partition(b"?")[0] == READY
+            return Verdict.UNREADY if unready else Verdict.HEALTHY
         return Verdict.DRAINING if draining else Verdict.NOT_WEBSOCKET
     for rule in _RULES:
         broken = rule(request)
