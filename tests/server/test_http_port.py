@@ -33,6 +33,8 @@ from triochat.transport.upgrade import (
     parse,
 )
 
+ACROSS_NODES = True
+
 TIMEOUT = 10
 
 

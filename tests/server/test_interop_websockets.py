@@ -17,6 +17,8 @@ from websockets.exceptions import ConnectionClosed
 
 from triochat.server import Server
 
+ACROSS_NODES = True
+
 TIMEOUT = 10
 
 

@@ -23,6 +23,8 @@ from triochat import argtypes, cli
 from triochat.server import Server, serve
 from triochat.transport.upgrade import Origins, Verdict, answer, normal_origin, parse
 
+ACROSS_NODES = True
+
 TIMEOUT = 10
 
 

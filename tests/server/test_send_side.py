@@ -39,6 +39,8 @@ from triochat.transport.upgrade import Request as UpgradeRequest
 from triochat.transport.upgrade import parse, switching_protocols
 from triochat.transport.wsproto_ws import WsprotoConnection, text_frame
 
+ACROSS_NODES = True
+
 TIMEOUT = 10.0
 BIG = b"".join(b"%06d:%s\n" % (n, b"a" * 93) for n in range(1000))  # 100 kB of lines
 

@@ -27,6 +27,8 @@ from triochat.protocol import ErrorCode
 from triochat.protocol.events import Error, Members
 from triochat.server import Server, serve
 
+ACROSS_NODES = True
+
 SECRET = b"s" * 32
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 ED_KEY = ed25519.Ed25519PrivateKey.generate()

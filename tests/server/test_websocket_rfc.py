@@ -27,6 +27,8 @@ from triochat.protocol.events import Hello, Left, LeftReason, Message
 from triochat.protocol.events import Pong as LinePong
 from triochat.server import Server, serve
 
+ACROSS_NODES = True
+
 TIMEOUT = 10
 MAX_LINE = 1000
 
