@@ -17,7 +17,8 @@ Keys (``K`` a room's or nick's key, ``ID`` a node's id):
   name), ``tc:{r:K}:l`` its stream (entry ids ``<seq>-0``, field ``l`` the line),
   ``tc:{r:K}:u`` its members (nick key → ``ID\\nSEQ\\nnick``, SEQ that of its
   ``joined``, so every node lists members in join order), ``tc:{r:K}:c`` its channel.
-  A channel message is ``<seq> <epoch> <line>``.
+  A channel message is ``<seq> <epoch> <line>...``: one or more lines (each ending
+  in a newline), with consecutive seqs from ``<seq>``.
 * ``tc:{a:K}`` a registered nick's account, ``tc:accounts`` every account's key.
 * ``tc:{n:K}`` a nick's lease: ``ID\\nnick``, expiring unless its node renews it.
 * ``tc:{d:ID}:live`` a node's lease, ``tc:{d:ID}:rooms`` the rooms it has members
@@ -66,40 +67,49 @@ local function publish(channel, payload, sharded)
   end
 end
 
--- A room event. KEYS: meta, log, members, channel. ARGV: prefix, suffix (the line
--- around its seq), the node's settings ("retention\nnode\nsharded"), the event
--- ("m", or "j\nnick key\nnick\nroom name", "l\nnick key\nnick\nroom name"). A leave
--- by a node the member does not belong to is no event: 0. Otherwise the event's seq.
+-- Room events, in order. KEYS: meta, log, members, channel. ARGV: the node's
+-- settings ("retention\nnode\nsharded"), then per event: prefix, suffix (its line
+-- around its seq), what ("m", or "j\nnick key\nnick\nroom name", "l\n..." alike).
+-- A leave by a node the member does not belong to is no event. Returns each
+-- event's seq (0: no event). The events get consecutive seqs and go out as one
+-- publication: "<first seq> <epoch> <line><line>...", each line ending in \n.
 -- A room made here gets an epoch of its maker's node and Redis's clock.
 redis.register_function('tc_event', function(keys, args)
-  local retention, node, sharded = string.match(args[3], '^(%d+)\n([^\n]*)\n(%d)$')
-  local kind, who, nick, name = args[4], '', '', ''
-  if #kind > 1 then
-    kind, who, nick, name = string.match(args[4], '^(.)\n([^\n]*)\n([^\n]*)\n(.*)$')
-  end
-  if kind == 'l' then
-    local held = redis.call('HGET', keys[3], who)
-    if not held or string.sub(held, 1, #node + 1) ~= node .. '\n' then
-      return 0
+  local retention, node, sharded = string.match(args[1], '^(%d+)\n([^\n]*)\n(%d)$')
+  local epoch = redis.call('HGET', keys[1], 'e')
+  local seqs, lines, first = {}, {}, nil
+  for i = 2, #args, 3 do
+    local kind, who, nick, name = args[i + 2], '', '', ''
+    if #kind > 1 then
+      kind, who, nick, name = string.match(kind, '^(.)\n([^\n]*)\n([^\n]*)\n(.*)$')
+    end
+    local held = kind == 'l' and redis.call('HGET', keys[3], who)
+    if kind == 'l' and (not held or string.sub(held, 1, #node + 1) ~= node .. '\n') then
+      table.insert(seqs, 0)
+    else
+      if not epoch then
+        local now = redis.call('TIME')
+        epoch = node .. '.' .. now[1] .. '.' .. now[2]
+        redis.call('HSET', keys[1], 'e', epoch, 'n', name)
+        redis.call('DEL', keys[2])
+      end
+      local seq = redis.call('HINCRBY', keys[1], 's', 1)
+      local line = args[i] .. seq .. args[i + 1]
+      redis.call('XADD', keys[2], 'MAXLEN', retention, seq .. '-0', 'l', line)
+      if kind == 'j' then
+        redis.call('HSET', keys[3], who, node .. '\n' .. seq .. '\n' .. nick)
+      elseif kind == 'l' then
+        redis.call('HDEL', keys[3], who)
+      end
+      first = first or seq
+      table.insert(seqs, seq)
+      table.insert(lines, line)
     end
   end
-  local epoch = redis.call('HGET', keys[1], 'e')
-  if not epoch then
-    local now = redis.call('TIME')
-    epoch = node .. '.' .. now[1] .. '.' .. now[2]
-    redis.call('HSET', keys[1], 'e', epoch, 'n', name)
-    redis.call('DEL', keys[2])
+  if first then
+    publish(keys[4], first .. ' ' .. epoch .. ' ' .. table.concat(lines), sharded)
   end
-  local seq = redis.call('HINCRBY', keys[1], 's', 1)
-  local line = args[1] .. seq .. args[2]
-  redis.call('XADD', keys[2], 'MAXLEN', retention, seq .. '-0', 'l', line)
-  if kind == 'j' then
-    redis.call('HSET', keys[3], who, node .. '\n' .. seq .. '\n' .. nick)
-  elseif kind == 'l' then
-    redis.call('HDEL', keys[3], who)
-  end
-  publish(keys[4], seq .. ' ' .. epoch .. ' ' .. line, sharded)
-  return seq
+  return seqs
 end)
 
 -- A room as it is now, in one step. KEYS: meta, log, members. ARGV: how many

@@ -94,7 +94,9 @@ def event_call(keys: RoomKeys, event: Joined | Left | Message, settings: bytes) 
 
     Redis puts the seq into the line: it is encoded once with seq 0, and
     ``"seq":0`` can only be the field itself, since quotes inside JSON strings
-    are escaped. Few arguments: the client library's cost grows with each."""
+    are escaped. Few arguments: the client library's cost grows with each, which
+    is also why a batch's consecutive events of one room go as one call
+    (:func:`coalesce`)."""
     before, _, after = encode(event).partition(b'"seq":0')
     match event:
         case Joined(nick=nick, room=room):
@@ -106,8 +108,30 @@ def event_call(keys: RoomKeys, event: Joined | Left | Message, settings: bytes) 
     return Call(
         "tc_event",
         [keys.meta, keys.log, keys.members, keys.channel],
-        [before + b'"seq":', after, settings, what],
+        [settings, before + b'"seq":', after, what],
     )
+
+
+def coalesce(calls: list[Call]) -> tuple[list[Call], list[int]]:
+    """``calls`` with each run of consecutive ``tc_event`` calls of one room made one
+    call (one publication, too), and how many of the original calls each stands for."""
+    merged: list[Call] = []
+    sizes: list[int] = []
+    for call in calls:
+        last = merged[-1] if merged else None
+        if (
+            last is not None
+            and call.function == "tc_event"
+            and last.function == "tc_event"
+            and call.keys[0] == last.keys[0]
+            and call.args[0] == last.args[0]  # the same node's settings
+        ):
+            last.args.extend(call.args[1:])
+            sizes[-1] += 1
+        else:
+            merged.append(Call(call.function, call.keys, list(call.args)))
+            sizes.append(1)
+    return merged, sizes
 
 
 def nick_lease(key: str) -> str:
@@ -235,8 +259,17 @@ class Relay:
     async def _send(self, taken: list[tuple[Call, Done, bool]]) -> None:
         if not taken:
             return
+        calls, sizes = coalesce([call for call, _, _ in taken])
         with self.flusher.committing() if self.flusher is not None else nullcontext():
-            results = await self.bus.batch([call for call, _, _ in taken])
+            answers = await self.bus.batch(calls)
+        results: list[Any] = []
+        for call, size, answer in zip(calls, sizes, answers, strict=True):
+            if call.function != "tc_event":
+                results.append(answer)
+            elif isinstance(answer, Exception):
+                results += [answer] * size
+            else:
+                results += answer  # one seq per event
         for (call, done, retry), result in zip(taken, results, strict=True):
             if isinstance(result, Exception) and retry:
                 self._retry.append((call, done))

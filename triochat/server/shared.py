@@ -409,12 +409,16 @@ class SharedHub(Hub):
     # --- hearing ---------------------------------------------------------------------
 
     def hear(self, channel: bytes, payload: bytes) -> None:
-        """A room's event as published: ``<seq> <epoch> <line>``."""
+        """A room's events as published: ``<first seq> <epoch> <line>...``, each line
+        ending in a newline, their seqs consecutive."""
         room = self._channels.get(channel)
         if room is None:
             return
-        seq, epoch, line = payload.split(b" ", 2)
-        self._take(room, int(seq), epoch.decode(), line)
+        first, epoch, lines = payload.split(b" ", 2)
+        seq, era = int(first), epoch.decode()
+        for line in lines.splitlines(keepends=True):
+            self._take(room, seq, era, line)
+            seq += 1
 
     def _take(self, room: SharedRoom, seq: int, epoch: str, line: bytes) -> None:
         if epoch != room.epoch:
