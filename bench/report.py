@@ -509,8 +509,9 @@ def _redis_table(rows: list[RedisRow]) -> Table:
     table = _table(
         f"Redis: standalone (in memory) vs serve --redis nodes on one redis-server (Unix socket), "
         f"N={rows[0].clients} WS\n2 nodes: half the clients on node A, half on B; "
-        "latency A->B: sent on A, read on B; PUBLISH (room events Redis ordered): counted by "
-        "Redis, averaged over the nodes; other CPU: server's / load generator's",
+        "latency A->B: sent on A, read on B; PUBLISH: publications (a batch's events of one "
+        "room go as one), counted by Redis, averaged over the nodes; other CPU: server's / "
+        "load generator's",
         "server",
         "K",
         "deliv/s",
