@@ -340,15 +340,9 @@ class Hub:
         its bound at most, never retention x rooms. A small past (the usual
         case) is all sent here, and the joiner is level before this returns.
         """
-        name = self.canonical(room)
-        if name in member.rooms:
-            self._send(member, encode(Members(room=name, nicks=self._rooms[name].nicks())))
+        name = self._joinable(member, room)
+        if name is None:
             return
-        if len(member.rooms) >= self._config.max_rooms_per_client:
-            raise ProtocolError(
-                ErrorCode.TOO_MANY_ROOMS,
-                f"at most {self._config.max_rooms_per_client} rooms at once",
-            )
         target = self._room(name)
         self._idle.pop(name, None)
         target.members[member.key] = member
@@ -360,6 +354,20 @@ class Hub:
         pages = self._catch_up(target, line, joined.seq, resume_after)
         member.catch_ups.append(CatchUp(target, pages))
         self.pump(member)
+
+    def _joinable(self, member: Member, room: str) -> str | None:
+        """The name of ``room`` if ``member`` may join it; None (and ``members`` sent) if
+        it is in already; ``too_many_rooms`` past the per-client limit."""
+        name = self.canonical(room)
+        if name in member.rooms:
+            self._send(member, encode(Members(room=name, nicks=self._rooms[name].nicks())))
+            return None
+        if len(member.rooms) >= self._config.max_rooms_per_client:
+            raise ProtocolError(
+                ErrorCode.TOO_MANY_ROOMS,
+                f"at most {self._config.max_rooms_per_client} rooms at once",
+            )
+        return name
 
     def pump(self, member: Member, *, written: bool = False) -> None:
         """Send ``member`` the next pages of its catch-ups, up to a quarter of its bound.
@@ -492,7 +500,7 @@ class Hub:
     def unloaded(self, names: Iterable[str]) -> list[str]:
         """Of ``names`` (raw; invalid ones skipped), the rooms a store must load before
         a join (see :meth:`restore`): none without a store."""
-        if not self._durable:
+        if not self._loads_rooms:
             return []
         wanted = []
         for raw in names:
@@ -503,6 +511,11 @@ class Hub:
             if name not in self._rooms:
                 wanted.append(name)
         return list(dict.fromkeys(wanted))
+
+    @property
+    def _loads_rooms(self) -> bool:
+        """Whether rooms not in memory may exist elsewhere, to be loaded before a join."""
+        return self._durable
 
     @contextmanager
     def pinned(self, names: Sequence[str]) -> Iterator[None]:

@@ -230,16 +230,9 @@ class SharedHub(Hub):
 
     # --- loading and forgetting mirrors --------------------------------------------
 
-    def unloaded(self, names: Any) -> list[str]:
-        wanted = []
-        for raw in names:
-            try:
-                name = self.canonical(raw)
-            except ProtocolError:
-                continue
-            if name not in self._rooms:
-                wanted.append(name)
-        return list(dict.fromkeys(wanted))
+    @property
+    def _loads_rooms(self) -> bool:
+        return True  # every room lives in Redis
 
     def mirror(self, name: str, keys: RoomKeys, snapshot: list[Any], heard: list[bytes]) -> None:
         """Hold room ``name`` as Redis had it (``snapshot`` of ``tc_load``), then what
@@ -307,15 +300,9 @@ class SharedHub(Hub):
             room.due.setdefault(seq, []).append(action)
 
     def join(self, member: Member, room: str, *, resume_after: int | None = None) -> None:
-        name = self.canonical(room)
-        if name in member.rooms:
-            self._send(member, encode(Members(room=name, nicks=self._rooms[name].nicks())))
+        name = self._joinable(member, room)
+        if name is None:
             return
-        if len(member.rooms) >= self._config.max_rooms_per_client:
-            raise ProtocolError(
-                ErrorCode.TOO_MANY_ROOMS,
-                f"at most {self._config.max_rooms_per_client} rooms at once",
-            )
         if name not in self._rooms:
             raise ProtocolError(ErrorCode.UNAVAILABLE, UNAVAILABLE)
         self._room(name)  # the server's room limit
@@ -435,7 +422,7 @@ class SharedHub(Hub):
             return
         self._apply(room, seq, line)
         early = room.early
-        while early:
+        while early and self._rooms.get(room.name) is room:  # not forgotten meanwhile
             line_ = early.pop(room.level + 1, None)
             if line_ is None:
                 break
@@ -458,8 +445,11 @@ class SharedHub(Hub):
         recipients = room.recipients
         presence = room.name if kind != b"m" and len(recipients) >= LARGE_ROOM else None
         self._emit(recipients, line, room_event=True, presence=presence)
-        for action in room.due.pop(seq, ()):
-            action()
+        due = room.due.pop(seq, None)
+        if due is not None:
+            for action in due:
+                action()
+            self._settle(room)  # the last thing a room without members here waited for
         if self._history_bytes > self._config.history_bytes:
             self._shed()
 
