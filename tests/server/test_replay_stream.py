@@ -18,6 +18,8 @@ from triochat.protocol.events import (
 )
 from triochat.server import Server
 
+ACROSS_NODES = True
+
 LONG = "y" * 7900
 """300 of these are 2.4 MB of history: several outbox bounds (1 MiB) of replay."""
 FILL = 300
@@ -48,7 +50,9 @@ async def test_a_resume_past_the_bound_arrives_whole_then_live_in_seq_order(
             await fill(talker, "lobby", FILL, LONG)
             hello = Hello(nick="reader", resume={"lobby": 0})
             reader = LineReader(await stalled(server.url("tcp"), hello))
-            # Said while the reader's replay is stalled in its socket: owed after the replay.
+            # Once the reader is in (on another node, its join is ordered a little later)...
+            await skip_until(talker, Joined, nick="reader")
+            # ...said while the reader's replay is stalled in its socket: owed after the replay.
             for n in range(FILL, FILL + 20):
                 await talker.say("lobby", f"{n}:short")
             await skip_until(talker, Message, text=f"{FILL + 19}:short")
