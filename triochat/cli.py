@@ -231,6 +231,11 @@ def _redis_arguments(p: argparse.ArgumentParser) -> None:
         help="the --redis URL is one node of a Redis Cluster",
     )
     p.add_argument(
+        "--redis-cafile",
+        metavar="PEM",
+        help="CA certificates to check a rediss:// server's against (default: the system's)",
+    )
+    p.add_argument(
         "--node-id",
         type=argtypes.node_id,
         help="this node's name in Redis and in logs (default: random)",
@@ -318,6 +323,7 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         db_path=None if args.no_history or args.redis else (args.db or _default_db()),
         redis_url=args.redis,
         redis_cluster=args.redis_cluster,
+        redis_cafile=args.redis_cafile,
         node_id=args.node_id,
         redis_lease=args.redis_lease,
         # Accounts live in the data file; with --no-history, only if --db names one.
@@ -360,9 +366,11 @@ async def _serve_until_signalled(config: ServerConfig) -> None:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    if args.redis_cluster and not args.redis:
-        print("triochat: argument --redis-cluster: needs --redis URL", file=sys.stderr)
-        return 2
+    for flag in ("redis_cluster", "redis_cafile"):
+        if getattr(args, flag) and not args.redis:
+            name = flag.replace("_", "-")
+            print(f"triochat: argument --{name}: needs --redis URL", file=sys.stderr)
+            return 2
     # A chat server allocates many short-lived objects per event; Python's default
     # thresholds then run full collections every few ms under load (p99 spikes and
     # about a third of the throughput at N=1000, see docs/performance.md).

@@ -266,6 +266,7 @@ async def open_relay(config: ServerConfig) -> Relay:
     bus = await Bus.connect(
         parse_redis_url(config.redis_url),
         cluster=config.redis_cluster,
+        cafile=config.redis_cafile,
         debug=logging.getLogger("glide").isEnabledFor(logging.DEBUG),
     )
     relay = Relay(

@@ -88,6 +88,9 @@ class ServerConfig:
     redis_url: str | None = None
     """``redis://``, ``rediss://`` or ``unix://``: rooms, nicks and history shared by
     every node of that Redis (docs/scaling.md); None: this server alone."""
+    redis_cafile: str | None = None
+    """CA certificates (PEM) a ``rediss://`` server's certificate is checked against;
+    None: the system's."""
     redis_cluster: bool = False
     """``redis_url`` is one node of a Redis Cluster (rooms on shard channels)."""
     node_id: str | None = None

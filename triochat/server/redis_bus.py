@@ -35,6 +35,8 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from glide import (
+    AdvancedGlideClientConfiguration,
+    AdvancedGlideClusterClientConfiguration,
     BackoffStrategy,
     Batch,
     ClusterBatch,
@@ -47,6 +49,7 @@ from glide import (
     LogLevel,
     NodeAddress,
     ServerCredentials,
+    TlsAdvancedConfiguration,
 )
 
 from triochat.errors import RedisError
@@ -56,6 +59,9 @@ log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT_MS = 5000
 """How long one call or batch may take, reconnecting included, before it fails."""
+RESUBSCRIBE_MS = 1000
+"""How often the library checks its subscriptions against the server's, so a lost one
+comes back within about this (its default, 3 s, was what a restart took here)."""
 
 LIBRARY = r"""#!lua name=triochat
 
@@ -280,12 +286,18 @@ class Bus:
         self.sharded = isinstance(calls, GlideClusterClient)
 
     @classmethod
-    async def connect(cls, target: RedisTarget, *, cluster: bool, debug: bool = False) -> Bus:
-        """Connect twice and load the functions; :class:`RedisError` if Redis can't be used."""
+    async def connect(
+        cls, target: RedisTarget, *, cluster: bool, cafile: str | None = None, debug: bool = False
+    ) -> Bus:
+        """Connect twice and load the functions; :class:`RedisError` if Redis can't be used.
+
+        ``cafile``: the CA certificates (PEM) a ``rediss://`` server's is checked against,
+        instead of the system's."""
         Logger.set_logger_config(LogLevel.WARN if debug else LogLevel.OFF)
+        cas = _read_cafile(cafile)
         try:
-            calls = await _client(target, cluster)
-            listener = await _client(target, cluster)
+            calls = await _client(target, cluster, cas)
+            listener = await _client(target, cluster, cas)
         except GlideError as exc:
             raise RedisError(f"cannot connect to redis {target.shown}: {exc}") from None
         bus = cls(target, calls, listener)
@@ -381,7 +393,19 @@ def _bytes(value: str | bytes) -> bytes:
     return value.encode() if isinstance(value, str) else value
 
 
-async def _client(target: RedisTarget, cluster: bool) -> GlideClient | GlideClusterClient:
+def _read_cafile(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as pem:
+            return pem.read()
+    except OSError as exc:
+        raise RedisError(f"cannot read the Redis CA file {path}: {exc.strerror}") from None
+
+
+async def _client(
+    target: RedisTarget, cluster: bool, cas: bytes | None
+) -> GlideClient | GlideClusterClient:
     address = (
         NodeAddress(unix_socket_path=target.path)
         if target.path is not None
@@ -393,23 +417,27 @@ async def _client(target: RedisTarget, cluster: bool) -> GlideClient | GlideClus
         else None
     )
     retry = BackoffStrategy(num_of_retries=8, factor=50, exponent_base=2)
+    tls = TlsAdvancedConfiguration(root_pem_cacerts=cas) if cas is not None else None
+    common: dict[str, Any] = {
+        "use_tls": target.tls,
+        "credentials": credentials,
+        "request_timeout": REQUEST_TIMEOUT_MS,
+        "reconnect_strategy": retry,
+    }
     if cluster:
+        advanced = AdvancedGlideClusterClientConfiguration(
+            tls_config=tls, pubsub_reconciliation_interval=RESUBSCRIBE_MS
+        )
         return await GlideClusterClient.create(
-            GlideClusterClientConfiguration(
-                [address],
-                use_tls=target.tls,
-                credentials=credentials,
-                request_timeout=REQUEST_TIMEOUT_MS,
-                reconnect_strategy=retry,
-            )
+            GlideClusterClientConfiguration([address], advanced_config=advanced, **common)
         )
     return await GlideClient.create(
         GlideClientConfiguration(
             [address],
-            use_tls=target.tls,
-            credentials=credentials,
-            request_timeout=REQUEST_TIMEOUT_MS,
-            reconnect_strategy=retry,
             database_id=target.db,
+            advanced_config=AdvancedGlideClientConfiguration(
+                tls_config=tls, pubsub_reconciliation_interval=RESUBSCRIBE_MS
+            ),
+            **common,
         )
     )
