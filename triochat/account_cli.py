@@ -80,6 +80,9 @@ def _db_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--redis-cluster", action="store_true", help="the --redis URL is one node of a cluster"
     )
+    parser.add_argument(
+        "--redis-cafile", metavar="PEM", help="CA certificates for a rediss:// server"
+    )
 
 
 class Book(Protocol):
@@ -116,8 +119,8 @@ class _FileBook:
 
 def run_account(args: argparse.Namespace, read_password: Callable[[], str] | None = None) -> int:
     read = read_password or _read_password
-    if args.redis is None and args.redis_cluster:
-        return _fail("--redis-cluster needs --redis URL", EXIT_USAGE)
+    if args.redis is None and (args.redis_cluster or args.redis_cafile):
+        return _fail("--redis-cluster and --redis-cafile need --redis URL", EXIT_USAGE)
     if args.redis is not None:
         return trio.run(_in_redis, args, read)
     path = args.db or _default_path()
@@ -146,7 +149,9 @@ async def _in_redis(args: argparse.Namespace, read_password: Callable[[], str]) 
 
     try:
         nick = _nick(args)
-        bus = await Bus.connect(parse_redis_url(args.redis), cluster=args.redis_cluster)
+        bus = await Bus.connect(
+            parse_redis_url(args.redis), cluster=args.redis_cluster, cafile=args.redis_cafile
+        )
     except _Usage as exc:
         return _fail(str(exc), EXIT_USAGE)
     except RedisError as exc:
