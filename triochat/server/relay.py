@@ -177,13 +177,13 @@ class Relay:
     _dropped: set[str] = field(default_factory=set)
     """Room channels to leave, once no load needs them again."""
     _lost: str | None = None
+    """Why this node found Redis without what it held, until the heartbeat acts on it."""
     flusher: Flusher | None = None
     """Told while a batch is out (see :meth:`Flusher.committing`): the burst it carries comes
     back on pub/sub with its answer, and is written in one flush with the acks."""
     _nursery: trio.Nursery | None = None
     _renewed: float = -math.inf
     """When the nick leases were last renewed (trio's clock)."""
-    """Why this node found Redis without what it held, until the heartbeat acts on it."""
 
     @property
     def keys(self) -> NodeKeys:
