@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.metadata
 import logging
 import signal
 import sys
 from collections.abc import Sequence
+from functools import partial
 
 import trio
 
@@ -19,6 +21,7 @@ from triochat.server.config import MIN_MAX_LINE
 from triochat.server.limits import raise_open_files_limit
 from triochat.server.redis_url import parse_redis_url
 from triochat.server.store import default_db_path
+from triochat.settings import CONFIG_FLAG, Settings, SettingsError, describe, layered
 from tui.cli import add_arguments as add_tui_arguments
 
 DEFAULTS = ServerConfig()
@@ -26,6 +29,12 @@ GC_THRESHOLD = 50_000
 
 
 def _serve_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        CONFIG_FLAG,
+        metavar="FILE",
+        help="a TOML file of settings: every flag's long name with _ for - (tcp_port = 5001);"
+        " TRIOCHAT_* environment variables override it, flags override both",
+    )
     p.add_argument("--host", default=DEFAULTS.host, help="address to listen on")
     p.add_argument(
         "--port", type=argtypes.port, default=DEFAULTS.port, help="WebSocket port (0: any free)"
@@ -397,17 +406,59 @@ def _run_tui(args: argparse.Namespace) -> int:
     return run_tui(args.url, args.nick, args.room, args.password_env, args.cafile)
 
 
+SERVE_DESCRIPTION = "Run the chat server: WebSocket and plain TCP listeners, one NDJSON protocol."
+CONFIG_DESCRIPTION = (
+    "Print the settings serve would run with (same arguments), and where each came from:"
+    " a flag, a TRIOCHAT_* environment variable, the --config file, or the default."
+)
+
+
+def serve_parser(
+    parser_class: type[argparse.ArgumentParser], command: str = "serve"
+) -> argparse.ArgumentParser:
+    """``triochat serve`` (or ``config``, which takes the same arguments) on its own:
+    no abbreviations, so the flags a command line sets are exactly the ones it spells."""
+    parser = parser_class(
+        prog=f"triochat {command}",
+        description=SERVE_DESCRIPTION if command == "serve" else CONFIG_DESCRIPTION,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,
+    )
+    _serve_arguments(parser)
+    return parser
+
+
+def _run_config(settings: Settings) -> int:
+    def mask(key: str, value: object) -> object:
+        if key == "redis" and isinstance(value, str):
+            return parse_redis_url(value).shown
+        return value
+
+    for line in describe(settings, mask):
+        print(line)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argtypes.Parser(prog="triochat", description="A chat server and client on Trio.")
+    parser.add_argument("--version", action="version", version=f"triochat {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    serve_parser = commands.add_parser(
-        "serve",
-        help="run the chat server",
-        description="Run the chat server: WebSocket and plain TCP listeners, one NDJSON protocol.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    _serve_arguments(serve_parser)
-    serve_parser.set_defaults(run=_run_serve)
+    for command, text, description in [
+        ("serve", "run the chat server", SERVE_DESCRIPTION),
+        (
+            "config",
+            "print the settings serve would run with, and their sources",
+            CONFIG_DESCRIPTION,
+        ),
+    ]:
+        sub = commands.add_parser(
+            command,
+            help=text,
+            description=description,
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            allow_abbrev=False,
+        )
+        _serve_arguments(sub)  # for --help; main() parses these commands itself (layered)
     tui_parser = commands.add_parser(
         "tui", help="run the chat client in this terminal", description="The Textual chat client."
     )
@@ -417,6 +468,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("triochat")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words and words[0] in ("serve", "config"):
+        command = words[0]
+        try:
+            settings = layered(partial(serve_parser, command=command), argtypes.Parser, words[1:])
+        except SettingsError as exc:
+            print(f"triochat: {exc}", file=sys.stderr)
+            return 2
+        return _run_config(settings) if command == "config" else _run_serve(settings.args)
+    args = build_parser().parse_args(words)
     return int(args.run(args))
