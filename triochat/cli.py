@@ -16,6 +16,8 @@ import trio
 from triochat import argtypes
 from triochat.account_cli import add_account_parser
 from triochat.errors import CertificateError, ListenError, RedisError, StoreError
+from triochat.logs import FORMATS, LEVELS
+from triochat.logs import configure as configure_logs
 from triochat.server import ServerConfig, serve
 from triochat.server.config import MIN_MAX_LINE
 from triochat.server.limits import raise_open_files_limit
@@ -219,9 +221,15 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
     _auth_arguments(p)
     p.add_argument(
         "--log-level",
-        default="warning",
-        choices=["debug", "info", "warning", "error"],
-        help="stderr log level",
+        default="info",
+        choices=LEVELS,
+        help="triochat's log level on stderr (libraries log at warning, or debug with debug)",
+    )
+    p.add_argument(
+        "--log-format",
+        default="text",
+        choices=FORMATS,
+        help="text lines, or one JSON object per line with stable field names",
     )
 
 
@@ -384,9 +392,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     # thresholds then run full collections every few ms under load (p99 spikes and
     # about a third of the throughput at N=1000, see docs/performance.md).
     gc.set_threshold(GC_THRESHOLD, 20, 100)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logs(args.log_level, args.log_format)
     # Before anything opens a descriptor: max_connections' default is derived from it.
     raise_open_files_limit()
     try:

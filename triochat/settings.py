@@ -83,6 +83,7 @@ class ServeFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     auth_fail_rate: float | UnsetType = UNSET
     auth_fail_burst: int | UnsetType = UNSET
     log_level: str | UnsetType = UNSET
+    log_format: str | UnsetType = UNSET
 
 
 KEYS: tuple[str, ...] = ServeFile.__struct_fields__

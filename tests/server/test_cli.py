@@ -31,11 +31,17 @@ SERVE = [sys.executable, "-m", "triochat", "serve"]
 
 
 class Proc:
+    """A server process: its stdout read line by line, its stderr read all along (by
+    :meth:`drain`, so a server that logs much never blocks on a full pipe)."""
+
     def __init__(self, process: trio.Process) -> None:
         self.process = process
         self.out = b""
         self.err = b""
         """Everything read from stderr so far."""
+        self._news = trio.lowlevel.ParkingLot()
+        self._draining = False
+        self._ended = False
 
     async def read_line(self) -> str:
         assert self.process.stdout is not None
@@ -46,19 +52,28 @@ class Proc:
         line, self.out = self.out.split(b"\n", 1)
         return line.decode()
 
-    async def wait_for_log(self, text: str) -> None:
-        """Read stderr until ``text`` appears (the process keeps running)."""
+    async def drain(self) -> None:
+        """Read stderr until it ends, waking whoever waits for a line of it."""
         assert self.process.stderr is not None
-        while text.encode() not in self.err:
-            chunk = await self.process.stderr.receive_some()
-            assert chunk, f"server exited early: {self.err.decode()}"
-            self.err += chunk
-
-    async def stderr(self) -> str:
-        """All of stderr, including what :meth:`wait_for_log` already read."""
-        assert self.process.stderr is not None
+        self._draining = True
         while chunk := await self.process.stderr.receive_some():
             self.err += chunk
+            self._news.unpark_all()
+        self._ended = True
+        self._news.unpark_all()
+
+    async def wait_for_log(self, text: str) -> None:
+        """Until ``text`` appears on stderr (the process keeps running)."""
+        while text.encode() not in self.err:
+            assert not self._ended, f"server exited early: {self.err.decode()}"
+            await self._news.park()
+
+    async def stderr(self) -> str:
+        """All of stderr, once it has ended (read here if nothing drains it)."""
+        if not self._draining:
+            await self.drain()
+        while not self._ended:
+            await self._news.park()
         return self.err.decode()
 
 
@@ -84,14 +99,16 @@ async def serving(
         preexec_fn=partial(_set_limits, wanted) if wanted else None,
     )
     proc = Proc(process)
-    try:
-        lines = [await proc.read_line(), await proc.read_line()]
-        assert all(line.startswith("listening ") for line in lines), lines
-        yield proc, [line.removeprefix("listening ") for line in lines]
-    finally:
-        if process.returncode is None:
-            process.kill()
-        await process.wait()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(proc.drain)
+        try:
+            lines = [await proc.read_line(), await proc.read_line()]
+            assert all(line.startswith("listening ") for line in lines), lines
+            yield proc, [line.removeprefix("listening ") for line in lines]
+        finally:
+            if process.returncode is None:
+                process.kill()
+            await process.wait()
 
 
 def _set_limits(limits: list[tuple[int, int]]) -> None:

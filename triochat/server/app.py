@@ -229,6 +229,7 @@ async def serve(
         hub.on_fanout = server.flusher.mark_group
         hub.on_presence = server.flusher.mark_presence
         listeners = await _open_all(server)
+        _log_start(server)
         async with trio.open_nursery() as background:
             background.start_soon(server.flusher.run)
             if store is not None:
@@ -253,6 +254,33 @@ async def serve(
                 if server is not None and server._failure is None:
                     await commit_once(server.hub, store)
                 await trio.to_thread.run_sync(store.close)
+
+
+def _log_start(server: Server) -> None:
+    config = server.config
+    if config.redis_url is not None:
+        history = f"redis {parse_redis_url(config.redis_url).shown}"
+    else:
+        history = config.db_path or "memory only"
+    log.info(
+        "serving %s; history: %s; retention %d events a room; at most %s connections,"
+        " %d per address, %d rooms",
+        " ".join(server.urls),
+        history,
+        config.retention,
+        server.limits.max_connections,
+        config.max_connections_per_ip,
+        config.max_rooms,
+        extra={
+            "event": "start",
+            "listeners": server.urls,
+            "history": history,
+            "retention": config.retention,
+            "max_connections": server.limits.max_connections,
+            "max_connections_per_ip": config.max_connections_per_ip,
+            "max_rooms": config.max_rooms,
+        },
+    )
 
 
 async def open_relay(config: ServerConfig) -> Relay:

@@ -62,7 +62,7 @@ from triochat.server.hub import Hub, Member
 from triochat.server.limits import Address, is_loopback
 from triochat.server.outbox import Flusher, Outbox, OutboxClosed
 from triochat.server.ratelimit import TokenBucket
-from triochat.transport.base import ENDS_CONNECTION, CloseCode, Connection
+from triochat.transport.base import ENDS_CONNECTION, CloseCode, Connection, url_scheme
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,10 @@ class Session:
         """When the writer must stop; the session nursery's deadline once it is open."""
         self._probe: trio.CancelScope | None = None
         """The keepalive Ping in flight, if any (WebSocket only)."""
+        self._started = 0.0
+        """When its hello was accepted (trio's clock), for the log."""
+        self._ended_by: str | None = None
+        """The error code that ended the session (``too_large``...), for the log."""
 
     @property
     def nick(self) -> str | None:
@@ -149,7 +153,12 @@ class Session:
             self._hub.pump(self._member, written=True)
 
     def evict(self) -> None:
-        log.info("%s: evicted, outbox full (%d queued)", self._conn.remote, len(self._outbox))
+        log.info(
+            "%s: evicted, outbox full (%d queued)",
+            self._conn.remote,
+            len(self._outbox),
+            extra={"event": "eviction", "remote": self._conn.remote, "nick": self.nick},
+        )
         self.close(LeftReason.SLOW_CONSUMER, CloseCode.POLICY, flush=False)
 
     # --- ending -----------------------------------------------------------------
@@ -196,6 +205,32 @@ class Session:
         self.announce_shutdown()
         self.close(LeftReason.SHUTDOWN, CloseCode.GOING_AWAY)
 
+    @property
+    def _transport(self) -> str:
+        """``ws``, ``wss``, ``tcp`` or ``tls``, as in the listener's URL."""
+        kind = "ws" if self._conn.native_ping else "tcp"
+        return url_scheme(kind, secure=self._conn.secure)
+
+    def _log_end(self, nick: str) -> None:
+        reason = self._ended_by or (self._reason or LeftReason.DISCONNECTED).value
+        duration = round(trio.current_time() - self._started, 3)
+        log.info(
+            "%s: session end: %s over %s after %.1f s: %s",
+            self._conn.remote,
+            nick,
+            self._transport,
+            duration,
+            reason,
+            extra={
+                "event": "session_end",
+                "remote": self._conn.remote,
+                "nick": nick,
+                "transport": self._transport,
+                "duration_s": duration,
+                "reason": reason,
+            },
+        )
+
     # --- tasks ----------------------------------------------------------------
 
     async def run(self) -> None:
@@ -223,6 +258,7 @@ class Session:
             member = self._member
             if member is not None:
                 self._hub.detach(member, self._reason or LeftReason.DISCONNECTED)
+                self._log_end(member.nick)
             try:
                 if member is not None:
                     with trio.move_on_after(self._config.close_timeout):
@@ -272,6 +308,7 @@ class Session:
             self.close(LeftReason.DISCONNECTED, flush=False)
         else:  # too_large, message_timeout: framing is lost, so is the connection
             self._error(exc.code, exc.message)
+            self._ended_by = exc.code
             self.close(LeftReason.DISCONNECTED, ENDS_CONNECTION.get(exc.code, CloseCode.POLICY))
 
     async def _await_hello(self) -> list[bytes]:
@@ -555,6 +592,19 @@ class Session:
             server_id=self._hub.server_id,
         )
         self._send(encode(welcome))
+        self._started = trio.current_time()
+        log.info(
+            "%s: session start: %s over %s",
+            self._conn.remote,
+            member.nick,
+            self._transport,
+            extra={
+                "event": "session_start",
+                "remote": self._conn.remote,
+                "nick": member.nick,
+                "transport": self._transport,
+            },
+        )
         for room in rooms:
             self._hub.join(member, room, resume_after=resume_by_key.get(rules.room_key(room)))
         return True
