@@ -429,4 +429,6 @@ class ChatApp(App[int]):
     def _refresh_status(self) -> None:
         state, detail = self._state
         rtt = self._rtt if self._show_rtt else ""
-        self.query_one(StatusBar).show(state, self._address, self.me, rtt, detail)
+        # query, not query_one: a round trip measured while the app exits finds no bar.
+        for bar in self.query(StatusBar):
+            bar.show(state, self._address, self.me, rtt, detail)

@@ -234,6 +234,13 @@ class Outbox:
         else:
             self.wake()
 
+    def closing(self, wire: bytes) -> None:
+        """The answer to a peer's Close: kept for :meth:`finish`, which the session's
+        goodbye calls once the session has ended (see :class:`Replies`)."""
+        if self.accepting is Accepting.DONE or self.writing is Writing.BROKEN:
+            return
+        self._control += wire
+
     def seal(self) -> None:
         """No more lines; what is queued still goes (see the module docstring).
 

@@ -163,6 +163,11 @@ class Replies(Protocol):
 
     def control(self, wire: bytes) -> None: ...
 
+    def closing(self, wire: bytes) -> None:
+        """The answer to a peer's Close: sent by the goodbye, once the session has ended
+        (and its nick is free), so a peer that sees its close answered may take it again."""
+        ...
+
 
 class Connection(Protocol):
     """One peer of the server, after any transport handshake: it reads and frames,

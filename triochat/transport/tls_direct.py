@@ -179,6 +179,10 @@ class _Sealing:
     def control(self, wire: bytes) -> None:
         self._replies.control(self._engine.seal(wire))
 
+    def closing(self, wire: bytes) -> None:
+        # Sealed now, in record order: the session ends before anything else is sealed.
+        self._replies.closing(self._engine.seal(wire))
+
 
 class TLSStreamConnection(StreamConnection):
     """NDJSON over server-side TLS: a :class:`StreamConnection` whose wire bytes are sealed."""

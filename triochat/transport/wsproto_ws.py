@@ -281,7 +281,8 @@ class WsprotoConnection:
         return ProtocolError(ErrorCode.TOO_LARGE, f"message longer than {self._max_message} bytes")
 
     def _on_close(self, event: CloseConnection, replies: Replies) -> NoReturn:
-        """The peer closed, or wsproto found a frame it cannot accept: answer, then end.
+        """The peer closed, or wsproto found a frame it cannot accept: answer (once the
+        session has ended: :meth:`Replies.closing`), then end.
 
         wsproto reports a frame it cannot parse as a Close it received while
         still OPEN; then the code it names (1007 for invalid UTF-8, 1002 for
@@ -293,7 +294,7 @@ class WsprotoConnection:
         else:
             reply = self._ws.send(event.response())
             why = f"closed by peer ({event.code})"
-        replies.control(reply)
+        replies.closing(reply)
         raise ConnectionLost(f"{self.remote}: {why}")
 
     # --- keepalive and goodbye ---------------------------------------------------
