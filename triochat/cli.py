@@ -217,6 +217,16 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keep history in memory only (lost on restart)",
     )
+    p.add_argument(
+        "--metrics-port",
+        type=argtypes.port,
+        help="serve Prometheus metrics at http://METRICS-HOST:PORT/metrics (0: any free port)",
+    )
+    p.add_argument(
+        "--metrics-host",
+        default=DEFAULTS.metrics_host,
+        help="address of the metrics listener",
+    )
     _redis_arguments(p)
     _auth_arguments(p)
     p.add_argument(
@@ -338,6 +348,8 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         history_limit=args.history,
         retention=args.retention,
         db_path=None if args.no_history or args.redis else (args.db or _default_db()),
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
         redis_url=args.redis,
         redis_cluster=args.redis_cluster,
         redis_cafile=args.redis_cafile,
@@ -374,6 +386,8 @@ async def _serve_until_signalled(config: ServerConfig) -> None:
                     print(f"using redis {parse_redis_url(config.redis_url).shown}", flush=True)
                 for url in server.urls:
                     print(f"listening {url}", flush=True)
+                if server.metrics_url is not None:
+                    print(f"listening {server.metrics_url}", flush=True)
                 async for signum in signals:
                     logging.getLogger("triochat").info("%s: stopping", signal.Signals(signum).name)
                     server.stop()

@@ -71,6 +71,8 @@ class ServeFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     retention: int | UnsetType = UNSET
     db: str | UnsetType = UNSET
     no_history: bool | UnsetType = UNSET
+    metrics_port: int | UnsetType = UNSET
+    metrics_host: str | UnsetType = UNSET
     redis: str | UnsetType = UNSET
     redis_cluster: bool | UnsetType = UNSET
     redis_cafile: str | UnsetType = UNSET

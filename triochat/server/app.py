@@ -67,6 +67,7 @@ from triochat.server.limits import (
     ConnectionLimits,
     Refusal,
 )
+from triochat.server.metrics import Stats, registry_for, serve_metrics
 from triochat.server.outbox import Flusher
 from triochat.server.redis_url import parse_redis_url
 from triochat.server.session import Loader, Session
@@ -155,6 +156,10 @@ class Server:
     without one."""
     relay: Relay | None = None
     """The node's link to Redis (``--redis``); None for a server alone."""
+    stats: Stats = field(default_factory=Stats)
+    """What the server counts for its metrics (triochat/server/metrics.py)."""
+    metrics_url: str | None = None
+    """``http://HOST:PORT/metrics`` when ``metrics_port`` is set."""
     guard: Guard | None = None
     """Accounts and tokens (triochat/server/auth.py); every session asks it who it may be."""
 
@@ -168,6 +173,10 @@ class Server:
         if found is None:
             raise ValueError(f"no {scheme}:// listener; this server has {', '.join(self.urls)}")
         return found
+
+    def sessions(self) -> list[Session]:
+        """The sessions now open (greeted or not)."""
+        return list(self._sessions)
 
     @property
     def connections(self) -> int:
@@ -229,9 +238,14 @@ async def serve(
         hub.on_fanout = server.flusher.mark_group
         hub.on_presence = server.flusher.mark_presence
         listeners = await _open_all(server)
+        metrics = await _open_metrics(server, listeners)
         _log_start(server)
         async with trio.open_nursery() as background:
             background.start_soon(server.flusher.run)
+            if metrics:
+                registry = registry_for(server)
+                for listener in metrics:
+                    background.start_soon(serve_metrics, listener, registry)
             if store is not None:
                 background.start_soon(_commit_or_stop, server, store)
             if relay is not None:
@@ -254,6 +268,23 @@ async def serve(
                 if server is not None and server._failure is None:
                     await commit_once(server.hub, store)
                 await trio.to_thread.run_sync(store.close)
+
+
+async def _open_metrics(server: Server, listeners: Listeners) -> list[trio.SocketListener]:
+    """The ``/metrics`` listeners (one per address family), if the config asks for them;
+    the first one's URL goes in ``metrics_url``. If they cannot open, nor do the others."""
+    config = server.config
+    if config.metrics_port is None:
+        return []
+    try:
+        opened = await _listen("http", config.metrics_host, config.metrics_port)
+    except ListenError:
+        for _, _, group in listeners:
+            for listener in group:
+                await listener.aclose()
+        raise
+    server.metrics_url = f"http://{_endpoint(opened[0])}/metrics"
+    return opened
 
 
 def _log_start(server: Server) -> None:
@@ -529,6 +560,7 @@ def _refuse(
     is cheaper than a descriptor.
     """
     limits = server.limits
+    server.stats.refused[why.name.lower()] += 1
     unsent = write_without_waiting(stream.socket, limits.answers[scheme][why])
     if unsent or limits.refusing >= REFUSING_MAX:
         stream.socket.close()
@@ -867,6 +899,7 @@ def _session(server: Server, conn: Connection, claim: Claim, host: str) -> Sessi
         server.flusher,
         address=claim.address,
         loader=server.loader,
+        stats=server.stats,
         guard=server.guard,
         host=claim.client or host,
     )

@@ -85,6 +85,10 @@ class ServerConfig:
     db_path: str | None = None
     """SQLite file for durable history; None keeps history in memory only (or in
     Redis, with ``redis_url``)."""
+    metrics_port: int | None = None
+    """Port of the ``/metrics`` listener (Prometheus text); 0 picks a free one, None: none."""
+    metrics_host: str = "127.0.0.1"
+    """Address of the ``/metrics`` listener: loopback unless an operator opens it up."""
     redis_url: str | None = None
     """``redis://``, ``rediss://`` or ``unix://``: rooms, nicks and history shared by
     every node of that Redis (docs/scaling.md); None: this server alone."""

@@ -256,6 +256,8 @@ class Hub:
         self._saved = 0
         """The newest store generation known saved."""
         self._members: dict[str, Member] = {}
+        self.deliveries = 0
+        """Lines queued for members so far, a room event's once per recipient (metrics)."""
         self._evictions: deque[Member] = deque()
         self._evicting = False
 
@@ -282,6 +284,11 @@ class Hub:
     @property
     def rooms_in_memory(self) -> int:
         return len(self._rooms)
+
+    @property
+    def active_rooms(self) -> int:
+        """Rooms with members."""
+        return self._active
 
     @property
     def history_bytes(self) -> int:
@@ -736,6 +743,7 @@ class Hub:
         room_event: bool,
         presence: str | None,
     ) -> None:
+        self.deliveries += len(members)
         if room_event:  # the hot path: one C-level append per recipient
             for member in members:
                 member.queue(line)

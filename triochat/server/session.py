@@ -60,6 +60,7 @@ from triochat.server.auth import Guard, Identity, Peer
 from triochat.server.config import ServerConfig
 from triochat.server.hub import Hub, Member
 from triochat.server.limits import Address, is_loopback
+from triochat.server.metrics import Stats
 from triochat.server.outbox import Flusher, Outbox, OutboxClosed
 from triochat.server.ratelimit import TokenBucket
 from triochat.transport.base import ENDS_CONNECTION, CloseCode, Connection, url_scheme
@@ -87,6 +88,7 @@ class Session:
         *,
         address: Address | None = None,
         loader: Loader | None = None,
+        stats: Stats | None = None,
         guard: Guard | None = None,
         host: str = "",
     ) -> None:
@@ -98,6 +100,7 @@ class Session:
         self._identity = Identity("")
         """What the client proved; every nick it uses must pass :meth:`Guard.check_rename`."""
         self._loader = loader
+        self._stats = stats or Stats()
         """Brings stored rooms into the hub before a join; None without a store."""
         self._address = address
         """The client's address, whose join bucket its connections share; None: exempt."""
@@ -153,6 +156,7 @@ class Session:
             self._hub.pump(self._member, written=True)
 
     def evict(self) -> None:
+        self._stats.evictions += 1
         log.info(
             "%s: evicted, outbox full (%d queued)",
             self._conn.remote,
@@ -206,26 +210,27 @@ class Session:
         self.close(LeftReason.SHUTDOWN, CloseCode.GOING_AWAY)
 
     @property
-    def _transport(self) -> str:
+    def transport(self) -> str:
         """``ws``, ``wss``, ``tcp`` or ``tls``, as in the listener's URL."""
         kind = "ws" if self._conn.native_ping else "tcp"
         return url_scheme(kind, secure=self._conn.secure)
 
     def _log_end(self, nick: str) -> None:
         reason = self._ended_by or (self._reason or LeftReason.DISCONNECTED).value
+        self._stats.sessions_ended[reason] += 1
         duration = round(trio.current_time() - self._started, 3)
         log.info(
             "%s: session end: %s over %s after %.1f s: %s",
             self._conn.remote,
             nick,
-            self._transport,
+            self.transport,
             duration,
             reason,
             extra={
                 "event": "session_end",
                 "remote": self._conn.remote,
                 "nick": nick,
-                "transport": self._transport,
+                "transport": self.transport,
                 "duration_s": duration,
                 "reason": reason,
             },
@@ -488,8 +493,10 @@ class Session:
             self._error(exc.code, exc.message)
             return None
         if not isinstance(event, Pong) and not self._bucket.take(trio.current_time()):
+            self._stats.rate_limited += 1
             self._error(ErrorCode.RATE_LIMITED, "slow down: too many events", _ref(event))
             return None
+        self._stats.events_in += 1
         return event
 
     async def _may_rename(self, nick: str, ref: Ref) -> bool:
@@ -593,16 +600,17 @@ class Session:
         )
         self._send(encode(welcome))
         self._started = trio.current_time()
+        self._stats.sessions_started += 1
         log.info(
             "%s: session start: %s over %s",
             self._conn.remote,
             member.nick,
-            self._transport,
+            self.transport,
             extra={
                 "event": "session_start",
                 "remote": self._conn.remote,
                 "nick": member.nick,
-                "transport": self._transport,
+                "transport": self.transport,
             },
         )
         for room in rooms:

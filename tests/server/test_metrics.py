@@ -1,0 +1,63 @@
+"""``/metrics``: Prometheus text on its own listener, names starting ``triochat_``, read
+from what the server counts and holds at the moment of the scrape."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.server.conftest import TEST_CONFIG
+from tests.server.helpers import settle_join
+from triochat.client import open_client
+from triochat.server import Server, serve
+
+
+async def _get(url: str, path: str) -> tuple[int, str]:
+    host, _, port = url.removeprefix("http://").partition("/")[0].rpartition(":")
+    stream = await trio.open_tcp_stream(host, int(port))
+    async with stream:
+        await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        data = b""
+        while chunk := await stream.receive_some():
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body.decode()
+
+
+async def _scrape(server: Server) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    assert server.metrics_url is not None
+    status, text = await _get(server.metrics_url, "/metrics")
+    assert status == 200
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def test_metrics_count_connections_sessions_and_deliveries(nursery: trio.Nursery) -> None:
+    server: Server = await nursery.start(serve, replace(TEST_CONFIG, metrics_port=0))
+    assert server.metrics_url is not None
+    assert server.metrics_url.startswith("http://127.0.0.1:")
+    with trio.fail_after(10):
+        async with open_client(server.url("ws"), "ada") as ada:
+            async with open_client(server.url("tcp"), "bob") as bob:
+                await settle_join(bob)
+                await ada.say("lobby", "hello")
+                seen = await _scrape(server)
+                assert seen["triochat_connections", (("transport", "ws"),)] == 1
+                assert seen["triochat_connections", (("transport", "tcp"),)] == 1
+                assert seen["triochat_rooms", ()] == 1
+                assert seen["triochat_sessions_started_total", ()] == 2
+                await bob.quit()
+                async for _ in bob:
+                    pass
+            seen = await _scrape(server)  # bob's session ended before its goodbye reached it
+    assert seen["triochat_sessions_ended_total", (("reason", "quit"),)] == 1
+    assert seen["triochat_deliveries_total", ()] >= 4
+    assert seen["triochat_evictions_total", ()] == 0
+    assert seen["triochat_process_open_fds", ()] > 0
+    assert all(name.startswith("triochat_") for name, _ in seen)
+    assert (await _get(server.metrics_url, "/other"))[0] == 404
