@@ -4,12 +4,15 @@ from what the server counts and holds at the moment of the scrape."""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.server.conftest import TEST_CONFIG
+from tests.redisd import needs_redis
 from tests.server.helpers import settle_join
+from tests.server.nodes import run_nodes
 from triochat.client import open_client
 from triochat.server import Server, serve
 
@@ -61,3 +64,26 @@ async def test_metrics_count_connections_sessions_and_deliveries(nursery: trio.N
     assert seen["triochat_process_open_fds", ()] > 0
     assert all(name.startswith("triochat_") for name, _ in seen)
     assert (await _get(server.metrics_url, "/other"))[0] == 404
+
+
+@needs_redis
+async def test_history_and_redis_have_their_own_metrics(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    stored = replace(TEST_CONFIG, metrics_port=0, db_path=str(tmp_path / "history.sqlite3"))
+    alone: Server = await nursery.start(serve, stored)
+    with trio.fail_after(10):
+        async with open_client(alone.url("tcp"), "ada") as ada:
+            await settle_join(ada)
+        seen = await _scrape(alone)
+    assert seen["triochat_history_commits_total", ()] >= 1
+    assert seen["triochat_history_commit_seconds_total", ()] > 0
+    assert ("triochat_redis_up", ()) not in seen
+    async with run_nodes(replace(TEST_CONFIG, metrics_port=0), count_=1) as nodes:
+        with trio.fail_after(10):
+            async with open_client(nodes.url("tcp"), "bob") as bob:
+                await settle_join(bob)
+            seen = await _scrape(nodes.servers[0])
+    assert seen["triochat_redis_up", ()] == 1
+    assert seen["triochat_redis_batches_total", ()] >= 1
+    assert seen["triochat_redis_calls_total", ()] >= seen["triochat_redis_batches_total", ()]

@@ -156,6 +156,8 @@ class Server:
     without one."""
     relay: Relay | None = None
     """The node's link to Redis (``--redis``); None for a server alone."""
+    store: HistoryStore | None = None
+    """The history database, without ``--redis``; None when history is in memory."""
     stats: Stats = field(default_factory=Stats)
     """What the server counts for its metrics (triochat/server/metrics.py)."""
     metrics_url: str | None = None
@@ -231,6 +233,7 @@ async def serve(
         )
         if store is not None:
             server.loader = RoomLoader(hub, store, server.fail)
+            server.store = store
         if relay is not None:
             server.loader = server.relay = relay
             relay.on_lost = server.new_history

@@ -100,6 +100,8 @@ class Collector(Base):
             "Its budget (--history-bytes)",
             value=server.config.history_bytes,
         )
+        yield from _history(server)
+        yield from _redis(server)
         yield GaugeMetricFamily(
             "triochat_connections_limit",
             "The server's connection limit",
@@ -107,7 +109,30 @@ class Collector(Base):
         )
 
 
-def _counter(name: str, text: str, value: int) -> CounterMetricFamily:
+def _history(server: Server) -> Iterator[Metric]:
+    store = server.store
+    if store is not None:
+        yield _counter("triochat_history_commits", "History groups saved", store.commits)
+        yield _counter(
+            "triochat_history_commit_seconds", "Seconds spent saving them", store.commit_seconds
+        )
+
+
+def _redis(server: Server) -> Iterator[Metric]:
+    relay = server.relay
+    if relay is None:
+        return
+    yield GaugeMetricFamily(
+        "triochat_redis_up", "Whether Redis answered the last heartbeat", value=int(relay.healthy)
+    )
+    yield _counter("triochat_redis_batches", "Pipelined batches sent to Redis", relay.batches)
+    yield _counter("triochat_redis_calls", "Calls in them (a room's burst is one)", relay.calls)
+    yield _counter(
+        "triochat_redis_gap_reads", "Stream reads of events pub/sub missed", relay.gap_reads
+    )
+
+
+def _counter(name: str, text: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, text, value=value)
 
 

@@ -165,6 +165,11 @@ class Relay:
     history_id: str = ""
     healthy: bool = True
     """Whether the last heartbeat reached Redis (``/readyz``)."""
+    batches: int = 0
+    """Batches sent, and the calls in them (metrics)."""
+    calls: int = 0
+    gap_reads: int = 0
+    """Stream reads of events pub/sub did not bring (metrics)."""
     _queue: list[tuple[Call, Done, bool]] = field(default_factory=list)
     _retry: list[tuple[Call, Done]] = field(default_factory=list)
     _wakeup: trio.lowlevel.ParkingLot = field(default_factory=trio.lowlevel.ParkingLot)
@@ -260,6 +265,8 @@ class Relay:
         if not taken:
             return
         calls, sizes = coalesce([call for call, _, _ in taken])
+        self.batches += 1
+        self.calls += len(calls)
         with self.flusher.committing() if self.flusher is not None else nullcontext():
             answers = await self.bus.batch(calls)
         results: list[Any] = []

@@ -458,6 +458,7 @@ class SharedHub(Hub):
         if room.filling:
             return
         room.filling = True
+        self._relay.gap_reads += 1
         call = Call("tc_range", [room.keys.log], [str(first), str(last)])
         self._relay.call(call, partial(self._filled, room, first))
 

@@ -45,6 +45,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -110,6 +111,9 @@ class HistoryStore:
     def __init__(self, path: Path | str, retention: int) -> None:
         self.path = path
         self._retention = retention
+        self.commits = 0
+        """Groups written so far, and the seconds they took (metrics)."""
+        self.commit_seconds = 0.0
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -219,6 +223,7 @@ class HistoryStore:
         """
         due: dict[str, int] = {}
         named: set[str] = set()
+        began = time.perf_counter()
         try:
             with self._transaction():
                 self._db.executemany(
@@ -235,6 +240,8 @@ class HistoryStore:
                 )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot save history to {self.path}: {exc}") from None
+        self.commits += 1
+        self.commit_seconds += time.perf_counter() - began
 
     def close(self) -> None:
         self._reader.close()
