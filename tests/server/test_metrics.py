@@ -9,8 +9,8 @@ from pathlib import Path
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.server.conftest import TEST_CONFIG
 from tests.redisd import needs_redis
+from tests.server.conftest import TEST_CONFIG
 from tests.server.helpers import settle_join
 from tests.server.nodes import run_nodes
 from triochat.client import open_client
