@@ -18,6 +18,7 @@ from triochat.account_cli import add_account_parser
 from triochat.errors import CertificateError, ListenError, RedisError, StoreError
 from triochat.logs import FORMATS, LEVELS
 from triochat.logs import configure as configure_logs
+from triochat.rooms_cli import add_rooms_parser
 from triochat.server import ServerConfig, serve
 from triochat.server.config import MIN_MAX_LINE
 from triochat.server.limits import raise_open_files_limit
@@ -485,6 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_tui_arguments(tui_parser)  # argparse only; Textual loads when the app runs
     tui_parser.set_defaults(run=_run_tui)
     add_account_parser(commands)
+    add_rooms_parser(commands)
     return parser
 
 

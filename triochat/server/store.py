@@ -193,9 +193,40 @@ class HistoryStore:
         if newest_first:
             return Past(newest_first[::-1], newest_first[0].seq, room)
         (last,) = self._reader.execute(
-            "SELECT COALESCE(MAX(seq), 0) FROM events WHERE room = ?", (room,)
+            "SELECT MAX(COALESCE((SELECT MAX(seq) FROM events WHERE room = ?), 0),"
+            " COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = ?), 0))",
+            (room, _floor_key(room)),
         ).fetchone()
         return Past([], int(last), room)
+
+    def rooms(self) -> list[RoomSummary]:
+        """Every stored room: its name, events kept, last seq and last activity."""
+        query = (
+            "SELECT rooms.name, COUNT(events.seq), COALESCE(MAX(events.seq), 0),"
+            " COALESCE(MAX(events.ts), 0) FROM rooms LEFT JOIN events ON events.room = rooms.name"
+            " GROUP BY rooms.name ORDER BY rooms.key"
+        )
+        return [RoomSummary(*row) for row in self._reader.execute(query)]
+
+    def purge(self, room: str) -> RoomSummary:
+        """Delete every stored event of ``room`` (by key); what it held before.
+
+        The room's last ``seq`` is kept (``meta``), so the room numbers on after it
+        when it is used again, and a client resuming it sees a gap rather than a
+        different past under the same numbers."""
+        name = self.stored_name(rules.check_room(room))
+        with self._transaction():
+            count, last, ts = self._db.execute(
+                "SELECT COUNT(seq), COALESCE(MAX(seq), 0), COALESCE(MAX(ts), 0) FROM events"
+                " WHERE room = ?",
+                (name,),
+            ).fetchone()
+            self._db.execute("DELETE FROM events WHERE room = ?", (name,))
+            if last:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO meta VALUES (?, ?)", (_floor_key(name), str(last))
+                )
+        return RoomSummary(name, count, last, ts)
 
     def load(self) -> dict[str, list[Row]]:
         """Every room's retained events (for tests and tools: the server loads lazily)."""
@@ -274,6 +305,20 @@ def _is_event(line: bytes) -> bool:
         return isinstance(msgspec.json.decode(line), dict)
     except msgspec.DecodeError:
         return False
+
+
+def _floor_key(room: str) -> str:
+    """The ``meta`` key of the last ``seq`` of a room whose events were purged."""
+    return f"floor:{rules.room_key(room)}"
+
+
+class RoomSummary(NamedTuple):
+    """A stored room, as ``triochat rooms list`` shows it."""
+
+    name: str
+    events: int
+    last_seq: int
+    last_ts: float
 
 
 class Past(NamedTuple):
