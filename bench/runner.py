@@ -12,11 +12,14 @@ clock: the orchestrator samples the server's CPU time at ``measure`` and
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import resource
 import tempfile
+import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -111,10 +114,14 @@ STORM_TRANSPORTS = ("tcp", "ws")
 REDIS_IN_FLIGHT = (32, 1)
 """The Redis section's shapes: the fan-out table's 32 in flight (its headline row), then 1."""
 STANDALONE = "standalone"
+METRICS = "standalone, /metrics scraped every second"
 ONE_NODE = "1 node --redis"
 TWO_NODES = "2 nodes --redis"
-REDIS_SETUPS = ((STANDALONE, 0), (ONE_NODE, 1), (TWO_NODES, 2))
-"""The Redis section's setups, side by side: name, and how many ``--redis`` nodes."""
+REDIS_SETUPS = ((STANDALONE, 0), (METRICS, 0), (ONE_NODE, 1), (TWO_NODES, 2))
+"""The Redis section's setups, side by side: name, and how many ``--redis`` nodes. The
+second is the standalone server with ``--metrics-port`` and a scraper: what metrics cost."""
+SCRAPE_EVERY_S = 1.0
+"""How often the metrics row's scraper asks (Prometheus's default is every 15 s)."""
 
 
 @dataclass
@@ -468,7 +475,7 @@ class Bench:
             self.results.redis += rows
             self.progress(f"redis: {name}: connecting {n} clients")
             try:
-                with self._redis_setup(nodes) as (procs, store, endpoints):
+                with self._redis_setup(nodes, metrics=name == METRICS) as (procs, store, endpoints):
                     try:
                         owners = self._connect_split(endpoints, n)
                         self._sync_all()
@@ -481,20 +488,23 @@ class Bench:
                 for row in rows:
                     row.error = row.error or str(exc)
                 self.results.notes.append(f"redis section, {name}: {exc}")
-        base = {r.in_flight: r.deliveries_per_s for r in self.results.redis if r.nodes == 0}
+        base = {
+            r.in_flight: r.deliveries_per_s for r in self.results.redis if r.setup == STANDALONE
+        }
         for row in self.results.redis:
             if base.get(row.in_flight) and not row.error:
                 row.vs_standalone = row.deliveries_per_s / base[row.in_flight]
 
     @contextmanager
     def _redis_setup(
-        self, nodes: int
+        self, nodes: int, *, metrics: bool = False
     ) -> Iterator[tuple[list[servers.RunningServer], redis.Redis | None, list[Endpoint]]]:
-        """The standalone server (``nodes`` 0), or a fresh ``redis-server`` and ``nodes``
-        nodes on it; every process on the server's CPUs, so the load generator keeps its own."""
+        """The standalone server (``nodes`` 0; with ``metrics``, scraped every
+        :data:`SCRAPE_EVERY_S`), or a fresh ``redis-server`` and ``nodes`` nodes on it;
+        every process on the server's CPUs, so the load generator keeps its own."""
         with ExitStack() as stack:
             store: redis.Redis | None = None
-            specs = [servers.triochat(db_path=None)]
+            specs = [servers.triochat(db_path=None, metrics=metrics)]
             if nodes:
                 store = stack.enter_context(redis.running(cpus=self.server_cpus))
                 specs = [
@@ -502,6 +512,8 @@ class Bench:
                     for i in range(nodes)
                 ]
             procs = [stack.enter_context(servers.running(s, cpus=self.server_cpus)) for s in specs]
+            if metrics:
+                stack.enter_context(_scraping(*procs[0].urls["http"]))
             endpoints = [Endpoint(*p.urls["ws"], websocket=True) for p in procs]
             try:
                 yield procs, store, endpoints
@@ -615,6 +627,25 @@ class Bench:
 
 def _last_words(procs: list[servers.RunningServer]) -> str:
     return "; ".join(f"node {i}: {p.last_words()}" for i, p in enumerate(procs))
+
+
+@contextmanager
+def _scraping(host: str, port: int) -> Iterator[None]:
+    """GET ``/metrics`` every :data:`SCRAPE_EVERY_S` on a thread, as Prometheus would."""
+    stop = threading.Event()
+
+    def scrape() -> None:
+        while not stop.wait(SCRAPE_EVERY_S):  # a period, not a synchronisation
+            with contextlib.suppress(OSError):
+                urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=2).read()
+
+    thread = threading.Thread(target=scrape, name="scraper", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(5)
 
 
 def _redis_fill(

@@ -72,6 +72,7 @@ def triochat(
     tls: Certificates | None = None,
     redis_url: str | None = None,
     node_id: str | None = None,
+    metrics: bool = False,
 ) -> ServerSpec:
     """``triochat serve`` on free ports, flood control off, keepalive out of the way;
     with ``tls``, both listeners speak TLS (``wss``, ``tls``); with ``redis_url``, a
@@ -83,6 +84,9 @@ def triochat(
     argv += ["--db", db_path] if db_path else ["--no-history"]
     if redis_url is not None:
         argv += ["--redis", redis_url] + (["--node-id", node_id] if node_id else [])
+    if metrics:  # and /metrics, on its own listener (its URL under "http")
+        argv += ["--metrics-port", "0"]
+        return ServerSpec(name=TRIOCHAT, argv=tuple(argv), schemes=("ws", "tcp", "http"))
     if tls is None:
         return ServerSpec(name=TRIOCHAT, argv=tuple(argv), schemes=("ws", "tcp"))
     argv += ["--certfile", tls.pem, "--keyfile", tls.pem]
@@ -251,6 +255,6 @@ def _listening(line: str) -> dict[str, tuple[str, int]]:
     """``listening ws://127.0.0.1:5000`` → ``{"ws": ("127.0.0.1", 5000)}``; else nothing."""
     if not line.startswith("listening "):
         return {}
-    scheme, _, hostport = line.split(" ", 1)[1].partition("://")
-    host, _, port = hostport.rpartition(":")
+    scheme, _, rest = line.split(" ", 1)[1].partition("://")
+    host, _, port = rest.partition("/")[0].rpartition(":")  # http://HOST:PORT/metrics too
     return {scheme: (host.strip("[]"), int(port))}
