@@ -68,6 +68,20 @@ class Collector(Base):
         for transport, count in sorted(counts.items()):
             connections.add_metric([transport], count)
         yield connections
+        waiting = [session.outbox_bytes for session in server.sessions()]
+        yield GaugeMetricFamily(
+            "triochat_outbox_bytes", "Bytes waiting to be written, all clients", sum(waiting)
+        )
+        yield GaugeMetricFamily(
+            "triochat_outbox_bytes_max",
+            "Bytes waiting for the client with most",
+            max(waiting, default=0),
+        )
+        yield GaugeMetricFamily(
+            "triochat_outbox_bytes_limit",
+            "What one client may have waiting (--outbox-bytes)",
+            value=server.config.outbox_bytes,
+        )
         yield _counter("triochat_sessions_started", "Sessions welcomed", stats.sessions_started)
         ended = CounterMetricFamily(
             "triochat_sessions_ended", "Sessions ended, by reason", labels=["reason"]

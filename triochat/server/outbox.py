@@ -189,6 +189,11 @@ class Outbox:
         return len(self._lines)
 
     @property
+    def waiting_bytes(self) -> int:
+        """Bytes accepted and not yet handed to the socket (metrics; counted when asked)."""
+        return sum(map(len, self._lines)) + len(self._held) + len(self._control)
+
+    @property
     def sent_all(self) -> bool:
         """Whether everything accepted has been handed to the socket."""
         return self.writing is Writing.IDLE and not (self._lines or self._control)

@@ -210,6 +210,11 @@ class Session:
         self.close(LeftReason.SHUTDOWN, CloseCode.GOING_AWAY)
 
     @property
+    def outbox_bytes(self) -> int:
+        """What waits to be written to this client (metrics)."""
+        return self._outbox.waiting_bytes
+
+    @property
     def transport(self) -> str:
         """``ws``, ``wss``, ``tcp`` or ``tls``, as in the listener's URL."""
         kind = "ws" if self._conn.native_ping else "tcp"
