@@ -61,6 +61,11 @@ async def test_metrics_count_connections_sessions_and_deliveries(nursery: trio.N
     assert seen["triochat_sessions_ended_total", (("reason", "quit"),)] == 1
     assert seen["triochat_deliveries_total", ()] >= 4
     assert seen["triochat_evictions_total", ()] == 0
+    assert seen["triochat_fanout_seconds_count", ()] >= 1
+    assert (
+        seen["triochat_fanout_seconds_bucket", (("le", "+Inf"),)]
+        == seen["triochat_fanout_seconds_count", ()]
+    )
     assert seen["triochat_outbox_bytes_max", ()] <= seen["triochat_outbox_bytes_limit", ()]
     assert seen["triochat_process_open_fds", ()] > 0
     assert all(name.startswith("triochat_") for name, _ in seen)

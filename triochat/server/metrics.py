@@ -20,9 +20,16 @@ from typing import TYPE_CHECKING
 
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector as Base
+
+from triochat.server.outbox import DELAY_BOUNDS
 
 if TYPE_CHECKING:
     from triochat.server.app import Server
@@ -114,6 +121,7 @@ class Collector(Base):
             "Its budget (--history-bytes)",
             value=server.config.history_bytes,
         )
+        yield _fanout(server)
         yield from _history(server)
         yield from _redis(server)
         yield GaugeMetricFamily(
@@ -121,6 +129,21 @@ class Collector(Base):
             "The server's connection limit",
             value=server.limits.max_connections,
         )
+
+
+def _fanout(server: Server) -> HistogramMetricFamily:
+    """Bursts, by how long they took from the flusher's wake-up to their writes."""
+    delays = server.flusher.delays
+    buckets, seen = [], 0
+    for bound, count in zip([*map(str, DELAY_BOUNDS), "+Inf"], delays.counts, strict=True):
+        seen += count
+        buckets.append((bound, seen))
+    return HistogramMetricFamily(
+        "triochat_fanout_seconds",
+        "From the flusher's wake-up to a burst's writes (settling, a commit, the writes)",
+        buckets=buckets,
+        sum_value=delays.total,
+    )
 
 
 def _history(server: Server) -> Iterator[Metric]:

@@ -76,6 +76,7 @@ task, not two.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from enum import Enum
@@ -463,6 +464,22 @@ class Flushable(Protocol):
     def evict(self) -> None: ...
 
 
+DELAY_BOUNDS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+"""Seconds: the upper bounds of :class:`Delays`' buckets (the last one is unbounded)."""
+
+
+class Delays:
+    """A histogram in plain integers: counts per bucket of :data:`DELAY_BOUNDS`, and the sum."""
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(DELAY_BOUNDS) + 1)
+        self.total = 0.0
+
+    def add(self, seconds: float) -> None:
+        self.counts[bisect_left(DELAY_BOUNDS, seconds)] += 1
+        self.total += seconds
+
+
 class Flusher:
     """Flushes what it is told about, a few scheduler turns after the first news."""
 
@@ -477,6 +494,8 @@ class Flusher:
         self._waiting = trio.lowlevel.ParkingLot()
         self._saving = False
         self._saved = trio.lowlevel.ParkingLot()
+        self.delays = Delays()
+        """How long each burst took from the flusher's wake-up to its writes (metrics)."""
 
     @contextmanager
     def committing(self) -> Iterator[None]:
@@ -539,6 +558,7 @@ class Flusher:
                     break
                 with trio.move_on_at(self._presence_due):
                     await self._waiting.park()
+            woke = trio.current_time()
             await self.settle()
             if self._saving:
                 with trio.move_on_after(SAVE_WAIT_S):
@@ -553,3 +573,4 @@ class Flusher:
             for recipient in chain(dirty, *groups.values(), *presence):
                 if not recipient.flush():
                     recipient.evict()
+            self.delays.add(trio.current_time() - woke)
