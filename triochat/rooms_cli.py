@@ -1,6 +1,7 @@
 """``triochat rooms list|purge``: what a harness run or a spammer left in the history.
 
-It works on the server's data file, stopped or running (SQLite WAL). A purge removes
+It works on the server's data file, stopped or running (SQLite WAL), or with
+``--redis URL`` on the rooms of the nodes sharing that Redis. A purge removes
 a room's stored events for good and keeps its last ``seq``, so the room numbers on
 after it: a client that resumes it sees a gap, never another past under the same
 numbers. A running server keeps a room it holds in memory (one with members, or
@@ -16,10 +17,19 @@ import sqlite3
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import trio
 
 from triochat import argtypes
-from triochat.protocol import ProtocolError
+from triochat.errors import RedisError
+from triochat.protocol import ProtocolError, rules
+from triochat.server.redis_url import parse_redis_url
 from triochat.server.store import HistoryStore, RoomSummary, default_db_path
+
+if TYPE_CHECKING:
+    from triochat.server.redis_bus import Bus
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -39,15 +49,24 @@ def add_rooms_parser(commands: argparse._SubParsersAction[argtypes.Parser]) -> N
     purge = actions.add_parser("purge", help="delete ROOM's stored events for good")
     purge.add_argument("room", metavar="ROOM")
     for action in (listing, purge):
-        action.add_argument(
+        where = action.add_mutually_exclusive_group()
+        where.add_argument(
             "--db",
             type=argtypes.file_in_existing_folder,
             help=f"the server's data file (default: {default_db_path()})",
+        )
+        where.add_argument(
+            "--redis",
+            type=argtypes.redis_url,
+            metavar="URL",
+            help="the rooms of the nodes sharing this Redis (serve --redis; not a cluster)",
         )
     parser.set_defaults(run=run_rooms)
 
 
 def run_rooms(args: argparse.Namespace) -> int:
+    if args.redis is not None:
+        return trio.run(_in_redis, args)
     path = args.db or str(default_db_path())
     if not Path(path).exists():
         return _fail(f"no data file at {path} (--db names another)", EXIT_FAILED)
@@ -71,6 +90,74 @@ def run_rooms(args: argparse.Namespace) -> int:
         return _fail(f"{args.room}: no stored events", EXIT_FAILED)
     print(f"{purged.name}: {purged.events} events removed; it numbers on after {purged.last_seq}")
     return 0
+
+
+async def _in_redis(args: argparse.Namespace) -> int:
+    """The same two actions on Redis: a room's stream is its history; its meta (last seq,
+    epoch) stays, so the room numbers on."""
+    from triochat.server.redis_bus import Bus
+    from triochat.server.relay import RoomKeys
+
+    try:
+        bus = await Bus.connect(parse_redis_url(args.redis), cluster=False)
+    except RedisError as exc:
+        return _fail(str(exc), EXIT_FAILED)
+    try:
+        if args.action == "list":
+            for room in await _redis_rooms(bus):
+                print(_row(room))
+            return 0
+        keys = RoomKeys.of(rules.check_room(args.room))
+        name, last = await bus.command("HMGET", keys.meta, "n", "s")
+        events = int(await bus.command("XLEN", keys.log))
+        if not events:
+            return _fail(f"{args.room}: no stored events", EXIT_FAILED)
+        await bus.command("DEL", keys.log)
+        shown = _text(name) or args.room
+        print(f"{shown}: {events} events removed; it numbers on after {_text(last)}")
+        return 0
+    except ProtocolError as exc:
+        return _fail(f"{args.room!r}: {exc.message}", EXIT_USAGE)
+    except RedisError as exc:
+        return _fail(str(exc), EXIT_FAILED)
+    finally:
+        await bus.close()
+
+
+async def _redis_rooms(bus: Bus) -> list[RoomSummary]:
+    from triochat.server.relay import RoomKeys
+
+    rooms, cursor = [], "0"
+    while True:
+        cursor, metas = await bus.command("SCAN", cursor, "MATCH", "tc:{r:*}:m", "COUNT", "500")
+        for meta in metas:
+            keys = RoomKeys.of_meta(_text(meta))
+            name, last = await bus.command("HMGET", keys.meta, "n", "s")
+            events = int(await bus.command("XLEN", keys.log))
+            newest = await bus.command("XREVRANGE", keys.log, "+", "-", "COUNT", "1")
+            rooms.append(RoomSummary(_text(name), events, int(_text(last) or 0), _ts(newest)))
+        cursor = _text(cursor)
+        if cursor == "0":
+            return sorted(rooms, key=lambda room: rules.room_key(room.name))
+
+
+class _Stamped(msgspec.Struct):
+    ts: float = 0.0
+
+
+def _ts(newest: Any) -> float:
+    """The ``ts`` of the newest event, from ``XREVRANGE … COUNT 1`` (id → [[field, line]])."""
+    if not newest:
+        return 0.0
+    fields = next(iter(newest.values())) if isinstance(newest, dict) else newest[0][1]
+    try:
+        return msgspec.json.decode(fields[0][1], type=_Stamped).ts
+    except msgspec.DecodeError:
+        return 0.0
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else "" if value is None else str(value)
 
 
 def _row(room: RoomSummary) -> str:

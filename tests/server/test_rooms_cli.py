@@ -3,14 +3,17 @@ do not go back, and every other room stays as it was."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import trio
 
+from tests.redisd import needs_redis
 from tests.server.conftest import TEST_CONFIG
 from tests.server.helpers import fill, settle_join, skip_until
+from tests.server.nodes import run_nodes
 from triochat import cli
 from triochat.client import open_client
 from triochat.protocol.events import HistoryPage, Joined
@@ -74,3 +77,29 @@ def test_purging_what_is_not_there_is_one_line(
     assert capsys.readouterr().err == "triochat rooms: nothing: no stored events\n"
     assert cli.main(["rooms", "purge", "bad room!", "--db", str(db)]) == 2
     assert capsys.readouterr().err.startswith("triochat rooms: 'bad room!': ")
+
+
+@needs_redis
+async def test_rooms_in_redis_are_listed_and_purged_and_number_on() -> None:
+    """As a separate process, as an operator runs it (and as the Redis client library
+    wants: one Trio run per process)."""
+    async with run_nodes(TEST_CONFIG, count_=1) as nodes:
+        rooms = [sys.executable, "-m", "triochat", "rooms"]
+        redis = ["--redis", nodes.redis.url]
+        with trio.fail_after(30):
+            async with open_client(nodes.url("tcp"), "spammer", rooms=["spam"]) as spammer:
+                await settle_join(spammer)
+                await fill(spammer, "spam", 5, "buy now")
+            listed = await trio.run_process([*rooms, "list", *redis], capture_stdout=True)
+            assert [line.split("\t")[:3] for line in listed.stdout.decode().splitlines()] == [
+                ["spam", "7 events", "last seq 7"]
+            ]
+            purged = await trio.run_process([*rooms, "purge", "spam", *redis], capture_stdout=True)
+            assert purged.stdout.decode().strip() == (
+                "spam: 7 events removed; it numbers on after 7"
+            )
+            async with open_client(nodes.url("ws"), "again", rooms=["spam"]) as again:
+                joined = await skip_until(again, Joined, nick="again")
+                page = await skip_until(again, HistoryPage)
+    assert joined.seq == 8
+    assert page.events == []
