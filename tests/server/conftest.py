@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 import trio
 
+from tests.redisd import needs_redis
 from tests.server.nodes import run_nodes
 from triochat.server import Server, ServerConfig, serve
 
@@ -23,9 +24,9 @@ TEST_CONFIG = ServerConfig(host="127.0.0.1", port=0, tcp_port=0, rate_limit=0)
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "server" in metafunc.fixturenames:
-        kinds = ["memory", "sqlite"]
+        kinds: list[Any] = ["memory", "sqlite"]
         if getattr(metafunc.module, "ACROSS_NODES", False):
-            kinds.append("nodes")
+            kinds.append(pytest.param("nodes", marks=needs_redis))
         metafunc.parametrize("server", kinds, indirect=True)
 
 
