@@ -356,8 +356,9 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         redis_cafile=args.redis_cafile,
         node_id=args.node_id,
         redis_lease=args.redis_lease,
-        # Accounts live in the data file; with --no-history, only if --db names one.
-        accounts_path=args.db if args.no_history else (args.db or _default_db()),
+        # Accounts live in the data file (in Redis with --redis: no file, no folder made);
+        # with --no-history, only if --db names one.
+        accounts_path=_accounts_path(args),
         auth=args.auth,
         allow_insecure_auth=args.allow_insecure_auth,
         auth_fail_rate=args.auth_fail_rate,
@@ -365,6 +366,12 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         jwt_secret=args.jwt_secret_file,
         jwt_public_key=args.jwt_public_key,
     )
+
+
+def _accounts_path(args: argparse.Namespace) -> str | None:
+    if args.redis:
+        return None
+    return args.db if args.no_history else (args.db or _default_db())
 
 
 def _default_db() -> str:
