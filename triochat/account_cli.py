@@ -64,19 +64,20 @@ def add_account_parser(commands: argparse._SubParsersAction[argtypes.Parser]) ->
     parser.set_defaults(run=run_account)
 
 
-def _db_argument(parser: argparse.ArgumentParser) -> None:
+def data_arguments(parser: argparse.ArgumentParser, in_redis: str) -> None:
+    """``--db FILE`` or ``--redis URL``: where an operator's command finds the server's
+    data (``in_redis`` says what it works on there)."""
     where = parser.add_mutually_exclusive_group()
     where.add_argument(
         "--db",
         type=argtypes.file_in_existing_folder,
         help=f"the server's data file (default: {default_db_path()})",
     )
-    where.add_argument(
-        "--redis",
-        type=argtypes.redis_url,
-        metavar="URL",
-        help="the accounts of the nodes sharing this Redis (serve --redis)",
-    )
+    where.add_argument("--redis", type=argtypes.redis_url, metavar="URL", help=in_redis)
+
+
+def _db_argument(parser: argparse.ArgumentParser) -> None:
+    data_arguments(parser, "the accounts of the nodes sharing this Redis (serve --redis)")
     parser.add_argument(
         "--redis-cluster", action="store_true", help="the --redis URL is one node of a cluster"
     )

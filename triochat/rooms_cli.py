@@ -23,6 +23,7 @@ import msgspec
 import trio
 
 from triochat import argtypes
+from triochat.account_cli import data_arguments
 from triochat.errors import RedisError
 from triochat.protocol import ProtocolError, rules
 from triochat.server.redis_url import parse_redis_url
@@ -49,17 +50,8 @@ def add_rooms_parser(commands: argparse._SubParsersAction[argtypes.Parser]) -> N
     purge = actions.add_parser("purge", help="delete ROOM's stored events for good")
     purge.add_argument("room", metavar="ROOM")
     for action in (listing, purge):
-        where = action.add_mutually_exclusive_group()
-        where.add_argument(
-            "--db",
-            type=argtypes.file_in_existing_folder,
-            help=f"the server's data file (default: {default_db_path()})",
-        )
-        where.add_argument(
-            "--redis",
-            type=argtypes.redis_url,
-            metavar="URL",
-            help="the rooms of the nodes sharing this Redis (serve --redis; not a cluster)",
+        data_arguments(
+            action, "the rooms of the nodes sharing this Redis (serve --redis; not a cluster)"
         )
     parser.set_defaults(run=run_rooms)
 
@@ -95,7 +87,7 @@ def run_rooms(args: argparse.Namespace) -> int:
 async def _in_redis(args: argparse.Namespace) -> int:
     """The same two actions on Redis: a room's stream is its history; its meta (last seq,
     epoch) stays, so the room numbers on."""
-    from triochat.server.redis_bus import Bus
+    from triochat.server.redis_bus import Bus, as_text
     from triochat.server.relay import RoomKeys
 
     try:
@@ -113,8 +105,8 @@ async def _in_redis(args: argparse.Namespace) -> int:
         if not events:
             return _fail(f"{args.room}: no stored events", EXIT_FAILED)
         await bus.command("DEL", keys.log)
-        shown = _text(name) or args.room
-        print(f"{shown}: {events} events removed; it numbers on after {_text(last)}")
+        shown = as_text(name) or args.room
+        print(f"{shown}: {events} events removed; it numbers on after {as_text(last)}")
         return 0
     except ProtocolError as exc:
         return _fail(f"{args.room!r}: {exc.message}", EXIT_USAGE)
@@ -125,18 +117,19 @@ async def _in_redis(args: argparse.Namespace) -> int:
 
 
 async def _redis_rooms(bus: Bus) -> list[RoomSummary]:
+    from triochat.server.redis_bus import as_text
     from triochat.server.relay import RoomKeys
 
     rooms, cursor = [], "0"
     while True:
         cursor, metas = await bus.command("SCAN", cursor, "MATCH", "tc:{r:*}:m", "COUNT", "500")
         for meta in metas:
-            keys = RoomKeys.of_meta(_text(meta))
+            keys = RoomKeys.of_meta(as_text(meta))
             name, last = await bus.command("HMGET", keys.meta, "n", "s")
             events = int(await bus.command("XLEN", keys.log))
             newest = await bus.command("XREVRANGE", keys.log, "+", "-", "COUNT", "1")
-            rooms.append(RoomSummary(_text(name), events, int(_text(last) or 0), _ts(newest)))
-        cursor = _text(cursor)
+            rooms.append(RoomSummary(as_text(name), events, int(as_text(last) or 0), _ts(newest)))
+        cursor = as_text(cursor)
         if cursor == "0":
             return sorted(rooms, key=lambda room: rules.room_key(room.name))
 
@@ -154,10 +147,6 @@ def _ts(newest: Any) -> float:
         return msgspec.json.decode(fields[0][1], type=_Stamped).ts
     except msgspec.DecodeError:
         return 0.0
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else "" if value is None else str(value)
 
 
 def _row(room: RoomSummary) -> str:

@@ -444,13 +444,17 @@ class Hub:
         name = self._membership(member, room)
         self._leave(self._rooms[name], member, LeftReason.PART)
 
-    def _leave(self, room: Room, member: Member, reason: LeftReason) -> None:
+    def _remove(self, room: Room, member: Member) -> None:
+        """Take ``member`` out of ``room``, here, and its catch-up of the room with it."""
         del room.members[member.key]
         if member in room.catching_up:  # its past is abandoned
             room.catching_up.discard(member)
             member.catch_ups = [c for c in member.catch_ups if c.room is not room]
         room.changed()
         member.rooms.discard(room.name)
+
+    def _leave(self, room: Room, member: Member, reason: LeftReason) -> None:
+        self._remove(room, member)
         line = self._publish(
             room,
             Left(room=room.name, nick=member.nick, reason=reason, seq=room.log.next_seq, ts=_now()),

@@ -70,12 +70,13 @@ class Collector(Base):
         connections = GaugeMetricFamily(
             "triochat_connections", "Connections with a session, by transport", labels=["transport"]
         )
+        sessions = server.sessions()
         counts = Counter({url.partition(":")[0]: 0 for url in server.urls})  # every listener's
-        counts.update(session.transport for session in server.sessions())
+        counts.update(session.transport for session in sessions)
         for transport, count in sorted(counts.items()):
             connections.add_metric([transport], count)
         yield connections
-        waiting = [session.outbox_bytes for session in server.sessions()]
+        waiting = [session.outbox_bytes for session in sessions]
         yield GaugeMetricFamily(
             "triochat_outbox_bytes", "Bytes waiting to be written, all clients", sum(waiting)
         )

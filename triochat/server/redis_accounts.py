@@ -17,7 +17,7 @@ from typing import Any
 from triochat.errors import RedisError
 from triochat.protocol import rules
 from triochat.server.accounts import Account, AccountExists, AccountsUnavailable, NoSuchAccount
-from triochat.server.redis_bus import Bus, Call
+from triochat.server.redis_bus import Bus, Call, as_text
 from triochat.server.relay import tag
 
 INDEX = "tc:accounts"
@@ -44,7 +44,7 @@ class RedisAccounts:
         registered, password_hash = await self._call("tc_account", nick)
         if registered is None or password_hash is None:
             return None
-        return Account(_text(registered), _text(password_hash))
+        return Account(as_text(registered), as_text(password_hash))
 
     async def add(self, nick: str, password_hash: str) -> None:
         if not await self._call("tc_account_add", nick, nick, password_hash, str(time.time())):
@@ -70,15 +70,11 @@ class RedisAccounts:
     async def nicks(self) -> list[str]:
         """Every registered nick, as registered, in key order."""
         try:
-            keys = sorted(_text(k) for k in await self._bus.command("SMEMBERS", INDEX) or [])
+            keys = sorted(as_text(k) for k in await self._bus.command("SMEMBERS", INDEX) or [])
             found = await self._bus.batch([Call("tc_account", [key], []) for key in keys])
         except RedisError as exc:
             raise AccountsUnavailable(str(exc)) from None
-        return [_text(f[0]) for f in found if not isinstance(f, Exception) and f[0] is not None]
+        return [as_text(f[0]) for f in found if not isinstance(f, Exception) and f[0] is not None]
 
     def close(self) -> None:
         """Nothing: the bus belongs to whoever opened it."""
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -389,6 +389,13 @@ class Bus:
         return [(_bytes(got.channel), _bytes(got.message)) for got in heard]
 
 
+def as_text(value: object) -> str:
+    """A reply's value as text: bytes decoded, nil (None) empty."""
+    if isinstance(value, bytes):
+        return value.decode()
+    return "" if value is None else str(value)
+
+
 def _bytes(value: str | bytes) -> bytes:
     return value.encode() if isinstance(value, str) else value
 

@@ -43,7 +43,7 @@ from triochat.errors import RedisError
 from triochat.protocol import encode, rules
 from triochat.protocol.events import Joined, Left, LeftReason, Message
 from triochat.server.outbox import Flusher
-from triochat.server.redis_bus import Bus, Call
+from triochat.server.redis_bus import Bus, Call, as_text
 
 if TYPE_CHECKING:
     from triochat.server.shared import SharedHub
@@ -218,7 +218,7 @@ class Relay:
     async def _history_id(self) -> str:
         await self.bus.command("SET", HISTORY_ID, uuid.uuid4().hex, "NX")
         found = await self.bus.command("GET", HISTORY_ID)
-        return _text(found)
+        return as_text(found)
 
     def serve(self, hub: SharedHub) -> None:
         """Work for ``hub`` (which calls this as it is made)."""
@@ -313,8 +313,8 @@ class Relay:
             nicks: list[str] = []
             try:
                 for node in await self.bus.command("SMEMBERS", NODES) or []:
-                    held = await self.bus.command("HVALS", NodeKeys.of(_text(node)).nicks) or []
-                    nicks.extend(_text(nick) for nick in held)
+                    held = await self.bus.command("HVALS", NodeKeys.of(as_text(node)).nicks) or []
+                    nicks.extend(as_text(nick) for nick in held)
             except RedisError as exc:
                 log.debug("redis: %s", exc)
             done(sorted(nicks, key=str.casefold))
@@ -449,7 +449,7 @@ class Relay:
         tops = await self.bus.batch([Call("tc_top", [room.keys.meta], []) for room in rooms])
         for room, level, top in zip(rooms, levels, tops, strict=True):
             if not isinstance(top, Exception):
-                hub.check_top(room, _text(top[0]), int(top[1]), level)
+                hub.check_top(room, as_text(top[0]), int(top[1]), level)
 
     def lost(self, why: str) -> None:
         """Redis no longer holds what this node has (a room's epoch changed): the next
@@ -462,7 +462,7 @@ class Relay:
         """Announce the members of nodes whose lease ran out as left, once per dead node."""
         hub = self._hub
         assert hub is not None
-        nodes = [_text(n) for n in await self.bus.command("SMEMBERS", NODES) or []]
+        nodes = [as_text(n) for n in await self.bus.command("SMEMBERS", NODES) or []]
         for node in nodes:
             if node == self.node:
                 continue
@@ -474,7 +474,7 @@ class Relay:
                 is None
             ):
                 continue
-            metas = [_text(m) for m in await self.bus.command("SMEMBERS", keys.rooms) or []]
+            metas = [as_text(m) for m in await self.bus.command("SMEMBERS", keys.rooms) or []]
             for meta in metas:
                 await self._reap_room(node, RoomKeys.of_meta(meta))
             await self.bus.command("DEL", keys.rooms, keys.nicks)
@@ -488,7 +488,7 @@ class Relay:
         refused by Redis unless the member is still that node's)."""
         top = await self.bus.call(Call("tc_top", [keys.meta], []))
         # A room made by something else than a join has no name: its key is one.
-        name = _text(top[2]) or keys.meta.partition("{r:")[2].partition("}")[0]
+        name = as_text(top[2]) or keys.meta.partition("{r:")[2].partition("}")[0]
         roster = await self.bus.call(Call("tc_roster", [keys.members], []))
         hub = self._hub
         assert hub is not None
@@ -516,8 +516,8 @@ def members_of(flat: list[Any]) -> list[Holder]:
     join order: each value is ``node\\nSEQ\\nnick``, SEQ that of its ``joined``."""
     joined = []
     for key, value in zip(flat[0::2], flat[1::2], strict=True):
-        node, seq, nick = _text(value).split("\n", 2)
-        joined.append((int(seq), Holder(_text(key), node, nick)))
+        node, seq, nick = as_text(value).split("\n", 2)
+        joined.append((int(seq), Holder(as_text(key), node, nick)))
     return [holder for _, holder in sorted(joined)]
 
 
@@ -528,9 +528,3 @@ def now() -> float:
 def _ignore(result: Any) -> None:
     if isinstance(result, Exception):
         log.debug("redis: %s", result)
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode()
-    return str(value)

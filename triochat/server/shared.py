@@ -64,7 +64,7 @@ from triochat.protocol.events import (
 )
 from triochat.server.config import ServerConfig
 from triochat.server.hub import LARGE_ROOM, CatchUp, Hub, Member, Room
-from triochat.server.redis_bus import Call
+from triochat.server.redis_bus import Call, as_text
 from triochat.server.relay import (
     NICKS_CHANNEL,
     Relay,
@@ -247,8 +247,8 @@ class SharedHub(Hub):
         log_ = RoomLog(config.retention, max_bytes=config.room_history_bytes, last_seq=first - 1)
         for seq, line in zip(seqs, lines, strict=True):
             log_.append(seq, line)
-        name = _text(stored) or name
-        room = SharedRoom(name=name, log=log_, keys=keys, epoch=_text(epoch))
+        name = as_text(stored) or name
+        room = SharedRoom(name=name, log=log_, keys=keys, epoch=as_text(epoch))
         for holder in members_of(roster):
             room.roster[holder.key] = holder.nick
         self._rooms[name] = room
@@ -351,12 +351,7 @@ class SharedHub(Hub):
         self.pump(member)
 
     def _drop_member(self, room: SharedRoom, member: Member) -> None:
-        del room.members[member.key]
-        if member in room.catching_up:
-            room.catching_up.discard(member)
-            member.catch_ups = [c for c in member.catch_ups if c.room is not room]
-        room.changed()
-        member.rooms.discard(room.name)
+        self._remove(room, member)
         if not room.members:
             self._idle[room.name] = room
 
@@ -527,7 +522,7 @@ class SharedHub(Hub):
         elif not result:
             error = Error(code=ErrorCode.NO_SUCH_USER, message=f"nobody is called {to!r}", ref=ref)
         else:
-            nick = msgspec.json.encode(_text(result))
+            nick = msgspec.json.encode(as_text(result))
             self._fulfil(member, ticket, before + b'"to":' + nick + after)
             return
         self._fulfil(member, ticket, encode(error))
@@ -602,7 +597,3 @@ class SharedHub(Hub):
 
     def _everyone_for(self, member: Member, ticket: _Ticket, nicks: list[str]) -> None:
         self._fulfil(member, ticket, encode(Members(room=None, nicks=nicks)))
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
