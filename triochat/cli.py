@@ -431,7 +431,7 @@ def _run_serve(args: argparse.Namespace) -> int:
 def _run_tui(args: argparse.Namespace) -> int:
     from tui.cli import run_tui
 
-    return run_tui(args.url, args.nick, args.room, args.password_env, args.cafile)
+    return run_tui(args)
 
 
 SERVE_DESCRIPTION = "Run the chat server: WebSocket and plain TCP listeners, one NDJSON protocol."

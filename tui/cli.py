@@ -1,15 +1,22 @@
-"""``triochat tui``: the command-line door into the chat app."""
+"""``triochat tui``: the command-line door into the chat app.
+
+Settings come from flags, then ``tui.toml`` (:mod:`tui.config`), then the defaults:
+a flag given wins, a flag left out takes what the last run remembered.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from triochat import argtypes
 from triochat.client import parse_url, tls_for
 from triochat.errors import ConnectError
 from triochat.protocol import ProtocolError, rules
+from tui.commands import room_name
+from tui.config import ConfigError, Memory, TuiFile, default_path, load
 
 DEFAULT_URL = "ws://127.0.0.1:5000"
 
@@ -17,10 +24,21 @@ DEFAULT_URL = "ws://127.0.0.1:5000"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``tui`` options, added to ``parser``."""
     parser.add_argument(
-        "--url", default=DEFAULT_URL, help="server address (ws://, wss://, tcp:// or tls://)"
+        "--url",
+        default=None,
+        help=f"server address (ws://, wss://, tcp:// or tls://; default: the last one, else"
+        f" {DEFAULT_URL})",
     )
-    parser.add_argument("--nick", default=None, help="your nick (asked on screen when missing)")
-    parser.add_argument("--room", default=None, help="room to join (default: the lobby)")
+    parser.add_argument(
+        "--nick", default=None, help="your nick (default: the last one; asked on screen if none)"
+    )
+    parser.add_argument(
+        "--room",
+        action="append",
+        default=None,
+        metavar="ROOM",
+        help="a room to join; repeat for more (default: the rooms you were in, else the lobby)",
+    )
     parser.add_argument(
         "--password-env",
         metavar="VAR",
@@ -33,38 +51,82 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PEM",
         help="CA certificate to trust for wss:// and tls:// (default: the system's CAs)",
     )
+    parser.add_argument(
+        "--highlight",
+        action="append",
+        default=None,
+        metavar="WORD",
+        help="a word that counts as a mention besides your nick; repeat for more",
+    )
+    parser.add_argument(
+        "--bell",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="ring the terminal bell on a mention or DM you cannot see (default: on)",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        type=Path,
+        default=None,
+        help="where the TUI remembers server, nick and rooms"
+        " (default: $XDG_CONFIG_HOME/triochat/tui.toml)",
+    )
 
 
-def run_tui(
-    url: str,
-    nick: str | None,
-    room: str | None,
-    password_env: str | None = None,
-    cafile: str | None = None,
-) -> int:
+def run_tui(args: argparse.Namespace) -> int:
     """Run the chat app until the person quits; bad arguments are one line on stderr."""
-    problem = _check(url, nick, room, cafile)
-    password = None
-    if password_env is not None:
-        password = os.environ.get(password_env)
-        if not password:
-            problem = problem or f"--password-env: environment variable {password_env} is not set"
+    path = args.config or default_path()
+    try:
+        saved = load(path)
+    except ConfigError as exc:
+        return _usage(str(exc))
+    settings = _merged(args, saved)
+    problem = _check(settings, args.cafile)
     if problem:
-        print(f"triochat tui: {problem}", file=sys.stderr)
-        return 2
+        return _usage(problem)
+    password = None
+    if args.password_env is not None:
+        password = os.environ.get(args.password_env)
+        if not password:
+            return _usage(f"--password-env: environment variable {args.password_env} is not set")
     from tui.app import ChatApp  # Textual loads only when the app really runs
 
-    app = ChatApp(url, nick, room.lower() if room else None, password=password, cafile=cafile)
+    app = ChatApp(
+        settings.url or DEFAULT_URL,
+        settings.nick,
+        rooms=settings.rooms,
+        password=password,
+        cafile=args.cafile,
+        highlight=settings.highlight,
+        bell=settings.bell,
+        memory=Memory(path, saved),
+    )
     result = app.run()
     return app.return_code or int(result or 0)
 
 
-def _check(url: str, nick: str | None, room: str | None, cafile: str | None) -> str | None:
+def _merged(args: argparse.Namespace, saved: TuiFile) -> TuiFile:
+    return TuiFile(
+        url=args.url or saved.url,
+        nick=args.nick or saved.nick,
+        rooms=[room_name(r) for r in args.room] if args.room else saved.rooms,
+        highlight=args.highlight or saved.highlight,
+        bell=saved.bell if args.bell is None else args.bell,
+    )
+
+
+def _usage(problem: str) -> int:
+    print(f"triochat tui: {problem}", file=sys.stderr)
+    return 2
+
+
+def _check(settings: TuiFile, cafile: str | None = None) -> str | None:
     try:
-        tls_for(parse_url(url), cafile)
-        if nick is not None:
-            rules.check_nick(nick)
-        if room is not None:
+        tls_for(parse_url(settings.url or DEFAULT_URL), cafile)
+        if settings.nick is not None:
+            rules.check_nick(settings.nick)
+        for room in settings.rooms:
             rules.check_room(room)
     except ConnectError as exc:
         return str(exc)
@@ -76,5 +138,4 @@ def _check(url: str, nick: str | None, room: str | None, cafile: str | None) -> 
 def main(argv: list[str] | None = None) -> int:
     parser = argtypes.Parser(prog="python -m tui", description="The triochat chat client.")
     add_arguments(parser)
-    args = parser.parse_args(argv)
-    return run_tui(args.url, args.nick, args.room, args.password_env, args.cafile)
+    return run_tui(parser.parse_args(argv))

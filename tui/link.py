@@ -41,17 +41,24 @@ from triochat.errors import ConnectError, ConnectionClosed, ConnectionLost, Reje
 from triochat.protocol import rules
 from triochat.protocol.events import (
     DirectMessage,
+    Dm,
     Error,
     HistoryPage,
     Joined,
     Left,
+    ListRooms,
     Members,
     Message,
     NickChanged,
     Notice,
     Pong,
     RoomEvent,
+    RoomInfo,
+    Rooms,
+    Say,
     ServerEvent,
+    SetTopic,
+    Topic,
     Welcome,
 )
 from tui import commands as cmd
@@ -60,6 +67,8 @@ from tui.sync import Outcome, Replay, RoomSync
 Post = Callable[[TextualMessage], object]
 COMMAND_BUFFER = 64
 PING_INTERVAL = 5.0
+OLDER_PAGE = 100
+"""Events asked for per page of older history (the server may send fewer)."""
 
 
 @dataclass(frozen=True)
@@ -102,7 +111,15 @@ class Route:
     view: str | None
 
 
-Request = Route | UseNick | RetryNow | Stop
+@dataclass(frozen=True)
+class Older:
+    """The page of ``room``'s history just before ``before_seq`` (the person scrolled up)."""
+
+    room: str
+    before_seq: int
+
+
+Request = Route | UseNick | RetryNow | Stop | Older
 
 
 @dataclass
@@ -116,6 +133,8 @@ class _State:
     """The ``welcome.server_id`` our watermarks refer to; None before the first welcome."""
     replays: dict[str, Replay] = field(default_factory=dict)
     """Rooms sent a resume point on this connection whose ``joined`` has not come yet."""
+    older: set[str] = field(default_factory=set)
+    """Rooms with a page of older history asked for on this connection."""
 
 
 class Link:
@@ -148,6 +167,20 @@ class Link:
             super().__init__()
             self.room, self.events, self.live, self.notes = room, events, live, notes
 
+    class Older(TextualMessage):
+        """A page of older history the app asked for (:class:`Older`), oldest first."""
+
+        def __init__(self, room: str, events: list[RoomEvent]) -> None:
+            super().__init__()
+            self.room, self.events = room, events
+
+    class RoomsListed(TextualMessage):
+        """A page of the server's rooms (``list``); ``next`` is where the next page starts."""
+
+        def __init__(self, rooms: list[RoomInfo], after: str | None, next: str | None) -> None:
+            super().__init__()
+            self.rooms, self.after, self.next = rooms, after, next
+
     class Direct(TextualMessage):
         def __init__(self, peer: str, event: DirectMessage) -> None:
             super().__init__()
@@ -156,9 +189,11 @@ class Link:
     class Roster(TextualMessage):
         """``members``: ``room`` None is the whole server (``/who *``)."""
 
-        def __init__(self, room: str | None, nicks: list[str], asked: bool) -> None:
+        def __init__(
+            self, room: str | None, nicks: list[str], asked: bool, topic: str | None = None
+        ) -> None:
             super().__init__()
-            self.room, self.nicks, self.asked = room, nicks, asked
+            self.room, self.nicks, self.asked, self.topic = room, nicks, asked, topic
 
     class Renamed(TextualMessage):
         def __init__(self, old: str, new: str, mine: bool) -> None:
@@ -233,6 +268,8 @@ class Link:
         self._stopped = False
         self._welcomed_once = False
         self._retry_now = trio.Event()
+        self._list_after: str | None = None
+        """The ``after`` of the last ``list`` sent, to say what its answer continues."""
 
     @property
     def nick(self) -> str | None:
@@ -315,6 +352,7 @@ class Link:
             state.replays = dict.fromkeys(resume_points, "resumed")
             for sync in state.rooms.values():
                 sync.reset_connection()
+            state.older.clear()
             self._client = client
             try:
                 await self._converse(client)
@@ -368,14 +406,14 @@ class Link:
 
     async def _handle(self, client: Client, event: ServerEvent) -> None:
         match event:
-            case Joined() | Left() | Message():
+            case Joined() | Left() | Message() | Topic():
                 await self._room_event(client, event)
             case HistoryPage(room=room, events=events):
-                sync = self._state.rooms.get(room)
-                if sync is not None:
-                    await self._apply(client, room, sync.history(events))
-            case Members(room=room, nicks=nicks):
-                await self._members(client, room, nicks)
+                await self._page(client, room, events)
+            case Members(room=room, nicks=nicks, topic=topic):
+                await self._members(client, room, nicks, topic)
+            case Rooms(rooms=rooms, next=after):
+                self._post(Link.RoomsListed(rooms, self._list_after, after))
             case DirectMessage():
                 peer = event.to if rules.nick_key(event.from_) == self._me() else event.from_
                 self._post(Link.Direct(peer, event))
@@ -396,9 +434,20 @@ class Link:
     def _me(self) -> str:
         return rules.nick_key(self._state.nick or "")
 
+    async def _page(self, client: Client, room: str, events: list[RoomEvent]) -> None:
+        """A join's or a refill's page goes to the room's sync; else it is one we asked for."""
+        sync = self._state.rooms.get(room)
+        if sync is None:
+            return
+        if sync.expects_page:
+            await self._apply(client, room, sync.history(events))
+        elif room in self._state.older:
+            self._state.older.discard(room)
+            self._post(Link.Older(room, events))
+
     async def _room_event(self, client: Client, event: RoomEvent) -> None:
         state = self._state
-        own = rules.nick_key(event.nick if not isinstance(event, Message) else event.from_)
+        own = rules.nick_key(event.from_ if isinstance(event, Message | Topic) else event.nick)
         if isinstance(event, Joined) and own == self._me():
             sync = state.rooms.setdefault(event.room, RoomSync())
             sync.own_joined(event, replay=state.replays.pop(event.room, "fresh"))
@@ -411,13 +460,15 @@ class Link:
             del state.rooms[event.room]
             self._post(Link.Parted(event.room))
 
-    async def _members(self, client: Client, room: str | None, nicks: list[str]) -> None:
+    async def _members(
+        self, client: Client, room: str | None, nicks: list[str], topic: str | None
+    ) -> None:
         sync = self._state.rooms.get(room) if room is not None else None
         if sync is None or not sync.joining:
-            self._post(Link.Roster(room, nicks, asked=True))
+            self._post(Link.Roster(room, nicks, asked=True, topic=topic))
             return
         outcome = sync.members()
-        self._post(Link.Roster(room, nicks, asked=False))
+        self._post(Link.Roster(room, nicks, asked=False, topic=topic))
         await self._apply(client, room or "", outcome)
 
     async def _apply(self, client: Client, room: str, outcome: Outcome) -> None:
@@ -451,6 +502,8 @@ class Link:
                         self._nicks_in.send_nowait(request)
                 case Route(command=command, view=view):
                     await self._send(command, view)
+                case Older(room=room, before_seq=before_seq):
+                    await self._older(room, before_seq)
 
     async def _goodbye(self, reason: str | None) -> None:
         client = self._client
@@ -464,6 +517,17 @@ class Link:
             except (ConnectionLost, ConnectionClosed):
                 pass
 
+    async def _older(self, room: str, before_seq: int) -> None:
+        client = self._client
+        if client is None or room not in self._state.rooms:
+            self._post(Link.Problem("not connected: older history cannot be fetched now", room))
+            return
+        self._state.older.add(room)
+        try:
+            await client.history(room, before_seq=before_seq, limit=OLDER_PAGE)
+        except (ConnectionLost, ConnectionClosed):
+            self._state.older.discard(room)
+
     async def _send(self, command: cmd.Command, view: str | None) -> None:
         client = self._client
         if client is None:
@@ -476,10 +540,10 @@ class Link:
 
     async def _send_on(self, client: Client, command: cmd.Command, view: str | None) -> None:
         match command:
-            case cmd.Say(text=text) if view is not None and view.startswith("@"):
-                await client.dm(view[1:], text)
-            case cmd.Say(text=text) if view is not None:
-                await client.say(view, text)
+            case cmd.Say(text=text, action=action) if view is not None and view.startswith("@"):
+                await client.send(Dm(to=view[1:], text=text, action=action or None))
+            case cmd.Say(text=text, action=action) if view is not None:
+                await client.send(Say(room=view, text=text, action=action or None))
             case cmd.Say():
                 self._post(Link.Problem("join a room first: /join ROOM"))
             case cmd.Msg(to=to, text=text):
@@ -496,6 +560,15 @@ class Link:
                 await client.nick(nick)
             case cmd.Who(room=room, everyone=everyone):
                 await client.who(None if everyone else room or _room_of(view))
+            case cmd.Topic(text=text) if text is not None:
+                target = _room_of(view)
+                if target is None:
+                    self._post(Link.Problem("topics are for rooms: /join ROOM first"))
+                else:
+                    await client.send(SetTopic(room=target, text=text))
+            case cmd.ListRooms(after=after):
+                self._list_after = after
+                await client.send(ListRooms(after=after))
             case _:
                 pass
 

@@ -87,6 +87,11 @@ class RoomSync:
         """Between our own ``joined`` and the ``members`` that ends the join."""
         return self._joining is not None
 
+    @property
+    def expects_page(self) -> bool:
+        """A ``history`` page now belongs to a join or a refill in progress."""
+        return self._joining is not None or self._refill is not None
+
     def resume_from(self) -> int | None:
         """The ``hello.resume`` value for this room: the last seq shown, if any."""
         return self.watermark if self.watermark > 0 else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from rich.text import Text
 from textual import on
@@ -11,7 +12,7 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.message import Message
 from textual.screen import ModalScreen
-from textual.widgets import Input, Label, OptionList, RichLog, Static
+from textual.widgets import Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
 from triochat.protocol import ProtocolError, rules
@@ -19,6 +20,26 @@ from tui.commands import complete
 from tui.render import literal, nick_colour
 
 HISTORY_SIZE = 200
+
+
+@dataclass(frozen=True)
+class Tab:
+    """A view as the room list shows it."""
+
+    name: str
+    unread: int = 0
+    """Messages not seen yet."""
+    attention: int = 0
+    """Of those, the ones that mention us, or direct messages."""
+
+    @property
+    def label(self) -> Text:
+        label = Text(literal(self.name if self.name.startswith("@") else f"#{self.name}"))
+        if self.attention:
+            label.append(f" ({self.unread})", style="bold reverse magenta")
+        elif self.unread:
+            label.append(f" ({self.unread})", style="yellow")
+        return label
 
 
 class RoomList(OptionList):
@@ -29,11 +50,10 @@ class RoomList(OptionList):
             super().__init__()
             self.view = view
 
-    def show(self, views: list[tuple[str, int]], current: str | None) -> None:
-        """``views`` as (name, unread) in display order."""
+    def show(self, tabs: list[Tab], current: str | None) -> None:
         self.clear_options()
-        self.add_options([Option(_room_label(name, unread), id=name) for name, unread in views])
-        names = [name for name, _ in views]
+        self.add_options([Option(tab.label, id=tab.name) for tab in tabs])
+        names = [tab.name for tab in tabs]
         if current in names:
             self.highlighted = names.index(current)
 
@@ -44,11 +64,19 @@ class RoomList(OptionList):
             self.post_message(self.Picked(event.option.id))
 
 
-def _room_label(name: str, unread: int) -> Text:
-    label = Text(literal(name if name.startswith("@") else f"#{name}"))
-    if unread:
-        label.append(f" ({unread})", style="bold yellow")
-    return label
+class RoomBar(Static):
+    """The room list folded into one line, for narrow terminals: the current view first."""
+
+    def show(self, tabs: list[Tab], current: str | None) -> None:
+        line = Text(no_wrap=True, overflow="ellipsis")
+        ordered = sorted(tabs, key=lambda tab: tab.name != current)
+        for tab in ordered:
+            label = tab.label
+            if tab.name == current:
+                label.stylize("bold reverse")
+            line.append_text(label)
+            line.append(" ")
+        self.update(line)
 
 
 class MemberList(Static):
@@ -61,15 +89,6 @@ class MemberList(Static):
             lines.append(literal(nick), style=style)
             lines.append("\n")
         self.update(lines)
-
-
-class MessageLog(RichLog):
-    """The current view's lines. Switching views rewrites it from the view's buffer."""
-
-    def show(self, lines: list[Text]) -> None:
-        self.clear()
-        for line in lines:
-            self.write(line)
 
 
 class StatusBar(Static):
@@ -89,7 +108,7 @@ class StatusBar(Static):
 
 
 class ChatInput(Input):
-    """The input line: Tab completes commands and nicks, Up/Down walk what was typed."""
+    """The input line: Tab completes commands, rooms and nicks, Up/Down walk what was typed."""
 
     BINDINGS = [  # noqa: RUF012 (Textual's convention)
         Binding("tab", "complete", "complete", show=False, priority=True),
@@ -97,9 +116,12 @@ class ChatInput(Input):
         Binding("down", "history(1)", "newer", show=False),
     ]
 
-    def __init__(self, nicks: Callable[[], list[str]], **kwargs: str) -> None:
+    def __init__(
+        self, nicks: Callable[[], list[str]], rooms: Callable[[], list[str]], **kwargs: str
+    ) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self._nicks = nicks
+        self._rooms = rooms
         self._history: list[str] = []
         self._position = 0
         self._choices: list[str] = []
@@ -123,7 +145,8 @@ class ChatInput(Input):
         if not (
             0 <= self._choice < len(self._choices) and self._choices[self._choice] == self.value
         ):
-            self._choices, self._choice = complete(self.value, self._nicks()), -1
+            self._choices = complete(self.value, self._nicks(), self._rooms())
+            self._choice = -1
         if not self._choices:
             self.app.bell()
             return

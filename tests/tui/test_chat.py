@@ -12,7 +12,8 @@ from tests.tui.helpers import Peer, ServerThread, until
 from tui.app import ChatApp
 from tui.link import Backoff
 from tui.sync import HISTORY_CHANGED
-from tui.widgets import ChatInput, MemberList, MessageLog, NickScreen, RoomList, StatusBar
+from tui.log import ChatLog
+from tui.widgets import ChatInput, MemberList, NickScreen, RoomList, StatusBar
 
 pytestmark = pytest.mark.asyncio
 SIZE = (140, 36)
@@ -22,7 +23,7 @@ SLOW = Backoff(base=60.0, cap=60.0)
 
 def screen_log(app: ChatApp) -> str:
     """The message log as the person sees it."""
-    return "\n".join(strip.text for strip in app.query_one(MessageLog).lines)
+    return "\n".join(strip.text for strip in app.query_one(ChatLog).lines)
 
 
 def rendered(widget: RoomList | MemberList | StatusBar) -> str:
@@ -171,7 +172,7 @@ async def test_text_from_others_is_shown_literally(server: ServerThread) -> None
         # they are; its escaping of control characters is tests/tui/test_parts.py's.
         await bob.say("lobby", "[bold red]loud[/] \u202epwned end")
         await until(lambda: " end" in screen_log(app), "bob's message")
-        line = next(s for s in app.query_one(MessageLog).lines if "loud" in s.text)
+        line = next(s for s in app.query_one(ChatLog).lines if "loud" in s.text)
         assert r"[bold red]loud[/] \u202epwned end" in line.text
         assert not any("\u202e" in segment.text for segment in line)
         text_style = next(seg.style for seg in line if "loud" in seg.text)

@@ -54,8 +54,9 @@ def test_literal_makes_control_characters_visible() -> None:
 
 
 def test_markup_in_a_message_stays_text() -> None:
-    line = Renderer(timefmt=lambda ts: "12:00").said(0, "bob", "[red]x[/red]", mine=False)
-    assert line.plain == "12:00 bob: [red]x[/red]"
+    entry = Renderer(timefmt=lambda ts: "12:00").said(0, "bob", "[red]x[/red]", mine=False)
+    assert entry.plain == "12:00 bob: [red]x[/red]"
+    line = entry.body
     assert all(
         "red" not in str(span.style)
         for span in line.spans

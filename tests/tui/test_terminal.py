@@ -6,6 +6,7 @@ there (or a deadline passes); keys are typed with ``send-keys``.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -23,13 +24,21 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+# Without COLUMNS and LINES (pytest's terminal sets them): the panes' own size must rule.
+TERMINAL_ENV = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+
+
 class Tmux:
     def __init__(self) -> None:
         self.socket = f"triochat-test-{uuid.uuid4().hex[:8]}"
 
     def run(self, *args: str) -> str:
         done = subprocess.run(
-            ["tmux", "-L", self.socket, *args], capture_output=True, text=True, check=True
+            ["tmux", "-L", self.socket, *args],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=TERMINAL_ENV,
         )
         return done.stdout
 
@@ -73,8 +82,10 @@ def server_url() -> Iterator[str]:
     assert process.wait(timeout=10) == 0
 
 
-def test_two_people_chat_in_real_terminals_and_quit_cleanly(tmux: Tmux, server_url: str) -> None:
-    tui = f"{BIN / 'triochat'} tui --url {server_url}"
+def test_two_people_chat_in_real_terminals_and_quit_cleanly(
+    tmux: Tmux, server_url: str, tmp_path: Path
+) -> None:
+    tui = f"{BIN / 'triochat'} tui --url {server_url} --config {tmp_path / 'tui.toml'}"
     tmux.run(
         "new-session",
         "-d",
@@ -86,12 +97,13 @@ def test_two_people_chat_in_real_terminals_and_quit_cleanly(tmux: Tmux, server_u
         "30",
         f"{tui} --nick ada; echo ADA-EXIT=$?; sleep 30",
     )
+    tmux.run("set-option", "-g", "default-size", "110x30")  # new windows: wide, members shown
     tmux.run("new-window", "-t", "chat", f"{tui} --nick bob; echo BOB-EXIT=$?; sleep 30")
     tmux.wait_for("chat:0", "connected")
     tmux.wait_for("chat:1", "connected")
     tmux.type("chat:0", "hello [bold]bob[/bold]")
     screen = tmux.wait_for("chat:1", "ada: hello [bold]bob[/bold]")  # literally, not bold
-    assert "bob" in screen.split("members", 1)[1]
+    assert "bob" in screen.split("members", 1)[1], screen
     tmux.type("chat:1", "/quit")
     tmux.wait_for("chat:1", "BOB-EXIT=0")
     tmux.wait_for("chat:0", "← bob quit")
