@@ -13,6 +13,7 @@ import contextlib
 import random
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from textual import events, on
 from textual.app import App, ComposeResult
@@ -86,7 +87,7 @@ class View:
 
 
 class ChatApp(App[int]):
-    CSS_PATH = "chat.tcss"
+    CSS_PATH = Path(__file__).with_name("chat.tcss")  # absolute: subclasses live elsewhere
     TITLE = "triochat"
     ENABLE_COMMAND_PALETTE = False
     AUTO_FOCUS = "#input"

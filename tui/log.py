@@ -95,7 +95,7 @@ class ChatLog(ScrollView, can_focus=False):
         self._follow = True
         self._set_unseen(0)
         self._relayout()
-        self.scroll_end(animate=False, immediate=True)
+        self.scroll_end(animate=False)
 
     def append(self, entry: Entry, *, counts: bool = False) -> None:
         self._entries.append(entry)
@@ -104,7 +104,7 @@ class ChatLog(ScrollView, can_focus=False):
         self.lines.extend(self._laid_out(entry))
         self._resized()
         if self._follow:
-            self.scroll_end(animate=False, immediate=True)
+            self.scroll_end(animate=False)
         elif counts:
             self._set_unseen(self.unseen + 1)
 
@@ -120,7 +120,7 @@ class ChatLog(ScrollView, can_focus=False):
 
     def jump(self, *, end: bool) -> None:
         if end:
-            self.scroll_end(animate=False, immediate=True)
+            self.scroll_end(animate=False)
         else:
             self.scroll_home(animate=False, immediate=True)
 
@@ -132,7 +132,7 @@ class ChatLog(ScrollView, can_focus=False):
             top = self._entry_at(round(self.scroll_y))
             self._relayout()
             if self._follow or top is None:
-                self.scroll_end(animate=False, immediate=True)
+                self.scroll_end(animate=False)
             else:
                 self.scroll_to(y=self._first_line_of(top), animate=False, immediate=True)
 

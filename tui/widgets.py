@@ -119,7 +119,8 @@ class ChatInput(Input):
     def __init__(
         self, nicks: Callable[[], list[str]], rooms: Callable[[], list[str]], **kwargs: str
     ) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+        # No select-on-focus: a key typed elsewhere is moved here, and must not be replaced.
+        super().__init__(select_on_focus=False, **kwargs)  # type: ignore[arg-type]
         self._nicks = nicks
         self._rooms = rooms
         self._history: list[str] = []

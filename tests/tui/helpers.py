@@ -29,10 +29,20 @@ WAIT = 15.0
 class ServerThread:
     """``start()`` a server on 127.0.0.1 (port 0 = any free one), ``stop()`` it, start it again."""
 
-    def __init__(self, db_path: str | None = None) -> None:
+    def __init__(
+        self,
+        db_path: str | None = None,
+        *,
+        tls: tuple[str, str] | None = None,
+        history_limit: int = 0,
+    ) -> None:
         self.db_path = db_path
         """A SQLite file for durable history (kept across restarts); None: memory only."""
+        self._tls = tls
+        """(certfile, keyfile): both listeners speak TLS, and TCP is on too."""
+        self._history_limit = history_limit
         self.port = 0
+        self.urls: list[str] = []
         self._thread: threading.Thread | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._server: Server | None = None
@@ -46,9 +56,12 @@ class ServerThread:
         ready = threading.Event()
         config = ServerConfig(
             port=self.port if port is None else port,
-            tcp_port=None,
+            tcp_port=0 if self._tls else None,
             rate_limit=0,
             db_path=self.db_path,
+            certfile=self._tls[0] if self._tls else None,
+            keyfile=self._tls[1] if self._tls else None,
+            history_limit=self._history_limit or ServerConfig.history_limit,
         )
         self._thread = threading.Thread(target=trio.run, args=(self._main, config, ready))
         self._thread.start()
@@ -60,7 +73,8 @@ class ServerThread:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             self._server = await nursery.start(self._serve, config)
-            self.port = int(self._server.url("ws").rsplit(":", 1)[1])
+            self.urls = list(self._server.urls)
+            self.port = int(self.urls[0].rsplit(":", 1)[1])
             ready.set()
 
     async def _serve(self, config: ServerConfig, *, task_status: trio.TaskStatus[Server]) -> None:

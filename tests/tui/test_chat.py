@@ -11,8 +11,8 @@ from textual.widgets import Input, Label
 from tests.tui.helpers import Peer, ServerThread, until
 from tui.app import ChatApp
 from tui.link import Backoff
-from tui.sync import HISTORY_CHANGED
 from tui.log import ChatLog
+from tui.sync import HISTORY_CHANGED
 from tui.widgets import ChatInput, MemberList, NickScreen, RoomList, StatusBar
 
 pytestmark = pytest.mark.asyncio

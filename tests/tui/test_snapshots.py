@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+import pytest
 from textual.pilot import Pilot
 
 from tests.tui.helpers import ServerThread, until
@@ -36,9 +37,16 @@ def in_room(app: ChatApp, room: str, nick: str) -> bool:
     return app.connection == "connected" and view is not None and nick in view.members
 
 
-def test_main_screen(snap_compare: Snap, server: ServerThread) -> None:
+@pytest.mark.parametrize("size", [(50, 20), (80, 24), (140, 40)], ids=["50x20", "80x24", "140x40"])
+def test_main_screen(snap_compare: Snap, server: ServerThread, size: tuple[int, int]) -> None:
+    """The same chat at three sizes: the panels that fit, wrapped and multi-line messages
+    indented under their text, a mention highlighted, an unread room and a topic."""
     bob = server.bot("bob", ["lobby", "dev"])
     bob.say("lobby", "good morning")
+    bob.say(
+        "lobby", "ada: a long line that mentions you and wraps under its own text at every size"
+    )
+    bob.say("lobby", "two lines:\nbob: this one cannot pass for a message of its own")
     # Backslash, x, 1, b: the server refuses a real ESC in text (rules.check_text), and
     # these are the characters the TUI shows for one (tests/tui/test_parts.py).
     bob.say("lobby", "[bold]not bold[/] \\x1b[31mnot red")
@@ -54,7 +62,7 @@ def test_main_screen(snap_compare: Snap, server: ServerThread) -> None:
         await pilot.press(*"hi bob", "enter")
         await until(lambda: any("hi bob" in line.plain for line in app.views["lobby"].lines), "ada")
 
-    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+    assert snap_compare(app, terminal_size=size, run_before=run_before)
 
 
 def test_nick_prompt_after_a_refusal(snap_compare: Snap, server: ServerThread) -> None:
