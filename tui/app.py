@@ -23,7 +23,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Input
 
 from triochat.protocol import rules
-from triochat.protocol.events import Joined, Left, Message
+from triochat.protocol.events import Joined, Left, Message, RoomEvent
 from tui import commands as cmd
 from tui.commands import COMMANDS, HELP_KEYS
 from tui.guest import TrioGuest
@@ -378,7 +378,7 @@ class ChatApp(App[int]):
         elif counts:
             view.unread += 1
 
-    def _track_member(self, view: View, event: Joined | Left | Message) -> None:
+    def _track_member(self, view: View, event: RoomEvent) -> None:
         if isinstance(event, Joined) and event.nick not in view.members:
             view.members.append(event.nick)
         elif isinstance(event, Left) and event.nick in view.members:

@@ -52,6 +52,7 @@ from triochat.protocol.events import (
     Pong,
     RoomEvent,
     ServerEvent,
+    Topic,
     Welcome,
 )
 from tui import commands as cmd
@@ -368,7 +369,7 @@ class Link:
 
     async def _handle(self, client: Client, event: ServerEvent) -> None:
         match event:
-            case Joined() | Left() | Message():
+            case Joined() | Left() | Message() | Topic():
                 await self._room_event(client, event)
             case HistoryPage(room=room, events=events):
                 sync = self._state.rooms.get(room)
@@ -398,7 +399,7 @@ class Link:
 
     async def _room_event(self, client: Client, event: RoomEvent) -> None:
         state = self._state
-        own = rules.nick_key(event.nick if not isinstance(event, Message) else event.from_)
+        own = rules.nick_key(event.nick if isinstance(event, Joined | Left) else event.from_)
         if isinstance(event, Joined) and own == self._me():
             sync = state.rooms.setdefault(event.room, RoomSync())
             sync.own_joined(event, replay=state.replays.pop(event.room, "fresh"))

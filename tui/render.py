@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from rich.text import Text
 
-from triochat.protocol.events import DirectMessage, Joined, Left, Message, RoomEvent
+from triochat.protocol.events import DirectMessage, Joined, Left, Message, RoomEvent, Topic
 
 TimeFormat = Callable[[float], str]
 
@@ -89,6 +89,12 @@ class Renderer:
             case Left():
                 why = _LEFT_REASONS.get(str(event.reason), str(event.reason))
                 return self.notice(event.ts, f"← {literal(event.nick)} {why}")
+            case Topic(text=""):
+                return self.notice(event.ts, f"{literal(event.from_)} cleared the topic")
+            case Topic():
+                return self.notice(
+                    event.ts, f"{literal(event.from_)} set the topic: {literal(event.text)}"
+                )
 
     def dm(self, event: DirectMessage, me: str) -> Text:
         return self.said(event.ts, event.from_, event.text, mine=event.from_ == me)

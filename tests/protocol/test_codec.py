@@ -164,6 +164,7 @@ def test_welcome_limits_announce_the_config() -> None:
         max_history_page=500,
         outbox_events=1000,
         outbox_bytes=1024 * 1024,
+        max_topic=300,
     )
 
 

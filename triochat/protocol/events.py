@@ -75,12 +75,15 @@ class Say(_Event, tag="say"):
     room: str
     text: str
     id: Ref = None
+    action: bool | None = None
+    """An action (``/me waves``): the text says what the sender does."""
 
 
 class Dm(_Event, tag="dm"):
     to: str
     text: str
     id: Ref = None
+    action: bool | None = None
 
 
 class Nick(_Event, tag="nick"):
@@ -101,7 +104,36 @@ class Quit(_Event, tag="quit"):
     reason: str | None = None
 
 
-ClientEvent = Hello | Join | Part | Say | Dm | Nick | Who | History | Ping | Pong | Quit | Register
+class SetTopic(_Event, tag="topic"):
+    """Set ``room``'s topic (a member only); empty ``text`` clears it."""
+
+    room: str
+    text: str
+
+
+class ListRooms(_Event, tag="list"):
+    """A page of the rooms with members, by name, after ``after``."""
+
+    after: str | None = None
+    limit: int | None = None
+
+
+ClientEvent = (
+    Hello
+    | Join
+    | Part
+    | Say
+    | Dm
+    | Nick
+    | Who
+    | History
+    | Ping
+    | Pong
+    | Quit
+    | Register
+    | SetTopic
+    | ListRooms
+)
 
 
 # --- server -> client --------------------------------------------------------
@@ -120,6 +152,7 @@ class Limits(msgspec.Struct, kw_only=True):
     max_history_page: int
     outbox_events: int
     outbox_bytes: int
+    max_topic: int
 
 
 class Welcome(_Event, tag="welcome"):
@@ -154,6 +187,8 @@ class Message(_Event, tag="message"):
     text: str
     ts: float
     id: Ref = None
+    action: bool = False
+    """The sender's ``say.action``: omitted when false, like every optional field."""
 
 
 class DirectMessage(_Event, tag="dm"):
@@ -162,6 +197,7 @@ class DirectMessage(_Event, tag="dm"):
     text: str
     ts: float
     id: Ref = None
+    action: bool = False
 
 
 class NickChanged(_Event, tag="nick"):
@@ -169,12 +205,40 @@ class NickChanged(_Event, tag="nick"):
     new: str
 
 
+class Topic(_Event, tag="topic"):
+    """A room's topic was set (``text``) or cleared (``text`` empty) by ``from``."""
+
+    room: str
+    seq: int
+    from_: str = msgspec.field(name="from")
+    text: str
+    ts: float
+
+
 class Members(_Event, tag="members"):
     room: str | None
     nicks: list[str]
+    topic: str | None = None
+    """The room's current topic (``who`` of a room, and after a join); omitted when none."""
 
 
-RoomEvent = Joined | Left | Message
+class RoomInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One room of a ``rooms`` page."""
+
+    room: str
+    members: int
+    topic: str | None = None
+
+
+class Rooms(_Event, tag="rooms"):
+    """The answer to ``list``: rooms with members, by name; ``next`` is the ``after`` of
+    the next page, present exactly when more rooms follow."""
+
+    rooms: list[RoomInfo]
+    next: str | None = None
+
+
+RoomEvent = Joined | Left | Message | Topic
 """Events that carry a room ``seq``: the ones history stores and replays."""
 
 
@@ -209,6 +273,8 @@ ServerEvent = (
     | DirectMessage
     | NickChanged
     | Members
+    | Topic
+    | Rooms
     | HistoryPage
     | Ack
     | Ping

@@ -42,6 +42,8 @@ class ServerConfig:
 
     max_line: int = 64 * KIB
     max_text: int = 8000
+    max_topic: int = 300
+    """Characters a room's topic may hold (``welcome.limits.max_topic``)."""
     message_timeout: float = 30.0
     """Seconds a line (TCP) or a WebSocket message may take from its first byte to its last."""
     max_rooms_per_client: int = 100
@@ -80,6 +82,10 @@ class ServerConfig:
     history_limit: int = 50
     """Events replayed on join, and the default page of ``history``."""
     history_max_page: int = 500
+    list_limit: int = 100
+    """Rooms in a ``rooms`` page when ``list`` gives no ``limit``."""
+    list_max_page: int = 500
+    """The most rooms in a ``rooms`` page (``list.limit`` is clamped to 1..this)."""
     retention: int = 10_000
     """Events kept per room, in memory and in the store."""
     db_path: str | None = None
@@ -140,4 +146,5 @@ class ServerConfig:
             max_history_page=self.history_max_page,
             outbox_events=self.outbox_events,
             outbox_bytes=self.outbox_bytes,
+            max_topic=self.max_topic,
         )
