@@ -545,6 +545,11 @@ class Hub:
                 wanted.append(name)
         return list(dict.fromkeys(wanted))
 
+    def unloaded_for_who(self, room: str) -> list[str]:
+        """The rooms a store must load before ``who`` of ``room`` (see :meth:`unloaded`):
+        a room without members may be on disk only, and its topic with it."""
+        return self.unloaded([room])
+
     @property
     def _loads_rooms(self) -> bool:
         """Whether rooms not in memory may exist elsewhere, to be loaded before a join."""
@@ -583,8 +588,9 @@ class Hub:
         log = RoomLog.restore(
             config.retention, rows, max_bytes=config.room_history_bytes, last_seq=last_seq
         )
-        self._idle[name] = self._keep(name, log)
-        self._idle[name].topic = topic
+        room = self._keep(name, log)
+        room.topic = topic
+        self._idle[name] = room
 
     def _keep(self, name: str, log: RoomLog) -> Room:
         room = self._rooms[name] = Room(name=name, log=log)

@@ -375,6 +375,10 @@ class Session:
                             await self._load([event.room])
                             if self._reason is not None:  # closed meanwhile: no ghost join
                                 break
+                        if isinstance(event, Who) and event.room is not None:
+                            stored = self._hub.unloaded_for_who(event.room)
+                            if stored:
+                                await self._load(stored)
                         if isinstance(event, Register):
                             await self._register(event)
                             continue

@@ -269,6 +269,11 @@ class SharedHub(Hub):
         for payload in heard:
             self.hear(keys.channel.encode(), payload)
 
+    def unloaded_for_who(self, room: str) -> list[str]:
+        """None: ``who`` of a room this node does not mirror asks Redis (``tc_who``) rather
+        than subscribing to it."""
+        return []
+
     def _settle(self, room: SharedRoom) -> None:
         """Forget ``room`` if nothing needs it any more (invariant 4)."""
         if room.members or room.in_flight or room.due or room.filling:
