@@ -48,6 +48,7 @@ from triochat.protocol.events import (
     Hello,
     History,
     Join,
+    ListRooms,
     Nick,
     Part,
     Ping,
@@ -57,6 +58,7 @@ from triochat.protocol.events import (
     Register,
     Say,
     ServerEvent,
+    SetTopic,
     Welcome,
     Who,
 )
@@ -173,11 +175,20 @@ class Client:
         async with self._send_lock:
             await self._conn.send(data)
 
-    async def say(self, room: str, text: str, id: Ref = None) -> None:
-        await self.send(Say(room=room, text=text, id=id))
+    async def say(self, room: str, text: str, id: Ref = None, *, action: bool = False) -> None:
+        """Say ``text`` in ``room``; with ``action``, as an action (``/me``)."""
+        await self.send(Say(room=room, text=text, id=id, action=action or None))
 
-    async def dm(self, to: str, text: str, id: Ref = None) -> None:
-        await self.send(Dm(to=to, text=text, id=id))
+    async def dm(self, to: str, text: str, id: Ref = None, *, action: bool = False) -> None:
+        await self.send(Dm(to=to, text=text, id=id, action=action or None))
+
+    async def topic(self, room: str, text: str) -> None:
+        """Set ``room``'s topic; empty ``text`` clears it."""
+        await self.send(SetTopic(room=room, text=text))
+
+    async def list_rooms(self, after: str | None = None, limit: int | None = None) -> None:
+        """Ask for a page of the rooms with members; the answer is ``rooms``."""
+        await self.send(ListRooms(after=after, limit=limit))
 
     async def join(self, room: str) -> None:
         await self.send(Join(room=room))

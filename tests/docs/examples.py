@@ -112,7 +112,10 @@ WS_SCRIPT: list[Step] = [
     send("cy", '{"type":"hello","nick":"cy","rooms":["Dev"]}'),
     send("dee", '{"type":"hello","nick":"dee","rooms":["dev"]}'),
     send("dee", '{"type":"say","room":"dev","text":"hello, cy","id":1}'),
+    send("cy", '{"type":"say","room":"dev","text":"waves","id":2,"action":true}'),
+    send("dee", '{"type":"topic","room":"dev","text":"release on friday"}'),
     send("cy", '{"type":"ping","token":"t1"}', '{"type":"who","room":"dev"}'),
+    send("cy", '{"type":"list","limit":10}'),
     Quit("dee", '{"type":"quit","reason":"bye"}'),
     Stop("(the server is stopped with Ctrl-C)"),
 ]

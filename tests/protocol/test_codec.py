@@ -22,6 +22,7 @@ from triochat.protocol.events import (
     Left,
     LeftReason,
     Limits,
+    ListRooms,
     Members,
     Message,
     Nick,
@@ -31,7 +32,11 @@ from triochat.protocol.events import (
     Ping,
     Pong,
     Quit,
+    RoomInfo,
+    Rooms,
     Say,
+    SetTopic,
+    Topic,
     Welcome,
     Who,
 )
@@ -58,6 +63,12 @@ CLIENT_EVENTS: list[Any] = [
     Pong(token="keepalive"),
     Quit(),
     Quit(reason="bye"),
+    Say(room="lobby", text="waves", action=True),
+    Dm(to="bob", text="nods", id=4, action=True),
+    SetTopic(room="lobby", text="friday"),
+    SetTopic(room="lobby", text=""),
+    ListRooms(),
+    ListRooms(after="dev", limit=3),
 ]
 
 TS = 1700000000.123
@@ -69,8 +80,17 @@ SERVER_EVENTS: list[Any] = [
     Message(room="lobby", seq=3, from_="ada", text="hi", ts=TS, id="m1"),
     DirectMessage(from_="ada", to="bob", text="psst", ts=TS),
     DirectMessage(from_="ada", to="bob", text="psst", ts=TS, id=9),
+    Message(room="lobby", seq=3, from_="ada", text="waves", ts=TS, action=True),
+    DirectMessage(from_="ada", to="bob", text="nods", ts=TS, action=True),
+    Topic(room="lobby", seq=4, from_="ada", text="friday", ts=TS),
+    Topic(room="lobby", seq=5, from_="ada", text="", ts=TS),
+    Rooms(rooms=[]),
+    Rooms(
+        rooms=[RoomInfo(room="a", members=2, topic="t"), RoomInfo(room="b", members=1)], next="b"
+    ),
     NickChanged(old="ada", new="Ada2"),
     Members(room="lobby", nicks=["ada", "bob"]),
+    Members(room="lobby", nicks=["ada"], topic="friday"),
     Members(room=None, nicks=[]),
     HistoryPage(room="lobby", events=[]),
     HistoryPage(
@@ -79,6 +99,7 @@ SERVER_EVENTS: list[Any] = [
             Joined(room="lobby", nick="ada", seq=1, ts=TS),
             Message(room="lobby", seq=2, from_="ada", text="x", ts=TS),
             Left(room="lobby", nick="ada", reason=LeftReason.QUIT, seq=3, ts=TS),
+            Topic(room="lobby", seq=4, from_="ada", text="friday", ts=TS),
         ],
     ),
     Ack(id=None, room="lobby", seq=4),
@@ -118,6 +139,8 @@ def test_type_names_on_the_wire() -> None:
         DirectMessage: "dm",
         NickChanged: "nick",
         Members: "members",
+        Topic: "topic",
+        Rooms: "rooms",
         HistoryPage: "history",
         Ack: "ack",
         Ping: "ping",
@@ -143,6 +166,45 @@ def test_optional_fields_are_omitted_when_absent() -> None:
     assert encode(Error(code="x", message="y")) == b'{"type":"error","code":"x","message":"y"}\n'
 
 
+def test_action_is_on_the_wire_only_when_true() -> None:
+    plain = Message(room="r", seq=1, from_="ada", text="x", ts=TS)
+    assert b"action" not in encode(plain)
+    acted = msgspec.json.decode(encode(msgspec.structs.replace(plain, action=True)))
+    assert acted["action"] is True
+    assert b"action" not in encode(DirectMessage(from_="a", to="b", text="x", ts=TS))
+
+
+def test_a_client_action_may_be_absent_null_or_a_bool() -> None:
+    for line, action in [
+        (b'{"type":"say","room":"r","text":"x"}', None),
+        (b'{"type":"say","room":"r","text":"x","action":null}', None),
+        (b'{"type":"say","room":"r","text":"x","action":false}', False),
+        (b'{"type":"dm","to":"b","text":"x","action":true}', True),
+    ]:
+        event = decode_client(line)
+        assert isinstance(event, Say | Dm)
+        assert event.action is action
+    with pytest.raises(ProtocolError) as caught:
+        decode_client(b'{"type":"say","room":"r","text":"x","action":"yes"}')
+    assert caught.value.code == ErrorCode.BAD_EVENT
+
+
+def test_rooms_omit_a_missing_topic_and_next() -> None:
+    page = Rooms(rooms=[RoomInfo(room="dev", members=2)])
+    assert encode(page) == b'{"type":"rooms","rooms":[{"room":"dev","members":2}]}\n'
+    assert b"topic" not in encode(Members(room="dev", nicks=[]))
+
+
+def test_topic_and_list_decode_from_their_wire_form() -> None:
+    assert decode_client(b'{"type":"topic","room":"dev","text":""}') == SetTopic(
+        room="dev", text=""
+    )
+    assert decode_client(b'{"type":"list"}') == ListRooms()
+    with pytest.raises(ProtocolError) as caught:
+        decode_client(b'{"type":"list","limit":"5"}')
+    assert caught.value.code == ErrorCode.BAD_EVENT
+
+
 def test_members_room_is_null_for_who_without_room() -> None:
     assert (
         encode(Members(room=None, nicks=["a"])) == b'{"type":"members","room":null,"nicks":["a"]}\n'
@@ -164,6 +226,7 @@ def test_welcome_limits_announce_the_config() -> None:
         max_history_page=500,
         outbox_events=1000,
         outbox_bytes=1024 * 1024,
+        max_topic=300,
     )
 
 

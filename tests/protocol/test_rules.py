@@ -67,3 +67,30 @@ def test_invalid_rooms_are_room_invalid(room: str) -> None:
 
 def test_default_room_is_valid_lobby() -> None:
     assert rules.check_room(rules.DEFAULT_ROOM) == "lobby"
+
+
+def test_a_topic_is_one_line_of_at_most_max_topic_characters() -> None:
+    assert rules.check_topic("", 5) == ""
+    assert rules.check_topic("é\u200f✓ok", 5) == "é\u200f✓ok"  # bidi marks kept, as in text
+    with pytest.raises(ProtocolError) as caught:
+        rules.check_topic("x" * 6, 5)
+    assert (caught.value.code, caught.value.message) == (
+        ErrorCode.BAD_EVENT,
+        "a topic is at most 5 characters",
+    )
+
+
+@pytest.mark.parametrize(
+    ("topic", "where"),
+    [
+        ("a\nb", "U+000A at 1"),
+        ("\tx", "U+0009 at 0"),
+        ("ok\x1b[2J", "U+001B at 2"),
+        ("\x85", "U+0085 at 0"),
+    ],
+)
+def test_a_topic_holds_no_control_character(topic: str, where: str) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        rules.check_topic(topic, 300)
+    assert caught.value.code == ErrorCode.BAD_EVENT
+    assert caught.value.message == f"a topic may not hold control characters ({where})"

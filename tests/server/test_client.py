@@ -120,6 +120,7 @@ _LIMITS = Limits(
     max_history_page=1,
     outbox_events=1,
     outbox_bytes=1,
+    max_topic=1,
 )
 
 

@@ -15,7 +15,7 @@ def joined(seq: int, nick: str = "ada", ts: float | None = None) -> Joined:
 
 
 def texts(events: list[RoomEvent]) -> list[str]:
-    return [e.text if isinstance(e, Message) else f"<{e.nick}>" for e in events]
+    return [f"<{e.nick}>" if isinstance(e, Joined | Left) else e.text for e in events]
 
 
 def first_join(sync: RoomSync, seq: int, past: list[RoomEvent]) -> list[RoomEvent]:

@@ -10,7 +10,7 @@ U+0430 first, ``rn``/``m``, ``I``/``l``, ``0``/``O``). Two nicks online, or two
 rooms, never share a key.
 
 Message text keeps the user's characters, except control characters
-(:func:`check_text`).
+(:func:`check_text`); a topic is one line of them (:func:`check_topic`).
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ ZERO_WIDTH = frozenset("\u200b\u200c\u200d\u2060\ufeff")
 _TEXT_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 """Control characters (category Cc: C0, DEL, C1) but newline and tab, the only two
 message text may hold. A regex: text is checked on every ``say``."""
+_LINE_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+"""Every control character (category Cc): one-line text (a topic) holds none."""
 
 _UNIFIED_SCRIPTS = {"CJK": "HAN"}
 _JOINT_SCRIPTS = (
@@ -239,11 +241,29 @@ def check_text(text: str, longest: int) -> str:
         raise ProtocolError(ErrorCode.BAD_EVENT, "text is empty")
     if len(text) > longest:
         raise ProtocolError(ErrorCode.BAD_EVENT, f"text longer than {longest} characters")
-    control = _TEXT_CONTROL.search(text)
+    _refuse_controls("text", text, _TEXT_CONTROL, " other than newline and tab")
+    return text
+
+
+def check_topic(text: str, longest: int) -> str:
+    """A topic's ``text`` unchanged if valid, else ``bad_event`` saying why.
+
+    A topic is one line of 0 (none: the topic is cleared) to ``longest``
+    characters, under the rules of :func:`check_text` but for newline and tab,
+    which it may not hold either.
+    """
+    if len(text) > longest:
+        raise ProtocolError(ErrorCode.BAD_EVENT, f"a topic is at most {longest} characters")
+    _refuse_controls("a topic", text, _LINE_CONTROL, "")
+    return text
+
+
+def _refuse_controls(what: str, text: str, controls: re.Pattern[str], but: str) -> None:
+    """``bad_event`` naming the first of ``controls`` in ``text``, and where it is."""
+    control = controls.search(text)
     if control is not None:
         raise ProtocolError(
             ErrorCode.BAD_EVENT,
-            "text may not hold control characters other than newline and tab"
+            f"{what} may not hold control characters{but}"
             f" ({_point(control[0])} at {control.start()})",
         )
-    return text

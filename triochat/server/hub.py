@@ -40,6 +40,7 @@ The hub knows nothing of trio or sockets, so its rules are tested directly.
 
 from __future__ import annotations
 
+import heapq
 import time
 import uuid
 from collections import Counter, deque
@@ -59,6 +60,9 @@ from triochat.protocol.events import (
     Message,
     NickChanged,
     Ref,
+    RoomInfo,
+    Rooms,
+    Topic,
 )
 from triochat.server.config import ServerConfig
 from triochat.server.roomlog import RoomLog
@@ -145,6 +149,9 @@ class Room:
     unsaved: int = 0
     """The store generation of its newest event (see :meth:`Hub.release`): until that
     generation is saved the room may not be freed, or a load could miss it."""
+    topic: str | None = None
+    """Its current topic: room state, kept apart from the log so that trimming the
+    log never loses it (a store keeps it with the room's meta)."""
 
     def nicks(self) -> list[str]:
         return [m.nick for m in self.members.values()]
@@ -167,6 +174,10 @@ class Room:
 
     def changed(self) -> None:
         self._recipients = None
+
+    def members_event(self) -> bytes:
+        """``members`` of this room, its topic included."""
+        return encode(Members(room=self.name, nicks=self.nicks(), topic=self.topic))
 
 
 @dataclass(eq=False)
@@ -206,6 +217,15 @@ def _now() -> float:
     return round(time.time(), 3)
 
 
+def rooms_page(listed: Iterable[RoomInfo], after: str | None, count: int) -> Rooms:
+    """The first ``count`` of ``listed`` by name (plain string order) after ``after``,
+    and ``next`` exactly when more follow."""
+    wanted = (info for info in listed if after is None or info.room > after)
+    first = heapq.nsmallest(count + 1, wanted, key=lambda info: info.room)
+    page = first[:count]
+    return Rooms(rooms=page, next=page[-1].room if len(first) > count else None)
+
+
 class Hub:
     """Rooms and members of one server.
 
@@ -229,6 +249,8 @@ class Hub:
         """Names this history; announced in ``welcome`` (see :class:`Welcome`)."""
         self._durable = durable
         self._unsaved: list[Row] = []
+        self._unsaved_topics: dict[str, str] = {}
+        """Room name to the topic set since the last commit ("" when cleared)."""
         self._held: list[Held] = []
         self._in_flight = False
         """A group is being written: everything emitted meanwhile queues behind it."""
@@ -367,7 +389,7 @@ class Hub:
         it is in already; ``too_many_rooms`` past the per-client limit."""
         name = self.canonical(room)
         if name in member.rooms:
-            self._send(member, encode(Members(room=name, nicks=self._rooms[name].nicks())))
+            self._send(member, self._rooms[name].members_event())
             return None
         if len(member.rooms) >= self._config.max_rooms_per_client:
             raise ProtocolError(
@@ -424,7 +446,7 @@ class Hub:
             first = False
             if not lines:
                 break
-        yield encode(Members(room=room.name, nicks=room.nicks()))
+        yield room.members_event()
         level = seq
         while level < log.last_seq:
             last, lines = log.page(level, log.next_seq, page_events, page_bytes)
@@ -523,6 +545,11 @@ class Hub:
                 wanted.append(name)
         return list(dict.fromkeys(wanted))
 
+    def unloaded_for_who(self, room: str) -> list[str]:
+        """The rooms a store must load before ``who`` of ``room`` (see :meth:`unloaded`):
+        a room without members may be on disk only, and its topic with it."""
+        return self.unloaded([room])
+
     @property
     def _loads_rooms(self) -> bool:
         """Whether rooms not in memory may exist elsewhere, to be loaded before a join."""
@@ -546,9 +573,11 @@ class Hub:
                 if not pinned[key]:
                     del pinned[key]
 
-    def restore(self, name: str, rows: Sequence[Row], last_seq: int) -> None:
+    def restore(
+        self, name: str, rows: Sequence[Row], last_seq: int, topic: str | None = None
+    ) -> None:
         """Put room ``name`` back in memory from the store: ``rows`` (its newest events,
-        consecutive, oldest first) and, if there are none, the ``seq`` it ended at.
+        consecutive, oldest first), if there are none the ``seq`` it ended at, and its topic.
 
         Does nothing if the room is in memory already: that copy is newer. The
         room is idle until someone joins; it is not freed before the next change.
@@ -559,7 +588,9 @@ class Hub:
         log = RoomLog.restore(
             config.retention, rows, max_bytes=config.room_history_bytes, last_seq=last_seq
         )
-        self._idle[name] = self._keep(name, log)
+        room = self._keep(name, log)
+        room.topic = topic
+        self._idle[name] = room
 
     def _keep(self, name: str, log: RoomLog) -> Room:
         room = self._rooms[name] = Room(name=name, log=log)
@@ -611,26 +642,52 @@ class Hub:
 
     # --- talking ------------------------------------------------------------
 
-    def say(self, member: Member, room: str, text: str, ref: Ref = None) -> int:
+    def say(
+        self, member: Member, room: str, text: str, ref: Ref = None, *, action: bool = False
+    ) -> int:
         """Post ``text`` to ``room``: ``ack`` to the sender, ``message`` to every member."""
         target = self._rooms[self._membership(member, room)]
         seq = target.log.next_seq
-        event = Message(room=target.name, seq=seq, from_=member.nick, text=text, ts=_now(), id=ref)
+        event = Message(
+            room=target.name,
+            seq=seq,
+            from_=member.nick,
+            text=text,
+            ts=_now(),
+            id=ref,
+            action=action,
+        )
         self._publish(target, event)
         # After the message, so that with history on the ack waits for the commit too.
         self._send(member, encode(Ack(id=ref, room=target.name, seq=seq)))
         return seq
 
-    def dm(self, member: Member, to: str, text: str, ref: Ref = None) -> None:
+    def dm(
+        self, member: Member, to: str, text: str, ref: Ref = None, *, action: bool = False
+    ) -> None:
         """A private message to ``to``, echoed to the sender so every view of it is alike."""
         target = self._members.get(rules.nick_key(to))
         if target is None:
             raise ProtocolError(ErrorCode.NO_SUCH_USER, f"nobody is called {to!r}")
         line = encode(
-            DirectMessage(from_=member.nick, to=target.nick, text=text, ts=_now(), id=ref)
+            DirectMessage(
+                from_=member.nick, to=target.nick, text=text, ts=_now(), id=ref, action=action
+            )
         )
         for recipient in {target, member}:
             self._send(recipient, line)
+
+    def set_topic(self, member: Member, room: str, text: str) -> None:
+        """Set ``room``'s topic to ``text`` (checked; "" clears it): a ``topic`` event
+        to every member, the setter included, that history keeps like a message."""
+        target = self._rooms[self._membership(member, room)]
+        topic = Topic(
+            room=target.name, seq=target.log.next_seq, from_=member.nick, text=text, ts=_now()
+        )
+        target.topic = text or None
+        if self._durable:
+            self._unsaved_topics[target.name] = text
+        self._publish(target, topic)
 
     def rename(self, member: Member, nick: str) -> None:
         """Change ``member``'s nick; everyone who shares a room with it is told once."""
@@ -669,7 +726,26 @@ class Hub:
             self._send(member, encode(Members(room=None, nicks=nicks)))
             return
         name = self.canonical(room)
-        self._send(member, encode(Members(room=name, nicks=self.room_nicks(name))))
+        found = self._rooms.get(name)
+        if found is None:
+            self._send(member, encode(Members(room=name, nicks=[])))
+        else:
+            self._send(member, found.members_event())
+
+    def list_rooms(self, member: Member, after: str | None, limit: int | None) -> None:
+        """A ``rooms`` page: the rooms with members, by name, after ``after``."""
+        listed = (
+            RoomInfo(room=room.name, members=len(room.members), topic=room.topic)
+            for room in self._rooms.values()
+            if room.members
+        )
+        self._send(member, encode(rooms_page(listed, after, self.list_count(limit))))
+
+    def list_count(self, limit: int | None) -> int:
+        """How many rooms a ``list`` with ``limit`` gets: the default, or clamped to 1..max."""
+        config = self._config
+        wanted = config.list_limit if limit is None else limit
+        return min(max(wanted, 1), config.list_max_page)
 
     def history(self, member: Member, room: str, before_seq: int | None, limit: int | None) -> None:
         """One page of ``room``'s past, oldest first, ending before ``before_seq``.
@@ -687,7 +763,7 @@ class Hub:
 
     # --- fan-out ------------------------------------------------------------------
 
-    def _publish(self, room: Room, event: Joined | Left | Message) -> bytes:
+    def _publish(self, room: Room, event: Joined | Left | Message | Topic) -> bytes:
         """Record a room event and fan it out: encoded once, queued without waiting."""
         line = encode(event)
         log = room.log
@@ -700,8 +776,11 @@ class Hub:
         if self._history_bytes > self._config.history_bytes:
             self._shed()
         recipients = room.recipients
+        kind = type(event)
         presence = (
-            room.name if type(event) is not Message and len(recipients) >= LARGE_ROOM else None
+            room.name
+            if (kind is Joined or kind is Left) and len(recipients) >= LARGE_ROOM
+            else None
         )
         self._emit(recipients, line, room_event=True, presence=presence)
         return line
@@ -776,6 +855,12 @@ class Hub:
     def holding(self) -> bool:
         """Whether deliveries wait for a commit."""
         return bool(self._held)
+
+    def take_topics(self) -> dict[str, str]:
+        """The topics set since last taken, by room name ("" cleared), to be saved in the
+        same transaction as the rows :meth:`take_unsaved` gave at the same time."""
+        topics, self._unsaved_topics = self._unsaved_topics, {}
+        return topics
 
     def take_unsaved(self) -> tuple[list[Row], list[Held]]:
         """The room events to persist and the deliveries that must wait for them."""

@@ -14,7 +14,8 @@ same calls work on a Redis Cluster. Calls go in pipelined batches
 Keys (``K`` a room's or nick's key, ``ID`` a node's id):
 
 * ``tc:{r:K}:m`` a room's meta hash (``s`` its last seq, ``e`` its epoch, ``n`` its
-  name), ``tc:{r:K}:l`` its stream (entry ids ``<seq>-0``, field ``l`` the line),
+  name, ``t`` its topic if it has one), ``tc:{r:K}:l`` its stream (entry ids
+  ``<seq>-0``, field ``l`` the line),
   ``tc:{r:K}:u`` its members (nick key → ``ID\\nSEQ\\nnick``, SEQ that of its
   ``joined``, so every node lists members in join order), ``tc:{r:K}:c`` its channel.
   A channel message is ``<seq> <epoch> <line>...``: one or more lines (each ending
@@ -75,7 +76,8 @@ end
 
 -- Room events, in order. KEYS: meta, log, members, channel. ARGV: the node's
 -- settings ("retention\nnode\nsharded"), then per event: prefix, suffix (its line
--- around its seq), what ("m", or "j\nnick key\nnick\nroom name", "l\n..." alike).
+-- around its seq), what ("m", or "j\nnick key\nnick\nroom name", "l\n..." alike, or
+-- "t\nroom name\ntopic": the room's topic is set, or cleared when empty, with its event).
 -- A leave by a node the member does not belong to is no event. Returns each
 -- event's seq (0: no event). The events get consecutive seqs and go out as one
 -- publication: "<first seq> <epoch> <line><line>...", each line ending in \n.
@@ -85,8 +87,10 @@ redis.register_function('tc_event', function(keys, args)
   local epoch = redis.call('HGET', keys[1], 'e')
   local seqs, lines, first = {}, {}, nil
   for i = 2, #args, 3 do
-    local kind, who, nick, name = args[i + 2], '', '', ''
-    if #kind > 1 then
+    local kind, who, nick, name, topic = args[i + 2], '', '', '', ''
+    if string.sub(kind, 1, 1) == 't' then
+      kind, name, topic = string.match(kind, '^(t)\n([^\n]*)\n(.*)$')
+    elseif #kind > 1 then
       kind, who, nick, name = string.match(kind, '^(.)\n([^\n]*)\n([^\n]*)\n(.*)$')
     end
     local held = kind == 'l' and redis.call('HGET', keys[3], who)
@@ -106,6 +110,10 @@ redis.register_function('tc_event', function(keys, args)
         redis.call('HSET', keys[3], who, node .. '\n' .. seq .. '\n' .. nick)
       elseif kind == 'l' then
         redis.call('HDEL', keys[3], who)
+      elseif kind == 't' and topic == '' then
+        redis.call('HDEL', keys[1], 't')
+      elseif kind == 't' then
+        redis.call('HSET', keys[1], 't', topic)
       end
       first = first or seq
       table.insert(seqs, seq)
@@ -120,15 +128,16 @@ end)
 
 -- A room as it is now, in one step. KEYS: meta, log, members. ARGV: how many
 -- events. Returns epoch, last seq, name, members (flat), newest events (flat:
--- seq, line, ... newest first).
+-- seq, line, ... newest first), topic ('' for none).
 redis.register_function{function_name='tc_load', flags={'no-writes'}, callback=function(keys, args)
-  local meta = redis.call('HMGET', keys[1], 'e', 's', 'n')
+  local meta = redis.call('HMGET', keys[1], 'e', 's', 'n', 't')
   local events = {}
   for _, entry in ipairs(redis.call('XREVRANGE', keys[2], '+', '-', 'COUNT', args[1])) do
     table.insert(events, string.match(entry[1], '^(%d+)'))
     table.insert(events, entry[2][2])
   end
-  return {meta[1] or '', meta[2] or '0', meta[3] or '', redis.call('HGETALL', keys[3]), events}
+  return {meta[1] or '', meta[2] or '0', meta[3] or '', redis.call('HGETALL', keys[3]), events,
+    meta[4] or ''}
 end}
 
 -- A room's epoch, last seq and name. KEYS: meta.
@@ -150,6 +159,18 @@ end}
 -- A room's members, flat (key, node\nseq\nnick, ...). KEYS: members.
 redis.register_function{function_name='tc_roster', flags={'no-writes'},
   callback=function(keys, args) return redis.call('HGETALL', keys[1]) end}
+
+-- A room's members (as tc_roster) and topic ('' for none). KEYS: members, meta.
+redis.register_function{function_name='tc_who', flags={'no-writes'}, callback=function(keys, args)
+  return {redis.call('HGETALL', keys[1]), redis.call('HGET', keys[2], 't') or ''}
+end}
+
+-- A room as a room list shows it: name, how many members, topic ('' for none).
+-- KEYS: meta, members.
+redis.register_function{function_name='tc_info', flags={'no-writes'}, callback=function(keys, args)
+  local meta = redis.call('HMGET', keys[1], 'n', 't')
+  return {meta[1] or '', redis.call('HLEN', keys[2]), meta[2] or ''}
+end}
 
 -- Take a nick for a lease of ARGV[2] ms: 1, or 0 if another holds it. KEYS: nick.
 -- ARGV: holder (node\nnick). Its own holder takes it again.

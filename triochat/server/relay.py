@@ -41,7 +41,7 @@ import trio
 
 from triochat.errors import RedisError
 from triochat.protocol import encode, rules
-from triochat.protocol.events import Joined, Left, LeftReason, Message
+from triochat.protocol.events import Joined, Left, LeftReason, Message, RoomInfo, Topic
 from triochat.server.outbox import Flusher
 from triochat.server.redis_bus import Bus, Call, as_text
 
@@ -89,7 +89,7 @@ class RoomKeys:
         return cls.at(meta.removesuffix(":m"))
 
 
-def event_call(keys: RoomKeys, event: Joined | Left | Message, settings: bytes) -> Call:
+def event_call(keys: RoomKeys, event: Joined | Left | Message | Topic, settings: bytes) -> Call:
     """The ``tc_event`` call of a room event (``settings``: :meth:`Relay.settings`).
 
     Redis puts the seq into the line: it is encoded once with seq 0, and
@@ -103,6 +103,8 @@ def event_call(keys: RoomKeys, event: Joined | Left | Message, settings: bytes) 
             what = f"j\n{rules.nick_key(nick)}\n{nick}\n{room}"
         case Left(nick=nick, room=room):
             what = f"l\n{rules.nick_key(nick)}\n{nick}\n{room}"
+        case Topic(room=room, text=text):  # one line: rules.check_topic
+            what = f"t\n{room}\n{text}"
         case _:
             what = "m"
     return Call(
@@ -322,6 +324,39 @@ class Relay:
         assert self._nursery is not None
         self._nursery.start_soon(ask)
 
+    def listed(self, done: Callable[[list[RoomInfo]], None]) -> None:
+        """Every room with members on any node, to ``done`` (``list``): the rooms each
+        node's index names, each counted and named by Redis in one batch."""
+
+        async def ask() -> None:
+            rooms: list[RoomInfo] = []
+            try:
+                metas: set[str] = set()
+                for node in await self.bus.command("SMEMBERS", NODES) or []:
+                    held = await self.bus.command("SMEMBERS", NodeKeys.of(as_text(node)).rooms)
+                    metas.update(as_text(meta) for meta in held or [])
+                rooms = await self._room_infos(sorted(metas))
+            except RedisError as exc:
+                log.debug("redis: %s", exc)
+            done(rooms)
+
+        assert self._nursery is not None
+        self._nursery.start_soon(ask)
+
+    async def _room_infos(self, metas: list[str]) -> list[RoomInfo]:
+        calls = []
+        for meta in metas:
+            keys = RoomKeys.of_meta(meta)
+            calls.append(Call("tc_info", [keys.meta, keys.members], []))
+        infos = []
+        for meta, info in zip(metas, await self.bus.batch(calls), strict=True):
+            if isinstance(info, Exception):
+                raise RedisError(f"redis tc_info: {info}")
+            name, members, topic = as_text(info[0]) or _key_of(meta), int(info[1]), info[2]
+            if members:
+                infos.append(RoomInfo(room=name, members=members, topic=as_text(topic) or None))
+        return infos
+
     # --- rooms ----------------------------------------------------------------
 
     async def load(self, names: Iterable[str]) -> None:
@@ -487,8 +522,7 @@ class Relay:
         """``left{disconnected}`` for each member ``node`` had in the room (each leave is
         refused by Redis unless the member is still that node's)."""
         top = await self.bus.call(Call("tc_top", [keys.meta], []))
-        # A room made by something else than a join has no name: its key is one.
-        name = as_text(top[2]) or keys.meta.partition("{r:")[2].partition("}")[0]
+        name = as_text(top[2]) or _key_of(keys.meta)
         roster = await self.bus.call(Call("tc_roster", [keys.members], []))
         hub = self._hub
         assert hub is not None
@@ -523,6 +557,12 @@ def members_of(flat: list[Any]) -> list[Holder]:
 
 def now() -> float:
     return round(time.time(), 3)
+
+
+def _key_of(meta: str) -> str:
+    """The room key in a meta key: the name of a room made by something else than a
+    join, which has none."""
+    return meta.partition("{r:")[2].partition("}")[0]
 
 
 def _ignore(result: Any) -> None:

@@ -44,6 +44,7 @@ from triochat.protocol.events import (
     History,
     Join,
     LeftReason,
+    ListRooms,
     Nick,
     Notice,
     Part,
@@ -53,6 +54,7 @@ from triochat.protocol.events import (
     Ref,
     Register,
     Say,
+    SetTopic,
     Welcome,
     Who,
 )
@@ -373,6 +375,10 @@ class Session:
                             await self._load([event.room])
                             if self._reason is not None:  # closed meanwhile: no ghost join
                                 break
+                        if isinstance(event, Who) and event.room is not None:
+                            stored = self._hub.unloaded_for_who(event.room)
+                            if stored:
+                                await self._load(stored)
                         if isinstance(event, Register):
                             await self._register(event)
                             continue
@@ -652,10 +658,14 @@ class Session:
     def _dispatch(self, member: Member, event: ClientEvent) -> None:
         hub = self._hub
         match event:
-            case Say(room=room, text=text, id=ref):
-                hub.say(member, room, self._check_text(text), ref)
-            case Dm(to=to, text=text, id=ref):
-                hub.dm(member, to, self._check_text(text), ref)
+            case Say(room=room, text=text, id=ref, action=action):
+                hub.say(member, room, self._check_text(text), ref, action=bool(action))
+            case Dm(to=to, text=text, id=ref, action=action):
+                hub.dm(member, to, self._check_text(text), ref, action=bool(action))
+            case SetTopic(room=room, text=text):
+                hub.set_topic(member, room, rules.check_topic(text, self._config.max_topic))
+            case ListRooms(after=after, limit=limit):
+                hub.list_rooms(member, after, limit)
             case Join(room=room) if not (self._allowed(room) and self._may_join(room)):
                 pass  # refused, and the client told
             case Join(room=room):

@@ -61,9 +61,11 @@ from triochat.protocol.events import (
     Message,
     NickChanged,
     Ref,
+    RoomInfo,
+    Topic,
 )
 from triochat.server.config import ServerConfig
-from triochat.server.hub import LARGE_ROOM, CatchUp, Hub, Member, Room
+from triochat.server.hub import LARGE_ROOM, CatchUp, Hub, Member, Room, rooms_page
 from triochat.server.redis_bus import Call, as_text
 from triochat.server.relay import (
     NICKS_CHANNEL,
@@ -87,6 +89,12 @@ class _Named(msgspec.Struct):
     nick: str
 
 
+class _Titled(msgspec.Struct):
+    """The one field of a ``topic`` line the room's state needs."""
+
+    text: str
+
+
 class _Renamed(msgspec.Struct):
     """A nick change, as nodes tell each other (on :data:`NICKS_CHANNEL`)."""
 
@@ -97,6 +105,7 @@ class _Renamed(msgspec.Struct):
 
 
 _named = msgspec.json.Decoder(_Named)
+_titled = msgspec.json.Decoder(_Titled)
 _renamed = msgspec.json.Decoder(_Renamed)
 
 
@@ -239,7 +248,7 @@ class SharedHub(Hub):
         was heard on its channel since subscribing (see :meth:`Relay.load`)."""
         if rules.room_key(name) in self._names:
             return
-        epoch, top, stored, roster, events = snapshot
+        epoch, top, stored, roster, events, topic = snapshot
         seqs = [int(seq) for seq in events[0::2]][::-1]
         lines = [bytes(line) for line in events[1::2]][::-1]
         first = seqs[0] if seqs else int(top) + 1
@@ -249,6 +258,7 @@ class SharedHub(Hub):
             log_.append(seq, line)
         name = as_text(stored) or name
         room = SharedRoom(name=name, log=log_, keys=keys, epoch=as_text(epoch))
+        room.topic = as_text(topic) or None
         for holder in members_of(roster):
             room.roster[holder.key] = holder.nick
         self._rooms[name] = room
@@ -258,6 +268,11 @@ class SharedHub(Hub):
         self._channels[keys.channel.encode()] = room
         for payload in heard:
             self.hear(keys.channel.encode(), payload)
+
+    def unloaded_for_who(self, room: str) -> list[str]:
+        """None: ``who`` of a room this node does not mirror asks Redis (``tc_who``) rather
+        than subscribing to it."""
+        return []
 
     def _settle(self, room: SharedRoom) -> None:
         """Forget ``room`` if nothing needs it any more (invariant 4)."""
@@ -279,7 +294,10 @@ class SharedHub(Hub):
     # --- room events ---------------------------------------------------------------
 
     def _ask(
-        self, room: SharedRoom, event: Joined | Left | Message, done: Callable[[Any], None]
+        self,
+        room: SharedRoom,
+        event: Joined | Left | Message | Topic,
+        done: Callable[[Any], None],
     ) -> None:
         """Have Redis order ``event``; ``done`` gets its seq (0: not an event) or an error."""
         room.in_flight += 1
@@ -368,11 +386,15 @@ class SharedHub(Hub):
         line = encode(msgspec.structs.replace(left, seq=seq))
         self._when(room, seq, partial(self._send, member, line))
 
-    def say(self, member: Member, room: str, text: str, ref: Ref = None) -> int:
+    def say(
+        self, member: Member, room: str, text: str, ref: Ref = None, *, action: bool = False
+    ) -> int:
         """Post ``text``; the ``ack`` follows once Redis has ordered it and it is delivered
         here. Returns 0: the seq is not known yet."""
         target = self._shared(self._membership(member, room))
-        message = Message(room=target.name, seq=0, from_=member.nick, text=text, ts=now(), id=ref)
+        message = Message(
+            room=target.name, seq=0, from_=member.nick, text=text, ts=now(), id=ref, action=action
+        )
         ticket = self._ticket(member)
         self._ask(target, message, partial(self._said, member, target, ref, ticket))
         return 0
@@ -387,6 +409,21 @@ class SharedHub(Hub):
         seq = int(result)
         ack = encode(Ack(id=ref, room=room.name, seq=seq))
         self._when(room, seq, partial(self._fulfil, member, ticket, ack))
+
+    def set_topic(self, member: Member, room: str, text: str) -> None:
+        """Have Redis order the ``topic`` event and keep the topic with the room's meta, in
+        one call; the setter's later answers wait until the event is delivered here."""
+        target = self._shared(self._membership(member, room))
+        topic = Topic(room=target.name, seq=0, from_=member.nick, text=text, ts=now())
+        ticket = self._ticket(member)
+        self._ask(target, topic, partial(self._topic_set, member, target, ticket))
+
+    def _topic_set(self, member: Member, room: SharedRoom, ticket: _Ticket, result: Any) -> None:
+        if isinstance(result, Exception):
+            error = Error(code=ErrorCode.UNAVAILABLE, message=f"topic not set: {UNAVAILABLE}")
+            self._fulfil(member, ticket, encode(error))
+            return
+        self._when(room, int(result), partial(self._fulfil, member, ticket))
 
     # --- hearing ---------------------------------------------------------------------
 
@@ -437,8 +474,10 @@ class SharedHub(Hub):
             room.roster[rules.nick_key(nick)] = nick
         elif kind == b"l":
             room.roster.pop(rules.nick_key(_named.decode(line).nick), None)
+        elif kind == b"t":
+            room.topic = _titled.decode(line).text or None
         recipients = room.recipients
-        presence = room.name if kind != b"m" and len(recipients) >= LARGE_ROOM else None
+        presence = room.name if kind in b"jl" and len(recipients) >= LARGE_ROOM else None
         self._emit(recipients, line, room_event=True, presence=presence)
         due = room.due.pop(seq, None)
         if due is not None:
@@ -496,12 +535,16 @@ class SharedHub(Hub):
 
     # --- DMs, nick changes, who ---------------------------------------------------------
 
-    def dm(self, member: Member, to: str, text: str, ref: Ref = None) -> None:
+    def dm(
+        self, member: Member, to: str, text: str, ref: Ref = None, *, action: bool = False
+    ) -> None:
         key = rules.nick_key(to)
         if key in self._members:
-            super().dm(member, to, text, ref)
+            super().dm(member, to, text, ref, action=action)
             return
-        line = encode(DirectMessage(from_=member.nick, to="", text=text, ts=now(), id=ref))
+        line = encode(
+            DirectMessage(from_=member.nick, to="", text=text, ts=now(), id=ref, action=action)
+        )
         before, _, after = line.partition(b'"to":""')
         call = Call("tc_dm", [nick_lease(key)], [before + b'"to":', after, key])
         ticket = self._ticket(member)
@@ -586,14 +629,35 @@ class SharedHub(Hub):
                 super().who(member, name)
                 return
             keys = RoomKeys.of(name)
-            call = Call("tc_roster", [keys.members], [])
+            call = Call("tc_who", [keys.members, keys.meta], [])
             self._relay.call(call, partial(self._roster_for, member, self._ticket(member), name))
             return
         self._relay.everyone(partial(self._everyone_for, member, self._ticket(member)))
 
     def _roster_for(self, member: Member, ticket: _Ticket, name: str, result: Any) -> None:
-        nicks = [] if isinstance(result, Exception) else [h.nick for h in members_of(result)]
-        self._fulfil(member, ticket, encode(Members(room=name, nicks=nicks)))
+        if isinstance(result, Exception):
+            members = Members(room=name, nicks=[])
+        else:
+            roster, topic = result
+            nicks = [holder.nick for holder in members_of(roster)]
+            members = Members(room=name, nicks=nicks, topic=as_text(topic) or None)
+        self._fulfil(member, ticket, encode(members))
+
+    def list_rooms(self, member: Member, after: str | None, limit: int | None) -> None:
+        """Rooms with members on any node, counted cluster-wide (see :meth:`Relay.listed`)."""
+        count = self.list_count(limit)
+        ticket = self._ticket(member)
+        self._relay.listed(partial(self._listed_for, member, ticket, after, count))
+
+    def _listed_for(
+        self,
+        member: Member,
+        ticket: _Ticket,
+        after: str | None,
+        count: int,
+        rooms: list[RoomInfo],
+    ) -> None:
+        self._fulfil(member, ticket, encode(rooms_page(rooms, after, count)))
 
     def _everyone_for(self, member: Member, ticket: _Ticket, nicks: list[str]) -> None:
         self._fulfil(member, ticket, encode(Members(room=None, nicks=nicks)))

@@ -180,6 +180,7 @@ class HistoryStore:
         after it, and a warning says how to repair the file.
         """
         room = self.stored_name(room)
+        topic = self._topic(room)
         query = "SELECT seq, ts, line FROM events WHERE room = ? ORDER BY seq DESC LIMIT ?"
         newest_first: list[Row] = []
         for seq, ts, line in self._reader.execute(query, (room, self._retention)):
@@ -191,13 +192,19 @@ class HistoryStore:
                 break
             newest_first.append(Row(room, seq, ts, bytes(line)))
         if newest_first:
-            return Past(newest_first[::-1], newest_first[0].seq, room)
+            return Past(newest_first[::-1], newest_first[0].seq, room, topic)
         (last,) = self._reader.execute(
             "SELECT MAX(COALESCE((SELECT MAX(seq) FROM events WHERE room = ?), 0),"
             " COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = ?), 0))",
             (room, _floor_key(room)),
         ).fetchone()
-        return Past([], int(last), room)
+        return Past([], int(last), room, topic)
+
+    def _topic(self, room: str) -> str | None:
+        found = self._reader.execute(
+            "SELECT value FROM meta WHERE key = ?", (_topic_key(room),)
+        ).fetchone()
+        return None if found is None else str(found[0])
 
     def rooms(self) -> list[RoomSummary]:
         """Every stored room: its name, events kept, last seq and last activity."""
@@ -246,8 +253,9 @@ class HistoryStore:
             f" WHERE room = '{quoted}' AND seq <= {upto}\""
         )
 
-    def write(self, rows: Iterable[Row]) -> None:
-        """Save ``rows`` and trim the rooms due a trim, in one transaction.
+    def write(self, rows: Iterable[Row], topics: dict[str, str] | None = None) -> None:
+        """Save ``rows``, the rooms' ``topics`` set meanwhile ("" cleared), and trim the
+        rooms due a trim, in one transaction.
 
         Raises :class:`StoreError` if the database cannot take them (disk full,
         I/O error); the transaction is then rolled back whole.
@@ -269,10 +277,22 @@ class HistoryStore:
                     "DELETE FROM events WHERE room = ? AND seq <= ?",
                     [(room, seq - self._retention) for room, seq in due.items()],
                 )
+                self._save_topics(topics or {})
         except sqlite3.Error as exc:
             raise StoreError(f"cannot save history to {self.path}: {exc}") from None
         self.commits += 1
         self.commit_seconds += time.perf_counter() - began
+
+    def _save_topics(self, topics: dict[str, str]) -> None:
+        """A topic is room state beside the events, so trimming them never loses it."""
+        self._db.executemany(
+            "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+            [(_topic_key(room), text) for room, text in topics.items() if text],
+        )
+        self._db.executemany(
+            "DELETE FROM meta WHERE key = ?",
+            [(_topic_key(room),) for room, text in topics.items() if not text],
+        )
 
     def close(self) -> None:
         self._reader.close()
@@ -312,6 +332,11 @@ def _floor_key(room: str) -> str:
     return f"floor:{rules.room_key(room)}"
 
 
+def _topic_key(room: str) -> str:
+    """The ``meta`` key of a room's current topic (absent: none)."""
+    return f"topic:{rules.room_key(room)}"
+
+
 class RoomSummary(NamedTuple):
     """A stored room, as ``triochat rooms list`` shows it."""
 
@@ -322,12 +347,13 @@ class RoomSummary(NamedTuple):
 
 
 class Past(NamedTuple):
-    """A room as the store has it: its retained events, the ``seq`` it ended at, and
-    the name it is stored under (a look-alike of the name asked for, maybe)."""
+    """A room as the store has it: its retained events, the ``seq`` it ended at, the
+    name it is stored under (a look-alike of the name asked for, maybe), and its topic."""
 
     rows: list[Row]
     last_seq: int
     name: str
+    topic: str | None = None
 
 
 class Opened(NamedTuple):
@@ -378,7 +404,7 @@ class RoomLoader:
             async with self._lock:
                 pasts = await trio.to_thread.run_sync(self._read, missing)
         for past in pasts:
-            self._hub.restore(past.name, past.rows, past.last_seq)
+            self._hub.restore(past.name, past.rows, past.last_seq, past.topic)
 
     def _read(self, names: list[str]) -> list[Past]:
         try:
@@ -425,6 +451,7 @@ async def commit_once(hub: Hub, store: HistoryStore) -> None:
     delivery stays held, since nobody may hear of an event that is not saved.
     """
     rows, held = hub.take_unsaved()
+    topics = hub.take_topics()
     if rows:
-        await trio.to_thread.run_sync(store.write, rows)
+        await trio.to_thread.run_sync(store.write, rows, topics)
     hub.release(held)
