@@ -1,14 +1,21 @@
 """The deployment files in docs/deploy/: the systemd unit passes ``systemd-analyze
-verify`` (where systemd is installed), the container file keeps its promises."""
+verify`` (where systemd is installed), the container file keeps its promises, and its
+health check's command passes against a serving triochat and fails against none."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import trio
+
+from tests.server.test_cli import serving
 
 DEPLOY = Path(__file__).parent.parent / "docs" / "deploy"
 
@@ -41,3 +48,29 @@ def test_the_container_file_is_two_stages_non_root_with_a_health_check() -> None
     health = [line for line in lines if line.startswith("HEALTHCHECK")]
     assert len(health) == 1
     assert "/healthz" in "\n".join(lines[lines.index(health[0]) :][:2])
+
+
+def _health_command() -> list[str]:
+    """The HEALTHCHECK's CMD (exec form), run by this interpreter for the image's python."""
+    text = (DEPLOY / "Containerfile").read_text().replace("\\\n", " ")
+    [instruction] = [line for line in text.splitlines() if line.startswith("HEALTHCHECK ")]
+    argv: list[str] = json.loads(instruction.split(" CMD ", 1)[1])
+    assert argv[0] == "python"
+    return [sys.executable, *argv[1:]]
+
+
+@pytest.mark.trio
+async def test_the_health_check_passes_while_serving_and_fails_in_one_line_after() -> None:
+    command = _health_command()
+    with trio.fail_after(30):
+        async with serving("--port", "0", "--tcp-port", "0", "--no-history") as (proc, urls):
+            env = {**os.environ, "TRIOCHAT_PORT": urls[0].rsplit(":", 1)[1]}
+            up = await trio.run_process(command, env=env, capture_stderr=True, check=False)
+            assert up.returncode == 0, up.stderr
+            proc.process.send_signal(signal.SIGTERM)
+            assert await proc.process.wait() == 0
+        down = await trio.run_process(command, env=env, capture_stderr=True, check=False)
+    assert down.returncode == 1
+    lines = down.stderr.decode().splitlines()
+    assert len(lines) == 1, lines  # one line in the health log, not a traceback
+    assert lines[0].startswith("healthz: "), lines
