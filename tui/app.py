@@ -498,6 +498,8 @@ class ChatApp(App[int]):
 
     def action_page(self, step: int) -> None:
         log = self.query_one(ChatLog)
+        if log.following:  # the scroll to the newest line may still be pending this frame
+            log.scroll_to(y=log.max_scroll_y, animate=False, immediate=True)
         if step < 0 and log.scroll_y <= 0:
             self.on_chat_log_at_top()
         elif step < 0:

@@ -95,7 +95,7 @@ class ChatLog(ScrollView, can_focus=False):
         self._follow = True
         self._set_unseen(0)
         self._relayout()
-        self.scroll_end(animate=False)
+        self._pin()
 
     def append(self, entry: Entry, *, counts: bool = False) -> None:
         self._entries.append(entry)
@@ -104,7 +104,7 @@ class ChatLog(ScrollView, can_focus=False):
         self.lines.extend(self._laid_out(entry))
         self._resized()
         if self._follow:
-            self.scroll_end(animate=False)
+            self._pin()
         elif counts:
             self._set_unseen(self.unseen + 1)
 
@@ -120,7 +120,8 @@ class ChatLog(ScrollView, can_focus=False):
 
     def jump(self, *, end: bool) -> None:
         if end:
-            self.scroll_end(animate=False)
+            self._follow = True
+            self._pin()
         else:
             self.scroll_home(animate=False, immediate=True)
 
@@ -132,7 +133,7 @@ class ChatLog(ScrollView, can_focus=False):
             top = self._entry_at(round(self.scroll_y))
             self._relayout()
             if self._follow or top is None:
-                self.scroll_end(animate=False)
+                self._pin()
             else:
                 self.scroll_to(y=self._first_line_of(top), animate=False, immediate=True)
 
@@ -186,6 +187,17 @@ class ChatLog(ScrollView, can_focus=False):
                 return line
             line += len(self._laid_out(entry))
         return line
+
+    def _pin(self) -> None:
+        """Keep a following log at its newest line: now, and again once the layout is done
+        (the first layout knows the height only after this frame). A person who scrolled up
+        in between has stopped the following, and is not pulled back."""
+        self._to_bottom()
+        self.call_after_refresh(self._to_bottom)
+
+    def _to_bottom(self) -> None:
+        if self._follow:
+            self.scroll_to(y=self.max_scroll_y, animate=False, immediate=True)
 
     def _set_unseen(self, count: int) -> None:
         self.unseen = count

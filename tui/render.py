@@ -24,7 +24,7 @@ from typing import Literal
 
 from rich.text import Text
 
-from triochat.protocol.events import DirectMessage, Joined, Left, Message, RoomEvent
+from triochat.protocol.events import DirectMessage, Joined, Left, Message, RoomEvent, Topic
 
 TimeFormat = Callable[[float], str]
 Attention = Literal["", "mention", "dm"]
@@ -138,6 +138,8 @@ class Renderer:
             case Left():
                 why = _LEFT_REASONS.get(str(event.reason), str(event.reason))
                 entry = self.notice(event.ts, f"← {literal(event.nick)} {why}")
+            case Topic():
+                entry = self.topic(event.ts, event.from_, event.text)
         entry.seq = event.seq
         return entry
 
