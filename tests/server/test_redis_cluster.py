@@ -13,7 +13,15 @@ from tests.redisd import needs_redis, start_cluster
 from tests.server.conftest import TEST_CONFIG
 from tests.server.helpers import skip_until
 from triochat.client import Client, open_client
-from triochat.protocol.events import Ack, DirectMessage, HistoryPage, Message
+from triochat.protocol.events import (
+    Ack,
+    DirectMessage,
+    HistoryPage,
+    Message,
+    RoomInfo,
+    Rooms,
+    Topic,
+)
 from triochat.server import Server, serve
 
 pytestmark = needs_redis
@@ -41,6 +49,7 @@ async def test_rooms_on_every_shard_reach_members_on_both_nodes() -> None:
                     open_client(nodes[1].url("ws"), "bob", rooms=ROOMS) as bob,
                 ):
                     sent = {}
+                    topics = {"z": "on shard three"}
                     for room in ROOMS:
                         await ada.say(room, f"hi {room}")
                         sent[room] = (await skip_until(ada, Ack, room=room)).seq
@@ -49,6 +58,15 @@ async def test_rooms_on_every_shard_reach_members_on_both_nodes() -> None:
                     }
                     await bob.dm("ada", "psst")
                     assert (await skip_until(ada, DirectMessage)).text == "psst"
+                    await bob.topic("z", "on shard three")
+                    await skip_until(ada, Topic, room="z")
+                    await ada.list_rooms()
+                    assert await skip_until(ada, Rooms) == Rooms(
+                        rooms=[
+                            RoomInfo(room=room, members=2, topic=topics.get(room))
+                            for room in sorted(ROOMS)
+                        ]
+                    )
             for node in nodes:
                 node.stop()
 

@@ -32,6 +32,7 @@ from triochat.protocol.events import (
     Topic,
 )
 from triochat.server import Server, ServerConfig, serve
+from triochat.server.hub import rooms_page
 
 ACROSS_NODES = True
 
@@ -265,6 +266,23 @@ async def test_list_limits_are_clamped(url: str) -> None:
             assert ([r.room for r in page.rooms], page.next) == (["b", "c"], None)
             page = await _rooms(ada, after="zzz")
             assert page == Rooms(rooms=[])
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3, 7, 50])
+def test_paging_by_next_visits_every_room_once_in_order(limit: int) -> None:
+    names = ["b", "a", "ab", "a-b", "z9", "é", "ω", "日本", "_x", "a.b", "𐐨"]
+    listed = [RoomInfo(room=name, members=1) for name in names]
+    seen: list[str] = []
+    after: str | None = None
+    while True:
+        page = rooms_page(listed, after, limit)
+        assert 1 <= len(page.rooms) <= limit
+        seen += [info.room for info in page.rooms]
+        if page.next is None:
+            break
+        assert page.next == page.rooms[-1].room
+        after = page.next
+    assert seen == sorted(names)
 
 
 # --- state that outlives the log and the process -------------------------------------

@@ -26,6 +26,11 @@ time nor memory. A room whose stored events cannot be served whole (a ``seq``
 gap, a line that is not a JSON event) is served from after the damage, with a
 warning naming the statement that repairs it.
 
+A room's topic is state beside its events: ``meta`` holds it under
+``topic:<room key>``, written in the transaction that saves its ``topic`` event,
+so trimming the event away (retention) keeps the topic, and a room read back
+(after a restart, or after the hub freed it) has it again.
+
 Rooms by identity
 -----------------
 Events are stored under the room's name (as shown on the wire), but a room's
