@@ -41,12 +41,10 @@ from triochat.errors import ConnectError, ConnectionClosed, ConnectionLost, Reje
 from triochat.protocol import rules
 from triochat.protocol.events import (
     DirectMessage,
-    Dm,
     Error,
     HistoryPage,
     Joined,
     Left,
-    ListRooms,
     Members,
     Message,
     NickChanged,
@@ -55,9 +53,7 @@ from triochat.protocol.events import (
     RoomEvent,
     RoomInfo,
     Rooms,
-    Say,
     ServerEvent,
-    SetTopic,
     Topic,
     Welcome,
 )
@@ -541,9 +537,9 @@ class Link:
     async def _send_on(self, client: Client, command: cmd.Command, view: str | None) -> None:
         match command:
             case cmd.Say(text=text, action=action) if view is not None and view.startswith("@"):
-                await client.send(Dm(to=view[1:], text=text, action=action or None))
+                await client.dm(view[1:], text, action=action)
             case cmd.Say(text=text, action=action) if view is not None:
-                await client.send(Say(room=view, text=text, action=action or None))
+                await client.say(view, text, action=action)
             case cmd.Say():
                 self._post(Link.Problem("join a room first: /join ROOM"))
             case cmd.Msg(to=to, text=text):
@@ -565,10 +561,10 @@ class Link:
                 if target is None:
                     self._post(Link.Problem("topics are for rooms: /join ROOM first"))
                 else:
-                    await client.send(SetTopic(room=target, text=text))
+                    await client.topic(target, text)
             case cmd.ListRooms(after=after):
                 self._list_after = after
-                await client.send(ListRooms(after=after))
+                await client.list_rooms(after)
             case _:
                 pass
 

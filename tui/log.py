@@ -54,7 +54,10 @@ def layout(entry: Entry, width: int, console: Console) -> list[Strip]:
                 lead = Text(CONTINUED.rjust(indent), style="dim")
             else:
                 lead = Text(" " * indent)
-            lines.append(lead + piece)
+            line = Text()
+            line.append_text(lead)  # each part keeps its own style; neither styles the other
+            line.append_text(piece)
+            lines.append(line)
     strips = [_strip(line, width, console) for line in lines]
     style = ATTENTION.get(entry.attention)
     return [strip.apply_style(style) for strip in strips] if style else strips

@@ -125,7 +125,7 @@ class Renderer:
     mentions: Mentions = field(default_factory=Mentions)
 
     def stamp(self, ts: float) -> Text:
-        return Text(self.timefmt(ts) + " ", style="dim")
+        return Text.assemble((self.timefmt(ts), "dim"), " ")  # a span: the nick after it is not dim
 
     def room_event(self, event: RoomEvent, me: str) -> Entry:
         match event:

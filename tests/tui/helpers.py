@@ -123,14 +123,19 @@ class Bot:
                 if isinstance(event, Ack) and isinstance(event.id, str) and event.id in self._acked:
                     self._acked[event.id].set()
 
-    def say(self, room: str, text: str) -> None:
-        self._server.call(self._say, room, text)
+    def say(self, room: str, text: str, *, action: bool = False) -> None:
+        self._server.call(self._say, room, text, action)
 
-    async def _say(self, room: str, text: str) -> None:
+    def topic(self, room: str, text: str) -> None:
+        """Set the topic (no answer comes but the ``topic`` event: wait on what shows it)."""
+        assert self._client is not None
+        self._server.call(self._client.topic, room, text)
+
+    async def _say(self, room: str, text: str, action: bool) -> None:
         assert self._client is not None
         ref = f"{len(self._acked)}"
         self._acked[ref] = trio.Event()
-        await self._client.say(room, text, ref)
+        await self._client.say(room, text, ref, action=action)
         with trio.fail_after(WAIT):
             await self._acked[ref].wait()
 

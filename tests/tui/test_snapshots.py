@@ -50,10 +50,13 @@ def test_main_screen(snap_compare: Snap, server: ServerThread, size: tuple[int, 
     # Backslash, x, 1, b: the server refuses a real ESC in text (rules.check_text), and
     # these are the characters the TUI shows for one (tests/tui/test_parts.py).
     bob.say("lobby", "[bold]not bold[/] \\x1b[31mnot red")
+    bob.say("lobby", "waves at everyone", action=True)
+    bob.topic("lobby", "standup at ten · be kind")
     app = make_app(server, "ada")
 
     async def run_before(pilot: Pilot[int]) -> None:
         await until(lambda: in_room(app, "lobby", "bob"), "bob in the lobby")
+        await until(lambda: app.views["lobby"].topic != "", "the lobby's topic")
         await pilot.press(*"/join dev", "enter")
         await until(lambda: app.current == "dev" and in_room(app, "dev", "bob"), "the dev view")
         await pilot.press("ctrl+p")
