@@ -7,6 +7,7 @@ there (or a deadline passes); keys are typed with ``send-keys``.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -17,6 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
+
+from triochat.client import open_client
+from triochat.protocol.events import Ack
 
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.skipif(
@@ -70,7 +75,10 @@ def tmux() -> Iterator[Tmux]:
 @pytest.fixture
 def server_url() -> Iterator[str]:
     process = subprocess.Popen(
-        [str(BIN / "triochat"), "serve", "--port", "0", "--tcp-port", "0", "--no-history"],
+        [
+            *(str(BIN / "triochat"), "serve", "--port", "0", "--tcp-port", "0", "--no-history"),
+            *("--rate-limit", "0"),  # the scrollback check posts its history in one burst
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -110,3 +118,52 @@ def test_two_people_chat_in_real_terminals_and_quit_cleanly(
     tmux.run("send-keys", "-t", "chat:0", "C-q")
     screen = tmux.wait_for("chat:0", "ADA-EXIT=0")
     assert "╭" not in screen  # the app's screen is gone: the terminal is back to the shell
+
+
+def post(url: str, nick: str, texts: list[str]) -> None:
+    """``nick`` says ``texts`` in the lobby, waits until the server has them all, and leaves."""
+
+    async def main() -> None:
+        async with open_client(url, nick) as client:
+            for number, text in enumerate(texts):
+                await client.say("lobby", text, number)
+            acked = 0
+            async for event in client:
+                acked += isinstance(event, Ack)
+                if acked == len(texts):
+                    return
+
+    trio.run(main)
+
+
+def backgrounds(line: str) -> set[str]:
+    """The background colours a captured (``capture-pane -e``) line sets."""
+    return set(re.findall(r"\x1b\[[0-9;]*?(48;[25];[0-9;]+?)m", line))
+
+
+def test_scrollback_mention_and_narrow_layout_in_a_real_terminal(
+    tmux: Tmux, server_url: str, tmp_path: Path
+) -> None:
+    post(server_url, "bob", [f"line {n}" for n in range(120)])
+    tui = f"{BIN / 'triochat'} tui --url {server_url} --config {tmp_path / 'tui.toml'}"
+    tmux.run("new-session", "-d", "-s", "chat", "-x", "50", "-y", "20", f"{tui} --nick ada")
+    screen = tmux.wait_for("chat:0", "line 119")
+    assert screen.splitlines()[0].strip() == "#lobby"  # the room list is a one-line bar
+    assert "members" not in screen
+    assert "rooms" not in screen
+    for _ in range(40):  # PageUp while typing: older history loads at the top
+        tmux.run("send-keys", "-t", "chat:0", "PPage")
+        if "line 0" in tmux.screen("chat:0"):
+            break
+        time.sleep(0.1)
+    screen = tmux.wait_for("chat:0", "line 0")
+    assert "bob joined lobby" in screen
+    post(server_url, "carol", ["ada: are you there?"])
+    tmux.wait_for("chat:0", "1 new message ↓")  # held where it was, counting what came
+    tmux.run("send-keys", "-t", "chat:0", "C-End")
+    tmux.wait_for("chat:0", "ada: are you there?")
+    lines = tmux.run("capture-pane", "-e", "-p", "-t", "chat:0").splitlines()
+    mention = next(line for line in lines if "are you there" in line)
+    plain = next(line for line in lines if "line 119" in line)
+    assert backgrounds(mention) - backgrounds(plain), "the mention is not set apart"
+    tmux.run("send-keys", "-t", "chat:0", "C-q")
