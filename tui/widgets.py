@@ -200,7 +200,8 @@ class NickScreen(ModalScreen[str]):
             yield Label(Text(literal(self._reason or "")), id="nick-reason")
             yield Input(value=self._suggestion, placeholder="your nick", id="nick-input")
             yield Label(
-                "letters, digits, _ - . · Enter: connect · Ctrl-Q: quit",
+                "letters, digits, _ - . · Enter: connect · Ctrl-Q: quit\n"
+                "Once in: /help or F1 lists every command and key.",
                 id="nick-help",
             )
 
