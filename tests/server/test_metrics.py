@@ -3,6 +3,8 @@ from what the server counts and holds at the moment of the scrape."""
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -93,3 +95,39 @@ async def test_history_and_redis_have_their_own_metrics(
     assert seen["triochat_redis_up", ()] == 1
     assert seen["triochat_redis_batches_total", ()] >= 1
     assert seen["triochat_redis_calls_total", ()] >= seen["triochat_redis_batches_total", ()]
+
+
+DASHBOARD = Path(__file__).parents[2] / "docs" / "deploy" / "grafana-dashboard.json"
+
+
+def _queried(dashboard: Path) -> set[str]:
+    """The ``triochat_*`` series the dashboard's queries name."""
+    panels = json.loads(dashboard.read_text())["panels"]
+    exprs = [target["expr"] for panel in panels for target in panel["targets"]]
+    return {name for expr in exprs for name in re.findall(r"\btriochat_[a-z_]+", expr)}
+
+
+async def _exported(server: Server) -> set[str]:
+    """Every series name ``server`` exports, a counter's included before its first count."""
+    assert server.metrics_url is not None
+    _, text = await _get(server.metrics_url, "/metrics")
+    families = list(text_string_to_metric_families(text))
+    counters = {f"{f.name}_total" for f in families if f.type == "counter"}
+    return counters | {sample.name for family in families for sample in family.samples}
+
+
+@needs_redis
+async def test_the_grafana_dashboard_queries_only_series_the_server_exports(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    stored = replace(TEST_CONFIG, metrics_port=0, db_path=str(tmp_path / "history.sqlite3"))
+    alone: Server = await nursery.start(serve, stored)
+    with trio.fail_after(10):
+        async with open_client(alone.url("tcp"), "ada") as ada:
+            await settle_join(ada)
+        exported = await _exported(alone)
+    async with run_nodes(replace(TEST_CONFIG, metrics_port=0), count_=1) as nodes:
+        with trio.fail_after(10):
+            exported |= await _exported(nodes.servers[0])
+    missing = _queried(DASHBOARD) - exported
+    assert not missing, f"the dashboard queries series nothing exports: {sorted(missing)}"
