@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -74,27 +76,35 @@ async def test_metrics_count_connections_sessions_and_deliveries(nursery: trio.N
     assert (await _get(server.metrics_url, "/other"))[0] == 404
 
 
+@asynccontextmanager
+async def _alone_and_node(
+    nursery: trio.Nursery, tmp_path: Path
+) -> AsyncIterator[tuple[Server, Server]]:
+    """A server with history on disk and a Redis node, each with /metrics and a session
+    behind it."""
+    stored = replace(TEST_CONFIG, metrics_port=0, db_path=str(tmp_path / "history.sqlite3"))
+    alone: Server = await nursery.start(serve, stored)
+    async with run_nodes(replace(TEST_CONFIG, metrics_port=0), count_=1) as nodes:
+        with trio.fail_after(10):
+            for server in (alone, nodes.servers[0]):
+                async with open_client(server.url("tcp"), "ada") as ada:
+                    await settle_join(ada)
+        yield alone, nodes.servers[0]
+
+
 @needs_redis
 async def test_history_and_redis_have_their_own_metrics(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
-    stored = replace(TEST_CONFIG, metrics_port=0, db_path=str(tmp_path / "history.sqlite3"))
-    alone: Server = await nursery.start(serve, stored)
-    with trio.fail_after(10):
-        async with open_client(alone.url("tcp"), "ada") as ada:
-            await settle_join(ada)
-        seen = await _scrape(alone)
+    async with _alone_and_node(nursery, tmp_path) as (alone, node):
+        with trio.fail_after(10):
+            seen, on_node = await _scrape(alone), await _scrape(node)
     assert seen["triochat_history_commits_total", ()] >= 1
     assert seen["triochat_history_commit_seconds_total", ()] > 0
     assert ("triochat_redis_up", ()) not in seen
-    async with run_nodes(replace(TEST_CONFIG, metrics_port=0), count_=1) as nodes:
-        with trio.fail_after(10):
-            async with open_client(nodes.url("tcp"), "bob") as bob:
-                await settle_join(bob)
-            seen = await _scrape(nodes.servers[0])
-    assert seen["triochat_redis_up", ()] == 1
-    assert seen["triochat_redis_batches_total", ()] >= 1
-    assert seen["triochat_redis_calls_total", ()] >= seen["triochat_redis_batches_total", ()]
+    assert on_node["triochat_redis_up", ()] == 1
+    assert on_node["triochat_redis_batches_total", ()] >= 1
+    assert on_node["triochat_redis_calls_total", ()] >= on_node["triochat_redis_batches_total", ()]
 
 
 DASHBOARD = Path(__file__).parents[2] / "docs" / "deploy" / "grafana-dashboard.json"
@@ -120,14 +130,8 @@ async def _exported(server: Server) -> set[str]:
 async def test_the_grafana_dashboard_queries_only_series_the_server_exports(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
-    stored = replace(TEST_CONFIG, metrics_port=0, db_path=str(tmp_path / "history.sqlite3"))
-    alone: Server = await nursery.start(serve, stored)
-    with trio.fail_after(10):
-        async with open_client(alone.url("tcp"), "ada") as ada:
-            await settle_join(ada)
-        exported = await _exported(alone)
-    async with run_nodes(replace(TEST_CONFIG, metrics_port=0), count_=1) as nodes:
+    async with _alone_and_node(nursery, tmp_path) as (alone, node):
         with trio.fail_after(10):
-            exported |= await _exported(nodes.servers[0])
+            exported = await _exported(alone) | await _exported(node)
     missing = _queried(DASHBOARD) - exported
     assert not missing, f"the dashboard queries series nothing exports: {sorted(missing)}"

@@ -56,6 +56,14 @@ class Ringing(ChatApp):
 # --- 1. scrollback -------------------------------------------------------------------
 
 
+async def chatter(url: str, count: int) -> Peer:
+    """bob, having said ``line 0`` to ``line {count - 1}`` in the lobby."""
+    bob = await Peer.connect(url, "bob")
+    for number in range(count):
+        await bob.say("lobby", f"line {number}")
+    return bob
+
+
 @pytest.fixture
 def small_pages() -> Iterator[ServerThread]:
     """A server that sends 20 events of history on join, so scrollback must fetch the rest."""
@@ -69,9 +77,7 @@ def small_pages() -> Iterator[ServerThread]:
 async def test_page_up_scrolls_while_typing_and_loads_all_older_history(
     small_pages: ServerThread,
 ) -> None:
-    bob = await Peer.connect(small_pages.url, "bob")
-    for number in range(130):
-        await bob.say("lobby", f"line {number}")
+    await chatter(small_pages.url, 130)
     app = ChatApp(small_pages.url, "ada")
     async with app.run_test(size=SIZE) as pilot:
         await connected(app, "lobby", "bob")
@@ -94,9 +100,7 @@ async def test_page_up_scrolls_while_typing_and_loads_all_older_history(
 async def test_a_view_scrolled_back_holds_still_and_counts_new_messages(
     server: ServerThread,
 ) -> None:
-    bob = await Peer.connect(server.url, "bob")
-    for number in range(60):
-        await bob.say("lobby", f"line {number}")
+    bob = await chatter(server.url, 60)
     app = ChatApp(server.url, "ada")
     async with app.run_test(size=SIZE) as pilot:
         await connected(app, "lobby", "bob")
