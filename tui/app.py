@@ -282,6 +282,8 @@ class ChatApp(App[int]):
     def on_link_welcomed(self, event: Link.Welcomed) -> None:
         self.me = event.nick
         self._mentions.nick(event.nick)
+        for view in self.views.values():
+            view.loading = False  # a page asked for on the last connection will not come
         for room in event.rooms:
             self._view(room)
         if event.reconnect:
@@ -313,7 +315,7 @@ class ChatApp(App[int]):
         self._refresh_title()
         self._refresh_rooms()
 
-    def on_link_older(self, event: Link.Older) -> None:
+    def on_link_older_page(self, event: Link.OlderPage) -> None:
         view = self.views.get(event.room)
         if view is None:
             return

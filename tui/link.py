@@ -163,7 +163,7 @@ class Link:
             super().__init__()
             self.room, self.events, self.live, self.notes = room, events, live, notes
 
-    class Older(TextualMessage):
+    class OlderPage(TextualMessage):
         """A page of older history the app asked for (:class:`Older`), oldest first."""
 
         def __init__(self, room: str, events: list[RoomEvent]) -> None:
@@ -439,7 +439,7 @@ class Link:
             await self._apply(client, room, sync.history(events))
         elif room in self._state.older:
             self._state.older.discard(room)
-            self._post(Link.Older(room, events))
+            self._post(Link.OlderPage(room, events))
 
     async def _room_event(self, client: Client, event: RoomEvent) -> None:
         state = self._state
