@@ -574,15 +574,23 @@ class ChatApp(App[int]):
         elif counts:
             view.unread += 1
         if live and entry.attention:
-            if not visible:
-                view.attention += 1
-            if self._bell and not (visible and log.following and self.app_focus):
-                self.bell()
+            self._attend(view, seen=visible and log.following and self.app_focus)
         if len(view.lines) > VIEW_LINES + TRIM_SLACK and (not visible or log.following):
-            del view.lines[: len(view.lines) - VIEW_LINES]
-            view.at_start = False
-            if visible:
-                log.show(self._with_separator(view))
+            self._trim(view, log if visible else None)
+
+    def _attend(self, view: View, *, seen: bool) -> None:
+        """A mention or a DM arrived in ``view``; ``seen`` if it is on screen as it comes."""
+        if view.name != self.current:
+            view.attention += 1
+        if self._bell and not seen:
+            self.bell()
+
+    def _trim(self, view: View, log: ChatLog | None) -> None:
+        """Drop the oldest entries past the bound (scrolling up fetches them again)."""
+        del view.lines[: len(view.lines) - VIEW_LINES]
+        view.at_start = False
+        if log is not None:
+            log.show(self._with_separator(view))
 
     def _track_member(self, view: View, event: RoomEvent) -> None:
         if isinstance(event, Joined) and event.nick not in view.members:
