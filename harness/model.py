@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from harness.tally import Slot
+
 Figure = int | float | str
 
 EXIT_PASSED = 0
@@ -41,6 +43,8 @@ class ScenarioResult:
     figures: dict[str, Figure] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    timelines: dict[str, dict[int, Slot]] = field(default_factory=dict)
+    """Per traffic phase (its label, or ``traffic``): deliveries and latency per slot."""
 
     def check(self, name: str, criterion: str, passed: bool | None, observed: object) -> bool:
         self.checks.append(Check(name, criterion, passed, str(observed)))

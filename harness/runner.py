@@ -16,6 +16,7 @@ import trio
 
 from harness.context import Context, Progress
 from harness.fleet import Unreachable, quit_and_wait
+from harness.meter import METER, SATURATED_SHARE, Meter
 from harness.model import Interruption, Report, ScenarioResult
 from harness.options import Options
 from harness.registry import SCENARIOS
@@ -108,6 +109,8 @@ async def _run_one(ctx: Context, name: str) -> ScenarioResult:
     proves, run = SCENARIOS[name]
     result = ScenarioResult(name, proves)
     started = trio.current_time()
+    meter = Meter()
+    metering = METER.set(meter)  # inherited by the tasks the scenario starts
     try:
         await run(ctx, result)
     except Exception as exc:  # a scenario's own crash is a failed check, never a traceback
@@ -120,8 +123,22 @@ async def _run_one(ctx: Context, name: str) -> ScenarioResult:
             False,
             _describe_exc(exc),
         )
+    finally:
+        METER.reset(metering)
     result.seconds = trio.current_time() - started
+    _record_usage(result, meter)
     return result
+
+
+def _record_usage(result: ScenarioResult, meter: Meter) -> None:
+    figures = meter.figures()
+    result.figures.update(figures)
+    if figures["harness_cpu_share"] >= SATURATED_SHARE:
+        result.notes.append(
+            f"the harness was near saturation (its busiest process used"
+            f" {figures['harness_cpu_share']:.0%} of a core): its latencies describe the"
+            " harness as much as the server; more --workers, or fewer clients, would tell"
+        )
 
 
 async def _watch(

@@ -16,34 +16,73 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+import msgspec
 from hdrh.histogram import HdrHistogram
 
-from harness.wire import Line, decode_line, now_ns, parse_counted
+from harness.wire import Line, decode_line, decode_lines, now_ns, parse_counted
 
 HIGHEST_US = 600_000_000
 """Latencies are recorded in microseconds up to 10 minutes (longer ones are clamped)."""
+SIGNIFICANT_BITS = 11
+"""An HdrHistogram of 3 significant digits keeps 2048 (2**11) exact steps per power of two."""
+HDR_EXACT = 1 << SIGNIFICANT_BITS
+"""Below this every microsecond is a bucket of its own."""
+SLOT_NS = 100_000_000
+"""The timeline's resolution: deliveries and latency per 100 ms of receipt time."""
+
+
+def hdr_value(us: int) -> int:
+    """``us`` rounded down to the lowest value of its HdrHistogram bucket (3 digits).
+
+    Values of one bucket are indistinguishable to the histogram, so counting the
+    rounded values in a dict and recording each with its count is exactly the
+    histogram of the raw values: cheap per delivery, and counts merge by adding.
+    """
+    us = min(max(us, 1), HIGHEST_US)
+    shift = us.bit_length() - SIGNIFICANT_BITS
+    return us >> shift << shift if shift > 0 else us
 
 
 class Latency:
-    """Delivery latency from scheduled send to receipt, as an HdrHistogram."""
+    """Delivery latency from scheduled send to receipt, as an HdrHistogram.
 
-    def __init__(self) -> None:
-        self._hist = HdrHistogram(1, HIGHEST_US, 3)
+    Values are counted per histogram bucket (:func:`hdr_value`) as they come
+    and go into the histogram when a figure is read.
+    """
+
+    def __init__(self, counts: dict[int, int] | None = None) -> None:
+        self.counts: dict[int, int] = dict(counts or {})
+        """Latency (µs, bucket-rounded) → how many deliveries took it."""
+        self._hist: HdrHistogram | None = None
 
     def record_ns(self, ns: int) -> None:
-        self._hist.record_value(min(max(ns // 1000, 1), HIGHEST_US))
+        key = hdr_value(ns // 1000)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        self._hist = None
+
+    def add_counts(self, counts: dict[int, int]) -> None:
+        for key, count in counts.items():
+            self.counts[key] = self.counts.get(key, 0) + count
+        self._hist = None
+
+    def histogram(self) -> HdrHistogram:
+        if self._hist is None:
+            self._hist = HdrHistogram(1, HIGHEST_US, 3)
+            for value, count in self.counts.items():
+                self._hist.record_value(value, count)
+        return self._hist
 
     @property
     def count(self) -> int:
-        return int(self._hist.get_total_count())
+        return sum(self.counts.values())
 
     def ms(self, percentile: float) -> float:
-        if not self.count:
+        if not self.counts:
             return 0.0
-        return float(self._hist.get_value_at_percentile(percentile)) / 1000
+        return float(self.histogram().get_value_at_percentile(percentile)) / 1000
 
     def max_ms(self) -> float:
-        return float(self._hist.get_max_value()) / 1000 if self.count else 0.0
+        return float(self.histogram().get_max_value()) / 1000 if self.counts else 0.0
 
     def figures(self, prefix: str = "") -> dict[str, float]:
         return {
@@ -52,6 +91,32 @@ class Latency:
             f"{prefix}p99_ms": round(self.ms(99), 2),
             f"{prefix}max_ms": round(self.max_ms(), 2),
         }
+
+
+class Slot(msgspec.Struct):
+    """What arrived in one :data:`SLOT_NS` of a phase (all receivers together)."""
+
+    deliveries: int = 0
+    latency_us: dict[int, int] = msgspec.field(default_factory=dict)
+    """As :attr:`Latency.counts`: bucket-rounded latency → deliveries (live ones only)."""
+
+    def record_ns(self, ns: int) -> None:
+        key = hdr_value(ns // 1000)
+        self.latency_us[key] = self.latency_us.get(key, 0) + 1
+
+    def add(self, other: Slot) -> None:
+        self.deliveries += other.deliveries
+        for key, count in other.latency_us.items():
+            self.latency_us[key] = self.latency_us.get(key, 0) + count
+
+
+def merge_timelines(timelines: list[dict[int, Slot]]) -> dict[int, Slot]:
+    """Slot by slot sums: exact, since each slot counts deliveries and histogram buckets."""
+    merged: dict[int, Slot] = {}
+    for timeline in timelines:
+        for number, slot in timeline.items():
+            merged.setdefault(number, Slot()).add(slot)
+    return dict(sorted(merged.items()))
 
 
 @dataclass(frozen=True)
@@ -68,14 +133,36 @@ class Book:
 
     planned: list[int]
     """Messages each sender index will send at most."""
+    started_ns: int = field(default_factory=now_ns)
+    """The timeline's origin."""
     sent: list[int] = field(init=False)
-    latency: Latency = field(default_factory=Latency)
+    timeline: dict[int, Slot] = field(default_factory=dict)
+    """Slot number (:data:`SLOT_NS` since ``started_ns``) → what arrived in it."""
     delivered: int = 0
     """Counted messages received, by all receivers together."""
     last_receipt_ns: int = 0
 
     def __post_init__(self) -> None:
         self.sent = [0] * len(self.planned)
+
+    def slot(self, stamp: int) -> Slot:
+        number = max(stamp - self.started_ns, 0) // SLOT_NS
+        slot = self.timeline.get(number)
+        if slot is None:
+            slot = self.timeline[number] = Slot()
+        return slot
+
+    @property
+    def latency(self) -> Latency:
+        """The whole phase's latency: every slot's, merged."""
+        return timeline_latency(self.timeline)
+
+
+def timeline_latency(timeline: dict[int, Slot]) -> Latency:
+    merged = Latency()
+    for slot in timeline.values():
+        merged.add_counts(slot.latency_us)
+    return merged
 
 
 class Tally:
@@ -109,14 +196,44 @@ class Tally:
     # --- receiving ------------------------------------------------------------
 
     def take(self, lines: list[bytes]) -> None:
+        """Account for a batch of raw lines received together (one decoder call for all).
+
+        Room messages during a phase, nearly all of the traffic, take the short
+        path below; every other event goes through :meth:`take_line`.
+        """
         stamp = now_ns()
+        try:
+            events = decode_lines(b"\n".join(lines))
+        except msgspec.DecodeError:  # some line is bad: decode one by one to count it
+            events = self._decode_each(lines)
+        book = self.book
+        if book is None:
+            for line in events:
+                self.take_line(line, stamp)
+            return
+        slot = book.slot(stamp)
+        room_seq = self._room_seq
+        for line in events:
+            room = line.room
+            if line.type != "message" or room is None:
+                self.take_line(line, stamp)
+                continue
+            self.events += 1
+            seq = line.seq
+            last = room_seq.get(room)
+            if last is not None and seq != last + 1:
+                self.seq_defects += 1
+            room_seq[room] = seq
+            self._message(line.text, stamp, slot)
+
+    def _decode_each(self, lines: list[bytes]) -> list[Line]:
+        events = []
         for raw in lines:
             try:
-                line = decode_line(raw)
-            except Exception:  # any undecodable line is a defect to count, not a crash
+                events.append(decode_line(raw))
+            except msgspec.DecodeError:  # any undecodable line is a defect to count
                 self.garbled += 1
-                continue
-            self.take_line(line, stamp)
+        return events
 
     def take_line(self, line: Line, stamp: int, *, replayed: bool = False) -> None:
         """Account for one decoded event received at ``stamp``.
@@ -129,8 +246,9 @@ class Tally:
         kind = line.type
         if kind in ("message", "joined", "left") and line.room is not None:
             self._room_event(line.room, line.seq)
-        if kind == "message":
-            self._message(line.text, stamp, replayed)
+        if kind == "message" and self.book is not None:
+            book = self.book
+            self._message(line.text, stamp, None if replayed else book.slot(stamp))
         elif kind == "left":
             self.lefts.append(Leaving(line.room or "", line.nick, line.reason, stamp))
         elif kind == "joined":
@@ -150,28 +268,39 @@ class Tally:
             self.seq_defects += 1
         self._room_seq[room] = seq
 
-    def _message(self, text: str, stamp: int, replayed: bool = False) -> None:
+    def _message(self, text: str, stamp: int, slot: Slot | None) -> None:
+        """A counted message (others are ignored); ``slot`` None: replayed, no latency."""
         counted = parse_counted(text)
         book = self.book
         if counted is None or book is None:
             return
         sender, n, scheduled = counted
-        if not 0 <= sender < len(book.planned) or not 0 <= n < book.planned[sender]:
-            self.strangers += 1
-            return
         counts = self._counts.get(sender)
         if counts is None:
+            if not 0 <= sender < len(book.planned):
+                self.strangers += 1
+                return
             counts = self._counts[sender] = bytearray(book.planned[sender])
+        if not 0 <= n < len(counts):
+            self.strangers += 1
+            return
         if counts[n] < 255:
             counts[n] += 1
-        if n < self._highest.get(sender, -1):
+        highest = self._highest
+        if n < highest.get(sender, -1):
             self.out_of_order += 1
         else:
-            self._highest[sender] = n
+            highest[sender] = n
         book.delivered += 1
         book.last_receipt_ns = stamp
-        if not replayed:
-            book.latency.record_ns(stamp - scheduled)
+        if slot is None:
+            book.slot(stamp).deliveries += 1
+            return
+        slot.deliveries += 1
+        us = (stamp - scheduled) // 1000
+        key = hdr_value(us) if us >= HDR_EXACT else max(us, 1)
+        latency = slot.latency_us
+        latency[key] = latency.get(key, 0) + 1
 
     # --- verdicts --------------------------------------------------------------
 

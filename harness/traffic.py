@@ -24,6 +24,7 @@ import trio
 from harness.context import Context
 from harness.fleet import SEND_ERRORS, Fleet, Sim
 from harness.model import ScenarioResult
+from harness.outcome import Outcome
 from harness.tally import Book
 from harness.wire import counted_text, now_ns
 
@@ -47,9 +48,39 @@ class Phase:
     def expected(self) -> int:
         return sum(self.book.sent) * len(self.receivers)
 
-    def elapsed_s(self) -> float:
-        end = self.book.last_receipt_ns or now_ns()
-        return max(end - self.started_ns, 1) / 1e9
+    def outcome(self, sent: list[int] | None = None) -> Outcome:
+        """What this process's receivers saw, judged against ``sent`` (default: own sends).
+
+        ``sent`` is every sender's count when other processes sent too; the
+        outcome's own ``sent`` stays this process's, so that outcomes add up.
+        """
+        book = self.book
+        judged = sent if sent is not None else book.sent
+        senders = range(len(book.planned))
+        lost = dup = 0
+        for sim in self.receivers:
+            sim_lost, sim_dup = sim.tally.lost_and_duplicated(judged, senders)
+            lost, dup = lost + sim_lost, dup + sim_dup
+        tallies = [sim.tally for sim in self.receivers]
+        return Outcome(
+            planned=list(book.planned),
+            sent=list(book.sent),
+            receivers=len(self.receivers),
+            started_ns=self.started_ns,
+            complete=self.complete,
+            send_failures=self.send_failures,
+            max_send_lag_ms=self.max_send_lag_ms,
+            lost=lost,
+            duplicated=dup,
+            out_of_order=sum(t.out_of_order for t in tallies),
+            seq_defects=sum(t.seq_defects for t in tallies),
+            strangers=sum(t.strangers for t in tallies),
+            garbled=sum(t.garbled for t in tallies),
+            errors=_errors(self.receivers),
+            delivered=book.delivered,
+            last_receipt_ns=book.last_receipt_ns,
+            timeline=dict(sorted(book.timeline.items())),
+        )
 
 
 def plan(total: int, senders: int) -> list[int]:
@@ -75,10 +106,11 @@ async def run_phase(
     such as reconnecting clients catching up.
     """
     rate = rate or ctx.options.send_rate()
-    book = Book(plan(total, len(senders)))
+    started_ns = now_ns() + 20_000_000
+    book = Book(plan(total, len(senders)), started_ns)
     for sim in receivers:
         sim.tally.follow(book)
-    phase = Phase(label, book, senders, receivers, started_ns=now_ns() + 20_000_000)
+    phase = Phase(label, book, senders, receivers, started_ns=started_ns)
     phase.title = f"{scenario}: {label or 'traffic'}"
     async with trio.open_nursery() as nursery:
         for j, sim in enumerate(senders):
@@ -128,43 +160,49 @@ async def _await_deliveries(
 
 def delivery_checks(result: ScenarioResult, phase: Phase, who: str = "every client") -> None:
     """Exactly once, in order, nothing else wrong; the phase's figures."""
-    book = phase.book
-    senders = range(len(book.planned))
-    lost = dup = disorder = seq = strangers = garbled = 0
-    for sim in phase.receivers:
-        sim_lost, sim_dup = sim.tally.lost_and_duplicated(book.sent, senders)
-        lost, dup = lost + sim_lost, dup + sim_dup
-        disorder += sim.tally.out_of_order
-        seq += sim.tally.seq_defects
-        strangers += sim.tally.strangers
-        garbled += sim.tally.garbled
-    sent = sum(book.sent)
-    prefix = f"{phase.label}: " if phase.label else ""
+    outcome_checks(result, phase.label, phase.outcome(), who)
+
+
+def outcome_checks(
+    result: ScenarioResult, label: str, outcome: Outcome, who: str = "every client"
+) -> None:
+    """:func:`delivery_checks` of a phase's (possibly merged) outcome."""
+    sent = sum(outcome.sent)
+    planned = sum(outcome.planned)
+    prefix = f"{label}: " if label else ""
     result.check(
         f"{prefix}exactly once",
         f"{who} receives each of the messages sent exactly once (lost = 0, duplicated = 0)",
-        lost == 0 and dup == 0 and strangers == 0 and phase.complete,
-        f"{sent} sent x {len(phase.receivers)} receivers: lost {lost}, duplicated {dup},"
-        f" unknown {strangers}" + ("" if phase.complete else " (deadline passed)"),
+        outcome.lost == 0
+        and outcome.duplicated == 0
+        and outcome.strangers == 0
+        and outcome.complete,
+        f"{sent} sent x {outcome.receivers} receivers: lost {outcome.lost},"
+        f" duplicated {outcome.duplicated}, unknown {outcome.strangers}"
+        + ("" if outcome.complete else " (deadline passed)"),
     )
     result.check(
         f"{prefix}in order",
         "per-sender order kept and room seq strictly consecutive (no gap, no repeat)",
-        disorder == 0 and seq == 0 and garbled == 0,
-        f"out of order {disorder}, seq defects {seq}, undecodable lines {garbled}",
+        outcome.out_of_order == 0 and outcome.seq_defects == 0 and outcome.garbled == 0,
+        f"out of order {outcome.out_of_order}, seq defects {outcome.seq_defects},"
+        f" undecodable lines {outcome.garbled}",
     )
     result.check(
         f"{prefix}all sends accepted",
         "every scheduled message was sent, and no receiver got an error",
-        phase.send_failures == 0 and sent == sum(book.planned) and not _errors(phase.receivers),
-        f"sent {sent}/{sum(book.planned)}, send failures {phase.send_failures},"
-        f" errors {_errors(phase.receivers) or 'none'}",
+        outcome.send_failures == 0 and sent == planned and not outcome.errors,
+        f"sent {sent}/{planned}, send failures {outcome.send_failures},"
+        f" errors {outcome.errors or 'none'}",
     )
-    key = f"{phase.label}_" if phase.label else ""
-    result.figures.update(book.latency.figures(key))
-    result.figures[f"{key}deliveries"] = book.delivered
-    result.figures[f"{key}deliveries_per_s"] = round(book.delivered / phase.elapsed_s())
-    result.figures[f"{key}max_send_lag_ms"] = round(phase.max_send_lag_ms, 2)
+    key = f"{label}_" if label else ""
+    result.figures.update(outcome.latency.figures(key))
+    result.figures[f"{key}deliveries"] = outcome.delivered
+    result.figures[f"{key}deliveries_per_s"] = round(
+        outcome.delivered / outcome.elapsed_s(now_ns())
+    )
+    result.figures[f"{key}max_send_lag_ms"] = round(outcome.max_send_lag_ms, 2)
+    result.timelines[label or "traffic"] = outcome.timeline
 
 
 def _errors(sims: list[Sim]) -> dict[str, int]:
@@ -201,9 +239,10 @@ def latency_bound_ms(baseline_p99_ms: float) -> float:
 
 def latency_check(result: ScenarioResult, baseline: Phase, fault: Phase) -> None:
     base = baseline.book.latency.ms(99)
-    seen = fault.book.latency.ms(99)
+    fault_latency = fault.book.latency
+    seen = fault_latency.ms(99)
     bound = latency_bound_ms(base)
-    measured = fault.complete and fault.book.latency.count > 0
+    measured = fault.complete and fault_latency.count > 0
     result.check(
         "latency unaffected",
         "others' p99 <= max(5 x no-fault p99, no-fault p99 + 250 ms), every message measured",

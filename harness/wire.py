@@ -23,7 +23,7 @@ import msgspec
 COUNTED = "h:"
 
 
-class Line(msgspec.Struct):
+class Line(msgspec.Struct, gc=False):
     type: str
     room: str | None = None
     seq: int = -1
@@ -34,7 +34,9 @@ class Line(msgspec.Struct):
     nicks: list[str] | None = None
 
 
-decode_line = msgspec.json.Decoder(Line).decode
+_DECODER = msgspec.json.Decoder(Line)
+decode_line = _DECODER.decode
+decode_lines = _DECODER.decode_lines
 
 
 def now_ns() -> int:

@@ -1,0 +1,76 @@
+"""What one traffic phase came to, in a form that travels between processes and adds up.
+
+A phase's receivers may live in several worker processes (``--workers``). Each
+sums its own receivers into an :class:`Outcome`; the coordinator adds the
+outcomes (:func:`merge`) and the checks read the sum, so every check sees the
+whole picture. Every field is a count, a maximum or a timeline of counts, so
+the sum is exact: nothing is averaged or sampled.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from harness.tally import Latency, Slot, merge_timelines, timeline_latency
+
+
+class Outcome(msgspec.Struct, kw_only=True):
+    planned: list[int]
+    """Messages each sender index was to send."""
+    sent: list[int]
+    receivers: int
+    started_ns: int
+    """When the first message was scheduled (the phase's clock and timeline origin)."""
+    complete: bool = True
+    """Every receiver counted every sent message before the deadline."""
+    send_failures: int = 0
+    max_send_lag_ms: float = 0.0
+    lost: int = 0
+    duplicated: int = 0
+    out_of_order: int = 0
+    seq_defects: int = 0
+    strangers: int = 0
+    garbled: int = 0
+    errors: dict[str, int] = msgspec.field(default_factory=dict)
+    delivered: int = 0
+    last_receipt_ns: int = 0
+    timeline: dict[int, Slot] = msgspec.field(default_factory=dict)
+
+    @property
+    def latency(self) -> Latency:
+        return timeline_latency(self.timeline)
+
+    def elapsed_s(self, now_ns: int) -> float:
+        end = self.last_receipt_ns or now_ns
+        return max(end - self.started_ns, 1) / 1e9
+
+
+def merge(parts: list[Outcome]) -> Outcome:
+    """The outcome of all receivers of ``parts`` (one phase, split over processes).
+
+    ``sent`` is per sender: each part counts the senders it ran, so they add up.
+    """
+    first = parts[0]
+    errors: dict[str, int] = {}
+    for part in parts:
+        for code, count in part.errors.items():
+            errors[code] = errors.get(code, 0) + count
+    return Outcome(
+        planned=first.planned,
+        sent=[sum(column) for column in zip(*(p.sent for p in parts), strict=True)],
+        receivers=sum(p.receivers for p in parts),
+        started_ns=first.started_ns,
+        complete=all(p.complete for p in parts),
+        send_failures=sum(p.send_failures for p in parts),
+        max_send_lag_ms=max(p.max_send_lag_ms for p in parts),
+        lost=sum(p.lost for p in parts),
+        duplicated=sum(p.duplicated for p in parts),
+        out_of_order=sum(p.out_of_order for p in parts),
+        seq_defects=sum(p.seq_defects for p in parts),
+        strangers=sum(p.strangers for p in parts),
+        garbled=sum(p.garbled for p in parts),
+        errors=errors,
+        delivered=sum(p.delivered for p in parts),
+        last_receipt_ns=max(p.last_receipt_ns for p in parts),
+        timeline=merge_timelines([p.timeline for p in parts]),
+    )
