@@ -25,6 +25,7 @@ from harness.model import EXIT_SIGNAL_BASE, EXIT_USAGE, Report
 from harness.options import MIN_CLIENTS, SCENARIOS, Options
 from harness.report import Display, interruption_line, render, write_json
 from harness.runner import run_harness
+from harness.workers import default_workers
 from triochat import argtypes
 from triochat.client import parse_url, tls_for
 from triochat.errors import ConnectError
@@ -99,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("ws", "tcp"),
         help=f"in-process server's transport ({DEFAULT_TRANSPORT}); not with --url",
     )
+    p.add_argument(
+        "--workers",
+        type=argtypes.positive_int,
+        default=default_workers(),
+        help="processes broadcast's clients are spread over (the number of cores:"
+        f" {default_workers()}); 1 runs them in the harness's own process",
+    )
     p.add_argument("--json", metavar="PATH", help="write a machine-readable report to PATH")
     p.add_argument(
         "--seed",
@@ -171,6 +179,7 @@ def options_from(args: argparse.Namespace) -> Options:
         cafile=args.cafile,
         transport=args.transport,
         json_path=args.json,
+        workers=args.workers,
         seed=args.seed,
         evict_within=args.evict_within,
         settle=args.settle,

@@ -68,6 +68,10 @@ class Options:
     """Seconds to wait for deliveries after the last scheduled send, at least."""
     password: str | None = None
     """The password ``security`` registers its owner's nick with; None: a fresh one."""
+    workers: int = 1
+    """Processes ``broadcast``'s clients are spread over (1: this process)."""
+    html_path: str | None = None
+    """Where to write the self-contained HTML report (None: none)."""
     quiet: bool = False
     verbose: bool = False
     """The report lists every check with its criterion, and every figure."""

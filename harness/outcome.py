@@ -9,12 +9,29 @@ the sum is exact: nothing is averaged or sampled.
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass, field
+
 import msgspec
 
-from harness.tally import Latency, Slot, merge_timelines, timeline_latency
+from harness.tally import Book, Latency, Slot, Tally, merge_timelines, timeline_latency
 
 
-class Outcome(msgspec.Struct, kw_only=True):
+@dataclass
+class Usage:
+    """This process's CPU and wall clock since it was made (the start of a phase)."""
+
+    cpu_start: float = field(default_factory=time.process_time)
+    wall_start: float = field(default_factory=time.perf_counter)
+
+    def cpu_s(self) -> float:
+        return time.process_time() - self.cpu_start
+
+    def share(self) -> float:
+        return min(self.cpu_s() / max(time.perf_counter() - self.wall_start, 1e-9), 1.0)
+
+
+class Outcome(msgspec.Struct, kw_only=True, tag=True):
     planned: list[int]
     """Messages each sender index was to send."""
     sent: list[int]
@@ -35,6 +52,10 @@ class Outcome(msgspec.Struct, kw_only=True):
     delivered: int = 0
     last_receipt_ns: int = 0
     timeline: dict[int, Slot] = msgspec.field(default_factory=dict)
+    cpu_s: float = 0.0
+    """CPU the harness spent on the phase: every process that took part, together."""
+    busiest_share: float = 0.0
+    """The busiest of those processes' CPU time over the phase's wall time."""
 
     @property
     def latency(self) -> Latency:
@@ -73,4 +94,54 @@ def merge(parts: list[Outcome]) -> Outcome:
         delivered=sum(p.delivered for p in parts),
         last_receipt_ns=max(p.last_receipt_ns for p in parts),
         timeline=merge_timelines([p.timeline for p in parts]),
+        cpu_s=sum(p.cpu_s for p in parts),
+        busiest_share=max(p.busiest_share for p in parts),
+    )
+
+
+def judge(
+    book: Book,
+    tallies: list[Tally],
+    *,
+    judged_sent: list[int],
+    own_sent: list[int],
+    complete: bool,
+    send_failures: int,
+    max_send_lag_ms: float,
+    usage: Usage,
+) -> Outcome:
+    """What ``tallies`` (one process's receivers of ``book``'s phase) saw.
+
+    Lost and duplicated are judged against ``judged_sent``, every sender's
+    count; the outcome's ``sent`` is ``own_sent``, this process's senders' part,
+    so that outcomes of several processes add up.
+    """
+    senders = range(len(book.planned))
+    lost = dup = 0
+    errors: dict[str, int] = {}
+    for tally in tallies:
+        tally_lost, tally_dup = tally.lost_and_duplicated(judged_sent, senders)
+        lost, dup = lost + tally_lost, dup + tally_dup
+        for code, count in tally.errors.items():
+            errors[code] = errors.get(code, 0) + count
+    return Outcome(
+        planned=list(book.planned),
+        sent=list(own_sent),
+        receivers=len(tallies),
+        started_ns=book.started_ns,
+        complete=complete,
+        send_failures=send_failures,
+        max_send_lag_ms=max_send_lag_ms,
+        lost=lost,
+        duplicated=dup,
+        out_of_order=sum(t.out_of_order for t in tallies),
+        seq_defects=sum(t.seq_defects for t in tallies),
+        strangers=sum(t.strangers for t in tallies),
+        garbled=sum(t.garbled for t in tallies),
+        errors=errors,
+        delivered=book.delivered,
+        last_receipt_ns=book.last_receipt_ns,
+        timeline=dict(sorted(book.timeline.items())),
+        cpu_s=round(usage.cpu_s(), 4),
+        busiest_share=round(usage.share(), 4),
     )

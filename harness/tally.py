@@ -13,6 +13,7 @@ Latencies of all receivers of one phase go into one :class:`Latency`.
 
 from __future__ import annotations
 
+from array import array
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -142,8 +143,14 @@ class Book:
     """Counted messages received, by all receivers together."""
     last_receipt_ns: int = 0
 
+    offsets: list[int] = field(init=False)
+    """Where each sender's messages start in a flat list of all of them (and the total)."""
+
     def __post_init__(self) -> None:
         self.sent = [0] * len(self.planned)
+        self.offsets = [0]
+        for count in self.planned:
+            self.offsets.append(self.offsets[-1] + count)
 
     def slot(self, stamp: int) -> Slot:
         number = max(stamp - self.started_ns, 0) // SLOT_NS
@@ -168,10 +175,16 @@ def timeline_latency(timeline: dict[int, Slot]) -> Latency:
 class Tally:
     """One receiver's exact account of what arrived."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, roster: bool = True) -> None:
+        """``roster`` False: do not keep who joined and left (thousands of members make
+        that millions of records, and the load scenario does not look at them)."""
         self.book: Book | None = None
-        self._counts: dict[int, bytearray] = {}
-        self._highest: dict[int, int] = {}
+        self._roster = roster
+        self._counts = bytearray()
+        """Per message of the phase (sender ``s``'s ``n`` at ``book.offsets[s] + n``):
+        how many times it arrived, up to 255."""
+        self._highest = array("i")
+        """Per sender: the highest ``n`` seen so far (-1: none)."""
         self._room_seq: dict[str, int] = {}
         self.out_of_order = 0
         self.seq_defects = 0
@@ -190,41 +203,24 @@ class Tally:
     def follow(self, book: Book) -> None:
         """Count the counted messages of ``book``'s phase from now on."""
         self.book = book
-        self._counts = {}
-        self._highest = {}
+        self._counts = bytearray(book.offsets[-1])
+        self._highest = array("i", [-1]) * len(book.planned)
 
     # --- receiving ------------------------------------------------------------
 
-    def take(self, lines: list[bytes]) -> None:
-        """Account for a batch of raw lines received together (one decoder call for all).
+    def take(self, lines: list[bytes], stamp: int | None = None) -> None:
+        """Account for a batch of raw lines received together at ``stamp`` (default: now).
 
-        Room messages during a phase, nearly all of the traffic, take the short
-        path below; every other event goes through :meth:`take_line`.
+        One decoder call decodes them all.
         """
-        stamp = now_ns()
+        if stamp is None:
+            stamp = now_ns()
         try:
             events = decode_lines(b"\n".join(lines))
         except msgspec.DecodeError:  # some line is bad: decode one by one to count it
             events = self._decode_each(lines)
         book = self.book
-        if book is None:
-            for line in events:
-                self.take_line(line, stamp)
-            return
-        slot = book.slot(stamp)
-        room_seq = self._room_seq
-        for line in events:
-            room = line.room
-            if line.type != "message" or room is None:
-                self.take_line(line, stamp)
-                continue
-            self.events += 1
-            seq = line.seq
-            last = room_seq.get(room)
-            if last is not None and seq != last + 1:
-                self.seq_defects += 1
-            room_seq[room] = seq
-            self._message(line.text, stamp, slot)
+        self._account(events, stamp, book.slot(stamp) if book is not None else None)
 
     def _decode_each(self, lines: list[bytes]) -> list[Line]:
         events = []
@@ -242,17 +238,75 @@ class Tally:
         checked like a live event, but its latency (it waited for a
         reconnection) does not go into the histogram.
         """
-        self.events += 1
+        book = self.book
+        live = book is not None and not replayed
+        self._account([line], stamp, book.slot(stamp) if live and book is not None else None)
+
+    def _account(self, events: list[Line], stamp: int, slot: Slot | None) -> None:
+        """Every event of a batch received at ``stamp``; ``slot`` None: no latency.
+
+        Counted room messages are nearly all of the traffic: they are counted
+        right here, with everything they need in local variables, since this
+        runs once per delivery. Other events go to :meth:`_other`.
+        """
+        self.events += len(events)
+        book = self.book
+        room_seq = self._room_seq
+        counts = self._counts
+        highest = self._highest
+        planned = book.planned if book is not None else []
+        offsets = book.offsets if book is not None else []
+        latency = slot.latency_us if slot is not None else None
+        delivered = 0
+        for line in events:
+            room = line.room
+            if line.type != "message" or room is None or book is None:
+                self._other(line, stamp)
+                continue
+            seq = line.seq
+            last = room_seq.get(room)
+            if last is not None and seq != last + 1:
+                self.seq_defects += 1
+            room_seq[room] = seq
+            counted = parse_counted(line.text)
+            if counted is None:
+                continue
+            sender, n, scheduled = counted
+            if not (0 <= sender < len(planned) and 0 <= n < planned[sender]):
+                self.strangers += 1
+                continue
+            at = offsets[sender] + n
+            if counts[at] < 255:
+                counts[at] += 1
+            if n < highest[sender]:
+                self.out_of_order += 1
+            else:
+                highest[sender] = n
+            delivered += 1
+            if latency is not None:
+                us = (stamp - scheduled) // 1000
+                if us >= HDR_EXACT:  # hdr_value, inlined
+                    us = min(us, HIGHEST_US)
+                    shift = us.bit_length() - SIGNIFICANT_BITS
+                    us = us >> shift << shift
+                elif us < 1:
+                    us = 1
+                latency[us] = latency.get(us, 0) + 1
+        if delivered and book is not None:
+            book.delivered += delivered
+            book.last_receipt_ns = stamp
+            (slot or book.slot(stamp)).deliveries += delivered
+
+    def _other(self, line: Line, stamp: int) -> None:
         kind = line.type
         if kind in ("message", "joined", "left") and line.room is not None:
             self._room_event(line.room, line.seq)
-        if kind == "message" and self.book is not None:
-            book = self.book
-            self._message(line.text, stamp, None if replayed else book.slot(stamp))
-        elif kind == "left":
-            self.lefts.append(Leaving(line.room or "", line.nick, line.reason, stamp))
+        if kind == "left":
+            if self._roster:
+                self.lefts.append(Leaving(line.room or "", line.nick, line.reason, stamp))
         elif kind == "joined":
-            self.joined[line.nick] += 1
+            if self._roster:
+                self.joined[line.nick] += 1
         elif kind == "error":
             self.errors[line.code] += 1
             self.error_codes.append(line.code)
@@ -268,55 +322,30 @@ class Tally:
             self.seq_defects += 1
         self._room_seq[room] = seq
 
-    def _message(self, text: str, stamp: int, slot: Slot | None) -> None:
-        """A counted message (others are ignored); ``slot`` None: replayed, no latency."""
-        counted = parse_counted(text)
-        book = self.book
-        if counted is None or book is None:
-            return
-        sender, n, scheduled = counted
-        counts = self._counts.get(sender)
-        if counts is None:
-            if not 0 <= sender < len(book.planned):
-                self.strangers += 1
-                return
-            counts = self._counts[sender] = bytearray(book.planned[sender])
-        if not 0 <= n < len(counts):
-            self.strangers += 1
-            return
-        if counts[n] < 255:
-            counts[n] += 1
-        highest = self._highest
-        if n < highest.get(sender, -1):
-            self.out_of_order += 1
-        else:
-            highest[sender] = n
-        book.delivered += 1
-        book.last_receipt_ns = stamp
-        if slot is None:
-            book.slot(stamp).deliveries += 1
-            return
-        slot.deliveries += 1
-        us = (stamp - scheduled) // 1000
-        key = hdr_value(us) if us >= HDR_EXACT else max(us, 1)
-        latency = slot.latency_us
-        latency[key] = latency.get(key, 0) + 1
-
     # --- verdicts --------------------------------------------------------------
 
     def lost_and_duplicated(self, sent: list[int], senders: range | list[int]) -> tuple[int, int]:
         """Messages of ``senders`` (as ``sent``) this receiver never got, and extra copies."""
+        book = self.book
+        if book is None:
+            return sum(sent[sender] for sender in senders), 0
+        counts = self._counts
+        everyone = len(senders) == len(book.planned) and list(sent) == book.planned
+        if everyone:  # the usual case, in C: every message of the phase was sent
+            missing = counts.count(0)
+            return missing, sum(counts) - (len(counts) - missing)
         lost = dup = 0
         for sender in senders:
-            counts = self._counts.get(sender, bytearray())
-            got = counts[: sent[sender]]
+            start, end = book.offsets[sender], book.offsets[sender + 1]
+            got = counts[start : start + sent[sender]]
             lost += sent[sender] - (len(got) - got.count(0))
-            dup += sum(counts) - (len(counts) - counts.count(0))
+            mine = counts[start:end]
+            dup += sum(mine) - (len(mine) - mine.count(0))
         return lost, dup
 
     def received(self) -> int:
         """Counted messages of the current phase received, copies included."""
-        return sum(sum(counts) for counts in self._counts.values())
+        return sum(self._counts)
 
     def last_seq(self, room: str) -> int | None:
         """The ``seq`` of the last room event of ``room`` received (None: none yet)."""

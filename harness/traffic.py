@@ -17,17 +17,20 @@ scheduled send, longer for big runs), and hands back the :class:`Book`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 
 from harness.context import Context
 from harness.fleet import SEND_ERRORS, Fleet, Sim
+from harness.meter import add_phase
 from harness.model import ScenarioResult
-from harness.outcome import Outcome
+from harness.outcome import Outcome, Usage, judge
 from harness.tally import Book
 from harness.wire import counted_text, now_ns
 
+START_DELAY_NS = 50_000_000
+"""The first message is scheduled this long after the phase starts (time to hand out orders)."""
 DELIVERIES_PER_SECOND_FLOOR = 20_000
 """The settle time grows past ``--settle`` when a phase has more deliveries than this x settle."""
 
@@ -43,43 +46,23 @@ class Phase:
     send_failures: int = 0
     max_send_lag_ms: float = 0.0
     title: str = ""
+    usage: Usage = field(default_factory=Usage)
 
     @property
     def expected(self) -> int:
         return sum(self.book.sent) * len(self.receivers)
 
-    def outcome(self, sent: list[int] | None = None) -> Outcome:
-        """What this process's receivers saw, judged against ``sent`` (default: own sends).
-
-        ``sent`` is every sender's count when other processes sent too; the
-        outcome's own ``sent`` stays this process's, so that outcomes add up.
-        """
-        book = self.book
-        judged = sent if sent is not None else book.sent
-        senders = range(len(book.planned))
-        lost = dup = 0
-        for sim in self.receivers:
-            sim_lost, sim_dup = sim.tally.lost_and_duplicated(judged, senders)
-            lost, dup = lost + sim_lost, dup + sim_dup
-        tallies = [sim.tally for sim in self.receivers]
-        return Outcome(
-            planned=list(book.planned),
-            sent=list(book.sent),
-            receivers=len(self.receivers),
-            started_ns=self.started_ns,
+    def outcome(self) -> Outcome:
+        """What this phase's receivers saw."""
+        return judge(
+            self.book,
+            [sim.tally for sim in self.receivers],
+            judged_sent=self.book.sent,
+            own_sent=self.book.sent,
             complete=self.complete,
             send_failures=self.send_failures,
             max_send_lag_ms=self.max_send_lag_ms,
-            lost=lost,
-            duplicated=dup,
-            out_of_order=sum(t.out_of_order for t in tallies),
-            seq_defects=sum(t.seq_defects for t in tallies),
-            strangers=sum(t.strangers for t in tallies),
-            garbled=sum(t.garbled for t in tallies),
-            errors=_errors(self.receivers),
-            delivered=book.delivered,
-            last_receipt_ns=book.last_receipt_ns,
-            timeline=dict(sorted(book.timeline.items())),
+            usage=self.usage,
         )
 
 
@@ -106,7 +89,7 @@ async def run_phase(
     such as reconnecting clients catching up.
     """
     rate = rate or ctx.options.send_rate()
-    started_ns = now_ns() + 20_000_000
+    started_ns = now_ns() + START_DELAY_NS
     book = Book(plan(total, len(senders)), started_ns)
     for sim in receivers:
         sim.tally.follow(book)
@@ -203,14 +186,7 @@ def outcome_checks(
     )
     result.figures[f"{key}max_send_lag_ms"] = round(outcome.max_send_lag_ms, 2)
     result.timelines[label or "traffic"] = outcome.timeline
-
-
-def _errors(sims: list[Sim]) -> dict[str, int]:
-    total: dict[str, int] = {}
-    for sim in sims:
-        for code, count in sim.tally.errors.items():
-            total[code] = total.get(code, 0) + count
-    return total
+    add_phase(outcome)
 
 
 async def open_members(
@@ -223,12 +199,19 @@ async def open_members(
 
 def connect_check(result: ScenarioResult, sims: list[Sim]) -> bool:
     failed = [sim for sim in sims if sim.client is None]
-    first = f"; first failure: {failed[0].failure}" if failed else ""
+    first = failed[0].failure if failed else None
+    return connect_check_counts(result, len(sims) - len(failed), len(sims), first)
+
+
+def connect_check_counts(
+    result: ScenarioResult, connected: int, wanted: int, first_failure: str | None
+) -> bool:
+    first = f"; first failure: {first_failure}" if connected < wanted else ""
     return result.check(
         "all connected",
         "every simulated client connects and is welcomed",
-        not failed,
-        f"{len(sims) - len(failed)}/{len(sims)} connected{first}",
+        connected == wanted,
+        f"{connected}/{wanted} connected{first}",
     )
 
 

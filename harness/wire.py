@@ -52,10 +52,8 @@ def parse_counted(text: str) -> tuple[int, int, int] | None:
     """``(sender, n, scheduled_ns)`` of a counted message, None for any other text."""
     if not text.startswith(COUNTED):
         return None
-    parts = text.split(":")
-    if len(parts) != 4:
-        return None
     try:
-        return int(parts[1]), int(parts[2]), int(parts[3])
-    except ValueError:
+        _, sender, n, scheduled = text.split(":")
+        return int(sender), int(n), int(scheduled)
+    except ValueError:  # not four parts, or not numbers
         return None

@@ -99,6 +99,32 @@ async def test_broken_server_fails_the_scenario(
     assert report.exit_code == 1
 
 
+BROKEN_FAN_OUT = [param for param in BROKEN if param.values[1] == "broadcast"]
+
+
+async def test_transparent_proxy_passes_through_workers(nursery: trio.Nursery) -> None:
+    url = await _proxied(nursery, Faults())
+    with trio.fail_after(60):
+        report = await run_harness(
+            replace(FAST, urls=(url,), scenarios=("broadcast",), workers=2, seed=3)
+        )
+    assert failed_checks(report) == set(), describe(report)
+    assert report.scenarios[0].figures["workers"] == 2
+
+
+@pytest.mark.parametrize(("faults", "scenario", "check"), BROKEN_FAN_OUT)
+async def test_broken_server_fails_through_workers(
+    nursery: trio.Nursery, faults: Faults, scenario: str, check: str
+) -> None:
+    """Each worker sees only its share of the receivers: the merged outcome must still fail."""
+    url = await _proxied(nursery, faults)
+    options = replace(FAST, urls=(url,), scenarios=(scenario,), workers=2, seed=3)
+    with trio.fail_after(60):
+        report = await run_harness(options)
+    assert check in failed_checks(report), describe(report)
+    assert report.exit_code == 1
+
+
 async def test_cli_exits_1_on_a_broken_server(nursery: trio.Nursery, tmp_path: Path) -> None:
     url = await _proxied(nursery, Faults(drop_counted=3))
     path = tmp_path / "report.json"
@@ -106,6 +132,7 @@ async def test_cli_exits_1_on_a_broken_server(nursery: trio.Nursery, tmp_path: P
     command += ["--json", str(path)]
     command += ["--clients", "4", "--messages", "3", "--rate", "200", "--quiet"]
     command += ["--settle", "1"]  # the least the command line takes
+    command += ["--workers", "2"]
     with trio.fail_after(60):
         done = await trio.run_process(
             command, capture_stdout=True, capture_stderr=True, check=False
