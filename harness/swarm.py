@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from harness.tally import Tally
+from harness.tally import Tally, take_round
 from harness.wire import now_ns
 from triochat.client import Address, parse_url
 from triochat.errors import ConnectError, ConnectionLost
@@ -39,7 +39,7 @@ from triochat.protocol import encode
 from triochat.protocol.codec import decode_server
 from triochat.protocol.events import Hello, Ping, Pong, Quit, Say
 
-RECEIVE = 256 * 1024
+RECEIVE = 64 * 1024
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 PING = b'"type":"ping"'
 OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
@@ -262,6 +262,8 @@ class Swarm:
 
     def _round(self) -> None:
         stamp = now_ns()
+        tallies: list[Tally] = []
+        chunks: list[bytes] = []
         for fd, _ in self._poll.poll(0, MAX_READY):
             member = self._by_fd.get(fd)
             if member is None:
@@ -275,21 +277,33 @@ class Swarm:
             if not data:
                 self._closed(member)
                 continue
-            try:
-                lines = member.take(data)
-            except WireError:
-                member.tally.garbled += 1
-                self._closed(member)
-                continue
-            if lines:
-                member.tally.take(lines, stamp)
-                if PING in data:
-                    member.outbox += [
-                        member.frame(encode(Pong(token=p.token))) for p in _pings(lines)
-                    ]
-            if member.outbox:
-                self._owing.append(member)
-                self._owed.release()
+            if member.ws or member.pending or not data.endswith(b"\n") or PING in data:
+                data = self._lines(member, data)
+            if data:
+                tallies.append(member.tally)
+                chunks.append(data)
+        if chunks:
+            take_round(tallies, chunks, stamp)
+
+    def _lines(self, member: Member, data: bytes) -> bytes:
+        """The whole lines in ``data`` (framing taken off), each ending in a newline.
+
+        Pings are answered (through the outbox), and a member whose server broke
+        the framing is dropped.
+        """
+        try:
+            lines = member.take(data)
+        except WireError:
+            member.tally.garbled += 1
+            self._closed(member)
+            return b""
+        if PING in data:
+            pongs = [encode(Pong(token=ping.token)) for ping in _pings(lines)]
+            member.outbox += [member.frame(pong) for pong in pongs]
+        if member.outbox:
+            self._owing.append(member)
+            self._owed.release()
+        return b"".join(line + b"\n" for line in lines)
 
     def _closed(self, member: Member) -> None:
         member.closed_at_ns = now_ns()

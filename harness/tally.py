@@ -209,27 +209,8 @@ class Tally:
     # --- receiving ------------------------------------------------------------
 
     def take(self, lines: list[bytes], stamp: int | None = None) -> None:
-        """Account for a batch of raw lines received together at ``stamp`` (default: now).
-
-        One decoder call decodes them all.
-        """
-        if stamp is None:
-            stamp = now_ns()
-        try:
-            events = decode_lines(b"\n".join(lines))
-        except msgspec.DecodeError:  # some line is bad: decode one by one to count it
-            events = self._decode_each(lines)
-        book = self.book
-        self._account(events, stamp, book.slot(stamp) if book is not None else None)
-
-    def _decode_each(self, lines: list[bytes]) -> list[Line]:
-        events = []
-        for raw in lines:
-            try:
-                events.append(decode_line(raw))
-            except msgspec.DecodeError:  # any undecodable line is a defect to count
-                self.garbled += 1
-        return events
+        """Account for a batch of raw lines received together at ``stamp`` (default: now)."""
+        take_round([self], [b"\n".join(lines) + b"\n"], now_ns() if stamp is None else stamp)
 
     def take_line(self, line: Line, stamp: int, *, replayed: bool = False) -> None:
         """Account for one decoded event received at ``stamp``.
@@ -238,66 +219,10 @@ class Tally:
         checked like a live event, but its latency (it waited for a
         reconnection) does not go into the histogram.
         """
-        book = self.book
-        live = book is not None and not replayed
-        self._account([line], stamp, book.slot(stamp) if live and book is not None else None)
-
-    def _account(self, events: list[Line], stamp: int, slot: Slot | None) -> None:
-        """Every event of a batch received at ``stamp``; ``slot`` None: no latency.
-
-        Counted room messages are nearly all of the traffic: they are counted
-        right here, with everything they need in local variables, since this
-        runs once per delivery. Other events go to :meth:`_other`.
-        """
-        self.events += len(events)
-        book = self.book
-        room_seq = self._room_seq
-        counts = self._counts
-        highest = self._highest
-        planned = book.planned if book is not None else []
-        offsets = book.offsets if book is not None else []
-        latency = slot.latency_us if slot is not None else None
-        delivered = 0
-        for line in events:
-            room = line.room
-            if line.type != "message" or room is None or book is None:
-                self._other(line, stamp)
-                continue
-            seq = line.seq
-            last = room_seq.get(room)
-            if last is not None and seq != last + 1:
-                self.seq_defects += 1
-            room_seq[room] = seq
-            counted = parse_counted(line.text)
-            if counted is None:
-                continue
-            sender, n, scheduled = counted
-            if not (0 <= sender < len(planned) and 0 <= n < planned[sender]):
-                self.strangers += 1
-                continue
-            at = offsets[sender] + n
-            if counts[at] < 255:
-                counts[at] += 1
-            if n < highest[sender]:
-                self.out_of_order += 1
-            else:
-                highest[sender] = n
-            delivered += 1
-            if latency is not None:
-                us = (stamp - scheduled) // 1000
-                if us >= HDR_EXACT:  # hdr_value, inlined
-                    us = min(us, HIGHEST_US)
-                    shift = us.bit_length() - SIGNIFICANT_BITS
-                    us = us >> shift << shift
-                elif us < 1:
-                    us = 1
-                latency[us] = latency.get(us, 0) + 1
-        if delivered and book is not None:
-            book.delivered += delivered
-            book.last_receipt_ns = stamp
-            (slot or book.slot(stamp)).deliveries += delivered
+        _account([self], [line], stamp, live=not replayed)
 
     def _other(self, line: Line, stamp: int) -> None:
+        """Any event but a counted room message."""
         kind = line.type
         if kind in ("message", "joined", "left") and line.room is not None:
             self._room_event(line.room, line.seq)
@@ -353,3 +278,97 @@ class Tally:
 
     def left_of(self, nick: str) -> list[Leaving]:
         return [left for left in self.lefts if left.nick == nick]
+
+
+def take_round(tallies: list[Tally], chunks: list[bytes], stamp: int) -> None:
+    """Lines read in one round, ``chunks[i]`` (whole lines, each ending in a newline) for
+    ``tallies[i]``: decoded by one call and counted in one loop.
+
+    This runs once per delivery, so it does as little per line as it can: the
+    decoder call, the join and the loop's set-up are paid once per round.
+    """
+    try:
+        events = decode_lines(b"".join(chunks))
+    except msgspec.DecodeError:  # some line is bad: decode one by one to count it
+        _one_by_one(tallies, chunks, stamp)
+        return
+    if len(tallies) == 1:
+        owners = tallies * len(events)
+    else:
+        owners = []
+        for tally, chunk in zip(tallies, chunks, strict=True):
+            owners += [tally] * chunk.count(b"\n")
+    if len(owners) != len(events):  # blank lines: the decoder skips them
+        _one_by_one(tallies, chunks, stamp)
+        return
+    _account(owners, events, stamp)
+
+
+def _one_by_one(tallies: list[Tally], chunks: list[bytes], stamp: int) -> None:
+    for tally, chunk in zip(tallies, chunks, strict=True):
+        events = []
+        for raw in chunk.split(b"\n"):
+            if not raw:
+                continue
+            try:
+                events.append(decode_line(raw))
+            except msgspec.DecodeError:  # any undecodable line is a defect to count
+                tally.garbled += 1
+        _account([tally] * len(events), events, stamp)
+
+
+def _account(owners: list[Tally], events: list[Line], stamp: int, *, live: bool = True) -> None:
+    """``events[i]``, received by ``owners[i]`` at ``stamp``; ``live`` False: no latency.
+
+    Counted room messages are nearly all of the traffic: they are counted
+    right here; other events go to :meth:`Tally._other`.
+    """
+    book: Book | None = None
+    latency: dict[int, int] = {}
+    slot: Slot | None = None
+    for tally, line in zip(owners, events, strict=True):
+        tally.events += 1
+        room = line.room
+        if line.type != "message" or room is None or tally.book is None:
+            tally._other(line, stamp)
+            continue
+        if tally.book is not book:
+            book = tally.book
+            slot = book.slot(stamp)
+            latency = slot.latency_us
+        seq = line.seq
+        room_seq = tally._room_seq
+        last = room_seq.get(room)
+        if last is not None and seq != last + 1:
+            tally.seq_defects += 1
+        room_seq[room] = seq
+        counted = parse_counted(line.text)
+        if counted is None:
+            continue
+        sender, n, scheduled = counted
+        planned = book.planned
+        if not (0 <= sender < len(planned) and 0 <= n < planned[sender]):
+            tally.strangers += 1
+            continue
+        counts = tally._counts
+        at = book.offsets[sender] + n
+        if counts[at] < 255:
+            counts[at] += 1
+        highest = tally._highest
+        if n < highest[sender]:
+            tally.out_of_order += 1
+        else:
+            highest[sender] = n
+        book.delivered += 1
+        book.last_receipt_ns = stamp
+        assert slot is not None
+        slot.deliveries += 1
+        if live:
+            us = (stamp - scheduled) // 1000
+            if us >= HDR_EXACT:  # hdr_value, inlined
+                us = min(us, HIGHEST_US)
+                shift = us.bit_length() - SIGNIFICANT_BITS
+                us = us >> shift << shift
+            elif us < 1:
+                us = 1
+            latency[us] = latency.get(us, 0) + 1
