@@ -74,7 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"messages per second offered by all senders, {MIN_RATE:g} or more (auto)",
     )
     p.add_argument(
-        "--duration", type=argtypes.positive, default=3.0, help="seconds of connect/leave churn (3)"
+        "--duration",
+        type=argtypes.positive,
+        help="seconds of load: broadcast sends at --rate for this long (unless --messages is"
+        " given), churn churns this long (default: broadcast's message count, 3 s of churn)",
     )
     p.add_argument(
         "--scenario",

@@ -86,6 +86,9 @@ class Report:
     settings: dict[str, Figure]
     run_id: str = ""
     """The prefix of every room and nick this run used (``h<hex>``)."""
+    seed: int = 0
+    """The seed the scenarios' random choices came from (given, or drawn for the run)."""
+    workers: int = 1
     scenarios: list[ScenarioResult] = field(default_factory=list)
     """Finished scenarios only, in the order they ran."""
     notes: list[str] = field(default_factory=list)
@@ -110,6 +113,8 @@ class Report:
             "interrupted": self.interrupted.as_json() if self.interrupted else None,
             "target": self.target,
             "run_id": self.run_id,
+            "seed": self.seed,
+            "workers": self.workers,
             "clients": self.clients,
             "settings": self.settings,
             "notes": self.notes,

@@ -66,6 +66,33 @@ class Outcome(msgspec.Struct, kw_only=True, tag=True):
         return max(end - self.started_ns, 1) / 1e9
 
 
+GROWTH_FACTOR = 2.0
+GROWTH_FLOOR_MS = 100.0
+"""Latency at the end of a phase above both ``GROWTH_FACTOR`` x and ``GROWTH_FLOOR_MS`` more
+than at its start: the receivers' queue grew all along, the offered rate was not sustained."""
+
+
+def latency_trend(outcome: Outcome) -> tuple[float, float] | None:
+    """Median latency of the first and of the last third of the phase (by receipt time).
+
+    None when the phase is too short to have thirds (fewer than 3 slots with latency).
+    """
+    slots = [slot for _, slot in sorted(outcome.timeline.items()) if slot.latency_us]
+    third = len(slots) // 3
+    if not third:
+        return None
+    first, last = Latency(), Latency()
+    for slot in slots[:third]:
+        first.add_counts(slot.latency_us)
+    for slot in slots[-third:]:
+        last.add_counts(slot.latency_us)
+    return first.ms(50), last.ms(50)
+
+
+def fell_behind(start_ms: float, end_ms: float) -> bool:
+    return end_ms > max(GROWTH_FACTOR * start_ms, start_ms + GROWTH_FLOOR_MS)
+
+
 def merge(parts: list[Outcome]) -> Outcome:
     """The outcome of all receivers of ``parts`` (one phase, split over processes).
 

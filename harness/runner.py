@@ -63,11 +63,14 @@ async def _run_harness(
     stop_on: Collection[signal.Signals],
 ) -> Report:
     ctx = Context(options, progress=progress)
+    assert options.seed is not None  # with_seed gave it one
     report = Report(
         target=_describe(options),
         clients=options.clients,
         settings=_settings(options),
         run_id=ctx.run_id,
+        seed=options.seed,
+        workers=options.workers,
     )
     running: list[str | None] = [None]
     """The scenario in hand, for the signal watcher to name."""
@@ -211,10 +214,12 @@ def _settings(options: Options) -> dict[str, int | float | str]:
         "messages_per_client": options.messages_per_client(),
         "rate_per_s": round(options.send_rate(), 2),
         "fault_messages": options.fault_messages(),
-        "duration_s": options.duration,
+        "duration_s": options.duration if options.duration is not None else "none",
+        "broadcast_messages": options.broadcast_messages(),
+        "workers": options.workers,
         "evict_within_s": options.evict_within,
         "settle_s": options.settle,
-        "seed": options.seed if options.seed is not None else "random",
+        "seed": options.seed if options.seed is not None else 0,
         "scenarios": ",".join(options.scenarios),
         "transport": "urls" if options.urls else options.transport,
     }

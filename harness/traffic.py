@@ -25,7 +25,7 @@ from harness.context import Context
 from harness.fleet import SEND_ERRORS, Fleet, Sim
 from harness.meter import add_phase
 from harness.model import ScenarioResult
-from harness.outcome import Outcome, Usage, judge
+from harness.outcome import Outcome, Usage, fell_behind, judge, latency_trend
 from harness.tally import Book
 from harness.wire import counted_text, now_ns
 
@@ -187,6 +187,27 @@ def outcome_checks(
     result.figures[f"{key}max_send_lag_ms"] = round(outcome.max_send_lag_ms, 2)
     result.timelines[label or "traffic"] = outcome.timeline
     add_phase(outcome)
+    _trend(result, label, outcome)
+
+
+def _trend(result: ScenarioResult, label: str, outcome: Outcome) -> None:
+    """Say so when latency grew through the phase: the offered rate was not sustained."""
+    trend = latency_trend(outcome)
+    if trend is None:
+        return
+    start, end = trend
+    key = f"{label}_" if label else ""
+    result.figures[f"{key}start_p50_ms"] = round(start, 2)
+    result.figures[f"{key}end_p50_ms"] = round(end, 2)
+    behind = fell_behind(start, end)
+    result.figures[f"{key}kept_up"] = "no" if behind else "yes"
+    if behind:
+        result.notes.append(
+            f"{label or 'traffic'}: latency grew from a median of {start:.0f} ms (first third)"
+            f" to {end:.0f} ms (last third): messages queued up all along, so the offered"
+            f" rate was more than was sustained (the server's, or the harness's if"
+            f" harness_cpu_share is near 1); these latencies measure that queue"
+        )
 
 
 async def open_members(

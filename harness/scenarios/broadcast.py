@@ -61,7 +61,7 @@ async def _in_process(ctx: Context, result: ScenarioResult, urls: list[str]) -> 
         sims = await open_members(ctx, fleet, NAME, room, n)
         if connect_check_counts(result, len(fleet.connected()), n, _first_failure(sims)):
             live = fleet.connected()
-            total = n * ctx.options.messages_per_client()
+            total = ctx.options.broadcast_messages()
             phase = await run_phase(ctx, NAME, "", room, live, live, total)
             delivery_checks(result, phase)
             result.figures["messages"] = sum(phase.book.sent)
@@ -108,7 +108,7 @@ async def _open(ctx: Context, shards: list[Handler], urls: list[str], n: int) ->
 
 async def _traffic(ctx: Context, shards: list[Handler], connected: list[int]) -> Outcome:
     senders = sum(connected)
-    total = ctx.options.clients * ctx.options.messages_per_client()
+    total = ctx.options.broadcast_messages()
     rate = ctx.options.send_rate()
     expect(Planned, await each(shards, [PlanOrder(total, senders)] * len(shards)))
     started_ns = now_ns() + START_DELAY_NS
