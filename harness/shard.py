@@ -56,6 +56,8 @@ class OpenOrder(msgspec.Struct, tag=True):
 class Opened(msgspec.Struct, tag=True):
     connected: int
     first_failure: str | None
+    per_url: dict[str, int] = msgspec.field(default_factory=dict)
+    """Members connected through each URL."""
 
 
 class PlanOrder(msgspec.Struct, tag=True):
@@ -144,7 +146,11 @@ class Shard:
         for member, early in sorted(joined, key=lambda pair: pair[0].index):
             self.swarm.add(member, early)
         self._nursery.start_soon(self._read)
-        return Opened(len(joined), failures[0] if failures else None)
+        per_url: dict[str, int] = {}
+        for member, _ in joined:
+            url = order.urls[member.index % len(order.urls)]
+            per_url[url] = per_url.get(url, 0) + 1
+        return Opened(len(joined), failures[0] if failures else None, per_url)
 
     async def _read(self) -> None:
         with self._reading:

@@ -82,6 +82,7 @@ async def _sharded(ctx: Context, result: ScenarioResult, urls: list[str]) -> Non
         failure = next((o.first_failure for o in opened if o.first_failure), None)
         if connected == 0:
             raise Unreachable(failure or "no client could connect")
+        result.figures["connected_per_url"] = _per_url(urls, opened)
         if connect_check_counts(result, connected, n, failure):
             outcome = await _traffic(ctx, shards, [o.connected for o in opened])
             outcome_checks(result, "", outcome)
@@ -91,6 +92,12 @@ async def _sharded(ctx: Context, result: ScenarioResult, urls: list[str]) -> Non
     for part in closed:
         add_worker(WorkerUsage(cpu_s=part.cpu_s if workers > 1 else 0.0, events=part.events))
     result.figures["workers"] = workers
+
+
+def _per_url(urls: list[str], opened: list[Opened]) -> str:
+    """``url: clients`` for each URL, in the order given (spread round-robin)."""
+    counts = {url: sum(o.per_url.get(url, 0) for o in opened) for url in urls}
+    return ", ".join(f"{url}: {count}" for url, count in counts.items())
 
 
 async def _open(ctx: Context, shards: list[Handler], urls: list[str], n: int) -> list[Opened]:
