@@ -127,27 +127,30 @@ class Shard:
         self._room = order.room
         limiter = trio.CapacityLimiter(CONNECTS_IN_FLIGHT)
         failures: list[str] = []
-        joined: list[tuple[Member, list[bytes]]] = []
+        joined: list[Member] = []
 
         async def one(i: int, nick: str) -> None:
             index = order.first_index + i
             url = order.urls[index % len(order.urls)]
             async with limiter:
                 try:
-                    joined.append(
-                        await connect(index, url, nick, [order.room], order.connect_within)
+                    member, early = await connect(
+                        index, url, nick, [order.room], order.connect_within
                     )
                 except (TriochatError, ProtocolError, OSError) as exc:
                     failures.append(str(exc))
+                    return
+            # Read it from now on: every later member's join reaches it, and a member
+            # left unread until all are in would be evicted by the server, its outbox full.
+            self.swarm.add(member, early)
+            joined.append(member)
 
+        self._nursery.start_soon(self._read)
         async with trio.open_nursery() as nursery:
             for i, nick in enumerate(order.nicks):
                 nursery.start_soon(one, i, nick)
-        for member, early in sorted(joined, key=lambda pair: pair[0].index):
-            self.swarm.add(member, early)
-        self._nursery.start_soon(self._read)
         per_url: dict[str, int] = {}
-        for member, _ in joined:
+        for member in joined:
             url = order.urls[member.index % len(order.urls)]
             per_url[url] = per_url.get(url, 0) + 1
         return Opened(len(joined), failures[0] if failures else None, per_url)

@@ -171,18 +171,28 @@ def _raise_open_files() -> None:
 
 
 async def _serve() -> None:
-    orders = trio.lowlevel.FdStream(os.dup(0))
+    """Carry out orders until stdin ends; then stop at once, whatever step is under way
+    (the coordinator has gone, or is done with this worker)."""
     answers = trio.lowlevel.FdStream(os.dup(1))
+    send, receive = trio.open_memory_channel[bytes](1)
     async with trio.open_nursery() as nursery:
+        nursery.start_soon(_read_orders, send, nursery.cancel_scope)
         shard = Shard(nursery)
-        while (body := await _read_frame(orders)) is not None:
+        async for body in receive:
             try:
                 answer = await shard.handle(_orders.decode(body))
             except Exception as exc:  # reported to the coordinator, which fails the scenario
                 traceback.print_exc()
                 answer = Failed(f"{type(exc).__name__}: {exc}")
             await answers.send_all(_frame(answer))
-        nursery.cancel_scope.cancel()
+
+
+async def _read_orders(send: trio.MemorySendChannel[bytes], everything: trio.CancelScope) -> None:
+    orders = trio.lowlevel.FdStream(os.dup(0))
+    async with send:
+        while (body := await _read_frame(orders)) is not None:
+            await send.send(body)
+    everything.cancel()
 
 
 def main() -> None:
