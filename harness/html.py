@@ -22,7 +22,10 @@ STYLE = """
 body { font-family: sans-serif; margin: 2em; max-width: 1100px; color: #222; }
 h1 { margin-bottom: 0.2em; }
 .verdict { font-weight: bold; padding: 0.1em 0.5em; border-radius: 4px; color: white; }
-.pass { background: #2e7d32; } .fail { background: #c62828; } .skip { background: #9e9d24; }
+.verdict.pass { background: #2e7d32; } .verdict.fail { background: #c62828; }
+.verdict.skip { background: #9e9d24; }
+tr.pass td { background: #e8f5e9; } tr.fail td { background: #ffebee; }
+tr.skip td { background: #f9fbe7; }
 table { border-collapse: collapse; margin: 0.5em 0 1em; }
 td, th { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
 section.scenario { border-top: 2px solid #888; margin-top: 2em; }
