@@ -3,16 +3,17 @@
 A worker is ``python -m harness.workers``, started fresh (nothing inherited
 but the environment). It reads orders on stdin and writes answers on stdout,
 each a msgpack message after its 4-byte length, in order, one answer per
-order; its stderr is the coordinator's. It ignores SIGINT and SIGTERM (a
-Ctrl-C reaches the whole process group): the coordinator decides when it
-stops, by closing its stdin or killing it.
+order; its stderr is the coordinator's. It runs in a session of its own, so a
+terminal's Ctrl-C (sent to the whole foreground process group, and possibly
+while the worker is still starting) reaches only the coordinator, which
+decides when workers stop: it closes their stdin (a worker stops at once when
+its stdin ends, whatever it is doing) or, failing that, kills them.
 """
 
 from __future__ import annotations
 
 import os
 import resource
-import signal
 import subprocess
 import sys
 import traceback
@@ -122,6 +123,7 @@ async def _run_process(
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         check=False,
+        start_new_session=True,
         task_status=task_status,
     )
 
@@ -196,8 +198,6 @@ async def _read_orders(send: trio.MemorySendChannel[bytes], everything: trio.Can
 
 
 def main() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _raise_open_files()
     trio.run(_serve)
 
