@@ -98,12 +98,18 @@ async def run_phase(
     async with trio.open_nursery() as nursery:
         for j, sim in enumerate(senders):
             nursery.start_soon(_send_series, phase, room, j, sim, rate)
-        settle = max(ctx.options.settle, total * len(receivers) / DELIVERIES_PER_SECOND_FLOOR)
-        settle += extra_settle
-        deadline = trio.current_time() + total / rate + settle
+        wait = phase_wait_s(ctx, total, len(receivers), rate) + extra_settle
+        deadline = trio.current_time() + wait
         phase.complete = await _await_deliveries(ctx, phase, nursery, deadline)
         nursery.cancel_scope.cancel()
     return phase
+
+
+def phase_wait_s(ctx: Context, total: int, receivers: int, rate: float) -> float:
+    """How long a phase may take: its schedule, then ``--settle`` for stragglers (more when
+    it has more deliveries than :data:`DELIVERIES_PER_SECOND_FLOOR` x ``--settle``)."""
+    settle = max(ctx.options.settle, total * receivers / DELIVERIES_PER_SECOND_FLOOR)
+    return total / rate + settle
 
 
 async def _send_series(phase: Phase, room: str, j: int, sim: Sim, rate: float) -> None:

@@ -29,12 +29,12 @@ from harness.shard import (
 )
 from harness.swarm import lean_url
 from harness.traffic import (
-    DELIVERIES_PER_SECOND_FLOOR,
     START_DELAY_NS,
     connect_check_counts,
     delivery_checks,
     open_members,
     outcome_checks,
+    phase_wait_s,
     plan,
     run_phase,
 )
@@ -127,8 +127,7 @@ async def _traffic(ctx: Context, shards: list[Handler], connected: list[int]) ->
     ctx.progress(f"{NAME}: sending {total} messages at {rate:g}/s", 0, 1)
     sent_parts = expect(Sent, await each(shards, orders))
     sent = [sum(column) for column in zip(*(part.sent for part in sent_parts), strict=True)]
-    settle = max(ctx.options.settle, total * senders / DELIVERIES_PER_SECOND_FLOOR)
-    deadline_ns = started_ns + int((total / rate + settle) * 1e9)
+    deadline_ns = started_ns + int(phase_wait_s(ctx, total, senders, rate) * 1e9)
     ctx.progress(f"{NAME}: waiting for {sum(sent) * senders} deliveries", 0, 1)
     settle_orders = [SettleOrder(sent, deadline_ns)] * len(shards)
     return merge(expect(Outcome, await each(shards, settle_orders)))
