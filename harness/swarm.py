@@ -25,7 +25,6 @@ import hashlib
 import os
 import select
 import socket
-from collections.abc import Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
 
@@ -103,18 +102,25 @@ class Member:
 
     def take(self, data: bytes) -> list[bytes]:
         """The complete lines in ``data`` (with what came before it); answers go to outbox."""
+        return [line for line in self.chunk(data).split(b"\n") if line]
+
+    def chunk(self, data: bytes) -> bytes:
+        """The complete lines in ``data`` (with what came before it), each ending in a
+        newline, framing taken off; answers (pongs, a close) go to the outbox."""
         if self.ws:
             self.pending += data
-            return list(self._frames())
-        if not self.pending and data.endswith(b"\n") and b"\n\n" not in data:
-            return data.split(b"\n")[:-1]  # the usual case: whole lines, no blank one
+            return self._frames()
+        if not self.pending and data.endswith(b"\n"):
+            return data  # the usual case: whole lines
         self.pending += data
-        *lines, rest = self.pending.split(b"\n")
-        self.pending = rest
-        return [bytes(line) for line in lines if line]
+        end = self.pending.rfind(b"\n") + 1
+        whole = bytes(self.pending[:end])
+        del self.pending[:end]
+        return whole
 
-    def _frames(self) -> Iterator[bytes]:
+    def _frames(self) -> bytes:
         buf = self.pending
+        out = bytearray()
         at = 0
         while len(buf) - at >= 2:
             head, size = buf[at], buf[at + 1]
@@ -130,17 +136,23 @@ class Member:
                 size = int.from_bytes(buf[at + 2 : start]) if len(buf) >= start else -1
             if size < 0 or len(buf) < start + size:
                 break
-            payload = bytes(buf[start : start + size])
-            at = start + size
-            yield from self._message(head & 0x80, head & 0x0F, payload)
+            end = start + size
+            if head == 0x80 | OP_TEXT and not self.fragments:  # the usual case: a whole message
+                out += buf[start:end]
+                out += b"\n"
+            else:
+                self._message(head & 0x80, head & 0x0F, bytes(buf[start:end]), out)
+            at = end
         del buf[:at]
+        return bytes(out)
 
-    def _message(self, final: int, opcode: int, payload: bytes) -> Iterator[bytes]:
+    def _message(self, final: int, opcode: int, payload: bytes, out: bytearray) -> None:
         if opcode in (OP_TEXT, OP_CONTINUATION, OP_BINARY):
-            self.fragments += payload if opcode != OP_BINARY else b"\xff"  # undecodable
+            # A binary message is no protocol line: it stands as an undecodable one.
+            self.fragments += payload if opcode != OP_BINARY else b"\xff"
             if final:
-                message, self.fragments = bytes(self.fragments), bytearray()
-                yield from (line for line in message.split(b"\n") if line)
+                out += self.fragments + b"\n"
+                self.fragments = bytearray()
         elif opcode == OP_PING:
             self.outbox.append(ws_frame(payload, OP_PONG))
         elif opcode == OP_CLOSE:
@@ -292,18 +304,18 @@ class Swarm:
         the framing is dropped.
         """
         try:
-            lines = member.take(data)
+            whole = member.chunk(data)
         except WireError:
             member.tally.garbled += 1
             self._closed(member)
             return b""
-        if PING in data:
-            pongs = [encode(Pong(token=ping.token)) for ping in _pings(lines)]
+        if PING in whole:
+            pongs = [encode(Pong(token=ping.token)) for ping in _pings(whole.split(b"\n"))]
             member.outbox += [member.frame(pong) for pong in pongs]
         if member.outbox:
             self._owing.append(member)
             self._owed.release()
-        return b"".join(line + b"\n" for line in lines)
+        return whole
 
     def _closed(self, member: Member) -> None:
         member.closed_at_ns = now_ns()
