@@ -267,12 +267,13 @@ class Swarm:
             try:
                 while True:
                     await trio.lowlevel.wait_readable(self._poll)
-                    self._round()
+                    self.read_ready()
                     await trio.sleep(ROUND_PAUSE)
             finally:
                 nursery.cancel_scope.cancel()
 
-    def _round(self) -> None:
+    def read_ready(self) -> None:
+        """One round: read every member whose socket has data, and count what came."""
         stamp = now_ns()
         tallies: list[Tally] = []
         chunks: list[bytes] = []
