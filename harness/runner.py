@@ -20,6 +20,7 @@ from harness.meter import METER, SATURATED_SHARE, Meter
 from harness.model import Interruption, Report, ScenarioResult
 from harness.options import Options
 from harness.registry import SCENARIOS
+from harness.scenarios.broadcast import NAME as SHARDED  # --workers spreads its clients
 from harness.trust import CAFILE, open_client
 from triochat.client import parse_url
 from triochat.errors import ConnectError, Rejected
@@ -129,19 +130,27 @@ async def _run_one(ctx: Context, name: str) -> ScenarioResult:
     finally:
         METER.reset(metering)
     result.seconds = trio.current_time() - started
-    _record_usage(result, meter)
+    _record_usage(ctx.options, result, meter)
     return result
 
 
-def _record_usage(result: ScenarioResult, meter: Meter) -> None:
+def _record_usage(options: Options, result: ScenarioResult, meter: Meter) -> None:
     figures = meter.figures()
     result.figures.update(figures)
-    if figures["harness_cpu_share"] >= SATURATED_SHARE:
-        result.notes.append(
-            f"the harness was near saturation (its busiest process used"
-            f" {figures['harness_cpu_share']:.0%} of a core): its latencies describe the"
-            " harness as much as the server; more --workers, or fewer clients, would tell"
-        )
+    share = figures["harness_cpu_share"]
+    if share < SATURATED_SHARE:
+        return
+    sharded = result.name == SHARDED and options.workers > 1
+    if options.own_server and not sharded:
+        why = "; it also runs the server under test (with --url the server runs apart)"
+    elif result.name == SHARDED:
+        why = "; more --workers, or fewer clients, would tell"
+    else:
+        why = ""
+    result.notes.append(
+        f"the harness was near saturation (its busiest process used {share:.0%} of a core):"
+        f" its latencies describe the harness as much as the server{why}"
+    )
 
 
 async def _watch(
