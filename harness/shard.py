@@ -117,6 +117,7 @@ class Shard:
         self._nursery = nursery
         self.swarm = Swarm()
         self._reading = trio.CancelScope()
+        self._read_done = trio.Event()
         self._book: Book | None = None
         self._room = ""
         self._sent: Sent | None = None
@@ -156,8 +157,11 @@ class Shard:
         return Opened(len(joined), failures[0] if failures else None, per_url)
 
     async def _read(self) -> None:
-        with self._reading:
-            await self.swarm.run()
+        try:
+            with self._reading:
+                await self.swarm.run()
+        finally:
+            self._read_done.set()
 
     def plan(self, order: PlanOrder) -> Planned:
         book = Book(plan(order.total, order.senders))
@@ -231,6 +235,7 @@ class Shard:
     async def close(self) -> Closed:
         await self.swarm.quit(QUIT_REASON, QUIT_GRACE)
         self._reading.cancel()
+        await self._read_done.wait()  # no task waits on the sockets when they close
         self.swarm.release()
         events = sum(member.tally.events for member in self.swarm.members)
         return Closed(round(time.process_time() - self._started_cpu_s, 3), events)

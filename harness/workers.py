@@ -96,9 +96,17 @@ Handler = Callable[[Order], Awaitable[Answer]]
 async def open_shards(count: int) -> AsyncIterator[list[Handler]]:
     """``count`` shards: in this process for 1, else one worker process each."""
     if count == 1:
-        async with trio.open_nursery() as nursery:
-            yield [Shard(nursery).handle]
-            nursery.cancel_scope.cancel()
+        shards: list[Shard] = []
+        try:
+            async with trio.open_nursery() as nursery:
+                shards.append(Shard(nursery))
+                try:
+                    yield [shards[0].handle]
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:  # its reader has stopped: release what a run cut short did not close
+            for shard in shards:
+                shard.swarm.release()
         return
     async with trio.open_nursery() as nursery:
         processes = [await _start(nursery) for _ in range(count)]
