@@ -110,3 +110,30 @@ async def test_ctrl_c_during_a_sharded_broadcast_stops_the_workers_too() -> None
     assert code == 130, err
     assert err == b"harness: interrupted during scenario broadcast (0 of 1 scenarios finished)\n"
     assert _alive(workers) == []
+
+
+async def test_a_worker_that_dies_fails_the_scenario_with_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "report.json"
+    command = [*HARNESS, "--scenario", "broadcast", "--clients", "6", "--workers", "2"]
+    command += ["--rate", "5", "--duration", "60", "--transport", "tcp", "--json", str(path)]
+    with trio.fail_after(60):
+        process = await trio.lowlevel.open_process(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        workers: list[int] = []
+        while len(workers) < 2:
+            await trio.sleep(0.05)
+            workers = _children(process.pid)
+        os.kill(workers[1], signal.SIGKILL)
+        assert process.stderr is not None
+        err = b""
+        while chunk := await process.stderr.receive_some():
+            err += chunk
+        code = await process.wait()
+    assert code == 1, err
+    assert b"Traceback" not in err
+    checks = json.loads(path.read_text())["scenarios"][0]["checks"]
+    crash = next(check for check in checks if check["name"] == "ran to completion")
+    assert crash["status"] == "fail"
+    assert "WorkerFailed" in crash["observed"]
+    assert "exit status -9" in crash["observed"]
