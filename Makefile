@@ -21,12 +21,14 @@ serve: $(STAMP)
 	$(BIN)/triochat serve $(ARGS)
 
 # tmux is used by the terminal check of the TUI, openssl (s_client) by the TLS tests,
-# redis-server (with redis-cli) by the Redis tests (tests/redisd.py); each installed
+# redis-server (with redis-cli) by the Redis tests (tests/redisd.py), chromium by the test
+# that opens `harness --html`'s page in a headless browser; each installed
 # when missing and we may.
 system-deps:
 	@command -v tmux >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq tmux >/dev/null) || true; }
 	@command -v openssl >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq openssl >/dev/null) || true; }
 	@command -v redis-server >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq redis-server >/dev/null) || true; }
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || true; }
 
 # The suite mostly waits (servers, timeouts, subprocesses): 4 workers on 2 cores were the
 # fastest measured (2: 45-49 s, 3: 34-36 s, 4: 28-31 s, 6: 29-33 s). TEST_WORKERS=0 runs serially.

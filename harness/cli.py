@@ -20,11 +20,14 @@ from functools import partial
 import trio
 from rich.console import Console
 
+from harness.compare import compare_main
 from harness.fleet import Unreachable
+from harness.html import html_problem, write_html
 from harness.model import EXIT_SIGNAL_BASE, EXIT_USAGE, Report
 from harness.options import MIN_CLIENTS, SCENARIOS, Options
 from harness.report import Display, interruption_line, render, write_json
 from harness.runner import run_harness
+from harness.workers import default_workers
 from triochat import argtypes
 from triochat.client import parse_url, tls_for
 from triochat.errors import ConnectError
@@ -73,7 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"messages per second offered by all senders, {MIN_RATE:g} or more (auto)",
     )
     p.add_argument(
-        "--duration", type=argtypes.positive, default=3.0, help="seconds of connect/leave churn (3)"
+        "--duration",
+        type=argtypes.positive,
+        help="seconds of load: broadcast sends at --rate for this long (unless --messages is"
+        " given), churn churns this long (default: broadcast's message count, 3 s of churn)",
     )
     p.add_argument(
         "--scenario",
@@ -99,7 +105,19 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("ws", "tcp"),
         help=f"in-process server's transport ({DEFAULT_TRANSPORT}); not with --url",
     )
+    p.add_argument(
+        "--workers",
+        type=argtypes.positive_int,
+        default=default_workers(),
+        help="processes broadcast's clients are spread over (the number of cores:"
+        f" {default_workers()}); 1 runs them in the harness's own process",
+    )
     p.add_argument("--json", metavar="PATH", help="write a machine-readable report to PATH")
+    p.add_argument(
+        "--html",
+        metavar="PATH",
+        help="write a self-contained HTML page (verdicts, checks, latency plots) to PATH",
+    )
     p.add_argument(
         "--seed",
         type=int,
@@ -171,6 +189,8 @@ def options_from(args: argparse.Namespace) -> Options:
         cafile=args.cafile,
         transport=args.transport,
         json_path=args.json,
+        html_path=args.html,
+        workers=args.workers,
         seed=args.seed,
         evict_within=args.evict_within,
         settle=args.settle,
@@ -208,24 +228,31 @@ def _usage_problem(options: Options) -> str | None:
         except ConnectError as exc:
             return str(exc)
     if options.json_path:
-        return _json_path_problem(options.json_path)
+        problem = _path_problem("--json", options.json_path)
+        if problem:
+            return problem
+    if options.html_path:
+        return _path_problem("--html", options.html_path) or html_problem()
     return None
 
 
-def _json_path_problem(path: str) -> str | None:
+def _path_problem(flag: str, path: str) -> str | None:
     """Refuse now a report path that could only fail once the run is over."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        return f"--json {path}: no such directory {folder}"
+        return f"{flag} {path}: no such directory {folder}"
     if os.path.isdir(path):
-        return f"--json {path}: is a directory (give a file name)"
+        return f"{flag} {path}: is a directory (give a file name)"
     if not os.access(folder, os.W_OK):
-        return f"--json {path}: cannot write in {folder}"
+        return f"{flag} {path}: cannot write in {folder}"
     return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    options = options_from(parse_args(argv))
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    if arguments[:1] == ["compare"]:
+        return compare_main(arguments[1:])
+    options = options_from(parse_args(arguments))
     problem = _usage_problem(options)
     if problem:
         print(f"harness: {problem}", file=sys.stderr)
@@ -249,6 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     render(console, report, verbose=options.verbose)
     if options.json_path:
         write_json(options.json_path, report)
+    if options.html_path:
+        write_html(options.html_path, report)
     if report.interrupted is not None:
         print(f"harness: {interruption_line(report)}", file=sys.stderr)
     return report.exit_code

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import trio
 from wsproto.utilities import LocalProtocolError
 
+from harness.meter import register
 from harness.tally import Tally
 from harness.trust import open_client
 from harness.wire import now_ns
@@ -78,8 +79,9 @@ class Fleet:
         self.sims: list[Sim] = []
         self.limits: Limits | None = None
         self.close_races = 0
-        self.connect_timeout = CONNECT_TIMEOUT
         """Clients whose polite close hit trio-websocket's Pong-after-Close race."""
+        self.connect_timeout = CONNECT_TIMEOUT
+        register(self)
 
     async def open(self, nicks: list[str], rooms: list[str]) -> list[Sim]:
         """Connect one client per nick (URLs round-robin); return once all are settled."""

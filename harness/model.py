@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from harness.tally import Slot
+
 Figure = int | float | str
 
 EXIT_PASSED = 0
@@ -41,6 +43,8 @@ class ScenarioResult:
     figures: dict[str, Figure] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    timelines: dict[str, dict[int, Slot]] = field(default_factory=dict)
+    """Per traffic phase (its label, or ``traffic``): deliveries and latency per slot."""
 
     def check(self, name: str, criterion: str, passed: bool | None, observed: object) -> bool:
         self.checks.append(Check(name, criterion, passed, str(observed)))
@@ -82,6 +86,9 @@ class Report:
     settings: dict[str, Figure]
     run_id: str = ""
     """The prefix of every room and nick this run used (``h<hex>``)."""
+    seed: int = 0
+    """The seed the scenarios' random choices came from (given, or drawn for the run)."""
+    workers: int = 1
     scenarios: list[ScenarioResult] = field(default_factory=list)
     """Finished scenarios only, in the order they ran."""
     notes: list[str] = field(default_factory=list)
@@ -106,6 +113,8 @@ class Report:
             "interrupted": self.interrupted.as_json() if self.interrupted else None,
             "target": self.target,
             "run_id": self.run_id,
+            "seed": self.seed,
+            "workers": self.workers,
             "clients": self.clients,
             "settings": self.settings,
             "notes": self.notes,

@@ -40,6 +40,8 @@ PER_CLIENT_RATE = 10.0
 """Messages per second one simulated client sends by default."""
 MAX_DELIVERIES = 1_000_000
 """Broadcast deliveries (messages x receivers) the default message count aims under."""
+CHURN_SECONDS = 3.0
+"""How long ``churn`` runs without ``--duration``."""
 FAULT_MESSAGES = 200
 """Messages the traffic of a fault scenario carries, at most (fault scenarios test faults)."""
 
@@ -51,8 +53,10 @@ class Options:
     """Messages each client sends in ``broadcast``; None derives it from ``clients``."""
     rate: float | None = None
     """Messages per second offered by all senders together; None derives it."""
-    duration: float = 3.0
-    """Seconds ``churn`` keeps clients coming and going."""
+    duration: float | None = None
+    """Seconds of load: ``broadcast`` sends at ``rate`` for this long (unless
+    ``messages`` is given) and ``churn`` churns this long; None: :data:`CHURN_SECONDS`
+    of churn."""
     scenarios: tuple[str, ...] = SCENARIOS
     urls: tuple[str, ...] = ()
     """Servers to test; empty starts one in-process."""
@@ -68,6 +72,10 @@ class Options:
     """Seconds to wait for deliveries after the last scheduled send, at least."""
     password: str | None = None
     """The password ``security`` registers its owner's nick with; None: a fresh one."""
+    workers: int = 1
+    """Processes ``broadcast``'s clients are spread over (1: this process)."""
+    html_path: str | None = None
+    """Where to write the self-contained HTML report (None: none)."""
     quiet: bool = False
     verbose: bool = False
     """The report lists every check with its criterion, and every figure."""
@@ -85,6 +93,16 @@ class Options:
         if self.rate is not None:
             return self.rate
         return max(5.0, min(self.clients * PER_CLIENT_RATE, 50_000 / self.clients))
+
+    def broadcast_messages(self) -> int:
+        """Messages ``broadcast`` sends: ``messages`` per client when given, else ``rate`` x
+        ``duration`` when that is given, else the automatic count per client."""
+        if self.messages is None and self.duration is not None:
+            return max(1, round(self.send_rate() * self.duration))
+        return self.clients * self.messages_per_client()
+
+    def churn_seconds(self) -> float:
+        return CHURN_SECONDS if self.duration is None else self.duration
 
     def fault_messages(self) -> int:
         return min(FAULT_MESSAGES, self.clients * self.messages_per_client())

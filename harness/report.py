@@ -148,6 +148,9 @@ HIGHLIGHTS = {
     "replayed_events": "{} events replayed",
     "churn_rooms_created": "{} churn rooms made",
     "connections_refused": "{} connections refused",
+    "kept_up": "kept up: {}",
+    "harness_cpu_us_per_delivery": "harness {} µs/delivery",
+    "harness_cpu_share": "harness CPU share {}",
 }
 """Scenario-specific figures worth a glance; the rest are in --verbose and the JSON."""
 

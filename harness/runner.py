@@ -16,9 +16,11 @@ import trio
 
 from harness.context import Context, Progress
 from harness.fleet import Unreachable, quit_and_wait
+from harness.meter import METER, SATURATED_SHARE, Meter
 from harness.model import Interruption, Report, ScenarioResult
 from harness.options import Options
 from harness.registry import SCENARIOS
+from harness.scenarios.broadcast import NAME as SHARDED  # --workers spreads its clients
 from harness.trust import CAFILE, open_client
 from triochat.client import parse_url
 from triochat.errors import ConnectError, Rejected
@@ -62,11 +64,14 @@ async def _run_harness(
     stop_on: Collection[signal.Signals],
 ) -> Report:
     ctx = Context(options, progress=progress)
+    assert options.seed is not None  # with_seed gave it one
     report = Report(
         target=_describe(options),
         clients=options.clients,
         settings=_settings(options),
         run_id=ctx.run_id,
+        seed=options.seed,
+        workers=options.workers,
     )
     running: list[str | None] = [None]
     """The scenario in hand, for the signal watcher to name."""
@@ -108,6 +113,8 @@ async def _run_one(ctx: Context, name: str) -> ScenarioResult:
     proves, run = SCENARIOS[name]
     result = ScenarioResult(name, proves)
     started = trio.current_time()
+    meter = Meter()
+    metering = METER.set(meter)  # inherited by the tasks the scenario starts
     try:
         await run(ctx, result)
     except Exception as exc:  # a scenario's own crash is a failed check, never a traceback
@@ -120,8 +127,30 @@ async def _run_one(ctx: Context, name: str) -> ScenarioResult:
             False,
             _describe_exc(exc),
         )
+    finally:
+        METER.reset(metering)
     result.seconds = trio.current_time() - started
+    _record_usage(ctx.options, result, meter)
     return result
+
+
+def _record_usage(options: Options, result: ScenarioResult, meter: Meter) -> None:
+    figures = meter.figures()
+    result.figures.update(figures)
+    share = figures["harness_cpu_share"]
+    if share < SATURATED_SHARE:
+        return
+    sharded = result.name == SHARDED and options.workers > 1
+    if options.own_server and not sharded:
+        why = "; it also runs the server under test (with --url the server runs apart)"
+    elif result.name == SHARDED:
+        why = "; more --workers, or fewer clients, would tell"
+    else:
+        why = ""
+    result.notes.append(
+        f"the harness was near saturation (its busiest process used {share:.0%} of a core):"
+        f" its latencies describe the harness as much as the server{why}"
+    )
 
 
 async def _watch(
@@ -194,10 +223,12 @@ def _settings(options: Options) -> dict[str, int | float | str]:
         "messages_per_client": options.messages_per_client(),
         "rate_per_s": round(options.send_rate(), 2),
         "fault_messages": options.fault_messages(),
-        "duration_s": options.duration,
+        "duration_s": options.duration if options.duration is not None else "none",
+        "broadcast_messages": options.broadcast_messages(),
+        "workers": options.workers,
         "evict_within_s": options.evict_within,
         "settle_s": options.settle,
-        "seed": options.seed if options.seed is not None else "random",
+        "seed": options.seed if options.seed is not None else 0,
         "scenarios": ",".join(options.scenarios),
         "transport": "urls" if options.urls else options.transport,
     }

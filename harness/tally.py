@@ -13,37 +13,77 @@ Latencies of all receivers of one phase go into one :class:`Latency`.
 
 from __future__ import annotations
 
+from array import array
 from collections import Counter
 from dataclasses import dataclass, field
 
+import msgspec
 from hdrh.histogram import HdrHistogram
 
-from harness.wire import Line, decode_line, now_ns, parse_counted
+from harness.wire import Line, decode_line, decode_lines, now_ns, parse_counted
 
 HIGHEST_US = 600_000_000
 """Latencies are recorded in microseconds up to 10 minutes (longer ones are clamped)."""
+SIGNIFICANT_BITS = 11
+"""An HdrHistogram of 3 significant digits keeps 2048 (2**11) exact steps per power of two."""
+HDR_EXACT = 1 << SIGNIFICANT_BITS
+"""Below this every microsecond is a bucket of its own."""
+SLOT_NS = 100_000_000
+"""The timeline's resolution: deliveries and latency per 100 ms of receipt time."""
+
+
+def hdr_value(us: int) -> int:
+    """``us`` rounded down to the lowest value of its HdrHistogram bucket (3 digits).
+
+    Values of one bucket are indistinguishable to the histogram, so counting the
+    rounded values in a dict and recording each with its count is exactly the
+    histogram of the raw values: cheap per delivery, and counts merge by adding.
+    """
+    us = min(max(us, 1), HIGHEST_US)
+    shift = us.bit_length() - SIGNIFICANT_BITS
+    return us >> shift << shift if shift > 0 else us
 
 
 class Latency:
-    """Delivery latency from scheduled send to receipt, as an HdrHistogram."""
+    """Delivery latency from scheduled send to receipt, as an HdrHistogram.
 
-    def __init__(self) -> None:
-        self._hist = HdrHistogram(1, HIGHEST_US, 3)
+    Values are counted per histogram bucket (:func:`hdr_value`) as they come
+    and go into the histogram when a figure is read.
+    """
+
+    def __init__(self, counts: dict[int, int] | None = None) -> None:
+        self.counts: dict[int, int] = dict(counts or {})
+        """Latency (µs, bucket-rounded) → how many deliveries took it."""
+        self._hist: HdrHistogram | None = None
 
     def record_ns(self, ns: int) -> None:
-        self._hist.record_value(min(max(ns // 1000, 1), HIGHEST_US))
+        key = hdr_value(ns // 1000)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        self._hist = None
+
+    def add_counts(self, counts: dict[int, int]) -> None:
+        for key, count in counts.items():
+            self.counts[key] = self.counts.get(key, 0) + count
+        self._hist = None
+
+    def histogram(self) -> HdrHistogram:
+        if self._hist is None:
+            self._hist = HdrHistogram(1, HIGHEST_US, 3)
+            for value, count in self.counts.items():
+                self._hist.record_value(value, count)
+        return self._hist
 
     @property
     def count(self) -> int:
-        return int(self._hist.get_total_count())
+        return sum(self.counts.values())
 
     def ms(self, percentile: float) -> float:
-        if not self.count:
+        if not self.counts:
             return 0.0
-        return float(self._hist.get_value_at_percentile(percentile)) / 1000
+        return float(self.histogram().get_value_at_percentile(percentile)) / 1000
 
     def max_ms(self) -> float:
-        return float(self._hist.get_max_value()) / 1000 if self.count else 0.0
+        return float(self.histogram().get_max_value()) / 1000 if self.counts else 0.0
 
     def figures(self, prefix: str = "") -> dict[str, float]:
         return {
@@ -52,6 +92,32 @@ class Latency:
             f"{prefix}p99_ms": round(self.ms(99), 2),
             f"{prefix}max_ms": round(self.max_ms(), 2),
         }
+
+
+class Slot(msgspec.Struct):
+    """What arrived in one :data:`SLOT_NS` of a phase (all receivers together)."""
+
+    deliveries: int = 0
+    latency_us: dict[int, int] = msgspec.field(default_factory=dict)
+    """As :attr:`Latency.counts`: bucket-rounded latency → deliveries (live ones only)."""
+
+    def record_ns(self, ns: int) -> None:
+        key = hdr_value(ns // 1000)
+        self.latency_us[key] = self.latency_us.get(key, 0) + 1
+
+    def add(self, other: Slot) -> None:
+        self.deliveries += other.deliveries
+        for key, count in other.latency_us.items():
+            self.latency_us[key] = self.latency_us.get(key, 0) + count
+
+
+def merge_timelines(timelines: list[dict[int, Slot]]) -> dict[int, Slot]:
+    """Slot by slot sums: exact, since each slot counts deliveries and histogram buckets."""
+    merged: dict[int, Slot] = {}
+    for timeline in timelines:
+        for number, slot in timeline.items():
+            merged.setdefault(number, Slot()).add(slot)
+    return dict(sorted(merged.items()))
 
 
 @dataclass(frozen=True)
@@ -68,23 +134,57 @@ class Book:
 
     planned: list[int]
     """Messages each sender index will send at most."""
+    started_ns: int = field(default_factory=now_ns)
+    """The timeline's origin."""
     sent: list[int] = field(init=False)
-    latency: Latency = field(default_factory=Latency)
+    timeline: dict[int, Slot] = field(default_factory=dict)
+    """Slot number (:data:`SLOT_NS` since ``started_ns``) → what arrived in it."""
     delivered: int = 0
     """Counted messages received, by all receivers together."""
     last_receipt_ns: int = 0
 
+    offsets: list[int] = field(init=False)
+    """Where each sender's messages start in a flat list of all of them (and the total)."""
+
     def __post_init__(self) -> None:
         self.sent = [0] * len(self.planned)
+        self.offsets = [0]
+        for count in self.planned:
+            self.offsets.append(self.offsets[-1] + count)
+
+    def slot(self, stamp: int) -> Slot:
+        number = max(stamp - self.started_ns, 0) // SLOT_NS
+        slot = self.timeline.get(number)
+        if slot is None:
+            slot = self.timeline[number] = Slot()
+        return slot
+
+    @property
+    def latency(self) -> Latency:
+        """The whole phase's latency: every slot's, merged."""
+        return timeline_latency(self.timeline)
+
+
+def timeline_latency(timeline: dict[int, Slot]) -> Latency:
+    merged = Latency()
+    for slot in timeline.values():
+        merged.add_counts(slot.latency_us)
+    return merged
 
 
 class Tally:
     """One receiver's exact account of what arrived."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, roster: bool = True) -> None:
+        """``roster`` False: do not keep who joined and left (thousands of members make
+        that millions of records, and the load scenario does not look at them)."""
         self.book: Book | None = None
-        self._counts: dict[int, bytearray] = {}
-        self._highest: dict[int, int] = {}
+        self._roster = roster
+        self._counts = bytearray()
+        """Per message of the phase (sender ``s``'s ``n`` at ``book.offsets[s] + n``):
+        how many times it arrived, up to 255."""
+        self._highest = array("i")
+        """Per sender: the highest ``n`` seen so far (-1: none)."""
         self._room_seq: dict[str, int] = {}
         self.out_of_order = 0
         self.seq_defects = 0
@@ -103,20 +203,14 @@ class Tally:
     def follow(self, book: Book) -> None:
         """Count the counted messages of ``book``'s phase from now on."""
         self.book = book
-        self._counts = {}
-        self._highest = {}
+        self._counts = bytearray(book.offsets[-1])
+        self._highest = array("i", [-1]) * len(book.planned)
 
     # --- receiving ------------------------------------------------------------
 
-    def take(self, lines: list[bytes]) -> None:
-        stamp = now_ns()
-        for raw in lines:
-            try:
-                line = decode_line(raw)
-            except Exception:  # any undecodable line is a defect to count, not a crash
-                self.garbled += 1
-                continue
-            self.take_line(line, stamp)
+    def take(self, lines: list[bytes], stamp: int | None = None) -> None:
+        """Account for a batch of raw lines received together at ``stamp`` (default: now)."""
+        take_round([self], [b"\n".join(lines) + b"\n"], now_ns() if stamp is None else stamp)
 
     def take_line(self, line: Line, stamp: int, *, replayed: bool = False) -> None:
         """Account for one decoded event received at ``stamp``.
@@ -125,16 +219,19 @@ class Tally:
         checked like a live event, but its latency (it waited for a
         reconnection) does not go into the histogram.
         """
-        self.events += 1
+        _account([self], [line], stamp, live=not replayed)
+
+    def _other(self, line: Line, stamp: int) -> None:
+        """Any event but a counted room message."""
         kind = line.type
         if kind in ("message", "joined", "left") and line.room is not None:
             self._room_event(line.room, line.seq)
-        if kind == "message":
-            self._message(line.text, stamp, replayed)
-        elif kind == "left":
-            self.lefts.append(Leaving(line.room or "", line.nick, line.reason, stamp))
+        if kind == "left":
+            if self._roster:
+                self.lefts.append(Leaving(line.room or "", line.nick, line.reason, stamp))
         elif kind == "joined":
-            self.joined[line.nick] += 1
+            if self._roster:
+                self.joined[line.nick] += 1
         elif kind == "error":
             self.errors[line.code] += 1
             self.error_codes.append(line.code)
@@ -150,44 +247,30 @@ class Tally:
             self.seq_defects += 1
         self._room_seq[room] = seq
 
-    def _message(self, text: str, stamp: int, replayed: bool = False) -> None:
-        counted = parse_counted(text)
-        book = self.book
-        if counted is None or book is None:
-            return
-        sender, n, scheduled = counted
-        if not 0 <= sender < len(book.planned) or not 0 <= n < book.planned[sender]:
-            self.strangers += 1
-            return
-        counts = self._counts.get(sender)
-        if counts is None:
-            counts = self._counts[sender] = bytearray(book.planned[sender])
-        if counts[n] < 255:
-            counts[n] += 1
-        if n < self._highest.get(sender, -1):
-            self.out_of_order += 1
-        else:
-            self._highest[sender] = n
-        book.delivered += 1
-        book.last_receipt_ns = stamp
-        if not replayed:
-            book.latency.record_ns(stamp - scheduled)
-
     # --- verdicts --------------------------------------------------------------
 
     def lost_and_duplicated(self, sent: list[int], senders: range | list[int]) -> tuple[int, int]:
         """Messages of ``senders`` (as ``sent``) this receiver never got, and extra copies."""
+        book = self.book
+        if book is None:
+            return sum(sent[sender] for sender in senders), 0
+        counts = self._counts
+        everyone = len(senders) == len(book.planned) and list(sent) == book.planned
+        if everyone:  # the usual case, in C: every message of the phase was sent
+            missing = counts.count(0)
+            return missing, sum(counts) - (len(counts) - missing)
         lost = dup = 0
         for sender in senders:
-            counts = self._counts.get(sender, bytearray())
-            got = counts[: sent[sender]]
+            start, end = book.offsets[sender], book.offsets[sender + 1]
+            got = counts[start : start + sent[sender]]
             lost += sent[sender] - (len(got) - got.count(0))
-            dup += sum(counts) - (len(counts) - counts.count(0))
+            mine = counts[start:end]
+            dup += sum(mine) - (len(mine) - mine.count(0))
         return lost, dup
 
     def received(self) -> int:
         """Counted messages of the current phase received, copies included."""
-        return sum(sum(counts) for counts in self._counts.values())
+        return sum(self._counts)
 
     def last_seq(self, room: str) -> int | None:
         """The ``seq`` of the last room event of ``room`` received (None: none yet)."""
@@ -195,3 +278,97 @@ class Tally:
 
     def left_of(self, nick: str) -> list[Leaving]:
         return [left for left in self.lefts if left.nick == nick]
+
+
+def take_round(tallies: list[Tally], chunks: list[bytes], stamp: int) -> None:
+    """Lines read in one round, ``chunks[i]`` (whole lines, each ending in a newline) for
+    ``tallies[i]``: decoded by one call and counted in one loop.
+
+    This runs once per delivery, so it does as little per line as it can: the
+    decoder call, the join and the loop's set-up are paid once per round.
+    """
+    try:
+        events = decode_lines(b"".join(chunks))
+    except msgspec.DecodeError:  # some line is bad: decode one by one to count it
+        _one_by_one(tallies, chunks, stamp)
+        return
+    if len(tallies) == 1:
+        owners = tallies * len(events)
+    else:
+        owners = []
+        for tally, chunk in zip(tallies, chunks, strict=True):
+            owners += [tally] * chunk.count(b"\n")
+    if len(owners) != len(events):  # blank lines: the decoder skips them
+        _one_by_one(tallies, chunks, stamp)
+        return
+    _account(owners, events, stamp)
+
+
+def _one_by_one(tallies: list[Tally], chunks: list[bytes], stamp: int) -> None:
+    for tally, chunk in zip(tallies, chunks, strict=True):
+        events = []
+        for raw in chunk.split(b"\n"):
+            if not raw:
+                continue
+            try:
+                events.append(decode_line(raw))
+            except msgspec.DecodeError:  # any undecodable line is a defect to count
+                tally.garbled += 1
+        _account([tally] * len(events), events, stamp)
+
+
+def _account(owners: list[Tally], events: list[Line], stamp: int, *, live: bool = True) -> None:
+    """``events[i]``, received by ``owners[i]`` at ``stamp``; ``live`` False: no latency.
+
+    Counted room messages are nearly all of the traffic: they are counted
+    right here; other events go to :meth:`Tally._other`.
+    """
+    book: Book | None = None
+    latency: dict[int, int] = {}
+    slot: Slot | None = None
+    for tally, line in zip(owners, events, strict=True):
+        tally.events += 1
+        room = line.room
+        if line.type != "message" or room is None or tally.book is None:
+            tally._other(line, stamp)
+            continue
+        if tally.book is not book:
+            book = tally.book
+            slot = book.slot(stamp)
+            latency = slot.latency_us
+        seq = line.seq
+        room_seq = tally._room_seq
+        last = room_seq.get(room)
+        if last is not None and seq != last + 1:
+            tally.seq_defects += 1
+        room_seq[room] = seq
+        counted = parse_counted(line.text)
+        if counted is None:
+            continue
+        sender, n, scheduled = counted
+        planned = book.planned
+        if not (0 <= sender < len(planned) and 0 <= n < planned[sender]):
+            tally.strangers += 1
+            continue
+        counts = tally._counts
+        at = book.offsets[sender] + n
+        if counts[at] < 255:
+            counts[at] += 1
+        highest = tally._highest
+        if n < highest[sender]:
+            tally.out_of_order += 1
+        else:
+            highest[sender] = n
+        book.delivered += 1
+        book.last_receipt_ns = stamp
+        assert slot is not None
+        slot.deliveries += 1
+        if live:
+            us = (stamp - scheduled) // 1000
+            if us >= HDR_EXACT:  # hdr_value, inlined
+                us = min(us, HIGHEST_US)
+                shift = us.bit_length() - SIGNIFICANT_BITS
+                us = us >> shift << shift
+            elif us < 1:
+                us = 1
+            latency[us] = latency.get(us, 0) + 1

@@ -17,16 +17,20 @@ scheduled send, longer for big runs), and hands back the :class:`Book`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 
 from harness.context import Context
 from harness.fleet import SEND_ERRORS, Fleet, Sim
+from harness.meter import add_phase
 from harness.model import ScenarioResult
+from harness.outcome import Outcome, Usage, fell_behind, judge, latency_trend
 from harness.tally import Book
 from harness.wire import counted_text, now_ns
 
+START_DELAY_NS = 50_000_000
+"""The first message is scheduled this long after the phase starts (time to hand out orders)."""
 DELIVERIES_PER_SECOND_FLOOR = 20_000
 """The settle time grows past ``--settle`` when a phase has more deliveries than this x settle."""
 
@@ -42,14 +46,24 @@ class Phase:
     send_failures: int = 0
     max_send_lag_ms: float = 0.0
     title: str = ""
+    usage: Usage = field(default_factory=Usage)
 
     @property
     def expected(self) -> int:
         return sum(self.book.sent) * len(self.receivers)
 
-    def elapsed_s(self) -> float:
-        end = self.book.last_receipt_ns or now_ns()
-        return max(end - self.started_ns, 1) / 1e9
+    def outcome(self) -> Outcome:
+        """What this phase's receivers saw."""
+        return judge(
+            self.book,
+            [sim.tally for sim in self.receivers],
+            judged_sent=self.book.sent,
+            own_sent=self.book.sent,
+            complete=self.complete,
+            send_failures=self.send_failures,
+            max_send_lag_ms=self.max_send_lag_ms,
+            usage=self.usage,
+        )
 
 
 def plan(total: int, senders: int) -> list[int]:
@@ -75,20 +89,27 @@ async def run_phase(
     such as reconnecting clients catching up.
     """
     rate = rate or ctx.options.send_rate()
-    book = Book(plan(total, len(senders)))
+    started_ns = now_ns() + START_DELAY_NS
+    book = Book(plan(total, len(senders)), started_ns)
     for sim in receivers:
         sim.tally.follow(book)
-    phase = Phase(label, book, senders, receivers, started_ns=now_ns() + 20_000_000)
+    phase = Phase(label, book, senders, receivers, started_ns=started_ns)
     phase.title = f"{scenario}: {label or 'traffic'}"
     async with trio.open_nursery() as nursery:
         for j, sim in enumerate(senders):
             nursery.start_soon(_send_series, phase, room, j, sim, rate)
-        settle = max(ctx.options.settle, total * len(receivers) / DELIVERIES_PER_SECOND_FLOOR)
-        settle += extra_settle
-        deadline = trio.current_time() + total / rate + settle
+        wait = phase_wait_s(ctx, total, len(receivers), rate) + extra_settle
+        deadline = trio.current_time() + wait
         phase.complete = await _await_deliveries(ctx, phase, nursery, deadline)
         nursery.cancel_scope.cancel()
     return phase
+
+
+def phase_wait_s(ctx: Context, total: int, receivers: int, rate: float) -> float:
+    """How long a phase may take: its schedule, then ``--settle`` for stragglers (more when
+    it has more deliveries than :data:`DELIVERIES_PER_SECOND_FLOOR` x ``--settle``)."""
+    settle = max(ctx.options.settle, total * receivers / DELIVERIES_PER_SECOND_FLOOR)
+    return total / rate + settle
 
 
 async def _send_series(phase: Phase, room: str, j: int, sim: Sim, rate: float) -> None:
@@ -128,51 +149,71 @@ async def _await_deliveries(
 
 def delivery_checks(result: ScenarioResult, phase: Phase, who: str = "every client") -> None:
     """Exactly once, in order, nothing else wrong; the phase's figures."""
-    book = phase.book
-    senders = range(len(book.planned))
-    lost = dup = disorder = seq = strangers = garbled = 0
-    for sim in phase.receivers:
-        sim_lost, sim_dup = sim.tally.lost_and_duplicated(book.sent, senders)
-        lost, dup = lost + sim_lost, dup + sim_dup
-        disorder += sim.tally.out_of_order
-        seq += sim.tally.seq_defects
-        strangers += sim.tally.strangers
-        garbled += sim.tally.garbled
-    sent = sum(book.sent)
-    prefix = f"{phase.label}: " if phase.label else ""
+    outcome_checks(result, phase.label, phase.outcome(), who)
+
+
+def outcome_checks(
+    result: ScenarioResult, label: str, outcome: Outcome, who: str = "every client"
+) -> None:
+    """:func:`delivery_checks` of a phase's (possibly merged) outcome."""
+    sent = sum(outcome.sent)
+    planned = sum(outcome.planned)
+    prefix = f"{label}: " if label else ""
     result.check(
         f"{prefix}exactly once",
         f"{who} receives each of the messages sent exactly once (lost = 0, duplicated = 0)",
-        lost == 0 and dup == 0 and strangers == 0 and phase.complete,
-        f"{sent} sent x {len(phase.receivers)} receivers: lost {lost}, duplicated {dup},"
-        f" unknown {strangers}" + ("" if phase.complete else " (deadline passed)"),
+        outcome.lost == 0
+        and outcome.duplicated == 0
+        and outcome.strangers == 0
+        and outcome.complete,
+        f"{sent} sent x {outcome.receivers} receivers: lost {outcome.lost},"
+        f" duplicated {outcome.duplicated}, unknown {outcome.strangers}"
+        + ("" if outcome.complete else " (deadline passed)"),
     )
     result.check(
         f"{prefix}in order",
         "per-sender order kept and room seq strictly consecutive (no gap, no repeat)",
-        disorder == 0 and seq == 0 and garbled == 0,
-        f"out of order {disorder}, seq defects {seq}, undecodable lines {garbled}",
+        outcome.out_of_order == 0 and outcome.seq_defects == 0 and outcome.garbled == 0,
+        f"out of order {outcome.out_of_order}, seq defects {outcome.seq_defects},"
+        f" undecodable lines {outcome.garbled}",
     )
     result.check(
         f"{prefix}all sends accepted",
         "every scheduled message was sent, and no receiver got an error",
-        phase.send_failures == 0 and sent == sum(book.planned) and not _errors(phase.receivers),
-        f"sent {sent}/{sum(book.planned)}, send failures {phase.send_failures},"
-        f" errors {_errors(phase.receivers) or 'none'}",
+        outcome.send_failures == 0 and sent == planned and not outcome.errors,
+        f"sent {sent}/{planned}, send failures {outcome.send_failures},"
+        f" errors {outcome.errors or 'none'}",
     )
-    key = f"{phase.label}_" if phase.label else ""
-    result.figures.update(book.latency.figures(key))
-    result.figures[f"{key}deliveries"] = book.delivered
-    result.figures[f"{key}deliveries_per_s"] = round(book.delivered / phase.elapsed_s())
-    result.figures[f"{key}max_send_lag_ms"] = round(phase.max_send_lag_ms, 2)
+    key = f"{label}_" if label else ""
+    result.figures.update(outcome.latency.figures(key))
+    result.figures[f"{key}deliveries"] = outcome.delivered
+    result.figures[f"{key}deliveries_per_s"] = round(
+        outcome.delivered / outcome.elapsed_s(now_ns())
+    )
+    result.figures[f"{key}max_send_lag_ms"] = round(outcome.max_send_lag_ms, 2)
+    result.timelines[label or "traffic"] = outcome.timeline
+    add_phase(outcome)
+    _trend(result, label, outcome)
 
 
-def _errors(sims: list[Sim]) -> dict[str, int]:
-    total: dict[str, int] = {}
-    for sim in sims:
-        for code, count in sim.tally.errors.items():
-            total[code] = total.get(code, 0) + count
-    return total
+def _trend(result: ScenarioResult, label: str, outcome: Outcome) -> None:
+    """Say so when latency grew through the phase: the offered rate was not sustained."""
+    trend = latency_trend(outcome)
+    if trend is None:
+        return
+    start, end = trend
+    key = f"{label}_" if label else ""
+    result.figures[f"{key}start_p50_ms"] = round(start, 2)
+    result.figures[f"{key}end_p50_ms"] = round(end, 2)
+    behind = fell_behind(start, end)
+    result.figures[f"{key}kept_up"] = "no" if behind else "yes"
+    if behind:
+        result.notes.append(
+            f"{label or 'traffic'}: latency grew from a median of {start:.0f} ms (first third)"
+            f" to {end:.0f} ms (last third): messages queued up all along, so the offered"
+            f" rate was more than was sustained (the server's, or the harness's if"
+            f" harness_cpu_share is near 1); these latencies measure that queue"
+        )
 
 
 async def open_members(
@@ -185,12 +226,19 @@ async def open_members(
 
 def connect_check(result: ScenarioResult, sims: list[Sim]) -> bool:
     failed = [sim for sim in sims if sim.client is None]
-    first = f"; first failure: {failed[0].failure}" if failed else ""
+    first = failed[0].failure if failed else None
+    return connect_check_counts(result, len(sims) - len(failed), len(sims), first)
+
+
+def connect_check_counts(
+    result: ScenarioResult, connected: int, wanted: int, first_failure: str | None
+) -> bool:
+    first = f"; first failure: {first_failure}" if connected < wanted else ""
     return result.check(
         "all connected",
         "every simulated client connects and is welcomed",
-        not failed,
-        f"{len(sims) - len(failed)}/{len(sims)} connected{first}",
+        connected == wanted,
+        f"{connected}/{wanted} connected{first}",
     )
 
 
@@ -201,9 +249,10 @@ def latency_bound_ms(baseline_p99_ms: float) -> float:
 
 def latency_check(result: ScenarioResult, baseline: Phase, fault: Phase) -> None:
     base = baseline.book.latency.ms(99)
-    seen = fault.book.latency.ms(99)
+    fault_latency = fault.book.latency
+    seen = fault_latency.ms(99)
     bound = latency_bound_ms(base)
-    measured = fault.complete and fault.book.latency.count > 0
+    measured = fault.complete and fault_latency.count > 0
     result.check(
         "latency unaffected",
         "others' p99 <= max(5 x no-fault p99, no-fault p99 + 250 ms), every message measured",

@@ -23,7 +23,7 @@ import msgspec
 COUNTED = "h:"
 
 
-class Line(msgspec.Struct):
+class Line(msgspec.Struct, gc=False):
     type: str
     room: str | None = None
     seq: int = -1
@@ -34,7 +34,9 @@ class Line(msgspec.Struct):
     nicks: list[str] | None = None
 
 
-decode_line = msgspec.json.Decoder(Line).decode
+_DECODER = msgspec.json.Decoder(Line)
+decode_line = _DECODER.decode
+decode_lines = _DECODER.decode_lines
 
 
 def now_ns() -> int:
@@ -50,10 +52,8 @@ def parse_counted(text: str) -> tuple[int, int, int] | None:
     """``(sender, n, scheduled_ns)`` of a counted message, None for any other text."""
     if not text.startswith(COUNTED):
         return None
-    parts = text.split(":")
-    if len(parts) != 4:
-        return None
     try:
-        return int(parts[1]), int(parts[2]), int(parts[3])
-    except ValueError:
+        _, sender, n, scheduled = text.split(":")
+        return int(sender), int(n), int(scheduled)
+    except ValueError:  # not four parts, or not numbers
         return None

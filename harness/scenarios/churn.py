@@ -40,7 +40,7 @@ async def run(ctx: Context, result: ScenarioResult) -> None:
             churned: list[str] = []
             failures: list[str] = []
             started = trio.current_time()
-            deadline = started + ctx.options.duration
+            deadline = started + ctx.options.churn_seconds()
             async with trio.open_nursery() as churning:
                 for w in range(workers):
                     churning.start_soon(_churn, ctx, target, w, room, deadline, churned, failures)
@@ -48,7 +48,7 @@ async def run(ctx: Context, result: ScenarioResult) -> None:
                     ctx,
                     f"{NAME}: {workers} workers",
                     lambda: (len(churned), 10**9),
-                    ctx.options.duration,
+                    ctx.options.churn_seconds(),
                 )
             result.figures["churn_cycles"] = len(churned)
             elapsed = trio.current_time() - started

@@ -45,6 +45,9 @@ class Faults:
     """Read from the server regardless of the client (the server never sees a slow reader)."""
     serialize: bool = False
     """Forward to every client under one lock: one stalled client stalls everyone."""
+    lines_per_s: float = 0.0
+    """Forward at most this many counted lines a second to each client (0: no cap): a
+    server slower than the offered rate, whose queue (and latency) grows all along."""
 
 
 class FaultyProxy:
@@ -98,6 +101,8 @@ class FaultyProxy:
                 out = b"".join(self._mutate(line, held) for line in splitter.feed(data))
                 if out:
                     await self._send(client, out)
+                    if self.faults.lines_per_s:  # the cap is the fault, not a synchronisation
+                        await trio.sleep(out.count(COUNTED) / self.faults.lines_per_s)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             if self.faults.keep_upstream:  # the client is gone; the server must not know
                 await _discard(server)

@@ -99,6 +99,32 @@ async def test_broken_server_fails_the_scenario(
     assert report.exit_code == 1
 
 
+BROKEN_FAN_OUT = [param for param in BROKEN if param.values[1] == "broadcast"]
+
+
+async def test_transparent_proxy_passes_through_workers(nursery: trio.Nursery) -> None:
+    url = await _proxied(nursery, Faults())
+    with trio.fail_after(60):
+        report = await run_harness(
+            replace(FAST, urls=(url,), scenarios=("broadcast",), workers=2, seed=3)
+        )
+    assert failed_checks(report) == set(), describe(report)
+    assert report.scenarios[0].figures["workers"] == 2
+
+
+@pytest.mark.parametrize(("faults", "scenario", "check"), BROKEN_FAN_OUT)
+async def test_broken_server_fails_through_workers(
+    nursery: trio.Nursery, faults: Faults, scenario: str, check: str
+) -> None:
+    """Each worker sees only its share of the receivers: the merged outcome must still fail."""
+    url = await _proxied(nursery, faults)
+    options = replace(FAST, urls=(url,), scenarios=(scenario,), workers=2, seed=3)
+    with trio.fail_after(60):
+        report = await run_harness(options)
+    assert check in failed_checks(report), describe(report)
+    assert report.exit_code == 1
+
+
 async def test_cli_exits_1_on_a_broken_server(nursery: trio.Nursery, tmp_path: Path) -> None:
     url = await _proxied(nursery, Faults(drop_counted=3))
     path = tmp_path / "report.json"
@@ -106,6 +132,7 @@ async def test_cli_exits_1_on_a_broken_server(nursery: trio.Nursery, tmp_path: P
     command += ["--json", str(path)]
     command += ["--clients", "4", "--messages", "3", "--rate", "200", "--quiet"]
     command += ["--settle", "1"]  # the least the command line takes
+    command += ["--workers", "2"]
     with trio.fail_after(60):
         done = await trio.run_process(
             command, capture_stdout=True, capture_stderr=True, check=False
@@ -120,3 +147,45 @@ async def test_cli_exits_1_on_a_broken_server(nursery: trio.Nursery, tmp_path: P
     checks = {c["name"]: c for c in report["scenarios"][0]["checks"]}
     assert checks["exactly once"]["status"] == "fail"
     assert "lost 1," in checks["exactly once"]["observed"]
+
+
+async def test_a_server_slower_than_the_rate_is_reported_as_falling_behind(
+    nursery: trio.Nursery,
+) -> None:
+    """Latency grows through the run; every message still arrives, and the report says so."""
+    url = await _proxied(nursery, Faults(lines_per_s=25))
+    options = replace(
+        FAST,
+        urls=(url,),
+        scenarios=("broadcast",),
+        clients=3,
+        messages=30,
+        rate=50,
+        settle=10,
+        seed=3,
+    )
+    with trio.fail_after(60):
+        report = await run_harness(options)
+    broadcast = report.scenarios[0]
+    assert failed_checks(report) == set(), describe(report)
+    assert broadcast.figures["kept_up"] == "no", broadcast.figures
+    assert any("latency grew" in note for note in broadcast.notes), broadcast.notes
+
+
+async def test_a_server_that_keeps_up_is_not_reported_as_falling_behind(
+    nursery: trio.Nursery,
+) -> None:
+    url = await _proxied(nursery, Faults())
+    options = replace(
+        FAST,
+        urls=(url,),
+        scenarios=("broadcast",),
+        clients=3,
+        messages=30,
+        rate=50,
+        settle=10,
+        seed=3,
+    )
+    with trio.fail_after(60):
+        report = await run_harness(options)
+    assert report.scenarios[0].figures["kept_up"] == "yes", report.scenarios[0].figures

@@ -79,6 +79,12 @@ async def test_passing_run_exits_0_and_writes_json(tmp_path: Path) -> None:
     assert {c["status"] for c in broadcast["checks"]} == {"pass"}
     assert broadcast["figures"]["deliveries"] == 4 * 3 * 4
     assert broadcast["figures"]["p99_ms"] >= broadcast["figures"]["p50_ms"] > 0
+    assert report["seed"] == seed
+    assert report["workers"] == report["settings"]["workers"] >= 1
+    for scenario in report["scenarios"]:  # what the harness itself spent, on every scenario
+        figures = scenario["figures"]
+        assert figures["harness_cpu_us_per_delivery"] > 0, scenario["name"]
+        assert 0 < figures["harness_cpu_share"] <= 1, scenario["name"]
 
 
 def test_open_files_limit_caps_clients() -> None:
@@ -133,6 +139,9 @@ UNREACHABLE = ["--url", "tcp://127.0.0.1:1"]
         (["--evict-within", "-1", *UNREACHABLE], "--evict-within"),
         (["--seed", "1.5", *UNREACHABLE], "--seed"),
         (["--json", "/", *UNREACHABLE], "--json"),
+        (["--html", "/", *UNREACHABLE], "--html"),
+        (["--html", "/no/such/folder/r.html", *UNREACHABLE], "--html"),
+        (["--workers", "0", *UNREACHABLE], "--workers"),
         (["--password-env", "TRIOCHAT_TEST_NO_SUCH_VARIABLE", *UNREACHABLE], "--password-env"),
         (["--clients", "1", "--scenario", "security", *UNREACHABLE], "--clients"),
         (["--transport", "tcp", *UNREACHABLE], "--transport"),

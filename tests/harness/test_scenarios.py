@@ -183,3 +183,18 @@ async def test_every_scenario_passes_across_three_nodes() -> None:
     assert failures(report) == []
     assert report.exit_code == 0
     assert [s.name for s in report.scenarios] == list(wanted)
+
+
+@needs_redis
+async def test_broadcast_through_workers_spreads_clients_evenly_over_nodes() -> None:
+    """Several ``--url``s of nodes sharing one Redis, clients in two worker processes:
+    each node gets its even share, and every receiver on every node gets every message."""
+    config = ServerConfig(host="127.0.0.1", port=0, tcp_port=0)
+    async with run_nodes(config) as nodes:
+        urls = (nodes.servers[0].url("ws"), nodes.servers[1].url("tcp"), nodes.servers[2].url("ws"))
+        options = replace(SMALL, urls=urls, scenarios=("broadcast",), workers=2, seed=1)
+        with trio.fail_after(60):
+            report = await run_harness(options)
+    assert failures(report) == []
+    spread = report.scenarios[0].figures["connected_per_url"]
+    assert spread == ", ".join(f"{url}: 2" for url in urls)

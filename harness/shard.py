@@ -1,0 +1,253 @@
+"""One process's share of a big traffic scenario, driven step by step by the coordinator.
+
+Theory of operation
+-------------------
+``broadcast`` splits its clients into shards, one per worker process
+(``--workers``; with one worker the shard runs in the coordinator's own
+process, the same code without the pipe). The coordinator walks every shard
+through the same steps, each an order answered by a report:
+
+1. :class:`OpenOrder` → :class:`Opened`: connect this shard's members (lean
+   clients of a :class:`~harness.swarm.Swarm`) and join the room.
+2. :class:`PlanOrder` → :class:`Planned`: every member starts counting the
+   phase's messages (before any shard sends one, so none is missed), then
+   :class:`SendOrder` → :class:`Sent`: send this shard's senders' share of the
+   open-loop schedule. Sender ``j`` of all shards together sends message ``k``
+   at ``started_ns + (k x senders + j) / rate``: the clock is the machine's
+   monotonic clock, the same in every process, so the schedule is one.
+3. :class:`SettleOrder` → :class:`~harness.outcome.Outcome`: with every
+   sender's count (from all shards), wait until each member has counted every
+   sent message or the deadline passes, and judge what arrived.
+4. :class:`CloseOrder` → :class:`Closed`: ``quit``, wait for the server to let
+   go, and report the CPU spent and events received.
+
+The coordinator adds the outcomes (:func:`harness.outcome.merge`), so each
+check sees every receiver of every shard.
+"""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+import trio
+
+from harness.fleet import CONNECTS_IN_FLIGHT, QUIT_GRACE, QUIT_REASON
+from harness.outcome import Outcome, Usage, judge
+from harness.swarm import Member, Swarm, connect
+from harness.tally import Book
+from harness.traffic import plan
+from harness.wire import counted_text, now_ns
+from triochat.errors import ConnectionLost, TriochatError
+from triochat.protocol import ProtocolError
+
+POLL = 0.05
+
+
+class OpenOrder(msgspec.Struct, tag=True):
+    urls: list[str]
+    nicks: list[str]
+    first_index: int
+    """The first member's index among all shards' (URLs go round-robin over all)."""
+    room: str
+    connect_within: float
+
+
+class Opened(msgspec.Struct, tag=True):
+    connected: int
+    first_failure: str | None
+    per_url: dict[str, int] = msgspec.field(default_factory=dict)
+    """Members connected through each URL."""
+
+
+class PlanOrder(msgspec.Struct, tag=True):
+    total: int
+    """Messages all shards' senders send together."""
+    senders: int
+    """Senders in all shards together."""
+
+
+class Planned(msgspec.Struct, tag=True):
+    """Every member now counts the phase's messages: sending may begin anywhere."""
+
+
+class SendOrder(msgspec.Struct, tag=True):
+    started_ns: int
+    rate: float
+    first_sender: int
+    """This shard's first sender's index among all shards' senders."""
+
+
+class Sent(msgspec.Struct, tag=True):
+    sent: list[int]
+    """Per sender of all shards: what this shard's senders sent (others 0)."""
+    send_failures: int
+    max_send_lag_ms: float
+
+
+class SettleOrder(msgspec.Struct, tag=True):
+    sent: list[int]
+    """Every sender's count, from all shards."""
+    deadline_ns: int
+
+
+class CloseOrder(msgspec.Struct, tag=True):
+    pass
+
+
+class Closed(msgspec.Struct, tag=True):
+    cpu_s: float
+    events: int
+
+
+class Failed(msgspec.Struct, tag=True):
+    """A worker's step raised: one line saying what."""
+
+    error: str
+
+
+Order = OpenOrder | PlanOrder | SendOrder | SettleOrder | CloseOrder
+Answer = Opened | Planned | Sent | Outcome | Closed | Failed
+
+
+class Shard:
+    """Members in this process; runs in the caller's nursery until :meth:`close`."""
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        self.swarm = Swarm()
+        self._reading = trio.CancelScope()
+        self._read_done = trio.Event()
+        self._book: Book | None = None
+        self._room = ""
+        self._sent: Sent | None = None
+        self._usage = Usage()
+        self._started_cpu_s = time.process_time()
+
+    async def open(self, order: OpenOrder) -> Opened:
+        self._room = order.room
+        limiter = trio.CapacityLimiter(CONNECTS_IN_FLIGHT)
+        failures: list[str] = []
+        joined: list[Member] = []
+
+        async def one(i: int, nick: str) -> None:
+            index = order.first_index + i
+            url = order.urls[index % len(order.urls)]
+            async with limiter:
+                try:
+                    member, early = await connect(
+                        index, url, nick, [order.room], order.connect_within
+                    )
+                except (TriochatError, ProtocolError, OSError) as exc:
+                    failures.append(str(exc))
+                    return
+            # Read it from now on: every later member's join reaches it, and a member
+            # left unread until all are in would be evicted by the server, its outbox full.
+            self.swarm.add(member, early)
+            joined.append(member)
+
+        self._nursery.start_soon(self._read)
+        async with trio.open_nursery() as nursery:
+            for i, nick in enumerate(order.nicks):
+                nursery.start_soon(one, i, nick)
+        per_url: dict[str, int] = {}
+        for member in joined:
+            url = order.urls[member.index % len(order.urls)]
+            per_url[url] = per_url.get(url, 0) + 1
+        return Opened(len(joined), failures[0] if failures else None, per_url)
+
+    async def _read(self) -> None:
+        try:
+            with self._reading:
+                await self.swarm.run()
+        finally:
+            self._read_done.set()
+
+    def plan(self, order: PlanOrder) -> Planned:
+        book = Book(plan(order.total, order.senders))
+        for member in self.swarm.members:
+            member.tally.follow(book)
+        self._book = book
+        self._usage = Usage()
+        return Planned()
+
+    async def send(self, order: SendOrder) -> Sent:
+        book = self._book
+        assert book is not None, "send before plan"
+        book.started_ns = order.started_ns
+        senders = len(book.planned)
+        sent = [0] * senders
+        lag = [0.0]
+        failures = [0]
+        async with trio.open_nursery() as nursery:
+            for position, member in enumerate(self.swarm.members):
+                j = order.first_sender + position
+                nursery.start_soon(self._series, order, book, j, member, sent, lag, failures)
+        self._sent = Sent(sent, failures[0], round(lag[0], 3))
+        return self._sent
+
+    async def _series(
+        self,
+        order: SendOrder,
+        book: Book,
+        j: int,
+        member: Member,
+        sent: list[int],
+        lag: list[float],
+        failures: list[int],
+    ) -> None:
+        for k in range(book.planned[j]):
+            scheduled = order.started_ns + int((k * len(book.planned) + j) * 1e9 / order.rate)
+            delay = (scheduled - now_ns()) / 1e9
+            if delay > 0:
+                await trio.sleep(delay)
+            if not member.alive:
+                return
+            try:
+                await member.say(self._room, counted_text(j, k, scheduled))
+            except ConnectionLost:
+                failures[0] += 1
+                return
+            sent[j] += 1
+            lag[0] = max(lag[0], (now_ns() - scheduled) / 1e6)
+
+    async def settle(self, order: SettleOrder) -> Outcome:
+        book, own = self._book, self._sent
+        assert book is not None, "settle before send"
+        assert own is not None, "settle before send"
+        members = self.swarm.members
+        wanted = sum(order.sent) * len(members)
+        while True:
+            if book.delivered >= wanted or now_ns() >= order.deadline_ns:
+                break
+            await trio.sleep(POLL)
+        return judge(
+            book,
+            [member.tally for member in members],
+            judged_sent=order.sent,
+            own_sent=own.sent,
+            complete=book.delivered >= wanted,
+            send_failures=own.send_failures,
+            max_send_lag_ms=own.max_send_lag_ms,
+            usage=self._usage,
+        )
+
+    async def close(self) -> Closed:
+        await self.swarm.quit(QUIT_REASON, QUIT_GRACE)
+        self._reading.cancel()
+        await self._read_done.wait()  # no task waits on the sockets when they close
+        self.swarm.release()
+        events = sum(member.tally.events for member in self.swarm.members)
+        return Closed(round(time.process_time() - self._started_cpu_s, 3), events)
+
+    async def handle(self, order: Order) -> Answer:
+        """Carry out one order (the worker's loop and the in-process path both come here)."""
+        if isinstance(order, OpenOrder):
+            return await self.open(order)
+        if isinstance(order, PlanOrder):
+            return self.plan(order)
+        if isinstance(order, SendOrder):
+            return await self.send(order)
+        if isinstance(order, SettleOrder):
+            return await self.settle(order)
+        return await self.close()

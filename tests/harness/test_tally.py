@@ -1,0 +1,76 @@
+"""The receive path's accounting: exact counts, and latency buckets that are the histogram's own."""
+
+from __future__ import annotations
+
+import random
+
+import msgspec
+from hdrh.histogram import HdrHistogram
+
+from harness.outcome import Outcome, merge
+from harness.tally import HIGHEST_US, Book, Latency, Slot, Tally, hdr_value
+from harness.wire import counted_text, now_ns
+
+
+def test_bucket_rounded_counts_are_the_histogram_of_the_raw_values() -> None:
+    rng = random.Random(5)
+    raw = HdrHistogram(1, HIGHEST_US, 3)
+    counted = Latency()
+    for _ in range(20_000):
+        us = int(rng.lognormvariate(8, 2)) + 1
+        raw.record_value(min(us, HIGHEST_US))
+        counted.record_ns(us * 1000)
+    for percentile in (0, 50, 90, 99, 99.9, 100):
+        assert counted.histogram().get_value_at_percentile(
+            percentile
+        ) == raw.get_value_at_percentile(percentile)
+    assert counted.count == raw.get_total_count()
+
+
+def test_a_rounded_value_stays_in_its_bucket() -> None:
+    hist = HdrHistogram(1, HIGHEST_US, 3)
+    for us in (1, 2047, 2048, 2049, 4095, 123_456, 99_999_999):
+        assert hist.get_lowest_equivalent_value(us) == hdr_value(us)
+
+
+def _message(room: str, seq: int, sender: int, n: int) -> bytes:
+    text = counted_text(sender, n, now_ns())
+    return msgspec.json.encode(
+        {"type": "message", "room": room, "seq": seq, "from": "x", "text": text, "ts": 0.0}
+    )
+
+
+def test_a_batch_counts_lost_duplicated_reordered_and_garbled_exactly() -> None:
+    book = Book([3, 3])
+    tally = Tally()
+    tally.follow(book)
+    lines = [
+        _message("r", 1, 0, 0),
+        _message("r", 2, 0, 2),
+        _message("r", 3, 0, 1),  # out of order
+        _message("r", 4, 1, 0),
+        _message("r", 4, 1, 0),  # duplicated (and a seq repeat)
+        b"{not json",
+    ]
+    tally.take(lines)
+    assert tally.garbled == 1
+    assert tally.out_of_order == 1
+    assert tally.seq_defects == 1
+    assert tally.lost_and_duplicated([3, 3], range(2)) == (2, 1)  # 1:1 and 1:2 never came
+    assert book.delivered == 5
+    assert book.latency.count == 5
+
+
+def test_merged_outcomes_add_up() -> None:
+    a = Outcome(planned=[2, 2], sent=[2, 0], receivers=3, started_ns=0, lost=1, delivered=5)
+    a.timeline[0] = Slot(5, {100: 5})
+    b = Outcome(planned=[2, 2], sent=[0, 2], receivers=2, started_ns=0, duplicated=2)
+    b.timeline[0] = Slot(4, {100: 3, 200: 1})
+    b.timeline[3] = Slot(1, {5000: 1})
+    b.errors["rate_limited"] = 1
+    total = merge([a, b])
+    assert total.sent == [2, 2]
+    assert (total.receivers, total.lost, total.duplicated) == (5, 1, 2)
+    assert total.timeline[0] == Slot(9, {100: 8, 200: 1})
+    assert total.latency.count == 10
+    assert total.errors == {"rate_limited": 1}
