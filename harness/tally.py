@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import msgspec
 from hdrh.histogram import HdrHistogram
 
-from harness.wire import Line, decode_line, decode_lines, now_ns, parse_counted
+from harness.wire import ROOM_EVENTS, Line, decode_line, decode_lines, now_ns, parse_counted
 
 HIGHEST_US = 600_000_000
 """Latencies are recorded in microseconds up to 10 minutes (longer ones are clamped)."""
@@ -224,7 +224,7 @@ class Tally:
     def _other(self, line: Line, stamp: int) -> None:
         """Any event but a counted room message."""
         kind = line.type
-        if kind in ("message", "joined", "left") and line.room is not None:
+        if kind in ROOM_EVENTS and line.room is not None:
             self._room_event(line.room, line.seq)
         if kind == "left":
             if self._roster:

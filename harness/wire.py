@@ -21,6 +21,8 @@ import time
 import msgspec
 
 COUNTED = "h:"
+ROOM_EVENTS = frozenset({"joined", "left", "message", "topic"})
+"""The events that take a room's next ``seq`` (docs/protocol.md, section 7)."""
 
 
 class Line(msgspec.Struct, gc=False):

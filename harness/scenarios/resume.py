@@ -53,7 +53,7 @@ from harness.raw import RawClient, open_raw
 from harness.tally import Tally
 from harness.traffic import Phase, delivery_checks, run_phase
 from harness.trust import open_client
-from harness.wire import Line, decode_line, now_ns, parse_counted
+from harness.wire import ROOM_EVENTS, Line, decode_line, now_ns, parse_counted
 from triochat.client import Client
 from triochat.errors import ConnectError, ConnectionLost, Rejected, TriochatError
 from triochat.protocol import ErrorCode, ProtocolError, decode_server, encode
@@ -90,7 +90,7 @@ def as_line(event: ServerEvent) -> Line:
 
 
 def _is_room_event(line: Line, room: str) -> bool:
-    return line.room == room and line.type in ("joined", "left", "message", "members")
+    return line.room == room and (line.type in ROOM_EVENTS or line.type == "members")
 
 
 class Resumption:

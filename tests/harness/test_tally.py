@@ -61,6 +61,18 @@ def test_a_batch_counts_lost_duplicated_reordered_and_garbled_exactly() -> None:
     assert book.latency.count == 5
 
 
+def test_every_room_event_takes_a_seq_a_topic_included() -> None:
+    tally = Tally()
+    events = [
+        {"type": "joined", "room": "r", "seq": 1, "nick": "ada", "ts": 0.0},
+        {"type": "topic", "room": "r", "seq": 2, "from": "ada", "text": "t", "ts": 0.0},
+        {"type": "left", "room": "r", "seq": 3, "nick": "ada", "reason": "part", "ts": 0.0},
+    ]
+    tally.take([msgspec.json.encode(event) for event in events])
+    tally.take([_message("r", 4, 0, 0)])
+    assert tally.seq_defects == 0
+
+
 def test_merged_outcomes_add_up() -> None:
     a = Outcome(planned=[2, 2], sent=[2, 0], receivers=3, started_ns=0, lost=1, delivered=5)
     a.timeline[0] = Slot(5, {100: 5})
