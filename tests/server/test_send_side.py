@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import socket
+from contextlib import AsyncExitStack
 from functools import partial
 
 import pytest
@@ -28,10 +29,12 @@ from wsproto.events import (
     TextMessage,
 )
 
+from harness.raw import RawClient, open_raw
 from tests.server.helpers import settle_join, skip_until
 from triochat.client import open_client
 from triochat.errors import ConnectionLost
-from triochat.protocol.events import Left
+from triochat.protocol import encode
+from triochat.protocol.events import Ack, Hello, Left, Quit
 from triochat.server import Server
 from triochat.server.outbox import Outbox, Writing
 from triochat.transport.base import CloseCode
@@ -42,6 +45,7 @@ from triochat.transport.wsproto_ws import WsprotoConnection, text_frame
 ACROSS_NODES = True
 
 TIMEOUT = 10.0
+STORM_ROUNDS = 10
 BIG = b"".join(b"%06d:%s\n" % (n, b"a" * 93) for n in range(1000))  # 100 kB of lines
 
 
@@ -222,3 +226,33 @@ async def test_a_quitting_client_never_gets_its_own_left(server: Server, url: st
             seen = [event async for event in quits]
             assert not [e for e in seen if isinstance(e, Left) and e.nick == "quits"]
             await skip_until(stays, Left, nick="quits")  # the room did hear of it
+
+
+async def _welcomed(stack: AsyncExitStack, url: str, nick: str) -> RawClient:
+    """A connection in the storm room that reads up to its ``welcome``, then never again."""
+    raw = await stack.enter_async_context(open_raw(url))
+    await raw.send_line(encode(Hello(nick=nick, rooms=["storm"])))
+    while not any(b'"welcome"' in line for line in await raw.receive_lines()):
+        pass
+    return raw
+
+
+async def test_a_crowd_that_quits_and_hangs_up_at_once_leaves_the_server_serving(
+    server: Server, url: str
+) -> None:
+    """5. Nothing starts a writer in a session's nursery once that nursery may close.
+
+    A crowd joins one room (each hears the others' joins, unread), then each says
+    ``quit`` and all hang up together, as the harness's connection flood does: the
+    flusher then meets sessions whose reading is over, and a writer started for one
+    of those used to crash the server."""
+    async with open_client(url, "host") as host:
+        await settle_join(host)
+        for round_ in range(STORM_ROUNDS):
+            with trio.fail_after(TIMEOUT):
+                async with AsyncExitStack() as stack:
+                    crowd = [await _welcomed(stack, url, f"q{round_}x{i}") for i in range(32)]
+                    for raw in crowd:
+                        await raw.send_line(encode(Quit(reason="storm")))
+                await host.say("lobby", "still here", round_)
+                await skip_until(host, Ack, id=round_)

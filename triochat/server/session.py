@@ -263,10 +263,15 @@ class Session:
                     self._nursery = nursery
                     nursery.cancel_scope.deadline = self._writer_deadline
                     self._outbox.start(self._start_writer)
-                    with _Failures(self):  # inside: the nursery would wrap them in a group
-                        await self._read_loop(rest)
+                    try:
+                        with _Failures(self):  # inside: the nursery would wrap them in a group
+                            await self._read_loop(rest)
+                    finally:
+                        # Once the body is done the nursery closes as soon as its last task
+                        # ends, and other tasks (the flusher) may run before this one is
+                        # back: from here on nothing may be started in it.
+                        self._nursery = None
         finally:
-            self._nursery = None  # it takes no new tasks once it has exited
             member = self._member
             if member is not None:
                 self._hub.detach(member, self._reason or LeftReason.DISCONNECTED)
