@@ -6,6 +6,8 @@
 3. No text frame follows a Close, sent or received.
 4. A leaving client never gets its own ``left``: the outbox is sealed before the
    session leaves its rooms.
+5. Nothing starts a writer in a session's nursery once its reading is over (the
+   nursery may close before the session's task is back).
 """
 
 from __future__ import annotations
