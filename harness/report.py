@@ -129,9 +129,19 @@ def _total(figures: dict[str, Figure], suffix: str) -> Figure | None:
     return sum(values) if values else None
 
 
+NOT_A_PHASE = ("start_", "end_", "resume_")
+"""Qualifiers of a latency figure that are not the phase's own percentile: the median at
+a phase's start or end, and a resume's own latency."""
+
+
 def _last(figures: dict[str, Figure], suffix: str) -> Figure | None:
     """The last phase's value: for two-phase scenarios, the phase under fault."""
-    values = [v for k, v in figures.items() if k.endswith(suffix)]
+    values = [
+        value
+        for key, value in figures.items()
+        if key == suffix
+        or (key.endswith(f"_{suffix}") and not key[: -len(suffix)].endswith(NOT_A_PHASE))
+    ]
     return values[-1] if values else None
 
 

@@ -14,10 +14,12 @@ def _report() -> Report:
     good = ScenarioResult("broadcast", "fan-out")
     good.check("exactly once", "GOOD CRITERION", True, "lost 0")
     good.figures.update(p50_ms=1.5, p99_ms=4.25, deliveries=320)
+    good.figures.update(start_p50_ms=1.25, end_p50_ms=1.75, resume_p50_ms=9.5)
     bad = ScenarioResult("flood", "flood control")
     bad.check("all connected", "every client connects", True, "4/4 connected")
     bad.check("flooder held back", "BAD CRITERION", False, "sent 340, 340 accepted")
     bad.figures.update(baseline_deliveries=100, flooded_deliveries=90, flooded_p99_ms=9.0)
+    bad.figures.update(flooded_p50_ms=3.5, flooded_end_p50_ms=8.5)
     bad.notes.append("a scenario note")
     return Report("a server", 4, {"seed": 42}, scenarios=[good, bad], notes=["a run note"])
 
@@ -35,8 +37,10 @@ def test_summary_shows_each_scenario_and_only_failed_checks_with_evidence() -> N
     assert "pass" in row
     assert "320" in row
     assert "4.25" in row
+    assert " 1.5 " in row  # the phase's median: not its start's, end's or a resume's
     flood = next(line for line in lines if "flood " in line and "FAIL" in line)
     assert "190" in flood  # deliveries of both phases
+    assert " 3.5 " in flood  # the phase under fault's median
     assert "GOOD CRITERION" not in text  # criteria of passing checks: --verbose only
     assert lines[-5:] == [
         "failed checks (1):",
