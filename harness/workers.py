@@ -78,8 +78,12 @@ class RemoteShard:
         self._stdout = process.stdout
 
     async def handle(self, order: Order) -> Answer:
-        await self._stdin.send_all(_frame(order))
-        body = await _read_frame(self._stdout)
+        try:
+            await self._stdin.send_all(_frame(order))
+        except trio.BrokenResourceError:  # it died before reading the order
+            body = None
+        else:
+            body = await _read_frame(self._stdout)
         if body is None:
             code = await self._process.wait()
             raise WorkerFailed(f"worker {self.number} ended (exit status {code})")

@@ -308,7 +308,14 @@ async def test_nick_prompt_reasks_with_the_reason(server: ServerThread) -> None:
         assert "a nick uses letters" in reason(app)
         app.screen.query_one("#nick-input", Input).value = ""
         await typed(pilot, "bob")
-        await until(lambda: isinstance(app.screen, NickScreen) and app.link is not None, "re-ask")
+        await until(
+            lambda: (
+                isinstance(app.screen, NickScreen)
+                and app.link is not None
+                and bool(app.screen.query("#nick-reason"))
+            ),
+            "re-ask",
+        )
         await until(lambda: "bob: the nick 'bob' is taken" in reason(app), "the reason")
         assert app.screen.query_one("#nick-input", Input).value == "bob"
         app.screen.query_one("#nick-input", Input).value = ""

@@ -24,6 +24,11 @@ async def register(server: ServerThread, nick: str, password: str) -> None:
     await owner.close()
 
 
+def prompted(app: ChatApp) -> bool:
+    """The password prompt is up, its parts mounted (the screen is current a frame before)."""
+    return isinstance(app.screen, PasswordScreen) and bool(app.screen.query("#password-reason"))
+
+
 def password_reason(app: ChatApp) -> str:
     return str(app.screen.query_one("#password-reason", Label).render())
 
@@ -33,7 +38,7 @@ async def test_a_registered_nick_is_asked_for_its_password_masked(server: Server
     await register(server, "ada", PASSWORD)
     app = ChatApp(server.url, "ada")
     async with app.run_test(size=SIZE) as pilot:
-        await until(lambda: isinstance(app.screen, PasswordScreen), "the password prompt")
+        await until(lambda: prompted(app), "the password prompt")
         assert "ada is registered" in password_reason(app)
         box = app.screen.query_one("#password-input", Input)
         assert box.password  # masked on screen
@@ -49,9 +54,12 @@ async def test_escape_at_the_password_prompt_picks_another_nick(server: ServerTh
     await register(server, "ada", PASSWORD)
     app = ChatApp(server.url, "ada")
     async with app.run_test(size=SIZE) as pilot:
-        await until(lambda: isinstance(app.screen, PasswordScreen), "the password prompt")
+        await until(lambda: prompted(app), "the password prompt")
         await pilot.press("escape")
-        await until(lambda: isinstance(app.screen, NickScreen), "the nick prompt")
+        await until(
+            lambda: isinstance(app.screen, NickScreen) and bool(app.screen.query("#nick-input")),
+            "the nick prompt",
+        )
         app.screen.query_one("#nick-input", Input).value = ""
         await pilot.press(*"guest", "enter")
         await until(lambda: app.connection == "connected", "connected")
