@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rich.text import Text
 from textual import events, on
 from textual.app import App, ComposeResult
 from textual.binding import Binding
@@ -29,7 +30,7 @@ from tui.config import Memory
 from tui.guest import TrioGuest
 from tui.link import PING_INTERVAL, Backoff, Link, Older, Request, RetryNow, Route, Stop, UseNick
 from tui.log import ChatLog
-from tui.render import Entry, Mentions, Renderer, TimeFormat, clock
+from tui.render import Entry, Mentions, Renderer, TimeFormat, clock, literal
 from tui.widgets import (
     ChatInput,
     MemberList,
@@ -651,7 +652,8 @@ class ChatApp(App[int]):
 
     def _refresh_title(self) -> None:
         view = self.views.get(self.current or "")
-        self.query_one(ChatLog).border_title = view.title if view else ""
+        # A Text, not a str: Textual reads a str title as markup, and topics are anyone's.
+        self.query_one(ChatLog).border_title = Text(literal(view.title)) if view else None
 
     def _refresh_members(self) -> None:
         view = self.views.get(self.current or "")
