@@ -160,7 +160,7 @@ class ChatLog(ScrollView, can_focus=False):
     def _laid_out(self, entry: Entry) -> list[Strip]:
         cached = entry.layout
         if cached is not None and cached[0] == self._width:
-            return cached[1]  # type: ignore[return-value]
+            return cached[1]
         strips = layout(entry, self._width, self.app.console)
         entry.layout = (self._width, list(strips))
         return strips

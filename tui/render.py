@@ -20,11 +20,14 @@ import time
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from rich.text import Text
 
 from triochat.protocol.events import DirectMessage, Joined, Left, Message, RoomEvent, Topic
+
+if TYPE_CHECKING:
+    from textual.strip import Strip
 
 TimeFormat = Callable[[float], str]
 Attention = Literal["", "mention", "dm"]
@@ -91,7 +94,7 @@ class Entry:
     """Set for a line that mentions us (``mention``) or a direct message (``dm``)."""
     rule: bool = False
     """A separator across the log (``body`` is its label), not a line of text."""
-    layout: tuple[int, list[object]] | None = field(default=None, repr=False, compare=False)
+    layout: tuple[int, list[Strip]] | None = field(default=None, repr=False, compare=False)
     """The log's cache of this entry's screen lines for one width (tui.log)."""
 
     @property
