@@ -351,9 +351,7 @@ def _throughput_table(results: Results) -> Table:
         loadgen = f"{row.loadgen_cpu_share:.0%}"
         if row.loadgen_cpu_share > 0.9:
             loadgen = f"[red]{loadgen}[/]"
-        other = f"{row.other_cpu_share:.0%} / {row.loadgen_other_cpu_share:.0%}"
-        if max(row.other_cpu_share, row.loadgen_other_cpu_share) > DISTURBED:
-            other = f"[yellow]{other}[/]"
+        other = _others(row.other_cpu_share, row.loadgen_other_cpu_share)
         table.add_row(
             label,
             str(row.clients),
@@ -545,9 +543,7 @@ def _redis_table(rows: list[RedisRow]) -> Table:
         window = row.window_s or 1.0
         node_cpu = "+".join(f"{cpu / window:.0%}" for cpu in row.node_cpu_s)
         redis_cpu = row.redis_cpu_s
-        other = f"{row.other_cpu_share:.0%} / {row.loadgen_other_cpu_share:.0%}"
-        if max(row.other_cpu_share, row.loadgen_other_cpu_share) > DISTURBED:
-            other = f"[yellow]{other}[/]"
+        other = _others(row.other_cpu_share, row.loadgen_other_cpu_share)
         table.add_row(
             label,
             str(row.in_flight),
@@ -616,3 +612,10 @@ def to_json(results: Results, meta: dict[str, Any]) -> dict[str, Any]:
     doc = {"meta": meta, **asdict(results)}
     doc["targets"] = [asdict(t) for t in targets(results)]
     return doc
+
+
+def _others(server: float, loadgen: float) -> str:
+    """The busy share of the server's and the load generator's CPUs that was not the
+    measured processes', in yellow when either says the run was disturbed."""
+    cell = f"{server:.0%} / {loadgen:.0%}"
+    return f"[yellow]{cell}[/]" if max(server, loadgen) > DISTURBED else cell

@@ -348,10 +348,10 @@ class ChatApp(App[int]):
         if event.room == self._switch_on_join:
             self._switch_on_join = None
             self.switch_to(event.room)
-        if not event.asked:
-            self._remember()
         if event.asked:
             self._info(f"in #{event.room}: {', '.join(event.nicks) or 'nobody'}")
+        else:
+            self._remember()
         if event.room == self.current:
             self._refresh_members()
             self._refresh_title()

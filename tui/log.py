@@ -169,7 +169,6 @@ class ChatLog(ScrollView, can_focus=False):
         self._width = self.scrollable_content_region.width
         self.lines = [s for entry in self._entries for s in self._laid_out(entry)]
         self._resized()
-        self.refresh()
 
     def _resized(self) -> None:
         self.virtual_size = Size(self._width, len(self.lines))
