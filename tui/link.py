@@ -515,9 +515,11 @@ class Link:
 
     async def _older(self, room: str, before_seq: int) -> None:
         client = self._client
-        if client is None or room not in self._state.rooms:
+        if client is None:
             self._post(Link.Problem("not connected: older history cannot be fetched now", room))
             return
+        if room not in self._state.rooms:
+            return  # parted meanwhile: its view is gone
         self._state.older.add(room)
         try:
             await client.history(room, before_seq=before_seq, limit=OLDER_PAGE)
