@@ -116,6 +116,13 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def proc_run_s(pid: int) -> float:
+    """Seconds the main thread of ``pid`` has run on a CPU so far, to the nanosecond
+    (``/proc/<pid>/schedstat``): time waiting for a CPU held by others is not in it."""
+    with open(f"/proc/{pid}/schedstat", "rb") as f:
+        return int(f.read().split()[0]) / 1e9
+
+
 def proc_rss(pid: int) -> int:
     """Resident set size of ``pid`` in bytes (``VmRSS`` in ``/proc/<pid>/status``)."""
     with open(f"/proc/{pid}/status", "rb") as f:
@@ -152,6 +159,10 @@ class RunningServer:
     def cpu_s(self) -> float:
         self.check()
         return proc_cpu_s(self.pid)
+
+    def run_s(self) -> float:
+        """:func:`proc_run_s`: the event loop's own CPU time, whoever else is busy."""
+        return proc_run_s(self.pid)
 
     def rss(self) -> int:
         self.check()

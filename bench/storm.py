@@ -216,6 +216,10 @@ class Storm:
     wall_s: float = 0.0
     welcome_max_ms: float = 0.0
     welcome_median_ms: float = 0.0
+    welcome_run_max_ms: float = 0.0
+    """The most CPU the server's event loop used while an innocent client waited for its
+    welcome: the wait in the server's own time, which the machine's other load does not
+    stretch (a wall-clock wait does, by the time the server waits for a CPU)."""
     connect_max_ms: float = 0.0
     """The innocent client's slowest connect, which its welcome times do not include."""
     probes: int = 0
@@ -265,7 +269,7 @@ def _storm(
     server_cpus: Sequence[int] | None,
 ) -> None:
     server.wait_quiet()
-    prober = Prober(server.urls["tcp"])
+    prober = Prober(server.urls["tcp"], server.run_s)
     busy0 = servers.cpu_busy_s(server_cpus) if server_cpus else 0.0
     cpu0, lg0, began = server.cpu_s(), time.process_time(), time.monotonic()
     prober.start()
@@ -289,6 +293,7 @@ def _storm(
     result.connect_max_ms = max(prober.connects) * 1000
     result.welcome_max_ms = max(prober.waits) * 1000
     result.welcome_median_ms = statistics.median(prober.waits) * 1000
+    result.welcome_run_max_ms = max(prober.runs) * 1000
 
 
 class Client:
@@ -419,10 +424,14 @@ def _upgrade(client: Client, data: bytes) -> bytes:
 
 @dataclass(eq=False)
 class Prober:
-    """The innocent client: a thread that connects and times hello → welcome, again and again."""
+    """The innocent client: a thread that connects and times hello → welcome, again and again,
+    on the wall clock and on the server's (``server_clock``: :meth:`RunningServer.run_s`)."""
 
     address: tuple[str, int]
+    server_clock: Callable[[], float]
     waits: list[float] = field(default_factory=list)
+    runs: list[float] = field(default_factory=list)
+    """For each wait, the seconds the server's event loop ran during it."""
     connects: list[float] = field(default_factory=list)
     error: str | None = None
     _stop: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
@@ -452,7 +461,7 @@ class Prober:
     def _probe(self, nick: str) -> float:
         dialled = time.monotonic()
         with socket.create_connection(self.address, timeout=PROBE_TIMEOUT) as sock:
-            began = time.monotonic()
+            began, ran = time.monotonic(), self.server_clock()
             self.connects.append(began - dialled)
             sock.sendall(wire.hello(nick, CALM_ROOM))
             got = b""
@@ -461,4 +470,5 @@ class Prober:
                 if not data or wire.ERROR in data:
                     raise StormFailed(f"{nick}: no welcome: {data[:200]!r}")
                 got += data
+        self.runs.append(self.server_clock() - ran)
         return time.monotonic() - began

@@ -7,6 +7,13 @@ enough that the server, not this process, sets the pace; a storm of Trio tasks h
 slow to read that it spreads the joins out, and then the old server passed too. The
 innocent client is a thread of its own, so nothing in this process delays its clock.
 ``python -m bench --storm-only`` reports the storm's server CPU.
+
+Two bounds: the issue's, under a second on the wall clock, and a tighter one on the
+server's own clock, the CPU its event loop used while the innocent client waited. The
+second is the invariant (the innocent does not wait for the storm's work: 60-90 ms
+here, 440-640 ms when joins into the storm's room do not take turns, 1.0-1.1 s when
+connections are accepted one per scheduling round); on a loaded machine it does not
+stretch by the time the server waits for a CPU, as the wall clock does.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from bench.storm import measure_storm
 
 CLIENTS = 2000
 WELCOME_MS = 1000.0
+WELCOME_RUN_MS = 250.0
 
 
 async def test_a_join_storm_leaves_a_welcome_in_another_room_under_a_second() -> None:
@@ -37,6 +45,8 @@ async def test_a_join_storm_leaves_a_welcome_in_another_room_under_a_second() ->
     figures = (
         f"{CLIENTS} joins in {storm.wall_s:.2f} s; innocent welcome max"
         f" {storm.welcome_max_ms:.0f} ms, median {storm.welcome_median_ms:.0f} ms"
-        f" over {storm.probes} probes (slowest connect {storm.connect_max_ms:.0f} ms)"
+        f" over {storm.probes} probes; server CPU in a wait at most"
+        f" {storm.welcome_run_max_ms:.0f} ms (slowest connect {storm.connect_max_ms:.0f} ms)"
     )
+    assert storm.welcome_run_max_ms < WELCOME_RUN_MS, figures
     assert storm.welcome_max_ms < WELCOME_MS, figures

@@ -32,11 +32,13 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import socket
 import sqlite3
 import ssl
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from types import TracebackType
@@ -79,6 +81,7 @@ from triochat.server.store import (
     open_store,
     run_committer,
 )
+from triochat.server.turns import JoinTurns
 from triochat.transport.base import (
     Connection,
     hostport,
@@ -118,7 +121,11 @@ and what the connection holds against the connection limits."""
 
 ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 """accept() failures that mean "full for now", not "broken" (the same set as trio's)."""
+ACCEPT_GONE_ERRNOS = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
+"""accept() failures that concern only the connection taken, which is gone (as trio's)."""
 ACCEPT_RETRY_S = 0.1
+ACCEPT_BATCH = 64
+"""Connections taken from the kernel's queue at once, after the one a wake-up brought."""
 ACCEPT_REMIND_S = 10.0
 """While accepting keeps failing, one reminder this often (the retries are every 0.1 s)."""
 
@@ -164,9 +171,12 @@ class Server:
     """``http://HOST:PORT/metrics`` when ``metrics_port`` is set."""
     guard: Guard | None = None
     """Accounts and tokens (triochat/server/auth.py); every session asks it who it may be."""
+    turns: JoinTurns = field(init=False)
+    """The turns every session's joins into large rooms wait for."""
 
     def __post_init__(self) -> None:
         self.limits = ConnectionLimits(self.config)
+        self.turns = JoinTurns(self.hub)
         self.origins = Origins.of(self.config.allowed_origins)
 
     def url(self, scheme: str) -> str:
@@ -500,18 +510,51 @@ async def _accept_loop(
     """
     starved = _Starved()
     async with listener:
-        while True:
-            try:
-                stream = await listener.accept()
-            except OSError as exc:
-                if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
-                    raise
-                starved.failed(exc)
-                await trio.sleep(ACCEPT_RETRY_S)
+        with _ready_queue(listener) as queue:
+            while True:
+                try:
+                    stream = await listener.accept()
+                    _admit(server, scheme, handler, stream, connections)
+                    for stream in _take_ready(queue):
+                        _admit(server, scheme, handler, stream, connections)
+                except OSError as exc:
+                    if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                        raise
+                    starved.failed(exc)
+                    await trio.sleep(ACCEPT_RETRY_S)
+                    continue
+                if starved.since is not None:
+                    starved.recovered()
+
+
+@contextmanager
+def _ready_queue(listener: trio.SocketListener) -> Iterator[socket.socket]:
+    """The listening socket's queue as a plain socket, to take what is ready without a
+    checkpoint per connection (``listener.accept()`` yields after each one)."""
+    queue = socket.socket(fileno=os.dup(listener.socket.fileno()))
+    with queue:
+        queue.setblocking(False)
+        yield queue
+
+
+def _take_ready(queue: socket.socket) -> Iterator[trio.SocketStream]:
+    """Up to :data:`ACCEPT_BATCH` connections the kernel has completed, without waiting.
+
+    Taking one connection per scheduler tick put a newcomer behind every connection
+    queued before it, each a whole tick of everyone else's work later: a join storm
+    kept an innocent client from its welcome for most of the storm. Taken together,
+    the connections' tasks share the ticks that follow.
+    """
+    for _ in range(ACCEPT_BATCH):
+        try:
+            conn, _ = queue.accept()
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            if exc.errno in ACCEPT_GONE_ERRNOS:
                 continue
-            if starved.since is not None:
-                starved.recovered()
-            _admit(server, scheme, handler, stream, connections)
+            raise
+        yield trio.SocketStream(trio.socket.from_stdlib_socket(conn))
 
 
 def _admit(
@@ -905,6 +948,7 @@ def _session(server: Server, conn: Connection, claim: Claim, host: str) -> Sessi
         stats=server.stats,
         guard=server.guard,
         host=claim.client or host,
+        turns=server.turns,
     )
     if server._stop.is_set():
         session.shutdown()

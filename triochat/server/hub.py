@@ -299,6 +299,15 @@ class Hub:
         name = rules.check_room(room)
         return self._names.get(rules.room_key(name), name)
 
+    def is_large(self, room: str) -> bool:
+        """Whether ``room`` is in memory with at least :data:`LARGE_ROOM` members (a
+        name that is no room name is not: its join is refused)."""
+        try:
+            found = self._rooms.get(self.canonical(room))
+        except ProtocolError:
+            return False
+        return found is not None and len(found.members) >= LARGE_ROOM
+
     def room_nicks(self, room: str) -> list[str]:
         found = self._rooms.get(room)
         return found.nicks() if found else []

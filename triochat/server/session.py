@@ -65,6 +65,7 @@ from triochat.server.limits import Address, is_loopback
 from triochat.server.metrics import Stats
 from triochat.server.outbox import Flusher, Outbox, OutboxClosed
 from triochat.server.ratelimit import TokenBucket
+from triochat.server.turns import JoinTurns
 from triochat.transport.base import ENDS_CONNECTION, CloseCode, Connection, url_scheme
 
 log = logging.getLogger(__name__)
@@ -93,8 +94,11 @@ class Session:
         stats: Stats | None = None,
         guard: Guard | None = None,
         host: str = "",
+        turns: JoinTurns | None = None,
     ) -> None:
         self._conn = conn
+        self._turns = turns or JoinTurns(hub)
+        """Joins into large rooms wait for a turn, shared by the server's sessions."""
         self._guard = guard
         """Judges passwords and tokens; None: no accounts, everyone is a guest."""
         self._host = host
@@ -349,10 +353,12 @@ class Session:
                 if not await self._reserve(identity.nick):
                     continue
                 rooms, resume_after = self._rooms_of(event)
-                with self._hub.pinned(rooms):  # none is freed before its join
-                    await self._load(rooms)
-                    if self._accept(identity, rooms, resume_after):
-                        return lines[index + 1 :]
+                async with self._turns.taken(rooms):
+                    with self._hub.pinned(rooms):  # none is freed before its join
+                        await self._load(rooms)
+                        accepted = self._accept(identity, rooms, resume_after)
+                if accepted:
+                    return lines[index + 1 :]
                 self._hub.unreserve(identity.nick)
 
     async def _read_loop(self, lines: list[bytes]) -> None:
@@ -377,9 +383,12 @@ class Session:
                             break
                         event = self._decode(line)
                         if isinstance(event, Join):
-                            await self._load([event.room])
-                            if self._reason is not None:  # closed meanwhile: no ghost join
-                                break
+                            async with self._turns.taken([event.room]):
+                                await self._load([event.room])
+                                if self._reason is not None:  # closed meanwhile: no ghost join
+                                    break
+                                self._handle(event)
+                            continue
                         if isinstance(event, Who) and event.room is not None:
                             stored = self._hub.unloaded_for_who(event.room)
                             if stored:
