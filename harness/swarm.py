@@ -42,6 +42,9 @@ RECEIVE = 64 * 1024
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 PING = b'"type":"ping"'
 OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
+NEWLINE = 0x0A
+"""A server's message is one or more lines and ends in one; a message without it is
+ended here, so that every line ends in exactly one (a blank line costs a slow round)."""
 ROUND_PAUSE = 0.005
 """Seconds between two rounds of reading: lines pile up meanwhile, and are read in fewer,
 bigger reads. Latency is stamped when a round reads, so it is this much coarser."""
@@ -139,7 +142,8 @@ class Member:
             end = start + size
             if head == 0x80 | OP_TEXT and not self.fragments:  # the usual case: a whole message
                 out += buf[start:end]
-                out += b"\n"
+                if not size or buf[end - 1] != NEWLINE:
+                    out += b"\n"
             else:
                 self._message(head & 0x80, head & 0x0F, bytes(buf[start:end]), out)
             at = end
@@ -151,7 +155,9 @@ class Member:
             # A binary message is no protocol line: it stands as an undecodable one.
             self.fragments += payload if opcode != OP_BINARY else b"\xff"
             if final:
-                out += self.fragments + b"\n"
+                out += self.fragments
+                if not self.fragments.endswith(b"\n"):
+                    out += b"\n"
                 self.fragments = bytearray()
         elif opcode == OP_PING:
             self.outbox.append(ws_frame(payload, OP_PONG))

@@ -52,6 +52,18 @@ def test_lines_come_out_whole_however_the_bytes_are_cut(step: int) -> None:
     assert not member.pending
 
 
+@pytest.mark.parametrize("final", [True, False])
+def test_a_message_that_ends_in_its_newline_gets_no_second(member: Member, final: bool) -> None:
+    """The server's messages are whole lines, newline included: one more would be a blank
+    line, and a round with a blank line is decoded line by line (the slow path)."""
+    wire = _frame(b'{"a":1}\n{"b":2}\n')
+    if final:
+        wire += _frame(b'{"c":3}\n')
+    else:
+        wire += _frame(b'{"c":', final=False) + _frame(b"3}\n", opcode=0)
+    assert member.chunk(wire) == b'{"a":1}\n{"b":2}\n{"c":3}\n'
+
+
 def test_pings_are_answered_and_a_close_is_echoed(member: Member) -> None:
     assert member.take(_frame(b"tok", OP_PING) + _frame(b"\x03\xe8bye", OP_CLOSE)) == []
     pong, close = member.outbox
