@@ -20,7 +20,7 @@ from harness.meter import METER, SATURATED_SHARE, Meter
 from harness.model import Interruption, Report, ScenarioResult
 from harness.options import Options
 from harness.registry import SCENARIOS
-from harness.scenarios.broadcast import NAME as SHARDED  # --workers spreads its clients
+from harness.scenarios import broadcast, slow_reader
 from harness.trust import CAFILE, open_client
 from triochat.client import parse_url
 from triochat.errors import ConnectError, Rejected
@@ -140,10 +140,10 @@ def _record_usage(options: Options, result: ScenarioResult, meter: Meter) -> Non
     share = figures["harness_cpu_share"]
     if share < SATURATED_SHARE:
         return
-    sharded = result.name == SHARDED and options.workers > 1
+    sharded = result.name in SHARDED and options.workers > 1
     if options.own_server and not sharded:
         why = "; it also runs the server under test (with --url the server runs apart)"
-    elif result.name == SHARDED:
+    elif result.name in SHARDED:
         why = "; more --workers, or fewer clients, would tell"
     else:
         why = ""
@@ -151,6 +151,10 @@ def _record_usage(options: Options, result: ScenarioResult, meter: Meter) -> Non
         f"the harness was near saturation (its busiest process used {share:.0%} of a core):"
         f" its latencies describe the harness as much as the server{why}"
     )
+
+
+SHARDED = frozenset({broadcast.NAME, slow_reader.NAME})
+"""The scenarios whose members ``--workers`` spreads over processes."""
 
 
 async def _watch(

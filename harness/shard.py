@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-``broadcast`` splits its clients into shards, one per worker process
+``broadcast`` and ``slow_reader`` split their clients into shards, one per worker process
 (``--workers``; with one worker the shard runs in the coordinator's own
 process, the same code without the pipe). The coordinator walks every shard
 through the same steps, each an order answered by a report:
@@ -18,7 +18,11 @@ through the same steps, each an order answered by a report:
 3. :class:`SettleOrder` → :class:`~harness.outcome.Outcome`: with every
    sender's count (from all shards), wait until each member has counted every
    sent message or the deadline passes, and judge what arrived.
-4. :class:`CloseOrder` → :class:`Closed`: ``quit``, wait for the server to let
+   Steps 2 and 3 may be repeated: one phase after another.
+4. :class:`LeftsOrder` → :class:`Lefts` (any time): how many members have been
+   told that a given member left, and why (only for nicks the open order named
+   in ``watch``: lean members keep no roster otherwise).
+5. :class:`CloseOrder` → :class:`Closed`: ``quit``, wait for the server to let
    go, and report the CPU spent and events received.
 
 The coordinator adds the outcomes (:func:`harness.outcome.merge`), so each
@@ -35,7 +39,7 @@ import trio
 from harness.fleet import CONNECTS_IN_FLIGHT, QUIT_GRACE, QUIT_REASON
 from harness.outcome import Outcome, Usage, judge
 from harness.swarm import Member, Swarm, connect
-from harness.tally import Book
+from harness.tally import Book, Tally
 from harness.traffic import plan
 from harness.wire import counted_text, now_ns
 from triochat.errors import ConnectionLost, TriochatError
@@ -51,6 +55,8 @@ class OpenOrder(msgspec.Struct, tag=True):
     """The first member's index among all shards' (URLs go round-robin over all)."""
     room: str
     connect_within: float
+    watch: list[str] = msgspec.field(default_factory=list)
+    """Nicks whose ``left`` events every member keeps, for :class:`LeftsOrder`."""
 
 
 class Opened(msgspec.Struct, tag=True):
@@ -91,6 +97,47 @@ class SettleOrder(msgspec.Struct, tag=True):
     deadline_ns: int
 
 
+class LeftsOrder(msgspec.Struct, tag=True):
+    nick: str
+    """One of the open order's ``watch``."""
+
+
+class Lefts(msgspec.Struct, tag=True):
+    members: int
+    told: int
+    """Members that got at least one ``left`` of the nick."""
+    once: int
+    """Members that got exactly one."""
+    reasons: list[str]
+    """Every reason those ``left`` events gave, once each."""
+    first_ns: int | None
+    """When the first of them arrived (the machine's monotonic clock)."""
+
+    @staticmethod
+    def of(tallies: list[Tally], nick: str) -> Lefts:
+        """What ``tallies`` were told of ``nick`` leaving (kept: a roster, or watched)."""
+        seen = [tally.left_of(nick) for tally in tallies]
+        firsts = [lefts[0].at_ns for lefts in seen if lefts]
+        return Lefts(
+            members=len(seen),
+            told=sum(1 for lefts in seen if lefts),
+            once=sum(1 for lefts in seen if len(lefts) == 1),
+            reasons=sorted({left.reason for lefts in seen for left in lefts}),
+            first_ns=min(firsts, default=None),
+        )
+
+    @staticmethod
+    def merge(parts: list[Lefts]) -> Lefts:
+        firsts = [part.first_ns for part in parts if part.first_ns is not None]
+        return Lefts(
+            members=sum(part.members for part in parts),
+            told=sum(part.told for part in parts),
+            once=sum(part.once for part in parts),
+            reasons=sorted({reason for part in parts for reason in part.reasons}),
+            first_ns=min(firsts, default=None),
+        )
+
+
 class CloseOrder(msgspec.Struct, tag=True):
     pass
 
@@ -106,8 +153,8 @@ class Failed(msgspec.Struct, tag=True):
     error: str
 
 
-Order = OpenOrder | PlanOrder | SendOrder | SettleOrder | CloseOrder
-Answer = Opened | Planned | Sent | Outcome | Closed | Failed
+Order = OpenOrder | PlanOrder | SendOrder | SettleOrder | LeftsOrder | CloseOrder
+Answer = Opened | Planned | Sent | Outcome | Lefts | Closed | Failed
 
 
 class Shard:
@@ -129,6 +176,7 @@ class Shard:
         limiter = trio.CapacityLimiter(CONNECTS_IN_FLIGHT)
         failures: list[str] = []
         joined: list[Member] = []
+        watch = frozenset(order.watch)
 
         async def one(i: int, nick: str) -> None:
             index = order.first_index + i
@@ -143,6 +191,7 @@ class Shard:
                     return
             # Read it from now on: every later member's join reaches it, and a member
             # left unread until all are in would be evicted by the server, its outbox full.
+            member.tally.watch = watch
             self.swarm.add(member, early)
             joined.append(member)
 
@@ -232,6 +281,9 @@ class Shard:
             usage=self._usage,
         )
 
+    def lefts(self, order: LeftsOrder) -> Lefts:
+        return Lefts.of([member.tally for member in self.swarm.members], order.nick)
+
     async def close(self) -> Closed:
         await self.swarm.quit(QUIT_REASON, QUIT_GRACE)
         self._reading.cancel()
@@ -250,4 +302,6 @@ class Shard:
             return await self.send(order)
         if isinstance(order, SettleOrder):
             return await self.settle(order)
+        if isinstance(order, LeftsOrder):
+            return self.lefts(order)
         return await self.close()

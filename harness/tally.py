@@ -180,6 +180,8 @@ class Tally:
         that millions of records, and the load scenario does not look at them)."""
         self.book: Book | None = None
         self._roster = roster
+        self.watch: frozenset[str] = frozenset()
+        """Nicks whose ``left`` is kept even without ``roster``."""
         self._counts = bytearray()
         """Per message of the phase (sender ``s``'s ``n`` at ``book.offsets[s] + n``):
         how many times it arrived, up to 255."""
@@ -227,7 +229,7 @@ class Tally:
         if kind in ROOM_EVENTS and line.room is not None:
             self._room_event(line.room, line.seq)
         if kind == "left":
-            if self._roster:
+            if self._roster or line.nick in self.watch:
                 self.lefts.append(Leaving(line.room or "", line.nick, line.reason, stamp))
         elif kind == "joined":
             if self._roster:

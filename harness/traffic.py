@@ -247,9 +247,10 @@ def latency_bound_ms(baseline_p99_ms: float) -> float:
     return max(5 * baseline_p99_ms, baseline_p99_ms + 250.0)
 
 
-def latency_check(result: ScenarioResult, baseline: Phase, fault: Phase) -> None:
-    base = baseline.book.latency.ms(99)
-    fault_latency = fault.book.latency
+def latency_check(result: ScenarioResult, baseline: Outcome, fault: Outcome) -> None:
+    """The fault phase's p99 against the no-fault phase's, run just before it."""
+    base = baseline.latency.ms(99)
+    fault_latency = fault.latency
     seen = fault_latency.ms(99)
     bound = latency_bound_ms(base)
     measured = fault.complete and fault_latency.count > 0

@@ -43,7 +43,7 @@ async def run(ctx: Context, result: ScenarioResult) -> None:
                 flooding.start_soon(_flood_and_count, ctx, result, flooder, room)
                 fault = await run_phase(ctx, NAME, "flooded", room, sims, sims, total)
             delivery_checks(result, fault, "every other client")
-            latency_check(result, baseline, fault)
+            latency_check(result, baseline.outcome(), fault.outcome())
         await fleet.close(notes=result.notes)
 
 

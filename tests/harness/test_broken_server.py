@@ -17,7 +17,7 @@ import trio
 
 from harness.model import Report
 from harness.options import SCENARIOS, Options
-from harness.runner import run_harness
+from harness.runner import SHARDED, run_harness
 from tests.harness.proxy import Faults, FaultyProxy
 from triochat.server import Server, ServerConfig, serve
 
@@ -99,17 +99,21 @@ async def test_broken_server_fails_the_scenario(
     assert report.exit_code == 1
 
 
-BROKEN_FAN_OUT = [param for param in BROKEN if param.values[1] == "broadcast"]
+THROUGH_WORKERS = tuple(sorted(SHARDED))
+BROKEN_FAN_OUT = [param for param in BROKEN if param.values[1] in THROUGH_WORKERS]
 
 
 async def test_transparent_proxy_passes_through_workers(nursery: trio.Nursery) -> None:
     url = await _proxied(nursery, Faults())
     with trio.fail_after(60):
         report = await run_harness(
-            replace(FAST, urls=(url,), scenarios=("broadcast",), workers=2, seed=3)
+            replace(FAST, urls=(url,), scenarios=THROUGH_WORKERS, workers=2, seed=3)
         )
     assert failed_checks(report) == set(), describe(report)
-    assert report.scenarios[0].figures["workers"] == 2
+    assert [s.figures["workers"] for s in report.scenarios] == [2, 2]
+    others = FAST.clients - 1  # every member but the stalled one, over both workers
+    told = {c.name: c.observed for c in report.scenarios[1].checks}["eviction told once"]
+    assert told == f"{others}/{others} saw exactly one"
 
 
 @pytest.mark.parametrize(("faults", "scenario", "check"), BROKEN_FAN_OUT)
@@ -123,6 +127,7 @@ async def test_broken_server_fails_through_workers(
         report = await run_harness(options)
     assert check in failed_checks(report), describe(report)
     assert report.exit_code == 1
+    assert report.scenarios[0].figures["workers"] == 2
 
 
 async def test_cli_exits_1_on_a_broken_server(nursery: trio.Nursery, tmp_path: Path) -> None:

@@ -1,0 +1,121 @@
+"""A scenario's members in shards (:mod:`harness.shard`): the coordinator's side.
+
+Opening, one counted phase, asking who was told of a departure, and closing,
+each as one order to every shard at once, their answers merged so that a
+check sees every member of every shard.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from harness.context import Context
+from harness.fleet import CONNECT_TIMEOUT, CONNECT_TIMEOUT_PER_CLIENT, Unreachable
+from harness.meter import WorkerUsage, add_worker
+from harness.model import ScenarioResult
+from harness.outcome import Outcome, merge
+from harness.shard import (
+    Closed,
+    CloseOrder,
+    Lefts,
+    LeftsOrder,
+    Opened,
+    OpenOrder,
+    Planned,
+    PlanOrder,
+    SendOrder,
+    Sent,
+    SettleOrder,
+)
+from harness.traffic import START_DELAY_NS, phase_wait_s, plan
+from harness.wire import now_ns
+from harness.workers import Handler, each, expect
+
+
+@dataclass(frozen=True)
+class Members:
+    """The members the shards connected: how many in each shard, and the first failure."""
+
+    per_shard: list[int]
+    first_failure: str | None
+
+    @property
+    def connected(self) -> int:
+        return sum(self.per_shard)
+
+
+async def open_members(
+    ctx: Context,
+    result: ScenarioResult,
+    scenario: str,
+    shards: list[Handler],
+    urls: list[str],
+    n: int,
+    room: str,
+    *,
+    watch: tuple[str, ...] = (),
+) -> Members:
+    """Connect the scenario's ``n`` numbered members to ``room``, spread over ``shards``
+    (and over ``urls``, round-robin); :class:`Unreachable` if none could connect.
+
+    Sets the ``connected_per_url`` figure."""
+    ctx.progress(f"{scenario}: connecting {n} over {len(shards)} workers", 0, n)
+    nicks = [ctx.nick(scenario, str(i)) for i in range(n)]
+    within = max(CONNECT_TIMEOUT, CONNECT_TIMEOUT_PER_CLIENT * n)
+    orders = []
+    first = 0
+    for count in plan(n, len(shards)):
+        part = nicks[first : first + count]
+        orders.append(OpenOrder(urls, part, first, room, within, watch=list(watch)))
+        first += count
+    opened = expect(Opened, await each(shards, orders))
+    failure = next((o.first_failure for o in opened if o.first_failure), None)
+    members = Members([o.connected for o in opened], failure)
+    if members.connected == 0:
+        raise Unreachable(failure or "no client could connect")
+    result.figures["connected_per_url"] = _per_url(urls, opened)
+    return members
+
+
+def _per_url(urls: list[str], opened: list[Opened]) -> str:
+    """``url: clients`` for each URL, in the order given (spread round-robin)."""
+    counts = {url: sum(o.per_url.get(url, 0) for o in opened) for url in urls}
+    return ", ".join(f"{url}: {count}" for url, count in counts.items())
+
+
+async def run_phase(
+    ctx: Context, scenario: str, label: str, shards: list[Handler], members: Members, total: int
+) -> Outcome:
+    """Every member sends its share of ``total`` counted messages at ``--rate`` and counts
+    everyone's; the merged outcome once all arrived or the deadline passed."""
+    senders = members.connected
+    rate = ctx.options.send_rate()
+    expect(Planned, await each(shards, [PlanOrder(total, senders)] * len(shards)))
+    started_ns = now_ns() + START_DELAY_NS
+    orders = []
+    first = 0
+    for count in members.per_shard:
+        orders.append(SendOrder(started_ns, rate, first))
+        first += count
+    what = f"{scenario}: {label + ': ' if label else ''}"
+    ctx.progress(f"{what}sending {total} messages at {rate:g}/s", 0, 1)
+    sent_parts = expect(Sent, await each(shards, orders))
+    sent = [sum(column) for column in zip(*(part.sent for part in sent_parts), strict=True)]
+    deadline_ns = started_ns + int(phase_wait_s(ctx, total, senders, rate) * 1e9)
+    ctx.progress(f"{what}waiting for {sum(sent) * senders} deliveries", 0, 1)
+    settle_orders = [SettleOrder(sent, deadline_ns)] * len(shards)
+    return merge(expect(Outcome, await each(shards, settle_orders)))
+
+
+async def lefts(shards: list[Handler], nick: str) -> Lefts:
+    """What every member of every shard was told of ``nick`` leaving (a watched nick)."""
+    return Lefts.merge(expect(Lefts, await each(shards, [LeftsOrder(nick)] * len(shards))))
+
+
+async def close(result: ScenarioResult, shards: list[Handler]) -> None:
+    """Close every shard's members; their processes' CPU goes to the scenario's meter."""
+    closed = expect(Closed, await each(shards, [CloseOrder()] * len(shards)))
+    remote = len(shards) > 1
+    for part in closed:
+        add_worker(WorkerUsage(cpu_s=part.cpu_s if remote else 0.0, events=part.events))
+    result.figures["workers"] = len(shards)
