@@ -514,9 +514,6 @@ async def _accept_loop(
             while True:
                 try:
                     stream = await listener.accept()
-                    _admit(server, scheme, handler, stream, connections)
-                    for stream in _take_ready(queue):
-                        _admit(server, scheme, handler, stream, connections)
                 except OSError as exc:
                     if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
                         raise
@@ -525,6 +522,9 @@ async def _accept_loop(
                     continue
                 if starved.since is not None:
                     starved.recovered()
+                _admit(server, scheme, handler, stream, connections)
+                for stream in _take_ready(queue):
+                    _admit(server, scheme, handler, stream, connections)
 
 
 @contextmanager
@@ -553,7 +553,7 @@ def _take_ready(queue: socket.socket) -> Iterator[trio.SocketStream]:
         except OSError as exc:
             if exc.errno in ACCEPT_GONE_ERRNOS:
                 continue
-            raise
+            return  # out of descriptors, or worse: listener.accept() meets it next, and says so
         yield trio.SocketStream(trio.socket.from_stdlib_socket(conn))
 
 
