@@ -109,8 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=argtypes.positive_int,
         default=default_workers(),
-        help="processes the clients of broadcast and slow_reader are spread over (the number"
-        f" of cores: {default_workers()}); 1 runs them in the harness's own process",
+        help="processes the clients of broadcast, slow_reader and flood are spread over (the"
+        f" number of cores: {default_workers()}); 1 runs them in the harness's own process",
     )
     p.add_argument("--json", metavar="PATH", help="write a machine-readable report to PATH")
     p.add_argument(

@@ -7,19 +7,32 @@ accepted and reported), accept no more than the burst plus the rate over the
 flood's duration, and the other members' counted traffic must arrive 100%
 with a p99 within the stated bound of a no-fault phase run just before.
 Against a server with flood control off (``rate_limit`` 0 in ``welcome``) the
-flooder check is skipped: there is nothing to prove.
+flooder check is skipped: there is nothing to prove. With plain ``ws://`` or
+``tcp://`` targets the other members are split over ``--workers`` shards
+(:mod:`harness.sharded`); the flooder stays in this process.
 """
 
 from __future__ import annotations
 
 import trio
 
+from harness import sharded
 from harness.context import Context
 from harness.fleet import SEND_ERRORS, Fleet, Sim
 from harness.model import ScenarioResult
 from harness.scenarios.common import wait_until
-from harness.traffic import connect_check, delivery_checks, latency_check, open_members, run_phase
+from harness.swarm import lean_url
+from harness.traffic import (
+    connect_check,
+    connect_check_counts,
+    delivery_checks,
+    latency_check,
+    open_members,
+    outcome_checks,
+    run_phase,
+)
 from harness.wire import now_ns
+from harness.workers import open_shards
 from triochat.protocol import encode
 from triochat.protocol.events import Say
 
@@ -30,21 +43,50 @@ CHUNK = 50
 
 async def run(ctx: Context, result: ScenarioResult) -> None:
     n = max(ctx.options.clients - 1, 2)
-    room = ctx.room(NAME)
     async with ctx.target(NAME) as target, trio.open_nursery() as nursery:
         fleet = Fleet(nursery, target.urls)
-        sims = await open_members(ctx, fleet, NAME, room, n)
+        if all(lean_url(url) for url in target.urls):
+            await _sharded(ctx, result, fleet, target.urls, n)
+        else:
+            await _in_process(ctx, result, fleet, n)
+        await fleet.close(notes=result.notes)
+
+
+async def _in_process(ctx: Context, result: ScenarioResult, fleet: Fleet, n: int) -> None:
+    room = ctx.room(NAME)
+    sims = await open_members(ctx, fleet, NAME, room, n)
+    (flooder,) = await fleet.open([ctx.nick(NAME, "flooder")], [room])
+    if connect_check(result, [*sims, flooder]):
+        total = ctx.options.fault_messages()
+        baseline = await run_phase(ctx, NAME, "baseline", room, sims, sims, total)
+        delivery_checks(result, baseline, "every other client")
+        async with trio.open_nursery() as flooding:
+            flooding.start_soon(_flood_and_count, ctx, result, flooder, room)
+            fault = await run_phase(ctx, NAME, "flooded", room, sims, sims, total)
+        delivery_checks(result, fault, "every other client")
+        latency_check(result, baseline.outcome(), fault.outcome())
+
+
+async def _sharded(
+    ctx: Context, result: ScenarioResult, fleet: Fleet, urls: list[str], n: int
+) -> None:
+    room = ctx.room(NAME)
+    async with open_shards(max(1, min(ctx.options.workers, n))) as shards:
+        members = await sharded.open_members(ctx, result, NAME, shards, urls, n, room)
         (flooder,) = await fleet.open([ctx.nick(NAME, "flooder")], [room])
-        if connect_check(result, [*sims, flooder]):
+        failure = members.first_failure or flooder.failure
+        connected = members.connected + (flooder.client is not None)
+        if connect_check_counts(result, connected, n + 1, failure):
             total = ctx.options.fault_messages()
-            baseline = await run_phase(ctx, NAME, "baseline", room, sims, sims, total)
-            delivery_checks(result, baseline, "every other client")
+            baseline = await sharded.run_phase(ctx, NAME, "baseline", shards, members, total)
+            outcome_checks(result, "baseline", baseline, "every other client")
             async with trio.open_nursery() as flooding:
                 flooding.start_soon(_flood_and_count, ctx, result, flooder, room)
-                fault = await run_phase(ctx, NAME, "flooded", room, sims, sims, total)
-            delivery_checks(result, fault, "every other client")
-            latency_check(result, baseline.outcome(), fault.outcome())
-        await fleet.close(notes=result.notes)
+                fault = await sharded.run_phase(ctx, NAME, "flooded", shards, members, total)
+            outcome_checks(result, "flooded", fault, "every other client")
+            latency_check(result, baseline, fault)
+        ctx.progress(f"{NAME}: closing", 0, 1)
+        await sharded.close(result, shards)
 
 
 async def _flood_and_count(ctx: Context, result: ScenarioResult, flooder: Sim, room: str) -> None:
