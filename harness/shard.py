@@ -2,9 +2,10 @@
 
 Theory of operation
 -------------------
-``broadcast`` and ``slow_reader`` split their clients into shards, one per worker process
-(``--workers``; with one worker the shard runs in the coordinator's own
-process, the same code without the pipe). The coordinator walks every shard
+``broadcast``, ``slow_reader``, ``flood`` and ``broken_pipe`` split their
+clients into shards, one per worker process (``--workers``; with one worker
+the shard runs in the coordinator's own process, the same code without the
+pipe). The coordinator walks every shard
 through the same steps, each an order answered by a report:
 
 1. :class:`OpenOrder` → :class:`Opened`: connect this shard's members (lean
@@ -19,9 +20,12 @@ through the same steps, each an order answered by a report:
    sender's count (from all shards), wait until each member has counted every
    sent message or the deadline passes, and judge what arrived.
    Steps 2 and 3 may be repeated: one phase after another.
-4. :class:`LeftsOrder` → :class:`Lefts` (any time): how many members have been
-   told that a given member left, and why (only for nicks the open order named
-   in ``watch``: lean members keep no roster otherwise).
+4. Any time: :class:`LeftsOrder` → :class:`Lefts`, how many members have been
+   told that a given member left, and why, and :class:`DeparturesOrder` →
+   :class:`Departures`, whether the stayers were told of each departure
+   exactly once (both only for nicks the open order named in ``watch``: lean
+   members keep no roster otherwise); :class:`WhoOrder` → :class:`Listed`,
+   every stayer asks ``who`` and compares the answer with the stayers.
 5. :class:`CloseOrder` → :class:`Closed`: ``quit``, wait for the server to let
    go, and report the CPU spent and events received.
 
@@ -32,6 +36,8 @@ check sees every receiver of every shard.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from contextlib import suppress
 
 import msgspec
 import trio
@@ -43,7 +49,8 @@ from harness.tally import Book, Tally
 from harness.traffic import plan
 from harness.wire import counted_text, now_ns
 from triochat.errors import ConnectionLost, TriochatError
-from triochat.protocol import ProtocolError
+from triochat.protocol import ProtocolError, encode
+from triochat.protocol.events import Who
 
 POLL = 0.05
 
@@ -138,6 +145,87 @@ class Lefts(msgspec.Struct, tag=True):
         )
 
 
+class DeparturesOrder(msgspec.Struct, tag=True):
+    room: str
+    departed: list[str]
+    reason: str
+    """The reason each of their ``left`` events must give."""
+    stayers: list[str]
+    """Every stayer's nick, all shards': members not named here are not judged."""
+
+
+class Departures(msgspec.Struct, tag=True):
+    stayers: int
+    told: int
+    """Stayers told of every departure (at least once)."""
+    wrong: int
+    """Departures a stayer saw other than once with the reason, and stayers seen leaving."""
+    example: str | None
+
+    @staticmethod
+    def of(members: list[tuple[str, Tally]], order: DeparturesOrder) -> Departures:
+        """What the stayers among ``members`` (nick, tally) saw of ``order``'s departures."""
+        departed, stayers = set(order.departed), set(order.stayers)
+        judged = [(nick, tally) for nick, tally in members if nick in stayers]
+        told = wrong = 0
+        example = None
+        for nick, tally in judged:
+            lefts = [left for left in tally.lefts if left.room == order.room]
+            told += departed <= {left.nick for left in lefts}
+            for gone in order.departed:
+                reasons = [left.reason for left in lefts if left.nick == gone]
+                if reasons != [order.reason]:
+                    wrong += 1
+                    example = example or f"{nick} saw {reasons} for {gone}"
+            spurious = [left.nick for left in lefts if left.nick in stayers]
+            if spurious:
+                wrong += 1
+                example = example or f"{nick} saw {spurious[0]} leave"
+        return Departures(len(judged), told, wrong, example)
+
+    @staticmethod
+    def merge(parts: list[Departures]) -> Departures:
+        return Departures(
+            stayers=sum(part.stayers for part in parts),
+            told=sum(part.told for part in parts),
+            wrong=sum(part.wrong for part in parts),
+            example=next((part.example for part in parts if part.example), None),
+        )
+
+
+class WhoOrder(msgspec.Struct, tag=True):
+    room: str
+    stayers: list[str]
+    """Every stayer's nick, all shards': what ``who`` must list, and who asks."""
+    within: float
+
+
+class Listed(msgspec.Struct, tag=True):
+    stayers: int
+    answered: int
+    mismatched: int
+    example: list[str] | None
+    """The first list that differs, sorted, its first five."""
+
+    @staticmethod
+    def of(lists: Sequence[Sequence[str] | None], stayers: list[str]) -> Listed:
+        """``lists[i]``: what stayer ``i``'s ``who`` answered (None: no answer in time)."""
+        wanted = set(stayers)
+        answers = [answer for answer in lists if answer is not None]
+        wrong = [answer for answer in answers if set(answer) != wanted]
+        example = sorted(wrong[0])[:5] if wrong else None
+        return Listed(len(lists), len(answers), len(wrong), example)
+
+    @staticmethod
+    def merge(parts: list[Listed]) -> Listed:
+        return Listed(
+            stayers=sum(part.stayers for part in parts),
+            answered=sum(part.answered for part in parts),
+            mismatched=sum(part.mismatched for part in parts),
+            example=next((part.example for part in parts if part.example), None),
+        )
+
+
 class CloseOrder(msgspec.Struct, tag=True):
     pass
 
@@ -153,8 +241,17 @@ class Failed(msgspec.Struct, tag=True):
     error: str
 
 
-Order = OpenOrder | PlanOrder | SendOrder | SettleOrder | LeftsOrder | CloseOrder
-Answer = Opened | Planned | Sent | Outcome | Lefts | Closed | Failed
+Order = (
+    OpenOrder
+    | PlanOrder
+    | SendOrder
+    | SettleOrder
+    | LeftsOrder
+    | DeparturesOrder
+    | WhoOrder
+    | CloseOrder
+)
+Answer = Opened | Planned | Sent | Outcome | Lefts | Departures | Listed | Closed | Failed
 
 
 class Shard:
@@ -284,7 +381,41 @@ class Shard:
     def lefts(self, order: LeftsOrder) -> Lefts:
         return Lefts.of([member.tally for member in self.swarm.members], order.nick)
 
+    def departures(self, order: DeparturesOrder) -> Departures:
+        return Departures.of([(m.nick, m.tally) for m in self.swarm.members], order)
+
+    async def who(self, order: WhoOrder) -> Listed:
+        """Every stayer of this shard asks ``who``; what they were told, once all answered
+        (or ``within`` passed). Events reach a member in order, so an answer also means
+        that everything the server queued for it before has arrived."""
+        stayers = set(order.stayers)
+        asking = [m for m in self.swarm.members if m.nick in stayers]
+        before = [m.tally.members_replies for m in asking]
+        line = encode(Who(room=order.room))
+        for member in asking:
+            if member.alive:
+                with suppress(ConnectionLost):
+                    await member.send_line(line)
+
+        def answered() -> list[bool]:
+            return [m.tally.members_replies > b for m, b in zip(asking, before, strict=True)]
+
+        with trio.move_on_after(order.within):
+            while True:
+                if all(answered()):
+                    break
+                await trio.sleep(POLL)
+        return Listed.of(
+            [
+                m.tally.members.get(order.room, []) if done else None
+                for m, done in zip(asking, answered(), strict=True)
+            ],
+            order.stayers,
+        )
+
     async def close(self) -> Closed:
+        for member in self.swarm.members:  # nothing asks any more: no rosters of the goodbyes
+            member.tally.watch = frozenset()
         await self.swarm.quit(QUIT_REASON, QUIT_GRACE)
         self._reading.cancel()
         await self._read_done.wait()  # no task waits on the sockets when they close
@@ -304,4 +435,8 @@ class Shard:
             return await self.settle(order)
         if isinstance(order, LeftsOrder):
             return self.lefts(order)
+        if isinstance(order, DeparturesOrder):
+            return self.departures(order)
+        if isinstance(order, WhoOrder):
+            return await self.who(order)
         return await self.close()

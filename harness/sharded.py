@@ -17,8 +17,11 @@ from harness.outcome import Outcome, merge
 from harness.shard import (
     Closed,
     CloseOrder,
+    Departures,
+    DeparturesOrder,
     Lefts,
     LeftsOrder,
+    Listed,
     Opened,
     OpenOrder,
     Planned,
@@ -26,6 +29,7 @@ from harness.shard import (
     SendOrder,
     Sent,
     SettleOrder,
+    WhoOrder,
 )
 from harness.traffic import START_DELAY_NS, phase_wait_s, plan
 from harness.wire import now_ns
@@ -110,6 +114,17 @@ async def run_phase(
 async def lefts(shards: list[Handler], nick: str) -> Lefts:
     """What every member of every shard was told of ``nick`` leaving (a watched nick)."""
     return Lefts.merge(expect(Lefts, await each(shards, [LeftsOrder(nick)] * len(shards))))
+
+
+async def departures(shards: list[Handler], order: DeparturesOrder) -> Departures:
+    """What every stayer of every shard was told of ``order``'s departures."""
+    answers = await each(shards, [order] * len(shards))
+    return Departures.merge(expect(Departures, answers))
+
+
+async def listed(shards: list[Handler], order: WhoOrder) -> Listed:
+    """Every stayer of every shard asks ``who``; what they were told."""
+    return Listed.merge(expect(Listed, await each(shards, [order] * len(shards))))
 
 
 async def close(result: ScenarioResult, shards: list[Handler]) -> None:

@@ -15,12 +15,24 @@ from functools import partial
 
 import trio
 
+from harness import sharded
 from harness.context import Context
 from harness.fleet import SEND_ERRORS, Fleet, Sim
 from harness.model import ScenarioResult
 from harness.raw import RawClient, open_raw
-from harness.scenarios.common import barrier, room_members, wait_until
-from harness.traffic import Phase, connect_check, delivery_checks, open_members, run_phase
+from harness.scenarios.common import POLL, barrier, room_members, wait_until
+from harness.shard import Departures, DeparturesOrder, Listed, WhoOrder
+from harness.swarm import lean_url
+from harness.traffic import (
+    Phase,
+    connect_check,
+    connect_check_counts,
+    delivery_checks,
+    open_members,
+    outcome_checks,
+    run_phase,
+)
+from harness.workers import Handler, open_shards
 from triochat.errors import TriochatError
 
 DISCONNECT_PROVES = "clean quits mid-run: one left{quit} each, member list right, nobody else hurt"
@@ -28,6 +40,7 @@ BROKEN_PIPE_PROVES = (
     "abrupt resets and half-sent lines mid-run: one left{disconnected} each, the rest get 100%,"
     " the server keeps serving"
 )
+BROKEN_PIPE = "broken_pipe"
 VANISH_KINDS = ("reset", "half line + reset", "half line + close")
 """How vanishing clients go, in turn: RST (SO_LINGER 0), or half an event then RST or FIN."""
 
@@ -102,6 +115,8 @@ async def _left_checks(
     reason: str,
 ) -> None:
     """Exactly one ``left{reason}`` per departed nick at every stayer, and ``who`` = stayers."""
+    nicks = [sim.nick for sim in stayers]
+    order = DeparturesOrder(room, departed, reason, nicks)
 
     def told() -> tuple[int, int]:
         wanted = set(departed)
@@ -109,35 +124,53 @@ async def _left_checks(
         return done, len(stayers)
 
     await wait_until(ctx, f"{name}: waiting for left events", told, ctx.options.settle)
+    seen = Departures.of([(sim.nick, sim.tally) for sim in stayers], order)
     answered = await barrier(ctx, f"{name}: who", stayers, room, ctx.options.settle)
-    wrong = 0
-    detail = ""
-    stayer_nicks = {sim.nick for sim in stayers}
-    for sim in stayers:
-        for nick in departed:
-            lefts = [x for x in sim.tally.left_of(nick) if x.room == room]
-            if len(lefts) != 1 or lefts[0].reason != reason:
-                wrong += 1
-                detail = detail or f"; e.g. {sim.nick} saw {[x.reason for x in lefts]} for {nick}"
-        spurious = [x for x in sim.tally.lefts if x.nick in stayer_nicks]
-        if spurious:
-            wrong += 1
-            detail = detail or f"; e.g. {sim.nick} saw {spurious[0].nick} leave"
+    lists = [sorted(room_members(sim, room)) for sim in stayers]
+    listed = Listed.of(lists, nicks) if answered else Listed(len(stayers), 0, 0, None)
+    _left_verdicts(result, order, seen, listed)
+
+
+async def _left_checks_sharded(
+    ctx: Context,
+    result: ScenarioResult,
+    name: str,
+    shards: list[Handler],
+    order: DeparturesOrder,
+) -> None:
+    """:func:`_left_checks` of stayers in shards."""
+    deadline = trio.current_time() + ctx.options.settle
+    while True:
+        seen = await sharded.departures(shards, order)
+        ctx.progress(f"{name}: waiting for left events", seen.told, seen.stayers)
+        if seen.told >= seen.stayers or trio.current_time() > deadline:
+            break
+        await trio.sleep(POLL)
+    ctx.progress(f"{name}: who", 0, 1)
+    listed = await sharded.listed(shards, WhoOrder(order.room, order.stayers, ctx.options.settle))
+    _left_verdicts(result, order, seen, listed)
+
+
+def _left_verdicts(
+    result: ScenarioResult, order: DeparturesOrder, seen: Departures, listed: Listed
+) -> None:
+    reason = order.reason
     result.check(
         f"one left{{{reason}}} each",
         f'every stayer sees exactly one left{{reason:"{reason}"}} per departed client, no others',
-        wrong == 0,
-        f"{len(departed)} departed x {len(stayers)} stayers: {wrong} wrong" + detail,
+        seen.wrong == 0,
+        f"{len(order.departed)} departed x {seen.stayers} stayers: {seen.wrong} wrong"
+        + (f"; e.g. {seen.example}" if seen.example else ""),
     )
-    mismatched = [sim for sim in stayers if room_members(sim, room) != stayer_nicks]
+    answered = listed.answered == listed.stayers
     result.check(
         "member list",
         "afterwards who(room) lists exactly the clients still connected",
-        answered and not mismatched,
+        answered and not listed.mismatched,
         "matches at every stayer"
-        if answered and not mismatched
-        else f"{len(mismatched)} stayers disagree"
-        + (f"; e.g. {sorted(room_members(mismatched[0], room))[:5]}" if mismatched else "")
+        if answered and not listed.mismatched
+        else f"{listed.mismatched} stayers disagree"
+        + (f"; e.g. {listed.example}" if listed.example else "")
         + ("" if answered else " (who unanswered)"),
     )
 
@@ -146,42 +179,98 @@ async def _left_checks(
 
 
 async def run_broken_pipe(ctx: Context, result: ScenarioResult) -> None:
-    name = "broken_pipe"
     n = max(ctx.options.clients, 3)
-    room = ctx.room(name)
-    async with ctx.target(name) as target, trio.open_nursery() as nursery:
+    async with ctx.target(BROKEN_PIPE) as target, trio.open_nursery() as nursery:
         count = _departures(ctx, n, 3)
-        fleet = Fleet(nursery, target.urls)
-        ctx.progress(f"{name}: connecting {n}", 0, n)
-        stayers = await fleet.open([ctx.nick(name, str(i)) for i in range(n - count)], [room])
-        vanished = [ctx.nick(name, f"v{i}") for i in range(count)]
+        vanished = [ctx.nick(BROKEN_PIPE, f"v{i}") for i in range(count)]
         go = trio.Event()
-        ready = trio.Semaphore(0)
-        failures: list[str] = []
-        for i, nick in enumerate(vanished):
-            url = target.urls[i % len(target.urls)]
-            kind = VANISH_KINDS[i % len(VANISH_KINDS)]
-            nursery.start_soon(_vanisher, url, nick, room, kind, ready, go, failures)
-        for _ in vanished:
-            await ready.acquire()
-        ok = connect_check(result, stayers)
-        ok = (
-            result.check(
-                "vanishers connected",
-                "every vanishing client connects",
-                not failures,
-                failures or "all",
-            )
-            and ok
+        try:
+            if all(lean_url(url) for url in target.urls):
+                await _broken_pipe_sharded(ctx, result, nursery, target.urls, n, vanished, go)
+            else:
+                await _broken_pipe_in_process(ctx, result, nursery, target.urls, n, vanished, go)
+        finally:
+            go.set()
+
+
+async def _broken_pipe_in_process(
+    ctx: Context,
+    result: ScenarioResult,
+    nursery: trio.Nursery,
+    urls: list[str],
+    n: int,
+    vanished: list[str],
+    go: trio.Event,
+) -> None:
+    name, room = BROKEN_PIPE, ctx.room(BROKEN_PIPE)
+    fleet = Fleet(nursery, urls)
+    ctx.progress(f"{name}: connecting {n}", 0, n)
+    stayers = await fleet.open([ctx.nick(name, str(i)) for i in range(n - len(vanished))], [room])
+    vanishers_ok = await _start_vanishers(result, nursery, urls, room, vanished, go)
+    if connect_check(result, stayers) and vanishers_ok:
+        live = fleet.connected()
+        phase = await _phase_faulted_midway(ctx, name, room, live, partial(_set, go))
+        delivery_checks(result, phase, "every remaining client")
+        await _left_checks(ctx, result, name, room, live, vanished, "disconnected")
+        await _still_serving(ctx, result, urls[0], room)
+    go.set()
+    await fleet.close(notes=result.notes)
+
+
+async def _broken_pipe_sharded(
+    ctx: Context,
+    result: ScenarioResult,
+    nursery: trio.Nursery,
+    urls: list[str],
+    n: int,
+    vanished: list[str],
+    go: trio.Event,
+) -> None:
+    """The stayers in ``--workers`` shards; the vanishing clients stay in this process."""
+    name, room = BROKEN_PIPE, ctx.room(BROKEN_PIPE)
+    stayers = n - len(vanished)
+    nicks = [ctx.nick(name, str(i)) for i in range(stayers)]
+    async with open_shards(max(1, min(ctx.options.workers, stayers))) as shards:
+        members = await sharded.open_members(
+            ctx, result, name, shards, urls, stayers, room, watch=(*nicks, *vanished)
         )
-        if ok:
-            live = fleet.connected()
-            phase = await _phase_faulted_midway(ctx, name, room, live, partial(_set, go))
-            delivery_checks(result, phase, "every remaining client")
-            await _left_checks(ctx, result, name, room, live, vanished, "disconnected")
-            await _still_serving(ctx, result, target.urls[0], room)
+        vanishers_ok = await _start_vanishers(result, nursery, urls, room, vanished, go)
+        connected = connect_check_counts(result, members.connected, stayers, members.first_failure)
+        if connected and vanishers_ok:
+            total = ctx.options.fault_messages()
+            midway = total / ctx.options.send_rate() / 2
+            async with trio.open_nursery() as faults:
+                faults.start_soon(_after, midway, partial(_set, go))
+                outcome = await sharded.run_phase(ctx, name, "", shards, members, total)
+            outcome_checks(result, "", outcome, "every remaining client")
+            order = DeparturesOrder(room, vanished, "disconnected", nicks)
+            await _left_checks_sharded(ctx, result, name, shards, order)
+            await _still_serving(ctx, result, urls[0], room)
         go.set()
-        await fleet.close(notes=result.notes)
+        ctx.progress(f"{name}: closing", 0, 1)
+        await sharded.close(result, shards)
+
+
+async def _start_vanishers(
+    result: ScenarioResult,
+    nursery: trio.Nursery,
+    urls: list[str],
+    room: str,
+    vanished: list[str],
+    go: trio.Event,
+) -> bool:
+    """Connect the vanishing clients (they vanish once ``go`` is set); whether all did."""
+    ready = trio.Semaphore(0)
+    failures: list[str] = []
+    for i, nick in enumerate(vanished):
+        url = urls[i % len(urls)]
+        kind = VANISH_KINDS[i % len(VANISH_KINDS)]
+        nursery.start_soon(_vanisher, url, nick, room, kind, ready, go, failures)
+    for _ in vanished:
+        await ready.acquire()
+    return result.check(
+        "vanishers connected", "every vanishing client connects", not failures, failures or "all"
+    )
 
 
 async def _set(event: trio.Event) -> None:
@@ -228,13 +317,13 @@ async def _still_serving(ctx: Context, result: ScenarioResult, url: str, room: s
     async with trio.open_nursery() as nursery:
         fleet = Fleet(nursery, [url])
         try:
-            (sim,) = await fleet.open([ctx.nick("broken_pipe", "after")], [room])
+            (sim,) = await fleet.open([ctx.nick(BROKEN_PIPE, "after")], [room])
         except Exception as exc:  # any failure here is the finding, reported as such
             sim = None
             observed = f"cannot connect: {exc}"
         if sim is not None and sim.client is not None:
             await sim.client.say(room, "still there?")
-            await wait_until(ctx, "broken_pipe: newcomer", lambda: (sim.tally.acks, 1), 5.0)
+            await wait_until(ctx, f"{BROKEN_PIPE}: newcomer", lambda: (sim.tally.acks, 1), 5.0)
             observed = "newcomer welcomed and acked" if sim.tally.acks else "newcomer not acked"
         elif sim is not None:
             observed = f"cannot connect: {sim.failure}"

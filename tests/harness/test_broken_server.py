@@ -115,6 +115,9 @@ async def test_transparent_proxy_passes_through_workers(nursery: trio.Nursery) -
     (slow,) = [s for s in report.scenarios if s.name == "slow_reader"]
     told = {c.name: c.observed for c in slow.checks}["eviction told once"]
     assert told == f"{others}/{others} saw exactly one"
+    (broken,) = [s for s in report.scenarios if s.name == "broken_pipe"]
+    lefts = {c.name: c.observed for c in broken.checks}["one left{disconnected} each"]
+    assert lefts == "3 departed x 2 stayers: 0 wrong"  # 5 clients: 3 vanish, one stayer a worker
 
 
 @pytest.mark.parametrize(("faults", "scenario", "check"), BROKEN_FAN_OUT)
