@@ -109,9 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=argtypes.positive_int,
         default=default_workers(),
-        help="processes the clients of broadcast, slow_reader, flood and broken_pipe are spread"
-        f" over (the number of cores: {default_workers()}); 1 runs them in the harness's own"
-        " process",
+        help="processes the clients of broadcast, disconnect, broken_pipe, slow_reader and flood"
+        f" are spread over (the number of cores: {default_workers()}); 1 runs them in the"
+        " harness's own process",
     )
     p.add_argument("--json", metavar="PATH", help="write a machine-readable report to PATH")
     p.add_argument(

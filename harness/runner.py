@@ -153,7 +153,9 @@ def _record_usage(options: Options, result: ScenarioResult, meter: Meter) -> Non
     )
 
 
-SHARDED = frozenset({broadcast.NAME, slow_reader.NAME, flood.NAME, departures.BROKEN_PIPE})
+SHARDED = frozenset(
+    {broadcast.NAME, slow_reader.NAME, flood.NAME, departures.DISCONNECT, departures.BROKEN_PIPE}
+)
 """The scenarios whose members ``--workers`` spreads over processes."""
 
 

@@ -2,11 +2,11 @@
 
 Theory of operation
 -------------------
-``broadcast``, ``slow_reader``, ``flood`` and ``broken_pipe`` split their
-clients into shards, one per worker process (``--workers``; with one worker
-the shard runs in the coordinator's own process, the same code without the
-pipe). The coordinator walks every shard
-through the same steps, each an order answered by a report:
+``broadcast``, ``disconnect``, ``broken_pipe``, ``slow_reader`` and ``flood``
+split their clients into shards, one per worker process (``--workers``; with
+one worker the shard runs in the coordinator's own process, the same code
+without the pipe). The coordinator walks every shard through the same steps,
+each an order answered by a report:
 
 1. :class:`OpenOrder` → :class:`Opened`: connect this shard's members (lean
    clients of a :class:`~harness.swarm.Swarm`) and join the room.
@@ -19,7 +19,10 @@ through the same steps, each an order answered by a report:
 3. :class:`SettleOrder` → :class:`~harness.outcome.Outcome`: with every
    sender's count (from all shards), wait until each member has counted every
    sent message or the deadline passes, and judge what arrived.
-   Steps 2 and 3 may be repeated: one phase after another.
+   Steps 2 and 3 may be repeated: one phase after another. A plan may name
+   members that sit the phase out, and the send order may have them say
+   ``quit`` at a set point of the schedule (``disconnect``); :class:`GoneOrder`
+   → :class:`Gone` then counts those the server closed.
 4. Any time: :class:`LeftsOrder` → :class:`Lefts`, how many members have been
    told that a given member left, and why, and :class:`DeparturesOrder` →
    :class:`Departures`, whether the stayers were told of each departure
@@ -50,7 +53,7 @@ from harness.traffic import plan
 from harness.wire import counted_text, now_ns
 from triochat.errors import ConnectionLost, TriochatError
 from triochat.protocol import ProtocolError, encode
-from triochat.protocol.events import Who
+from triochat.protocol.events import Quit, Who
 
 POLL = 0.05
 
@@ -78,6 +81,8 @@ class PlanOrder(msgspec.Struct, tag=True):
     """Messages all shards' senders send together."""
     senders: int
     """Senders in all shards together."""
+    idle: list[str] = msgspec.field(default_factory=list)
+    """Members that sit this phase out: they neither send nor are judged (they leave in it)."""
 
 
 class Planned(msgspec.Struct, tag=True):
@@ -89,6 +94,10 @@ class SendOrder(msgspec.Struct, tag=True):
     rate: float
     first_sender: int
     """This shard's first sender's index among all shards' senders."""
+    quit: list[str] = msgspec.field(default_factory=list)
+    """Members that say ``quit`` at ``quit_at_ns``, amid the sending (those of other
+    shards are ignored): a departure at a set point of the schedule."""
+    quit_at_ns: int = 0
 
 
 class Sent(msgspec.Struct, tag=True):
@@ -143,6 +152,17 @@ class Lefts(msgspec.Struct, tag=True):
             reasons=sorted({reason for part in parts for reason in part.reasons}),
             first_ns=min(firsts, default=None),
         )
+
+
+class GoneOrder(msgspec.Struct, tag=True):
+    nicks: list[str]
+
+
+class Gone(msgspec.Struct, tag=True):
+    named: int
+    """Named members in this shard."""
+    closed: int
+    """Of those, how many the server has closed."""
 
 
 class DeparturesOrder(msgspec.Struct, tag=True):
@@ -247,11 +267,12 @@ Order = (
     | SendOrder
     | SettleOrder
     | LeftsOrder
+    | GoneOrder
     | DeparturesOrder
     | WhoOrder
     | CloseOrder
 )
-Answer = Opened | Planned | Sent | Outcome | Lefts | Departures | Listed | Closed | Failed
+Answer = Opened | Planned | Sent | Outcome | Lefts | Gone | Departures | Listed | Closed | Failed
 
 
 class Shard:
@@ -263,6 +284,8 @@ class Shard:
         self._reading = trio.CancelScope()
         self._read_done = trio.Event()
         self._book: Book | None = None
+        self._phase_members: list[Member] = []
+        """The members that send and are judged in the current phase."""
         self._room = ""
         self._sent: Sent | None = None
         self._usage = Usage()
@@ -311,7 +334,9 @@ class Shard:
 
     def plan(self, order: PlanOrder) -> Planned:
         book = Book(plan(order.total, order.senders))
-        for member in self.swarm.members:
+        idle = set(order.idle)
+        self._phase_members = [m for m in self.swarm.members if m.nick not in idle]
+        for member in self._phase_members:
             member.tally.follow(book)
         self._book = book
         self._usage = Usage()
@@ -326,9 +351,11 @@ class Shard:
         lag = [0.0]
         failures = [0]
         async with trio.open_nursery() as nursery:
-            for position, member in enumerate(self.swarm.members):
+            for position, member in enumerate(self._phase_members):
                 j = order.first_sender + position
                 nursery.start_soon(self._series, order, book, j, member, sent, lag, failures)
+            if order.quit:
+                nursery.start_soon(self._quit_at, order)
         self._sent = Sent(sent, failures[0], round(lag[0], 3))
         return self._sent
 
@@ -361,7 +388,7 @@ class Shard:
         book, own = self._book, self._sent
         assert book is not None, "settle before send"
         assert own is not None, "settle before send"
-        members = self.swarm.members
+        members = self._phase_members
         wanted = sum(order.sent) * len(members)
         while True:
             if book.delivered >= wanted or now_ns() >= order.deadline_ns:
@@ -380,6 +407,20 @@ class Shard:
 
     def lefts(self, order: LeftsOrder) -> Lefts:
         return Lefts.of([member.tally for member in self.swarm.members], order.nick)
+
+    async def _quit_at(self, order: SendOrder) -> None:
+        await trio.sleep_until(trio.current_time() + (order.quit_at_ns - now_ns()) / 1e9)
+        named = set(order.quit)
+        line = encode(Quit(reason=QUIT_REASON))
+        for member in self.swarm.members:
+            if member.nick in named and member.alive:
+                with suppress(ConnectionLost):
+                    await member.send_line(line)
+
+    def gone(self, order: GoneOrder) -> Gone:
+        named = set(order.nicks)
+        mine = [m for m in self.swarm.members if m.nick in named]
+        return Gone(len(mine), sum(1 for m in mine if m.closed_at_ns is not None))
 
     def departures(self, order: DeparturesOrder) -> Departures:
         return Departures.of([(m.nick, m.tally) for m in self.swarm.members], order)
@@ -435,6 +476,8 @@ class Shard:
             return await self.settle(order)
         if isinstance(order, LeftsOrder):
             return self.lefts(order)
+        if isinstance(order, GoneOrder):
+            return self.gone(order)
         if isinstance(order, DeparturesOrder):
             return self.departures(order)
         if isinstance(order, WhoOrder):

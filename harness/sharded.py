@@ -7,6 +7,7 @@ check sees every member of every shard.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from harness.context import Context
@@ -19,6 +20,8 @@ from harness.shard import (
     CloseOrder,
     Departures,
     DeparturesOrder,
+    Gone,
+    GoneOrder,
     Lefts,
     LeftsOrder,
     Listed,
@@ -38,9 +41,11 @@ from harness.workers import Handler, each, expect
 
 @dataclass(frozen=True)
 class Members:
-    """The members the shards connected: how many in each shard, and the first failure."""
+    """The members the shards connected: how many in each shard, each shard's nicks (those
+    it was given), and the first failure."""
 
     per_shard: list[int]
+    nicks: list[list[str]]
     first_failure: str | None
 
     @property
@@ -57,7 +62,7 @@ async def open_members(
     n: int,
     room: str,
     *,
-    watch: tuple[str, ...] = (),
+    watch: Sequence[str] = (),
 ) -> Members:
     """Connect the scenario's ``n`` numbered members to ``room``, spread over ``shards``
     (and over ``urls``, round-robin); :class:`Unreachable` if none could connect.
@@ -67,14 +72,15 @@ async def open_members(
     nicks = [ctx.nick(scenario, str(i)) for i in range(n)]
     within = max(CONNECT_TIMEOUT, CONNECT_TIMEOUT_PER_CLIENT * n)
     orders = []
+    parts = []
     first = 0
     for count in plan(n, len(shards)):
-        part = nicks[first : first + count]
-        orders.append(OpenOrder(urls, part, first, room, within, watch=list(watch)))
+        parts.append(nicks[first : first + count])
+        orders.append(OpenOrder(urls, parts[-1], first, room, within, watch=list(watch)))
         first += count
     opened = expect(Opened, await each(shards, orders))
     failure = next((o.first_failure for o in opened if o.first_failure), None)
-    members = Members([o.connected for o in opened], failure)
+    members = Members([o.connected for o in opened], parts, failure)
     if members.connected == 0:
         raise Unreachable(failure or "no client could connect")
     result.figures["connected_per_url"] = _per_url(urls, opened)
@@ -88,18 +94,34 @@ def _per_url(urls: list[str], opened: list[Opened]) -> str:
 
 
 async def run_phase(
-    ctx: Context, scenario: str, label: str, shards: list[Handler], members: Members, total: int
+    ctx: Context,
+    scenario: str,
+    label: str,
+    shards: list[Handler],
+    members: Members,
+    total: int,
+    *,
+    quit_midway: Sequence[str] = (),
 ) -> Outcome:
     """Every member sends its share of ``total`` counted messages at ``--rate`` and counts
-    everyone's; the merged outcome once all arrived or the deadline passed."""
-    senders = members.connected
+    everyone's; the merged outcome once all arrived or the deadline passed. (Every member
+    connected: a phase follows a passed connect check.)
+
+    The members called ``quit_midway`` sit the phase out (they neither send nor are
+    judged) and say ``quit`` halfway through its schedule."""
+    idle = quit_midway
+    sitting = set(idle)
+    per_shard = [sum(1 for nick in part if nick not in sitting) for part in members.nicks]
+    senders = sum(per_shard)
     rate = ctx.options.send_rate()
-    expect(Planned, await each(shards, [PlanOrder(total, senders)] * len(shards)))
+    planning = PlanOrder(total, senders, idle=list(idle))
+    expect(Planned, await each(shards, [planning] * len(shards)))
     started_ns = now_ns() + START_DELAY_NS
     orders = []
     first = 0
-    for count in members.per_shard:
-        orders.append(SendOrder(started_ns, rate, first))
+    quit_at_ns = started_ns + int(total / rate / 2 * 1e9)
+    for count in per_shard:
+        orders.append(SendOrder(started_ns, rate, first, list(quit_midway), quit_at_ns))
         first += count
     what = f"{scenario}: {label + ': ' if label else ''}"
     ctx.progress(f"{what}sending {total} messages at {rate:g}/s", 0, 1)
@@ -114,6 +136,12 @@ async def run_phase(
 async def lefts(shards: list[Handler], nick: str) -> Lefts:
     """What every member of every shard was told of ``nick`` leaving (a watched nick)."""
     return Lefts.merge(expect(Lefts, await each(shards, [LeftsOrder(nick)] * len(shards))))
+
+
+async def gone(shards: list[Handler], nicks: list[str]) -> int:
+    """How many of the members called ``nicks`` the server has closed."""
+    answers = expect(Gone, await each(shards, [GoneOrder(nicks)] * len(shards)))
+    return sum(answer.closed for answer in answers)
 
 
 async def departures(shards: list[Handler], order: DeparturesOrder) -> Departures:

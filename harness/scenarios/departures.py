@@ -17,7 +17,7 @@ import trio
 
 from harness import sharded
 from harness.context import Context
-from harness.fleet import SEND_ERRORS, Fleet, Sim
+from harness.fleet import QUIT_REASON, SEND_ERRORS, Fleet, Sim
 from harness.model import ScenarioResult
 from harness.raw import RawClient, open_raw
 from harness.scenarios.common import POLL, barrier, room_members, wait_until
@@ -40,6 +40,7 @@ BROKEN_PIPE_PROVES = (
     "abrupt resets and half-sent lines mid-run: one left{disconnected} each, the rest get 100%,"
     " the server keeps serving"
 )
+DISCONNECT = "disconnect"
 BROKEN_PIPE = "broken_pipe"
 VANISH_KINDS = ("reset", "half line + reset", "half line + close")
 """How vanishing clients go, in turn: RST (SO_LINGER 0), or half an event then RST or FIN."""
@@ -50,11 +51,20 @@ def _departures(ctx: Context, n: int, minimum: int) -> int:
 
 
 async def run_disconnect(ctx: Context, result: ScenarioResult) -> None:
-    name = "disconnect"
     n = max(ctx.options.clients, 3)
-    room = ctx.room(name)
-    async with ctx.target(name) as target, trio.open_nursery() as nursery:
-        fleet = Fleet(nursery, target.urls)
+    async with ctx.target(DISCONNECT) as target:
+        if all(lean_url(url) for url in target.urls):
+            await _disconnect_sharded(ctx, result, target.urls, n)
+        else:
+            await _disconnect_in_process(ctx, result, target.urls, n)
+
+
+async def _disconnect_in_process(
+    ctx: Context, result: ScenarioResult, urls: list[str], n: int
+) -> None:
+    name, room = DISCONNECT, ctx.room(DISCONNECT)
+    async with trio.open_nursery() as nursery:
+        fleet = Fleet(nursery, urls)
         sims = await open_members(ctx, fleet, name, room, n)
         if connect_check(result, sims):
             live = fleet.connected()
@@ -66,6 +76,34 @@ async def run_disconnect(ctx: Context, result: ScenarioResult) -> None:
             nicks = [sim.nick for sim in leaving]
             await _left_checks(ctx, result, name, room, stayers, nicks, "quit")
         await fleet.close(notes=result.notes)
+
+
+async def _disconnect_sharded(
+    ctx: Context, result: ScenarioResult, urls: list[str], n: int
+) -> None:
+    """Every member in ``--workers`` shards; the quitters are some of them, chosen as in
+    :func:`_disconnect_in_process` (the same seed picks the same nicks)."""
+    name, room = DISCONNECT, ctx.room(DISCONNECT)
+    nicks = [ctx.nick(name, str(i)) for i in range(n)]
+    async with open_shards(max(1, min(ctx.options.workers, n))) as shards:
+        members = await sharded.open_members(ctx, result, name, shards, urls, n, room, watch=nicks)
+        if connect_check_counts(result, members.connected, n, members.first_failure):
+            leaving = ctx.rng(name).sample(nicks, _departures(ctx, n, 1))
+            stayers = [nick for nick in nicks if nick not in leaving]
+            total = ctx.options.fault_messages()
+            outcome = await sharded.run_phase(
+                ctx, name, "", shards, members, total, quit_midway=leaving
+            )
+            outcome_checks(result, "", outcome, "every staying client")
+
+            async def closed() -> int:
+                return await sharded.gone(shards, leaving)
+
+            await _closed_verdict(ctx, result, closed, len(leaving))
+            order = DeparturesOrder(room, leaving, "quit", stayers)
+            await _left_checks_sharded(ctx, result, name, shards, order)
+        ctx.progress(f"{name}: closing", 0, 1)
+        await sharded.close(result, shards)
 
 
 async def _phase_faulted_midway(
@@ -88,15 +126,27 @@ async def _quit(leaving: list[Sim]) -> None:
     for sim in leaving:
         if sim.client is not None:
             with contextlib.suppress(*SEND_ERRORS):
-                await sim.client.quit("harness")
+                await sim.client.quit(QUIT_REASON)
 
 
 async def _closed_check(ctx: Context, result: ScenarioResult, leaving: list[Sim]) -> None:
-    def closed() -> tuple[int, int]:
-        return sum(1 for sim in leaving if sim.closed_at_ns is not None), len(leaving)
+    async def closed() -> int:
+        return sum(1 for sim in leaving if sim.closed_at_ns is not None)
 
-    await wait_until(ctx, "disconnect: waiting for quits", closed, ctx.options.settle)
-    done, wanted = closed()
+    await _closed_verdict(ctx, result, closed, len(leaving))
+
+
+async def _closed_verdict(
+    ctx: Context, result: ScenarioResult, closed: Callable[[], Awaitable[int]], wanted: int
+) -> None:
+    """Wait (``--settle`` at most) until the server has closed every quitter, then judge."""
+    deadline = trio.current_time() + ctx.options.settle
+    while True:
+        done = await closed()
+        ctx.progress(f"{DISCONNECT}: waiting for quits", done, wanted)
+        if done >= wanted or trio.current_time() > deadline:
+            break
+        await trio.sleep(POLL)
     result.check(
         "quitters closed",
         f"the server closes each quitting client's connection (within {ctx.options.settle:g} s)",
