@@ -95,10 +95,7 @@ async def _disconnect_sharded(
                 ctx, name, "", shards, members, total, quit_midway=leaving
             )
             outcome_checks(result, "", outcome, "every staying client")
-
-            async def closed() -> int:
-                return await sharded.gone(shards, leaving)
-
+            closed = partial(sharded.gone, shards, leaving)
             await _closed_verdict(ctx, result, closed, len(leaving))
             order = DeparturesOrder(room, leaving, "quit", stayers)
             await _left_checks_sharded(ctx, result, name, shards, order)
