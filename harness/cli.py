@@ -26,7 +26,7 @@ from harness.html import html_problem, write_html
 from harness.model import EXIT_SIGNAL_BASE, EXIT_USAGE, Report
 from harness.options import MIN_CLIENTS, SCENARIOS, Options
 from harness.report import Display, interruption_line, render, write_json
-from harness.runner import run_harness
+from harness.runner import SHARDED, run_harness
 from harness.workers import default_workers
 from triochat import argtypes
 from triochat.client import parse_url, tls_for
@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=argtypes.positive_int,
         default=default_workers(),
-        help="processes the clients of broadcast, disconnect, broken_pipe, slow_reader and flood"
+        help=f"processes the clients of {', '.join(s for s in SCENARIOS if s in SHARDED)}"
         f" are spread over (the number of cores: {default_workers()}); 1 runs them in the"
         " harness's own process",
     )

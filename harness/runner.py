@@ -20,7 +20,7 @@ from harness.meter import METER, SATURATED_SHARE, Meter
 from harness.model import Interruption, Report, ScenarioResult
 from harness.options import Options
 from harness.registry import SCENARIOS
-from harness.scenarios import broadcast, departures, flood, slow_reader
+from harness.scenarios import bad_input, broadcast, departures, flood, slow_reader
 from harness.trust import CAFILE, open_client
 from triochat.client import parse_url
 from triochat.errors import ConnectError, Rejected
@@ -154,7 +154,14 @@ def _record_usage(options: Options, result: ScenarioResult, meter: Meter) -> Non
 
 
 SHARDED = frozenset(
-    {broadcast.NAME, slow_reader.NAME, flood.NAME, departures.DISCONNECT, departures.BROKEN_PIPE}
+    {
+        broadcast.NAME,
+        departures.DISCONNECT,
+        departures.BROKEN_PIPE,
+        slow_reader.NAME,
+        flood.NAME,
+        bad_input.NAME,
+    }
 )
 """The scenarios whose members ``--workers`` spreads over processes."""
 

@@ -2,11 +2,11 @@
 
 Theory of operation
 -------------------
-``broadcast``, ``disconnect``, ``broken_pipe``, ``slow_reader`` and ``flood``
-split their clients into shards, one per worker process (``--workers``; with
-one worker the shard runs in the coordinator's own process, the same code
-without the pipe). The coordinator walks every shard through the same steps,
-each an order answered by a report:
+The scenarios of :data:`harness.runner.SHARDED` split their members into
+shards, one per worker process (``--workers``; with one worker the shard
+runs in the coordinator's own process, the same code without the pipe). The
+coordinator walks every shard through the same steps, each an order answered
+by a report:
 
 1. :class:`OpenOrder` → :class:`Opened`: connect this shard's members (lean
    clients of a :class:`~harness.swarm.Swarm`) and join the room.
@@ -53,7 +53,8 @@ from harness.traffic import plan
 from harness.wire import counted_text, now_ns
 from triochat.errors import ConnectionLost, TriochatError
 from triochat.protocol import ProtocolError, encode
-from triochat.protocol.events import Quit, Who
+from triochat.protocol.codec import decode_server
+from triochat.protocol.events import Limits, Quit, Welcome, Who
 
 POLL = 0.05
 
@@ -74,6 +75,8 @@ class Opened(msgspec.Struct, tag=True):
     first_failure: str | None
     per_url: dict[str, int] = msgspec.field(default_factory=dict)
     """Members connected through each URL."""
+    limits: Limits | None = None
+    """What the server's ``welcome`` announced (None: nobody connected)."""
 
 
 class PlanOrder(msgspec.Struct, tag=True):
@@ -275,6 +278,18 @@ Order = (
 Answer = Opened | Planned | Sent | Outcome | Lefts | Gone | Departures | Listed | Closed | Failed
 
 
+def _limits(lines: list[bytes]) -> list[Limits]:
+    """The limits the ``welcome`` among ``lines`` announced."""
+    found = []
+    for line in lines:
+        if line.startswith(b'{"type":"welcome"'):
+            with suppress(ProtocolError):  # a garbled welcome announces nothing
+                event = decode_server(line)
+                if isinstance(event, Welcome):
+                    found.append(event.limits)
+    return found
+
+
 class Shard:
     """Members in this process; runs in the caller's nursery until :meth:`close`."""
 
@@ -297,6 +312,7 @@ class Shard:
         failures: list[str] = []
         joined: list[Member] = []
         watch = frozenset(order.watch)
+        announced: list[Limits] = []
 
         async def one(i: int, nick: str) -> None:
             index = order.first_index + i
@@ -313,6 +329,8 @@ class Shard:
             # left unread until all are in would be evicted by the server, its outbox full.
             member.tally.watch = watch
             self.swarm.add(member, early)
+            if not announced:
+                announced.extend(_limits(early))
             joined.append(member)
 
         self._nursery.start_soon(self._read)
@@ -323,7 +341,8 @@ class Shard:
         for member in joined:
             url = order.urls[member.index % len(order.urls)]
             per_url[url] = per_url.get(url, 0) + 1
-        return Opened(len(joined), failures[0] if failures else None, per_url)
+        first = failures[0] if failures else None
+        return Opened(len(joined), first, per_url, announced[0] if announced else None)
 
     async def _read(self) -> None:
         try:

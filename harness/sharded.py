@@ -37,6 +37,7 @@ from harness.shard import (
 from harness.traffic import START_DELAY_NS, phase_wait_s, plan
 from harness.wire import now_ns
 from harness.workers import Handler, each, expect
+from triochat.protocol.events import Limits
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ class Members:
     per_shard: list[int]
     nicks: list[list[str]]
     first_failure: str | None
+    limits: Limits | None
+    """What the server's ``welcome`` announced."""
 
     @property
     def connected(self) -> int:
@@ -80,7 +83,8 @@ async def open_members(
         first += count
     opened = expect(Opened, await each(shards, orders))
     failure = next((o.first_failure for o in opened if o.first_failure), None)
-    members = Members([o.connected for o in opened], parts, failure)
+    limits = next((o.limits for o in opened if o.limits is not None), None)
+    members = Members([o.connected for o in opened], parts, failure, limits)
     if members.connected == 0:
         raise Unreachable(failure or "no client could connect")
     result.figures["connected_per_url"] = _per_url(urls, opened)

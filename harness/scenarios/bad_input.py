@@ -4,22 +4,36 @@ Each bad client runs one script over a raw connection (any bytes we like) and
 must get exactly the listed ``error`` codes, in order; the oversized line comes
 last because ``too_large`` also closes the connection (framing is lost). The
 other members run counted traffic meanwhile and must be untouched: 100%, in
-order, no errors.
+order, no errors. With plain ``ws://`` or ``tcp://`` targets those members are
+split over ``--workers`` shards (:mod:`harness.sharded`); the bad clients stay
+in this process.
 """
 
 from __future__ import annotations
 
 import trio
 
+from harness import sharded
 from harness.context import Context
 from harness.fleet import Fleet
 from harness.model import ScenarioResult
 from harness.raw import RawClient, open_raw
-from harness.traffic import connect_check, delivery_checks, open_members, run_phase
+from harness.swarm import lean_url
+from harness.traffic import (
+    connect_check,
+    connect_check_counts,
+    delivery_checks,
+    open_members,
+    outcome_checks,
+    run_phase,
+)
 from harness.wire import decode_line
+from harness.workers import open_shards
 from triochat.errors import ConnectionLost, TriochatError
 
 NAME = "bad_input"
+DEFAULT_MAX_LINE = 64 * 1024
+"""The ``max_line`` assumed of a server whose ``welcome`` did not say."""
 PROVES = "malformed input gets its documented error code and harms nobody else"
 
 
@@ -44,31 +58,72 @@ async def run(ctx: Context, result: ScenarioResult) -> None:
     n = ctx.options.clients
     bad = min(max(1, n // 10), 10)
     good = max(n - bad, 2)
+    async with ctx.target(NAME) as target:
+        if all(lean_url(url) for url in target.urls):
+            await _sharded(ctx, result, target.urls, good, bad)
+        else:
+            await _in_process(ctx, result, target.urls, good, bad)
+
+
+async def _in_process(
+    ctx: Context, result: ScenarioResult, urls: list[str], good: int, bad: int
+) -> None:
     room = ctx.room(NAME)
-    async with ctx.target(NAME) as target, trio.open_nursery() as nursery:
-        fleet = Fleet(nursery, target.urls)
+    async with trio.open_nursery() as nursery:
+        fleet = Fleet(nursery, urls)
         sims = await open_members(ctx, fleet, NAME, room, good)
         if connect_check(result, sims):
-            outcomes: list[str | None] = [None] * bad
-            max_line = fleet.limits.max_line if fleet.limits else 64 * 1024
+            max_line = fleet.limits.max_line if fleet.limits else DEFAULT_MAX_LINE
             async with trio.open_nursery() as scripts:
-                for i in range(bad):
-                    url = target.urls[i % len(target.urls)]
-                    nick = ctx.nick(NAME, f"bad{i}")
-                    scripts.start_soon(_run_script, ctx, url, nick, room, max_line, outcomes, i)
+                outcomes = _start_scripts(ctx, scripts, urls, room, max_line, bad)
                 phase = await run_phase(
                     ctx, NAME, "", room, sims, sims, ctx.options.fault_messages()
                 )
-            failed = [o for o in outcomes if o is not None]
-            result.check(
-                "documented error codes",
-                "each malformed input gets its error code, in order; too_large closes",
-                not failed,
-                f"{bad - len(failed)}/{bad} bad clients got exactly the expected codes"
-                + (f"; {failed[0]}" if failed else ""),
-            )
+            _codes_check(result, outcomes)
             delivery_checks(result, phase, "every well-behaved client")
         await fleet.close(notes=result.notes)
+
+
+async def _sharded(
+    ctx: Context, result: ScenarioResult, urls: list[str], good: int, bad: int
+) -> None:
+    room = ctx.room(NAME)
+    async with open_shards(max(1, min(ctx.options.workers, good))) as shards:
+        members = await sharded.open_members(ctx, result, NAME, shards, urls, good, room)
+        if connect_check_counts(result, members.connected, good, members.first_failure):
+            max_line = members.limits.max_line if members.limits else DEFAULT_MAX_LINE
+            async with trio.open_nursery() as scripts:
+                outcomes = _start_scripts(ctx, scripts, urls, room, max_line, bad)
+                outcome = await sharded.run_phase(
+                    ctx, NAME, "", shards, members, ctx.options.fault_messages()
+                )
+            _codes_check(result, outcomes)
+            outcome_checks(result, "", outcome, "every well-behaved client")
+        ctx.progress(f"{NAME}: closing", 0, 1)
+        await sharded.close(result, shards)
+
+
+def _start_scripts(
+    ctx: Context, nursery: trio.Nursery, urls: list[str], room: str, max_line: int, bad: int
+) -> list[str | None]:
+    """Start the ``bad`` clients' scripts; what each found wrong, once they are done."""
+    outcomes: list[str | None] = [None] * bad
+    for i in range(bad):
+        url = urls[i % len(urls)]
+        nick = ctx.nick(NAME, f"bad{i}")
+        nursery.start_soon(_run_script, ctx, url, nick, room, max_line, outcomes, i)
+    return outcomes
+
+
+def _codes_check(result: ScenarioResult, outcomes: list[str | None]) -> None:
+    failed = [o for o in outcomes if o is not None]
+    result.check(
+        "documented error codes",
+        "each malformed input gets its error code, in order; too_large closes",
+        not failed,
+        f"{len(outcomes) - len(failed)}/{len(outcomes)} bad clients got exactly the expected"
+        " codes" + (f"; {failed[0]}" if failed else ""),
+    )
 
 
 async def _run_script(

@@ -198,3 +198,18 @@ async def test_broadcast_through_workers_spreads_clients_evenly_over_nodes() -> 
     assert failures(report) == []
     spread = report.scenarios[0].figures["connected_per_url"]
     assert spread == ", ".join(f"{url}: 2" for url in urls)
+
+
+async def test_bad_input_through_workers_sends_past_the_announced_max_line(
+    nursery: trio.Nursery,
+) -> None:
+    """The oversized line is sized from the ``welcome`` the shards' members got: against a
+    server whose ``max_line`` is three times the default, a guessed size would be accepted
+    and no ``too_large`` would come."""
+    config = ServerConfig(port=0, tcp_port=0, max_line=3 * 64 * 1024)
+    server: Server = await nursery.start(serve, config)
+    options = replace(SMALL, urls=(server.url("tcp"),), scenarios=("bad_input",), workers=2)
+    with trio.fail_after(60):
+        report = await run_harness(replace(options, seed=1))
+    assert failures(report) == []
+    assert report.scenarios[0].figures["workers"] == 2
