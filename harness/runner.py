@@ -20,7 +20,7 @@ from harness.meter import METER, SATURATED_SHARE, Meter
 from harness.model import Interruption, Report, ScenarioResult
 from harness.options import Options
 from harness.registry import SCENARIOS
-from harness.scenarios import bad_input, broadcast, departures, flood, slow_reader
+from harness.scenarios import bad_input, broadcast, churn, departures, flood, slow_reader
 from harness.trust import CAFILE, open_client
 from triochat.client import parse_url
 from triochat.errors import ConnectError, Rejected
@@ -161,6 +161,7 @@ SHARDED = frozenset(
         slow_reader.NAME,
         flood.NAME,
         bad_input.NAME,
+        churn.NAME,
     }
 )
 """The scenarios whose members ``--workers`` spreads over processes."""

@@ -39,6 +39,7 @@ check sees every receiver of every shard.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Sequence
 from contextlib import suppress
 
@@ -68,6 +69,8 @@ class OpenOrder(msgspec.Struct, tag=True):
     connect_within: float
     watch: list[str] = msgspec.field(default_factory=list)
     """Nicks whose ``left`` events every member keeps, for :class:`LeftsOrder`."""
+    watch_prefix: str = ""
+    """Nicks starting with it have their ``joined`` and ``left`` kept (:class:`BalanceOrder`)."""
 
 
 class Opened(msgspec.Struct, tag=True):
@@ -249,6 +252,42 @@ class Listed(msgspec.Struct, tag=True):
         )
 
 
+class BalanceOrder(msgspec.Struct, tag=True):
+    churned: list[str]
+    """Clients that came and went (their nicks start with the open order's prefix)."""
+
+
+class Balance(msgspec.Struct, tag=True):
+    stable: int
+    churned: int
+    wrong: int
+    """(member, churned client) pairs other than one ``joined`` and one ``left``."""
+    example: str | None
+
+    @staticmethod
+    def of(members: list[tuple[str, Tally]], churned: list[str]) -> Balance:
+        wrong = 0
+        example = None
+        for nick, tally in members:
+            lefts: Counter[str] = Counter(left.nick for left in tally.lefts)
+            for gone in churned:
+                if tally.joined[gone] != 1 or lefts[gone] != 1:
+                    wrong += 1
+                    example = example or (
+                        f"{nick} saw {gone} join {tally.joined[gone]}x, leave {lefts[gone]}x"
+                    )
+        return Balance(len(members), len(churned), wrong, example)
+
+    @staticmethod
+    def merge(parts: list[Balance]) -> Balance:
+        return Balance(
+            stable=sum(part.stable for part in parts),
+            churned=max(part.churned for part in parts),
+            wrong=sum(part.wrong for part in parts),
+            example=next((part.example for part in parts if part.example), None),
+        )
+
+
 class CloseOrder(msgspec.Struct, tag=True):
     pass
 
@@ -273,9 +312,22 @@ Order = (
     | GoneOrder
     | DeparturesOrder
     | WhoOrder
+    | BalanceOrder
     | CloseOrder
 )
-Answer = Opened | Planned | Sent | Outcome | Lefts | Gone | Departures | Listed | Closed | Failed
+Answer = (
+    Opened
+    | Planned
+    | Sent
+    | Outcome
+    | Lefts
+    | Gone
+    | Departures
+    | Listed
+    | Balance
+    | Closed
+    | Failed
+)
 
 
 def _limits(lines: list[bytes]) -> list[Limits]:
@@ -328,6 +380,7 @@ class Shard:
             # Read it from now on: every later member's join reaches it, and a member
             # left unread until all are in would be evicted by the server, its outbox full.
             member.tally.watch = watch
+            member.tally.watch_prefix = order.watch_prefix
             self.swarm.add(member, early)
             if not announced:
                 announced.extend(_limits(early))
@@ -475,7 +528,7 @@ class Shard:
 
     async def close(self) -> Closed:
         for member in self.swarm.members:  # nothing asks any more: no rosters of the goodbyes
-            member.tally.watch = frozenset()
+            member.tally.watch, member.tally.watch_prefix = frozenset(), ""
         await self.swarm.quit(QUIT_REASON, QUIT_GRACE)
         self._reading.cancel()
         await self._read_done.wait()  # no task waits on the sockets when they close
@@ -501,4 +554,7 @@ class Shard:
             return self.departures(order)
         if isinstance(order, WhoOrder):
             return await self.who(order)
+        if isinstance(order, BalanceOrder):
+            members = [(m.nick, m.tally) for m in self.swarm.members]
+            return Balance.of(members, order.churned)
         return await self.close()

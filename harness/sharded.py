@@ -16,6 +16,8 @@ from harness.meter import WorkerUsage, add_worker
 from harness.model import ScenarioResult
 from harness.outcome import Outcome, merge
 from harness.shard import (
+    Balance,
+    BalanceOrder,
     Closed,
     CloseOrder,
     Departures,
@@ -66,6 +68,7 @@ async def open_members(
     room: str,
     *,
     watch: Sequence[str] = (),
+    watch_prefix: str = "",
 ) -> Members:
     """Connect the scenario's ``n`` numbered members to ``room``, spread over ``shards``
     (and over ``urls``, round-robin); :class:`Unreachable` if none could connect.
@@ -79,7 +82,11 @@ async def open_members(
     first = 0
     for count in plan(n, len(shards)):
         parts.append(nicks[first : first + count])
-        orders.append(OpenOrder(urls, parts[-1], first, room, within, watch=list(watch)))
+        orders.append(
+            OpenOrder(
+                urls, parts[-1], first, room, within, watch=list(watch), watch_prefix=watch_prefix
+            )
+        )
         first += count
     opened = expect(Opened, await each(shards, orders))
     failure = next((o.first_failure for o in opened if o.first_failure), None)
@@ -157,6 +164,12 @@ async def departures(shards: list[Handler], order: DeparturesOrder) -> Departure
 async def listed(shards: list[Handler], order: WhoOrder) -> Listed:
     """Every stayer of every shard asks ``who``; what they were told."""
     return Listed.merge(expect(Listed, await each(shards, [order] * len(shards))))
+
+
+async def balance(shards: list[Handler], churned: list[str]) -> Balance:
+    """How every member of every shard saw the ``churned`` clients come and go."""
+    answers = await each(shards, [BalanceOrder(churned)] * len(shards))
+    return Balance.merge(expect(Balance, answers))
 
 
 async def close(result: ScenarioResult, shards: list[Handler]) -> None:

@@ -182,6 +182,9 @@ class Tally:
         self._roster = roster
         self.watch: frozenset[str] = frozenset()
         """Nicks whose ``left`` is kept even without ``roster``."""
+        self.watch_prefix = ""
+        """Nicks that start with it (when set) have their ``joined`` and ``left`` kept even
+        without ``roster``: clients that come and go, whose nicks are not known ahead."""
         self._counts = bytearray()
         """Per message of the phase (sender ``s``'s ``n`` at ``book.offsets[s] + n``):
         how many times it arrived, up to 255."""
@@ -229,10 +232,10 @@ class Tally:
         if kind in ROOM_EVENTS and line.room is not None:
             self._room_event(line.room, line.seq)
         if kind == "left":
-            if self._roster or line.nick in self.watch:
+            if self._roster or line.nick in self.watch or self._watched(line.nick):
                 self.lefts.append(Leaving(line.room or "", line.nick, line.reason, stamp))
         elif kind == "joined":
-            if self._roster:
+            if self._roster or self._watched(line.nick):
                 self.joined[line.nick] += 1
         elif kind == "error":
             self.errors[line.code] += 1
@@ -242,6 +245,10 @@ class Tally:
         elif kind == "members":
             self.members[line.room] = line.nicks or []
             self.members_replies += 1
+
+    def _watched(self, nick: str) -> bool:
+        prefix = self.watch_prefix
+        return bool(prefix) and nick.startswith(prefix)
 
     def _room_event(self, room: str, seq: int) -> None:
         last = self._room_seq.get(room)

@@ -8,6 +8,7 @@ is the fault's doing, and the test names the check that must catch it.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -118,6 +119,9 @@ async def test_transparent_proxy_passes_through_workers(nursery: trio.Nursery) -
     (broken,) = [s for s in report.scenarios if s.name == "broken_pipe"]
     lefts = {c.name: c.observed for c in broken.checks}["one left{disconnected} each"]
     assert lefts == "3 departed x 2 stayers: 0 wrong"  # 5 clients: 3 vanish, one stayer a worker
+    (churn,) = [s for s in report.scenarios if s.name == "churn"]
+    balance = {c.name: c.observed for c in churn.checks}["joins and leaves balance"]
+    assert re.fullmatch(r"\d+ churned x 4 stable: 0 wrong", balance)  # 1 churner, 3 + observer
 
 
 @pytest.mark.parametrize(("faults", "scenario", "check"), BROKEN_FAN_OUT)
