@@ -20,7 +20,15 @@ from harness.meter import METER, SATURATED_SHARE, Meter
 from harness.model import Interruption, Report, ScenarioResult
 from harness.options import Options
 from harness.registry import SCENARIOS
-from harness.scenarios import bad_input, broadcast, churn, departures, flood, slow_reader
+from harness.scenarios import (
+    bad_input,
+    broadcast,
+    churn,
+    departures,
+    flood,
+    security,
+    slow_reader,
+)
 from harness.trust import CAFILE, open_client
 from triochat.client import parse_url
 from triochat.errors import ConnectError, Rejected
@@ -162,6 +170,7 @@ SHARDED = frozenset(
         flood.NAME,
         bad_input.NAME,
         churn.NAME,
+        security.NAME,
     }
 )
 """The scenarios whose members ``--workers`` spreads over processes."""

@@ -7,8 +7,10 @@ check sees every member of every shard.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+import trio
 
 from harness.context import Context
 from harness.fleet import CONNECT_TIMEOUT, CONNECT_TIMEOUT_PER_CLIENT, Unreachable
@@ -36,9 +38,9 @@ from harness.shard import (
     SettleOrder,
     WhoOrder,
 )
-from harness.traffic import START_DELAY_NS, phase_wait_s, plan
+from harness.traffic import START_DELAY_NS, connect_check_counts, phase_wait_s, plan
 from harness.wire import now_ns
-from harness.workers import Handler, each, expect
+from harness.workers import Handler, each, expect, open_shards
 from triochat.protocol.events import Limits
 
 
@@ -142,6 +144,33 @@ async def run_phase(
     ctx.progress(f"{what}waiting for {sum(sent) * senders} deliveries", 0, 1)
     settle_orders = [SettleOrder(sent, deadline_ns)] * len(shards)
     return merge(expect(Outcome, await each(shards, settle_orders)))
+
+
+async def phase_beside(
+    ctx: Context,
+    result: ScenarioResult,
+    scenario: str,
+    urls: list[str],
+    n: int,
+    room: str,
+    beside: Callable[[trio.Nursery, Members], None],
+) -> Outcome | None:
+    """The walk of a scenario whose misbehaving clients act during one counted phase:
+    ``n`` members in ``--workers`` shards, then one phase among them while the tasks that
+    ``beside`` starts run (the phase's end waits for them too), then close.
+
+    The phase's outcome to judge; None if not every member connected."""
+    async with open_shards(max(1, min(ctx.options.workers, n))) as shards:
+        members = await open_members(ctx, result, scenario, shards, urls, n, room)
+        outcome = None
+        if connect_check_counts(result, members.connected, n, members.first_failure):
+            async with trio.open_nursery() as nursery:
+                beside(nursery, members)
+                total = ctx.options.fault_messages()
+                outcome = await run_phase(ctx, scenario, "", shards, members, total)
+        ctx.progress(f"{scenario}: closing", 0, 1)
+        await close(result, shards)
+    return outcome
 
 
 async def lefts(shards: list[Handler], nick: str) -> Lefts:

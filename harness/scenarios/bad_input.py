@@ -21,14 +21,12 @@ from harness.raw import RawClient, open_raw
 from harness.swarm import lean_url
 from harness.traffic import (
     connect_check,
-    connect_check_counts,
     delivery_checks,
     open_members,
     outcome_checks,
     run_phase,
 )
 from harness.wire import decode_line
-from harness.workers import open_shards
 from triochat.errors import ConnectionLost, TriochatError
 
 NAME = "bad_input"
@@ -88,19 +86,16 @@ async def _sharded(
     ctx: Context, result: ScenarioResult, urls: list[str], good: int, bad: int
 ) -> None:
     room = ctx.room(NAME)
-    async with open_shards(max(1, min(ctx.options.workers, good))) as shards:
-        members = await sharded.open_members(ctx, result, NAME, shards, urls, good, room)
-        if connect_check_counts(result, members.connected, good, members.first_failure):
-            max_line = members.limits.max_line if members.limits else DEFAULT_MAX_LINE
-            async with trio.open_nursery() as scripts:
-                outcomes = _start_scripts(ctx, scripts, urls, room, max_line, bad)
-                outcome = await sharded.run_phase(
-                    ctx, NAME, "", shards, members, ctx.options.fault_messages()
-                )
-            _codes_check(result, outcomes)
-            outcome_checks(result, "", outcome, "every well-behaved client")
-        ctx.progress(f"{NAME}: closing", 0, 1)
-        await sharded.close(result, shards)
+    scripts: list[list[str | None]] = []
+
+    def start(nursery: trio.Nursery, members: sharded.Members) -> None:
+        max_line = members.limits.max_line if members.limits else DEFAULT_MAX_LINE
+        scripts.append(_start_scripts(ctx, nursery, urls, room, max_line, bad))
+
+    outcome = await sharded.phase_beside(ctx, result, NAME, urls, good, room, start)
+    if outcome is not None:
+        _codes_check(result, scripts[0])
+        outcome_checks(result, "", outcome, "every well-behaved client")
 
 
 def _start_scripts(

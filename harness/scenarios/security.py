@@ -1,6 +1,7 @@
 """``security``: what nobody may do is refused with its code, and everyone else chats on.
 
-While the members exchange counted traffic:
+While the members exchange counted traffic (in ``--workers`` shards, with plain
+``ws://`` or ``tcp://`` targets; the attacker stays in this process):
 
 - a browser on a foreign web page opens a WebSocket (``Origin: https://evil.example``)
   and gets ``403`` before the upgrade (WebSocket targets only: the TCP port has no
@@ -23,10 +24,18 @@ import secrets
 
 import trio
 
+from harness import sharded
 from harness.context import Context
 from harness.fleet import Fleet
 from harness.model import ScenarioResult
-from harness.traffic import connect_check, delivery_checks, open_members, run_phase
+from harness.swarm import lean_url
+from harness.traffic import (
+    connect_check,
+    delivery_checks,
+    open_members,
+    outcome_checks,
+    run_phase,
+)
 from harness.trust import CAFILE, open_client
 from triochat.client import Client, open_secure_stream, parse_url, tls_for
 from triochat.errors import ConnectError, Rejected, TriochatError
@@ -41,21 +50,45 @@ FOREIGN_ORIGIN = "https://evil.example"
 
 
 async def run(ctx: Context, result: ScenarioResult) -> None:
+    n = max(ctx.options.clients - 1, 2)
+    async with ctx.target(NAME) as target:
+        if all(lean_url(url) for url in target.urls):
+            await _sharded(ctx, result, target.urls, n)
+        else:
+            await _in_process(ctx, result, target.urls, n)
+
+
+async def _in_process(ctx: Context, result: ScenarioResult, urls: list[str], n: int) -> None:
     room = ctx.room(NAME)
-    async with ctx.target(NAME) as target, trio.open_nursery() as nursery:
-        fleet = Fleet(nursery, target.urls)
-        sims = await open_members(ctx, fleet, NAME, room, max(ctx.options.clients - 1, 2))
+    async with trio.open_nursery() as nursery:
+        fleet = Fleet(nursery, urls)
+        sims = await open_members(ctx, fleet, NAME, room, n)
         if connect_check(result, sims):
             attempts: dict[str, str] = {}
             async with trio.open_nursery() as attackers:
-                attackers.start_soon(_attack, ctx, target.urls, room, attempts)
+                attackers.start_soon(_attack, ctx, urls, room, attempts)
                 phase = await run_phase(
                     ctx, NAME, "", room, sims, sims, ctx.options.fault_messages()
                 )
-            _check_origin(result, target.urls, attempts)
+            _check_origin(result, urls, attempts)
             _check_accounts(result, attempts)
             delivery_checks(result, phase, "every member")
         await fleet.close(notes=result.notes)
+
+
+async def _sharded(ctx: Context, result: ScenarioResult, urls: list[str], n: int) -> None:
+    """The members in ``--workers`` shards; the attacker stays in this process."""
+    room = ctx.room(NAME)
+    attempts: dict[str, str] = {}
+
+    def start(nursery: trio.Nursery, _: sharded.Members) -> None:
+        nursery.start_soon(_attack, ctx, urls, room, attempts)
+
+    outcome = await sharded.phase_beside(ctx, result, NAME, urls, n, room, start)
+    if outcome is not None:
+        _check_origin(result, urls, attempts)
+        _check_accounts(result, attempts)
+        outcome_checks(result, "", outcome, "every member")
 
 
 async def _attack(ctx: Context, urls: list[str], room: str, seen: dict[str, str]) -> None:
