@@ -1,8 +1,9 @@
 """A scenario's members in shards (:mod:`harness.shard`): the coordinator's side.
 
-Opening, one counted phase, asking who was told of a departure, and closing,
-each as one order to every shard at once, their answers merged so that a
-check sees every member of every shard.
+Opening, counted phases, the questions the checks ask (who was told of a
+departure, who is listed, who came and went) and closing, each as one order to
+every shard at once, their answers merged so that a check sees every member of
+every shard.
 """
 
 from __future__ import annotations
@@ -122,12 +123,11 @@ async def run_phase(
 
     The members called ``quit_midway`` sit the phase out (they neither send nor are
     judged) and say ``quit`` halfway through its schedule."""
-    idle = quit_midway
-    sitting = set(idle)
+    sitting = set(quit_midway)
     per_shard = [sum(1 for nick in part if nick not in sitting) for part in members.nicks]
     senders = sum(per_shard)
     rate = ctx.options.send_rate()
-    planning = PlanOrder(total, senders, idle=list(idle))
+    planning = PlanOrder(total, senders, idle=list(quit_midway))
     expect(Planned, await each(shards, [planning] * len(shards)))
     started_ns = now_ns() + START_DELAY_NS
     orders = []

@@ -13,13 +13,15 @@ server's own clock, the CPU its event loop used while the innocent client waited
 second is the invariant (the innocent does not wait for the storm's work: 60-90 ms
 here, 440-640 ms when joins into the storm's room do not take turns, 1.0-1.1 s when
 connections are accepted one per scheduling round); on a loaded machine it does not
-stretch by the time the server waits for a CPU, as the wall clock does.
+stretch by the time the server waits for a CPU, as the wall clock does. It still grows
+somewhat with the suite running beside it (281 ms seen once), so the test runs alone.
 """
 
 from __future__ import annotations
 
 from functools import partial
 
+import pytest
 import trio
 
 from bench.runner import FD_RESERVE, raise_fd_limit
@@ -30,6 +32,7 @@ WELCOME_MS = 1000.0
 WELCOME_RUN_MS = 250.0
 
 
+@pytest.mark.alone  # 2,000 clients: the rest of the suite would be measured along with it
 async def test_a_join_storm_leaves_a_welcome_in_another_room_under_a_second() -> None:
     """Finding: 2,000 joins into one room kept an innocent client 12.9 s from its welcome.
 
