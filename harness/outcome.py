@@ -56,6 +56,10 @@ class Outcome(msgspec.Struct, kw_only=True, tag=True):
     """CPU the harness spent on the phase: every process that took part, together."""
     busiest_share: float = 0.0
     """The busiest of those processes' CPU time over the phase's wall time."""
+    fewest: int = 0
+    most: int = 0
+    """The counted messages of the receiver that got the fewest, and the most (copies
+    included): every receiver got exactly what was sent when both equal it."""
 
     @property
     def latency(self) -> Latency:
@@ -99,6 +103,7 @@ def merge(parts: list[Outcome]) -> Outcome:
     ``sent`` is per sender: each part counts the senders it ran, so they add up.
     """
     first = parts[0]
+    receiving = any(p.receivers for p in parts)
     errors: dict[str, int] = {}
     for part in parts:
         for code, count in part.errors.items():
@@ -123,6 +128,8 @@ def merge(parts: list[Outcome]) -> Outcome:
         timeline=merge_timelines([p.timeline for p in parts]),
         cpu_s=sum(p.cpu_s for p in parts),
         busiest_share=max(p.busiest_share for p in parts),
+        fewest=min(p.fewest for p in parts if p.receivers) if receiving else 0,
+        most=max(p.most for p in parts if p.receivers) if receiving else 0,
     )
 
 
@@ -151,6 +158,7 @@ def judge(
         lost, dup = lost + tally_lost, dup + tally_dup
         for code, count in tally.errors.items():
             errors[code] = errors.get(code, 0) + count
+    received = [tally.received() for tally in tallies]
     return Outcome(
         planned=list(book.planned),
         sent=list(own_sent),
@@ -171,4 +179,6 @@ def judge(
         timeline=dict(sorted(book.timeline.items())),
         cpu_s=round(usage.cpu_s(), 4),
         busiest_share=round(usage.share(), 4),
+        fewest=min(received, default=0),
+        most=max(received, default=0),
     )

@@ -26,6 +26,7 @@ from harness.scenarios import (
     churn,
     departures,
     flood,
+    resume,
     security,
     slow_reader,
 )
@@ -170,6 +171,7 @@ SHARDED = frozenset(
         flood.NAME,
         bad_input.NAME,
         churn.NAME,
+        resume.NAME,
         security.NAME,
     }
 )

@@ -107,6 +107,86 @@ def _per_url(urls: list[str], opened: list[Opened]) -> str:
     return ", ".join(f"{url}: {count}" for url, count in counts.items())
 
 
+@dataclass
+class Running:
+    """A phase under way in the shards: planned, then sent."""
+
+    scenario: str
+    label: str
+    total: int
+    senders: int
+    rate: float
+    per_shard: list[int]
+    """Senders per shard."""
+    started_ns: int
+    deadline_ns: int
+    """When every delivery must be in: the schedule, ``--settle`` and any extra."""
+    quit_midway: list[str]
+    sent: list[int] | None = None
+    """Every sender's count, once sent."""
+
+    @property
+    def what(self) -> str:
+        return f"{self.scenario}: {self.label + ': ' if self.label else ''}"
+
+
+async def plan_phase(
+    ctx: Context,
+    scenario: str,
+    label: str,
+    shards: list[Handler],
+    members: Members,
+    total: int,
+    *,
+    rate: float | None = None,
+    extra_settle: float = 0.0,
+    quit_midway: Sequence[str] = (),
+) -> Running:
+    """Every member but those called ``quit_midway`` starts counting a phase of ``total``
+    messages at ``rate`` (default ``--rate``); nothing is sent yet. (Every member
+    connected: a phase follows a passed connect check.)
+
+    The members called ``quit_midway`` sit the phase out (they neither send nor are
+    judged) and say ``quit`` halfway through its schedule. ``extra_settle`` adds time for
+    work the phase causes beyond delivery."""
+    sitting = set(quit_midway)
+    per_shard = [sum(1 for nick in part if nick not in sitting) for part in members.nicks]
+    senders = sum(per_shard)
+    rate = rate or ctx.options.send_rate()
+    planning = PlanOrder(total, senders, idle=list(quit_midway))
+    expect(Planned, await each(shards, [planning] * len(shards)))
+    started_ns = now_ns() + START_DELAY_NS
+    wait_s = phase_wait_s(ctx, total, senders, rate) + extra_settle
+    deadline_ns = started_ns + int(wait_s * 1e9)
+    return Running(
+        scenario, label, total, senders, rate, per_shard, started_ns, deadline_ns, [*quit_midway]
+    )
+
+
+async def send_phase(ctx: Context, shards: list[Handler], running: Running) -> list[int]:
+    """Each shard's senders send their part of the schedule; every sender's count."""
+    orders = []
+    first = 0
+    quit_at_ns = running.started_ns + int(running.total / running.rate / 2 * 1e9)
+    for count in running.per_shard:
+        order = SendOrder(running.started_ns, running.rate, first, running.quit_midway, quit_at_ns)
+        orders.append(order)
+        first += count
+    ctx.progress(f"{running.what}sending {running.total} messages at {running.rate:g}/s", 0, 1)
+    parts = expect(Sent, await each(shards, orders))
+    running.sent = [sum(column) for column in zip(*(part.sent for part in parts), strict=True)]
+    return running.sent
+
+
+async def settle_phase(ctx: Context, shards: list[Handler], running: Running) -> Outcome:
+    """Once every member counted every message sent, or the deadline passed: what they saw."""
+    assert running.sent is not None, "settle before send"
+    wanted = sum(running.sent) * running.senders
+    ctx.progress(f"{running.what}waiting for {wanted} deliveries", 0, 1)
+    settle_orders = [SettleOrder(running.sent, running.deadline_ns)] * len(shards)
+    return merge(expect(Outcome, await each(shards, settle_orders)))
+
+
 async def run_phase(
     ctx: Context,
     scenario: str,
@@ -117,33 +197,12 @@ async def run_phase(
     *,
     quit_midway: Sequence[str] = (),
 ) -> Outcome:
-    """Every member sends its share of ``total`` counted messages at ``--rate`` and counts
-    everyone's; the merged outcome once all arrived or the deadline passed. (Every member
-    connected: a phase follows a passed connect check.)
-
-    The members called ``quit_midway`` sit the phase out (they neither send nor are
-    judged) and say ``quit`` halfway through its schedule."""
-    sitting = set(quit_midway)
-    per_shard = [sum(1 for nick in part if nick not in sitting) for part in members.nicks]
-    senders = sum(per_shard)
-    rate = ctx.options.send_rate()
-    planning = PlanOrder(total, senders, idle=list(quit_midway))
-    expect(Planned, await each(shards, [planning] * len(shards)))
-    started_ns = now_ns() + START_DELAY_NS
-    orders = []
-    first = 0
-    quit_at_ns = started_ns + int(total / rate / 2 * 1e9)
-    for count in per_shard:
-        orders.append(SendOrder(started_ns, rate, first, list(quit_midway), quit_at_ns))
-        first += count
-    what = f"{scenario}: {label + ': ' if label else ''}"
-    ctx.progress(f"{what}sending {total} messages at {rate:g}/s", 0, 1)
-    sent_parts = expect(Sent, await each(shards, orders))
-    sent = [sum(column) for column in zip(*(part.sent for part in sent_parts), strict=True)]
-    deadline_ns = started_ns + int(phase_wait_s(ctx, total, senders, rate) * 1e9)
-    ctx.progress(f"{what}waiting for {sum(sent) * senders} deliveries", 0, 1)
-    settle_orders = [SettleOrder(sent, deadline_ns)] * len(shards)
-    return merge(expect(Outcome, await each(shards, settle_orders)))
+    """:func:`plan_phase`, :func:`send_phase` and :func:`settle_phase`: the merged outcome."""
+    running = await plan_phase(
+        ctx, scenario, label, shards, members, total, quit_midway=quit_midway
+    )
+    await send_phase(ctx, shards, running)
+    return await settle_phase(ctx, shards, running)
 
 
 async def phase_beside(

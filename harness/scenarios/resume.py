@@ -46,14 +46,26 @@ from enum import Enum, auto
 import trio
 from wsproto.utilities import LocalProtocolError
 
+from harness import sharded
 from harness.context import Context
-from harness.fleet import CONNECT_TIMEOUT_PER_CLIENT, QUIT_REASON, SEND_ERRORS, Fleet, Sim
+from harness.fleet import (
+    CONNECT_TIMEOUT,
+    CONNECT_TIMEOUT_PER_CLIENT,
+    QUIT_REASON,
+    SEND_ERRORS,
+    Fleet,
+    Sim,
+)
 from harness.model import ScenarioResult
+from harness.outcome import Outcome, Usage, judge, merge
 from harness.raw import RawClient, open_raw
-from harness.tally import Tally
-from harness.traffic import Phase, delivery_checks, run_phase
+from harness.scenarios.common import POLL
+from harness.swarm import lean_url
+from harness.tally import Book, Tally
+from harness.traffic import Phase, outcome_checks, plan, run_phase
 from harness.trust import open_client
 from harness.wire import ROOM_EVENTS, Line, decode_line, now_ns, parse_counted
+from harness.workers import Handler, open_shards
 from triochat.client import Client
 from triochat.errors import ConnectError, ConnectionLost, Rejected, TriochatError
 from triochat.protocol import ErrorCode, ProtocolError, decode_server, encode
@@ -346,36 +358,12 @@ def _drop_count(n: int) -> int:
 async def run(ctx: Context, result: ScenarioResult) -> None:
     n = max(ctx.options.clients, 3)
     count = _drop_count(n)
-    room = ctx.room(NAME)
     async with ctx.target(NAME) as target, trio.open_nursery() as nursery:
         fleet = Fleet(nursery, target.urls)
-        ctx.progress(f"{NAME}: connecting {n}", 0, n)
-        stayers = await fleet.open([ctx.nick(NAME, str(i)) for i in range(n - count)], [room])
-        droppers = [
-            Dropper(
-                Sim(
-                    n - count + i,
-                    ctx.nick(NAME, f"d{i}"),
-                    target.urls[i % len(target.urls)],
-                    [room],
-                ),
-                room,
-                KINDS[i % len(KINDS)],
-                patience=max(ctx.options.settle, fleet.connect_timeout),
-            )
-            for i in range(count)
-        ]
-        async with trio.open_nursery() as dropping:
-            ready = trio.Semaphore(0)
-            for dropper in droppers:
-                dropping.start_soon(dropper.run, ready)
-            for _ in droppers:
-                await ready.acquire()
-            if _connect_check(result, stayers, droppers):
-                phase = await _traffic(ctx, room, fleet.connected(), droppers)
-                _checks(result, phase, droppers)
-            await _stop(ctx, droppers)
-            dropping.cancel_scope.cancel()
+        if all(lean_url(url) for url in target.urls):
+            droppers = await _sharded(ctx, result, target.urls, n, count)
+        else:
+            droppers = await _in_process(ctx, result, fleet, target.urls, n, count)
         await fleet.close(notes=result.notes)
         races = sum(1 for dropper in droppers if dropper.close_race)
         if races:
@@ -384,10 +372,78 @@ async def run(ctx: Context, result: ScenarioResult) -> None:
             )
 
 
-def _connect_check(result: ScenarioResult, stayers: list[Sim], droppers: list[Dropper]) -> bool:
-    failures = [sim.failure for sim in stayers if sim.client is None]
-    failures += [dropper.failure for dropper in droppers if not dropper.connected]
-    total = len(stayers) + len(droppers)
+def _droppers(ctx: Context, urls: list[str], n: int, count: int, patience: float) -> list[Dropper]:
+    """The scenario's ``count`` droppers, numbered after its ``n - count`` stayers."""
+    room = ctx.room(NAME)
+    return [
+        Dropper(
+            Sim(n - count + i, ctx.nick(NAME, f"d{i}"), urls[i % len(urls)], [room]),
+            room,
+            KINDS[i % len(KINDS)],
+            patience=max(ctx.options.settle, patience),
+        )
+        for i in range(count)
+    ]
+
+
+async def _start(droppers: list[Dropper], nursery: trio.Nursery) -> None:
+    """Start every dropper's session 1; return once each is up or has failed."""
+    ready = trio.Semaphore(0)
+    for dropper in droppers:
+        nursery.start_soon(dropper.run, ready)
+    for _ in droppers:
+        await ready.acquire()
+
+
+async def _in_process(
+    ctx: Context, result: ScenarioResult, fleet: Fleet, urls: list[str], n: int, count: int
+) -> list[Dropper]:
+    room = ctx.room(NAME)
+    ctx.progress(f"{NAME}: connecting {n}", 0, n)
+    stayers = await fleet.open([ctx.nick(NAME, str(i)) for i in range(n - count)], [room])
+    droppers = _droppers(ctx, urls, n, count, fleet.connect_timeout)
+    async with trio.open_nursery() as dropping:
+        await _start(droppers, dropping)
+        failures = [sim.failure or "?" for sim in stayers if sim.client is None]
+        if _connect_check(result, len(stayers), failures, droppers):
+            phase = await _traffic(ctx, room, fleet.connected(), droppers)
+            others = [sim.tally.received() for sim in phase.receivers[: len(stayers)]]
+            _checks(result, phase.outcome(), (min(others), max(others)), droppers)
+        await _stop(ctx, droppers)
+        dropping.cancel_scope.cancel()
+    return droppers
+
+
+async def _sharded(
+    ctx: Context, result: ScenarioResult, urls: list[str], n: int, count: int
+) -> list[Dropper]:
+    """The stayers in ``--workers`` shards; the droppers (the client library's clients,
+    reconnecting) stay in this process and are judged with them."""
+    room = ctx.room(NAME)
+    stayers = n - count
+    patience = max(CONNECT_TIMEOUT, CONNECT_TIMEOUT_PER_CLIENT * stayers)
+    droppers = _droppers(ctx, urls, n, count, patience)
+    async with open_shards(max(1, min(ctx.options.workers, stayers))) as shards:
+        members = await sharded.open_members(ctx, result, NAME, shards, urls, stayers, room)
+        async with trio.open_nursery() as dropping:
+            await _start(droppers, dropping)
+            failures = [members.first_failure or "?"] * (stayers - members.connected)
+            if _connect_check(result, stayers, failures, droppers):
+                outcome, others = await _traffic_sharded(ctx, shards, members, droppers)
+                _checks(result, outcome, others, droppers)
+            await _stop(ctx, droppers)
+            dropping.cancel_scope.cancel()
+        ctx.progress(f"{NAME}: closing", 0, 1)
+        await sharded.close(result, shards)
+    return droppers
+
+
+def _connect_check(
+    result: ScenarioResult, stayers: int, failures: list[str], droppers: list[Dropper]
+) -> bool:
+    """``failures``: the stayers' (one each that did not connect)."""
+    failures = failures + [d.failure or "?" for d in droppers if not d.connected]
+    total = stayers + len(droppers)
     first = f"; first failure: {failures[0]}" if failures else ""
     return result.check(
         "all connected",
@@ -397,8 +453,8 @@ def _connect_check(result: ScenarioResult, stayers: list[Sim], droppers: list[Dr
     )
 
 
-async def _traffic(ctx: Context, room: str, stayers: list[Sim], droppers: list[Dropper]) -> Phase:
-    """Counted traffic from the stayers while each dropper drops, waits and resumes."""
+def _schedule(ctx: Context, droppers: list[Dropper]) -> tuple[int, float]:
+    """The traffic's size and rate, and each dropper's drop and time away (seeded)."""
     total = ctx.options.fault_messages()
     rate = min(ctx.options.send_rate(), total / MIN_TRAFFIC_S)
     span = total / rate
@@ -407,6 +463,12 @@ async def _traffic(ctx: Context, room: str, stayers: list[Sim], droppers: list[D
     for dropper in droppers:
         dropper.drop_scope.deadline = start + rng.uniform(*DROP_AT) * span
         dropper.away_s = rng.uniform(*AWAY) * span
+    return total, rate
+
+
+async def _traffic(ctx: Context, room: str, stayers: list[Sim], droppers: list[Dropper]) -> Phase:
+    """Counted traffic from the stayers while each dropper drops, waits and resumes."""
+    total, rate = _schedule(ctx, droppers)
     receivers = stayers + [dropper.sim for dropper in droppers]
     # Reconnecting is a join that every member hears, plus a replay: at large N
     # the droppers catch up as slowly as they connected in the first place.
@@ -414,6 +476,47 @@ async def _traffic(ctx: Context, room: str, stayers: list[Sim], droppers: list[D
     return await run_phase(
         ctx, NAME, "", room, stayers, receivers, total, rate=rate, extra_settle=catch_up
     )
+
+
+async def _traffic_sharded(
+    ctx: Context, shards: list[Handler], members: sharded.Members, droppers: list[Dropper]
+) -> tuple[Outcome, tuple[int, int]]:
+    """:func:`_traffic` with the stayers in shards: the outcome of every receiver, and the
+    fewest and most messages a stayer got."""
+    catch_up = CONNECT_TIMEOUT_PER_CLIENT * (members.connected + len(droppers))
+    total, rate = _schedule(ctx, droppers)
+    planned = await sharded.plan_phase(
+        ctx, NAME, "", shards, members, total, rate=rate, extra_settle=catch_up
+    )
+    book = Book(plan(total, planned.senders), planned.started_ns)
+    tallies = [dropper.sim.tally for dropper in droppers]
+    for tally in tallies:
+        tally.follow(book)
+    usage = Usage()
+    sent = await sharded.send_phase(ctx, shards, planned)
+    wanted = sum(sent) * len(tallies)
+    async with trio.open_nursery() as settling:
+        settling.start_soon(_await_book, book, wanted, planned.deadline_ns)
+        stayers = await sharded.settle_phase(ctx, shards, planned)
+    mine = judge(
+        book,
+        tallies,
+        judged_sent=sent,
+        own_sent=[0] * len(sent),
+        complete=book.delivered >= wanted,
+        send_failures=0,
+        max_send_lag_ms=0.0,
+        usage=usage,
+    )
+    return merge([stayers, mine]), (stayers.fewest, stayers.most)
+
+
+async def _await_book(book: Book, wanted: int, deadline_ns: int) -> None:
+    """Until ``book`` has ``wanted`` deliveries or the deadline passed (polled)."""
+    while True:
+        if book.delivered >= wanted or now_ns() >= deadline_ns:
+            return
+        await trio.sleep(POLL)
 
 
 async def _stop(ctx: Context, droppers: list[Dropper]) -> None:
@@ -429,12 +532,15 @@ async def _stop(ctx: Context, droppers: list[Dropper]) -> None:
         dropper.stop.cancel()
 
 
-def _checks(result: ScenarioResult, phase: Phase, droppers: list[Dropper]) -> None:
-    delivery_checks(result, phase, "every client, resumed ones included,")
+def _checks(
+    result: ScenarioResult, outcome: Outcome, others: tuple[int, int], droppers: list[Dropper]
+) -> None:
+    """``others``: the fewest and most counted messages a client that stayed got."""
+    outcome_checks(result, "", outcome, "every client, resumed ones included,")
     _resumed_check(result, droppers)
     _replay_check(result, droppers)
-    _count_check(result, phase, droppers)
-    _figures(result, phase, droppers)
+    _count_check(result, sum(outcome.sent), others, droppers)
+    _figures(result, sum(outcome.sent), droppers)
 
 
 def _resumed_check(result: ScenarioResult, droppers: list[Dropper]) -> None:
@@ -476,16 +582,15 @@ def _replay_check(result: ScenarioResult, droppers: list[Dropper]) -> None:
     )
 
 
-def _count_check(result: ScenarioResult, phase: Phase, droppers: list[Dropper]) -> None:
-    sent = sum(phase.book.sent)
+def _count_check(
+    result: ScenarioResult, sent: int, others: tuple[int, int], droppers: list[Dropper]
+) -> None:
     resumed = [dropper.sim.tally.received() for dropper in droppers]
-    dropper_sims = {id(dropper.sim) for dropper in droppers}
-    others = [sim.tally.received() for sim in phase.receivers if id(sim) not in dropper_sims]
     result.check(
         "resumed count",
         "every resumed client ends with as many messages as every other client, all of those sent",
         set(resumed) == set(others) == {sent},
-        f"{sent} sent; resumed clients got {_range(resumed)}, the others {_range(others)}",
+        f"{sent} sent; resumed clients got {_range(resumed)}, the others {_range(list(others))}",
     )
 
 
@@ -496,12 +601,12 @@ def _range(values: list[int]) -> str:
     return f"{low} each" if low == high else f"{low}..{high}"
 
 
-def _figures(result: ScenarioResult, phase: Phase, droppers: list[Dropper]) -> None:
+def _figures(result: ScenarioResult, sent: int, droppers: list[Dropper]) -> None:
     resumptions = [d.resumption for d in droppers if d.resumption is not None]
     times = [ms for ms in (d.resume_ms() for d in droppers) if ms is not None]
     result.figures.update(
         {
-            "messages": sum(phase.book.sent),
+            "messages": sent,
             "reconnects": sum(1 for d in droppers if d.resumed),
             "nick_taken_retries": sum(d.nick_retries for d in droppers),
             "history_pages": sum(r.pages for r in resumptions),

@@ -122,6 +122,9 @@ async def test_transparent_proxy_passes_through_workers(nursery: trio.Nursery) -
     (churn,) = [s for s in report.scenarios if s.name == "churn"]
     balance = {c.name: c.observed for c in churn.checks}["joins and leaves balance"]
     assert re.fullmatch(r"\d+ churned x 4 stable: 0 wrong", balance)  # 1 churner, 3 + observer
+    (resumed,) = [s for s in report.scenarios if s.name == "resume"]
+    judged = {c.name: c.observed for c in resumed.checks}["exactly once"]
+    assert " x 5 receivers:" in judged  # 3 stayers over the workers, 2 droppers here
 
 
 @pytest.mark.parametrize(("faults", "scenario", "check"), BROKEN_FAN_OUT)
