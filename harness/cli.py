@@ -25,8 +25,9 @@ from harness.fleet import Unreachable
 from harness.html import html_problem, write_html
 from harness.model import EXIT_SIGNAL_BASE, EXIT_USAGE, Report
 from harness.options import MIN_CLIENTS, SCENARIOS, Options
+from harness.registry import SHARDED
 from harness.report import Display, interruption_line, render, write_json
-from harness.runner import SHARDED, run_harness
+from harness.runner import run_harness
 from harness.workers import default_workers
 from triochat import argtypes
 from triochat.client import parse_url, tls_for

@@ -32,3 +32,7 @@ SCENARIOS: dict[str, tuple[str, Run]] = {
     "abuse": (abuse.PROVES, abuse.run),
     "security": (security.PROVES, security.run),
 }
+
+SHARDED = frozenset(SCENARIOS) - {"abuse"}
+"""The scenarios whose members ``--workers`` spreads over processes: all but ``abuse``,
+whose size does not depend on ``--clients`` (see docs/harness.md, "Many clients")."""

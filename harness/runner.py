@@ -19,17 +19,7 @@ from harness.fleet import Unreachable, quit_and_wait
 from harness.meter import METER, SATURATED_SHARE, Meter
 from harness.model import Interruption, Report, ScenarioResult
 from harness.options import Options
-from harness.registry import SCENARIOS
-from harness.scenarios import (
-    bad_input,
-    broadcast,
-    churn,
-    departures,
-    flood,
-    resume,
-    security,
-    slow_reader,
-)
+from harness.registry import SCENARIOS, SHARDED
 from harness.trust import CAFILE, open_client
 from triochat.client import parse_url
 from triochat.errors import ConnectError, Rejected
@@ -160,22 +150,6 @@ def _record_usage(options: Options, result: ScenarioResult, meter: Meter) -> Non
         f"the harness was near saturation (its busiest process used {share:.0%} of a core):"
         f" its latencies describe the harness as much as the server{why}"
     )
-
-
-SHARDED = frozenset(
-    {
-        broadcast.NAME,
-        departures.DISCONNECT,
-        departures.BROKEN_PIPE,
-        slow_reader.NAME,
-        flood.NAME,
-        bad_input.NAME,
-        churn.NAME,
-        resume.NAME,
-        security.NAME,
-    }
-)
-"""The scenarios whose members ``--workers`` spreads over processes."""
 
 
 async def _watch(

@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-The scenarios of :data:`harness.runner.SHARDED` split their members into
+The scenarios of :data:`harness.registry.SHARDED` split their members into
 shards, one per worker process (``--workers``; with one worker the shard
 runs in the coordinator's own process, the same code without the pipe). The
 coordinator walks every shard through the same steps, each an order answered

@@ -18,7 +18,8 @@ import trio
 
 from harness.model import Report
 from harness.options import SCENARIOS, Options
-from harness.runner import SHARDED, run_harness
+from harness.registry import SHARDED
+from harness.runner import run_harness
 from tests.harness.proxy import Faults, FaultyProxy
 from triochat.server import Server, ServerConfig, serve
 
