@@ -24,9 +24,11 @@ async def presence_written() -> None:
 class Client:
     """A peer whose outbox writes into ``writes`` at once, as a socket with room would."""
 
-    def __init__(self, hub: Hub, flusher: Flusher, nick: str) -> None:
+    def __init__(self, hub: Hub, flusher: Flusher, nick: str, max_events: int = 1000) -> None:
         self.writes: list[bytes] = []
-        outbox = Outbox(1000, 1 << 20, flusher=flusher, direct=self._write, on_overflow=self.evict)
+        outbox = Outbox(
+            max_events, 1 << 20, flusher=flusher, direct=self._write, on_overflow=self.evict
+        )
         self.deliver, self.queue, self.flush = outbox.put, outbox.queue, outbox.flush
         self.member: Member = hub.attach(self, nick)
 
@@ -41,14 +43,19 @@ class Client:
         return [decode_server(line) for data in self.writes for line in data.splitlines()]
 
 
-async def crowd(nursery: trio.Nursery) -> tuple[Hub, Flusher, list[Client]]:
+async def crowd(
+    nursery: trio.Nursery, count: int = LARGE_ROOM, max_events: int = 1000
+) -> tuple[Hub, Flusher, list[Client]]:
+    """``count`` members in room ``big``, each outbox bounded to ``max_events`` (the
+    flusher writes a room's presence early at a quarter of it, as the server's does)."""
     hub = Hub(ServerConfig(history_limit=0))
-    flusher = Flusher(2)
+    flusher = Flusher(2, max_events // 4)
     hub.on_fanout, hub.on_presence = flusher.mark_group, flusher.mark_presence
     nursery.start_soon(flusher.run)
-    clients = [Client(hub, flusher, f"m{n}") for n in range(LARGE_ROOM)]
+    clients = [Client(hub, flusher, f"m{n}", max_events) for n in range(count)]
     for client in clients:
         hub.join(client.member, "big")
+        await trio.sleep(PRESENCE_DELAY_S / 10)  # a crowd that came one by one, read as it came
     await presence_written()
     for client in clients:
         client.writes.clear()
@@ -96,3 +103,20 @@ async def test_a_line_for_one_member_is_not_held_behind_its_queued_presence(
     await trio.sleep(PRESENCE_DELAY_S / 10)  # MockClock: the flusher's next burst, no later
     assert clients[1].writes, "the reply went out in the next burst, with the joined before it"
     assert trio.current_time() - started < PRESENCE_DELAY_S
+
+
+async def test_a_burst_of_departures_larger_than_the_bound_evicts_nobody(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Found by the harness at 5,000 clients: 1,000 members quitting at once queued 1,000
+    ``left`` for every other member within one presence delay, and the outbox bound
+    (1,000) evicted them all, however fast they read. Here: 60 of 160 leave in one
+    scheduler turn, against a bound of 40 (a client over its bound fails the test)."""
+    hub, _, clients = await crowd(nursery, count=160, max_events=40)
+    leaving, staying = clients[:60], clients[60:]
+    for client in leaving:
+        hub.detach(client.member, LeftReason.QUIT)
+    await presence_written()
+    for client in staying:
+        left = [e.nick for e in client.events() if isinstance(e, Left)]
+        assert left == [c.member.nick for c in leaving]

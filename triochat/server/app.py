@@ -239,7 +239,11 @@ async def serve(
         guard = Guard(config, await _accounts(config, relay))
         hub = _hub(config, opened, relay)
         server = Server(
-            config=config, hub=hub, flusher=Flusher(config.batch_turns), guard=guard, tls=tls
+            config=config,
+            hub=hub,
+            flusher=Flusher(config.batch_turns, max(1, config.outbox_events // 4)),
+            guard=guard,
+            tls=tls,
         )
         if store is not None:
             server.loader = RoomLoader(hub, store, server.fail)

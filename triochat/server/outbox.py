@@ -483,13 +483,18 @@ class Delays:
 class Flusher:
     """Flushes what it is told about, a few scheduler turns after the first news."""
 
-    def __init__(self, turns: int) -> None:
+    def __init__(self, turns: int, presence_burst: float = math.inf) -> None:
         self._turns = turns
+        self._presence_burst = presence_burst
+        """Presence events of one large room that are written at once, without waiting
+        for :data:`PRESENCE_DELAY_S`: a quarter of the outbox bound."""
         self._dirty: list[Flushable] = []
         self._groups: dict[int, Iterable[Flushable]] = {}
         """Fan-out recipients, by identity: a room's shared tuple is flushed once per burst."""
         self._presence: dict[str, Iterable[Flushable]] = {}
         """Large rooms' newest recipients, since the first presence not yet written."""
+        self._presence_counts: dict[str, int] = {}
+        """Presence events of each of those rooms not yet written."""
         self._presence_due = math.inf
         self._waiting = trio.lowlevel.ParkingLot()
         self._saving = False
@@ -531,7 +536,8 @@ class Flusher:
         them within :data:`PRESENCE_DELAY_S`, once for all the room's presence meanwhile.
 
         Each join or leave makes a new recipients tuple, so flushing each as a group
-        would flush the whole room once per event. Only the room's newest tuple is
+        would flush the whole room once per event; once a room's unwritten presence
+        reaches ``presence_burst`` events it is written at once (:meth:`_flush_presence`). Only the room's newest tuple is
         kept: a member missing from it has left, and its own ``left`` is a ``put``,
         which tells the flusher of it. Anything else flushed meanwhile takes the
         queued lines along, in order, so they are never overtaken.
@@ -540,6 +546,23 @@ class Flusher:
             self._presence_due = trio.current_time() + PRESENCE_DELAY_S
             self._waiting.unpark()  # to wait with the deadline
         self._presence[room] = recipients
+        count = self._presence_counts[room] = self._presence_counts.get(room, 0) + 1
+        if count >= self._presence_burst:
+            self._flush_presence(room)
+
+    def _flush_presence(self, room: str) -> None:
+        """Write ``room``'s presence now: a burst of joins or leaves (a thousand members
+        quitting together, a node's members gone with it) must not queue more in one
+        :data:`PRESENCE_DELAY_S` than a member's outbox may hold, or every member would be
+        evicted however fast it reads. An outbox over its bound is left to the flusher,
+        which evicts it: an eviction publishes a ``left``, not to be done from here."""
+        recipients = self._presence.pop(room)
+        del self._presence_counts[room]
+        if not self._presence:
+            self._presence_due = math.inf
+        for recipient in recipients:
+            if not recipient.flush():
+                self.mark(recipient)
 
     async def settle(self) -> None:
         """Let the scheduler turns pass that a burst's events need to arrive.
@@ -568,6 +591,7 @@ class Flusher:
             presence: Iterable[Iterable[Flushable]] = ()
             if trio.current_time() >= self._presence_due:
                 presence, self._presence = self._presence.values(), {}
+                self._presence_counts = {}
                 self._presence_due = math.inf
             # An eviction publishes ``left``, which may mark more: that is the next round.
             for recipient in chain(dirty, *groups.values(), *presence):
