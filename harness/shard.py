@@ -178,6 +178,9 @@ class DeparturesOrder(msgspec.Struct, tag=True):
     """The reason each of their ``left`` events must give."""
     stayers: list[str]
     """Every stayer's nick, all shards': members not named here are not judged."""
+    judge: bool = True
+    """False: only count the stayers told of as many departures as there were (cheap,
+    for waiting); ``wrong`` is then 0."""
 
 
 class Departures(msgspec.Struct, tag=True):
@@ -191,19 +194,25 @@ class Departures(msgspec.Struct, tag=True):
     @staticmethod
     def of(members: list[tuple[str, Tally]], order: DeparturesOrder) -> Departures:
         """What the stayers among ``members`` (nick, tally) saw of ``order``'s departures."""
-        departed, stayers = set(order.departed), set(order.stayers)
+        stayers = set(order.stayers)
         judged = [(nick, tally) for nick, tally in members if nick in stayers]
+        if not order.judge:
+            due = len(order.departed)
+            told = sum(1 for _, tally in judged if len(tally.lefts) >= due)
+            return Departures(len(judged), told, 0, None)
         told = wrong = 0
         example = None
         for nick, tally in judged:
-            lefts = [left for left in tally.lefts if left.room == order.room]
-            told += departed <= {left.nick for left in lefts}
+            reasons: dict[str, list[str]] = {}
+            for left in tally.lefts:
+                if left.room == order.room:
+                    reasons.setdefault(left.nick, []).append(left.reason)
+            told += all(gone in reasons for gone in order.departed)
             for gone in order.departed:
-                reasons = [left.reason for left in lefts if left.nick == gone]
-                if reasons != [order.reason]:
+                if reasons.get(gone, []) != [order.reason]:
                     wrong += 1
-                    example = example or f"{nick} saw {reasons} for {gone}"
-            spurious = [left.nick for left in lefts if left.nick in stayers]
+                    example = example or f"{nick} saw {reasons.get(gone, [])} for {gone}"
+            spurious = [other for other in reasons if other in stayers]
             if spurious:
                 wrong += 1
                 example = example or f"{nick} saw {spurious[0]} leave"
@@ -224,6 +233,9 @@ class WhoOrder(msgspec.Struct, tag=True):
     stayers: list[str]
     """Every stayer's nick, all shards': what ``who`` must list, and who asks."""
     within: float
+    askers: int = 0
+    """At most this many stayers of each shard ask (0: all). Each answer lists the whole
+    room, so every one of N members asking costs the server and the shards O(N^2) bytes."""
 
 
 class Listed(msgspec.Struct, tag=True):
@@ -502,7 +514,7 @@ class Shard:
         (or ``within`` passed). Events reach a member in order, so an answer also means
         that everything the server queued for it before has arrived."""
         stayers = set(order.stayers)
-        asking = [m for m in self.swarm.members if m.nick in stayers]
+        asking = [m for m in self.swarm.members if m.nick in stayers][: order.askers or None]
         before = [m.tally.members_replies for m in asking]
         line = encode(Who(room=order.room))
         for member in asking:

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 
 import trio
+from msgspec.structs import replace
 
 from harness import sharded
 from harness.context import Context
@@ -42,6 +43,8 @@ BROKEN_PIPE_PROVES = (
 )
 DISCONNECT = "disconnect"
 BROKEN_PIPE = "broken_pipe"
+WHO_ASKERS = 25
+"""Stayers per shard that check the member list (the departures are checked at all)."""
 VANISH_KINDS = ("reset", "half line + reset", "half line + close")
 """How vanishing clients go, in turn: RST (SO_LINGER 0), or half an event then RST or FIN."""
 
@@ -187,14 +190,17 @@ async def _left_checks_sharded(
 ) -> None:
     """:func:`_left_checks` of stayers in shards."""
     deadline = trio.current_time() + ctx.options.settle
+    counting = replace(order, judge=False)
     while True:
-        seen = await sharded.departures(shards, order)
+        seen = await sharded.departures(shards, counting)
         ctx.progress(f"{name}: waiting for left events", seen.told, seen.stayers)
         if seen.told >= seen.stayers or trio.current_time() > deadline:
             break
         await trio.sleep(POLL)
+    seen = await sharded.departures(shards, order)
     ctx.progress(f"{name}: who", 0, 1)
-    listed = await sharded.listed(shards, WhoOrder(order.room, order.stayers, ctx.options.settle))
+    asking = WhoOrder(order.room, order.stayers, ctx.options.settle, askers=WHO_ASKERS)
+    listed = await sharded.listed(shards, asking)
     _left_verdicts(result, order, seen, listed)
 
 
@@ -214,7 +220,7 @@ def _left_verdicts(
         "member list",
         "afterwards who(room) lists exactly the clients still connected",
         answered and not listed.mismatched,
-        "matches at every stayer"
+        f"matches at all {listed.stayers} stayers asked"
         if answered and not listed.mismatched
         else f"{listed.mismatched} stayers disagree"
         + (f"; e.g. {listed.example}" if listed.example else "")
