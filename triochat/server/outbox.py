@@ -536,11 +536,12 @@ class Flusher:
         them within :data:`PRESENCE_DELAY_S`, once for all the room's presence meanwhile.
 
         Each join or leave makes a new recipients tuple, so flushing each as a group
-        would flush the whole room once per event; once a room's unwritten presence
-        reaches ``presence_burst`` events it is written at once (:meth:`_flush_presence`). Only the room's newest tuple is
+        would flush the whole room once per event. Only the room's newest tuple is
         kept: a member missing from it has left, and its own ``left`` is a ``put``,
         which tells the flusher of it. Anything else flushed meanwhile takes the
-        queued lines along, in order, so they are never overtaken.
+        queued lines along, in order, so they are never overtaken. Once a room's
+        unwritten presence reaches ``presence_burst`` events, it is written at once
+        (:meth:`_flush_presence`).
         """
         if not self._presence:
             self._presence_due = trio.current_time() + PRESENCE_DELAY_S
