@@ -354,6 +354,15 @@ def _limits(lines: list[bytes]) -> list[Limits]:
     return found
 
 
+async def await_deliveries(book: Book, wanted: int, deadline_ns: int) -> None:
+    """Until ``book`` has counted ``wanted`` deliveries or the deadline passed (polled:
+    tallies count as the reader reads, and tell nobody)."""
+    while True:
+        if book.delivered >= wanted or now_ns() >= deadline_ns:
+            return
+        await trio.sleep(POLL)
+
+
 class Shard:
     """Members in this process; runs in the caller's nursery until :meth:`close`."""
 
@@ -474,10 +483,7 @@ class Shard:
         assert own is not None, "settle before send"
         members = self._phase_members
         wanted = sum(order.sent) * len(members)
-        while True:
-            if book.delivered >= wanted or now_ns() >= order.deadline_ns:
-                break
-            await trio.sleep(POLL)
+        await await_deliveries(book, wanted, order.deadline_ns)
         return judge(
             book,
             [member.tally for member in members],

@@ -59,7 +59,7 @@ from harness.fleet import (
 from harness.model import ScenarioResult
 from harness.outcome import Outcome, Usage, judge, merge
 from harness.raw import RawClient, open_raw
-from harness.scenarios.common import POLL
+from harness.shard import await_deliveries
 from harness.swarm import lean_url
 from harness.tally import Book, Tally
 from harness.traffic import Phase, outcome_checks, plan, run_phase
@@ -496,7 +496,7 @@ async def _traffic_sharded(
     sent = await sharded.send_phase(ctx, shards, planned)
     wanted = sum(sent) * len(tallies)
     async with trio.open_nursery() as settling:
-        settling.start_soon(_await_book, book, wanted, planned.deadline_ns)
+        settling.start_soon(await_deliveries, book, wanted, planned.deadline_ns)
         stayers = await sharded.settle_phase(ctx, shards, planned)
     mine = judge(
         book,
@@ -509,14 +509,6 @@ async def _traffic_sharded(
         usage=usage,
     )
     return merge([stayers, mine]), (stayers.fewest, stayers.most)
-
-
-async def _await_book(book: Book, wanted: int, deadline_ns: int) -> None:
-    """Until ``book`` has ``wanted`` deliveries or the deadline passed (polled)."""
-    while True:
-        if book.delivered >= wanted or now_ns() >= deadline_ns:
-            return
-        await trio.sleep(POLL)
 
 
 async def _stop(ctx: Context, droppers: list[Dropper]) -> None:
