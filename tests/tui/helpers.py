@@ -188,6 +188,13 @@ class Peer:
         await self.ws.close()
         await asyncio.wait_for(self._reader, WAIT)
 
+    async def quit(self) -> None:
+        """Leave and wait for the server's goodbye. A client-side close returns when the
+        WebSocket handshake ends, which may be before the server has freed the nick; the
+        server says goodbye only after it has, so the nick is free for the next client."""
+        await self.send(type="quit")
+        await asyncio.wait_for(self._reader, WAIT)
+
 
 async def until(condition: Callable[[], bool], what: str) -> None:
     """Wait (bounded) until ``condition()`` holds, letting the app and the network run."""

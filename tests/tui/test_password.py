@@ -21,7 +21,7 @@ async def register(server: ServerThread, nick: str, password: str) -> None:
     owner = await Peer.connect(server.url, nick)
     await owner.send(type="register", password=password)
     await owner.wait_for(lambda e: e["type"] == "notice" and e["code"] == "registered")
-    await owner.close()
+    await owner.quit()
 
 
 def prompted(app: ChatApp) -> bool:
