@@ -28,7 +28,9 @@ by a report:
    :class:`Departures`, whether the stayers were told of each departure
    exactly once (both only for nicks the open order named in ``watch``: lean
    members keep no roster otherwise); :class:`WhoOrder` → :class:`Listed`,
-   every stayer asks ``who`` and compares the answer with the stayers.
+   every stayer asks ``who`` and compares the answer with the stayers;
+   :class:`SyncOrder` → :class:`Synced`, every member pings the server and
+   waits for its pong: a barrier, since the server answers in order.
 5. :class:`CloseOrder` → :class:`Closed`: ``quit``, wait for the server to let
    go, and report the CPU spent and events received.
 
@@ -40,7 +42,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 
 import msgspec
@@ -55,9 +57,10 @@ from harness.wire import counted_text, now_ns
 from triochat.errors import ConnectionLost, TriochatError
 from triochat.protocol import ProtocolError, encode
 from triochat.protocol.codec import decode_server
-from triochat.protocol.events import Limits, Quit, Welcome, Who
+from triochat.protocol.events import Limits, Ping, Quit, Welcome, Who
 
 POLL = 0.05
+SYNC_TOKEN = "harness-sync"
 
 
 class OpenOrder(msgspec.Struct, tag=True):
@@ -238,6 +241,21 @@ class WhoOrder(msgspec.Struct, tag=True):
     room, so every one of N members asking costs the server and the shards O(N^2) bytes."""
 
 
+class SyncOrder(msgspec.Struct, tag=True):
+    within: float
+
+
+class Synced(msgspec.Struct, tag=True):
+    asked: int
+    answered: int
+    """Members whose pong came within the order's time: each has read every event the
+    server queued for it before."""
+
+    @staticmethod
+    def merge(parts: list[Synced]) -> Synced:
+        return Synced(sum(part.asked for part in parts), sum(part.answered for part in parts))
+
+
 class Listed(msgspec.Struct, tag=True):
     stayers: int
     answered: int
@@ -324,6 +342,7 @@ Order = (
     | GoneOrder
     | DeparturesOrder
     | WhoOrder
+    | SyncOrder
     | BalanceOrder
     | CloseOrder
 )
@@ -336,6 +355,7 @@ Answer = (
     | Gone
     | Departures
     | Listed
+    | Synced
     | Balance
     | Closed
     | Failed
@@ -517,32 +537,27 @@ class Shard:
 
     async def who(self, order: WhoOrder) -> Listed:
         """Every stayer of this shard asks ``who``; what they were told, once all answered
-        (or ``within`` passed). Events reach a member in order, so an answer also means
-        that everything the server queued for it before has arrived."""
+        (or ``within`` passed)."""
         stayers = set(order.stayers)
         asking = [m for m in self.swarm.members if m.nick in stayers][: order.askers or None]
-        before = [m.tally.members_replies for m in asking]
-        line = encode(Who(room=order.room))
-        for member in asking:
-            if member.alive:
-                with suppress(ConnectionLost):
-                    await member.send_line(line)
-
-        def answered() -> list[bool]:
-            return [m.tally.members_replies > b for m, b in zip(asking, before, strict=True)]
-
-        with trio.move_on_after(order.within):
-            while True:
-                if all(answered()):
-                    break
-                await trio.sleep(POLL)
+        answered = await _ask(
+            asking, encode(Who(room=order.room)), lambda m: m.tally.members_replies, order.within
+        )
         return Listed.of(
             [
                 m.tally.members.get(order.room, []) if done else None
-                for m, done in zip(asking, answered(), strict=True)
+                for m, done in zip(asking, answered, strict=True)
             ],
             order.stayers,
         )
+
+    async def sync(self, order: SyncOrder) -> Synced:
+        """Every live member pings and waits for its pong: O(1) bytes each, where an
+        answer to ``who`` lists the whole room."""
+        asking = [m for m in self.swarm.members if m.alive]
+        line = encode(Ping(token=SYNC_TOKEN))
+        answered = await _ask(asking, line, lambda m: m.tally.pongs, order.within)
+        return Synced(len(asking), sum(answered))
 
     async def close(self) -> Closed:
         for member in self.swarm.members:  # nothing asks any more: no rosters of the goodbyes
@@ -572,7 +587,31 @@ class Shard:
             return self.departures(order)
         if isinstance(order, WhoOrder):
             return await self.who(order)
+        if isinstance(order, SyncOrder):
+            return await self.sync(order)
         if isinstance(order, BalanceOrder):
             members = [(m.nick, m.tally) for m in self.swarm.members]
             return Balance.of(members, order.churned)
         return await self.close()
+
+
+async def _ask(
+    members: list[Member], line: bytes, answers: Callable[[Member], int], within: float
+) -> list[bool]:
+    """Send ``line`` to every member and wait (``within`` s at most) until each has
+    counted one more answer. Events reach a member in order, so an answer also means
+    that everything the server queued for it before has arrived. Who answered."""
+    before = [answers(m) for m in members]
+    for member in members:
+        if member.alive:
+            with suppress(ConnectionLost):
+                await member.send_line(line)
+
+    def answered() -> list[bool]:
+        return [answers(m) > b for m, b in zip(members, before, strict=True)]
+
+    with trio.move_on_after(within):
+        # A poll: tallies count as the swarm reads, and signal nothing.
+        while not all(answered()):  # noqa: ASYNC110
+            await trio.sleep(POLL)
+    return answered()

@@ -37,6 +37,8 @@ from harness.shard import (
     SendOrder,
     Sent,
     SettleOrder,
+    Synced,
+    SyncOrder,
     WhoOrder,
 )
 from harness.traffic import START_DELAY_NS, connect_check_counts, phase_wait_s, plan
@@ -252,6 +254,11 @@ async def departures(shards: list[Handler], order: DeparturesOrder) -> Departure
 async def listed(shards: list[Handler], order: WhoOrder) -> Listed:
     """Every stayer of every shard asks ``who``; what they were told."""
     return Listed.merge(expect(Listed, await each(shards, [order] * len(shards))))
+
+
+async def synced(shards: list[Handler], within: float) -> Synced:
+    """Every member of every shard pings and waits for its pong (a barrier)."""
+    return Synced.merge(expect(Synced, await each(shards, [SyncOrder(within)] * len(shards))))
 
 
 async def balance(shards: list[Handler], churned: list[str]) -> Balance:

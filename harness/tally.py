@@ -203,6 +203,7 @@ class Tally:
         self.members: dict[str | None, list[str]] = {}
         self.members_replies = 0
         self.acks = 0
+        self.pongs = 0
         self.events = 0
 
     def follow(self, book: Book) -> None:
@@ -242,6 +243,8 @@ class Tally:
             self.error_codes.append(line.code)
         elif kind == "ack":
             self.acks += 1
+        elif kind == "pong":
+            self.pongs += 1
         elif kind == "members":
             self.members[line.room] = line.nicks or []
             self.members_replies += 1

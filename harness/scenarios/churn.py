@@ -22,7 +22,7 @@ from harness.context import Context, Target
 from harness.fleet import SEND_ERRORS, Fleet, Sim
 from harness.model import ScenarioResult
 from harness.scenarios.common import barrier, room_members, wait_until
-from harness.shard import Balance, WhoOrder
+from harness.shard import Balance
 from harness.swarm import lean_url
 from harness.traffic import connect_check, connect_check_counts, open_members
 from harness.trust import open_client
@@ -84,10 +84,9 @@ async def _sharded(
             nicks = {nick for part in members.nicks for nick in part} | {observer.nick}
             await _leak_checks(ctx, result, target, room, observer, nicks)
             # The observer's who answer says nothing of what the shards' members have read:
-            # each asks too, and once answered it has read every event sent before.
-            asked = WhoOrder(room, sorted(nicks), ctx.options.settle)
-            ctx.progress(f"{NAME}: who", 0, 1)
-            await sharded.listed(shards, asked)
+            # each pings, and once it has its pong it has read every event sent before.
+            ctx.progress(f"{NAME}: sync", 0, 1)
+            await sharded.synced(shards, ctx.options.settle)
             mine = Balance.of([(observer.nick, observer.tally)], churned)
             _balance_check(result, Balance.merge([mine, await sharded.balance(shards, churned)]))
         ctx.progress(f"{NAME}: closing", 0, 1)
