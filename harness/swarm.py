@@ -45,9 +45,12 @@ OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9,
 NEWLINE = 0x0A
 """A server's message is one or more lines and ends in one; a message without it is
 ended here, so that every line ends in exactly one (a blank line costs a slow round)."""
-ROUND_PAUSE = 0.005
-"""Seconds between two rounds of reading: lines pile up meanwhile, and are read in fewer,
-bigger reads. Latency is stamped when a round reads, so it is this much coarser."""
+ROUND_PAUSE = 0.001
+"""Seconds between the end of one round of reading and the next wait: lines pile up
+meanwhile and are read in fewer, bigger reads. Latency is stamped when a round reads,
+so it is up to this much (plus the round's own time) late. A longer pause makes a lightly
+loaded worker cheaper per delivery but reports the pause as the server's latency; under
+load rounds take longer than the pause, and reads carry many lines whatever it is."""
 MAX_READY = 4096
 """Sockets served per wakeup at most (the rest are ready again at the next one)."""
 
