@@ -13,6 +13,10 @@ spare. Every scenario therefore reports two figures:
   was saturated and the latencies measure the harness as much as the server;
 * ``harness_cpu_s``: the whole scenario's CPU time, connecting and closing
   included, every harness process together.
+* ``harness_lines_per_read``: the lines a lean client's read brought, on
+  average over the counted-traffic phases (only where lean clients counted
+  any). A read costs a system call whatever it brings, so this says why the
+  cost per delivery is what it is.
 
 With no ``--url`` the server runs inside the coordinator's process, so its
 CPU counts as the harness's wherever that process hosts clients (the figures
@@ -66,11 +70,16 @@ class Meter:
             work = sum(phase.cpu_s for phase in self.phases)
             deliveries = sum(phase.delivered for phase in self.phases)
             busiest = max(phase.busiest_share for phase in self.phases)
-        return {
+        figures = {
             "harness_cpu_s": round(cpu, 3),
             "harness_cpu_us_per_delivery": round(work * 1e6 / deliveries, 2) if deliveries else 0.0,
             "harness_cpu_share": round(min(busiest, 1.0), 3),
         }
+        reads = sum(phase.reads for phase in self.phases)
+        if reads:
+            lines = sum(phase.lines_read for phase in self.phases)
+            figures["harness_lines_per_read"] = round(lines / reads, 2)
+        return figures
 
 
 METER: ContextVar[Meter | None] = ContextVar("harness_meter", default=None)

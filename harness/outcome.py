@@ -60,6 +60,11 @@ class Outcome(msgspec.Struct, kw_only=True, tag=True):
     most: int = 0
     """The counted messages of the receiver that got the fewest, and the most (copies
     included): every receiver got exactly what was sent when both equal it."""
+    reads: int = 0
+    lines_read: int = 0
+    """The lean clients' reads that brought lines during the phase, and the lines they
+    brought (0: only the client library's clients, which do not count theirs). The more
+    lines a read brings, the less each costs."""
 
     @property
     def latency(self) -> Latency:
@@ -130,6 +135,8 @@ def merge(parts: list[Outcome]) -> Outcome:
         busiest_share=max(p.busiest_share for p in parts),
         fewest=min(p.fewest for p in parts if p.receivers) if receiving else 0,
         most=max(p.most for p in parts if p.receivers) if receiving else 0,
+        reads=sum(p.reads for p in parts),
+        lines_read=sum(p.lines_read for p in parts),
     )
 
 
@@ -143,12 +150,14 @@ def judge(
     send_failures: int,
     max_send_lag_ms: float,
     usage: Usage,
+    reads: tuple[int, int] = (0, 0),
 ) -> Outcome:
     """What ``tallies`` (one process's receivers of ``book``'s phase) saw.
 
     Lost and duplicated are judged against ``judged_sent``, every sender's
     count; the outcome's ``sent`` is ``own_sent``, this process's senders' part,
-    so that outcomes of several processes add up.
+    so that outcomes of several processes add up. ``reads``: the lean clients' reads
+    during the phase, and the lines they brought.
     """
     senders = range(len(book.planned))
     lost = dup = 0
@@ -181,4 +190,6 @@ def judge(
         busiest_share=round(usage.share(), 4),
         fewest=min(received, default=0),
         most=max(received, default=0),
+        reads=reads[0],
+        lines_read=reads[1],
     )

@@ -160,6 +160,7 @@ HIGHLIGHTS = {
     "connections_refused": "{} connections refused",
     "kept_up": "kept up: {}",
     "harness_cpu_us_per_delivery": "harness {} µs/delivery",
+    "harness_lines_per_read": "{} lines/read",
     "harness_cpu_share": "harness CPU share {}",
 }
 """Scenario-specific figures worth a glance; the rest are in --verbose and the JSON."""

@@ -397,6 +397,8 @@ class Shard:
         self._room = ""
         self._sent: Sent | None = None
         self._usage = Usage()
+        self._reads_before = (0, 0)
+        """The swarm's reads and lines when the current phase was planned."""
         self._started_cpu_s = time.process_time()
 
     async def open(self, order: OpenOrder) -> Opened:
@@ -453,6 +455,7 @@ class Shard:
             member.tally.follow(book)
         self._book = book
         self._usage = Usage()
+        self._reads_before = (self.swarm.reads, self.swarm.lines)
         return Planned()
 
     async def send(self, order: SendOrder) -> Sent:
@@ -513,6 +516,10 @@ class Shard:
             send_failures=own.send_failures,
             max_send_lag_ms=own.max_send_lag_ms,
             usage=self._usage,
+            reads=(
+                self.swarm.reads - self._reads_before[0],
+                self.swarm.lines - self._reads_before[1],
+            ),
         )
 
     def lefts(self, order: LeftsOrder) -> Lefts:

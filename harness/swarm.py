@@ -259,6 +259,10 @@ class Swarm:
         self._owing: list[Member] = []
         self._live = 0
         self._none_live = trio.Event()
+        self.reads = 0
+        """``recv`` calls that brought whole lines, since the start."""
+        self.lines = 0
+        """Lines those reads brought."""
 
     def add(self, member: Member, early: list[bytes]) -> None:
         """Start reading ``member``; ``early``: lines read before (up to ``welcome``)."""
@@ -305,7 +309,8 @@ class Swarm:
                 tallies.append(member.tally)
                 chunks.append(data)
         if chunks:
-            take_round(tallies, chunks, stamp)
+            self.reads += len(chunks)
+            self.lines += take_round(tallies, chunks, stamp)
 
     def _lines(self, member: Member, data: bytes) -> bytes:
         """The whole lines in ``data`` (framing taken off), each ending in a newline.

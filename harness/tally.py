@@ -292,9 +292,9 @@ class Tally:
         return [left for left in self.lefts if left.nick == nick]
 
 
-def take_round(tallies: list[Tally], chunks: list[bytes], stamp: int) -> None:
+def take_round(tallies: list[Tally], chunks: list[bytes], stamp: int) -> int:
     """Lines read in one round, ``chunks[i]`` (whole lines, each ending in a newline) for
-    ``tallies[i]``: decoded by one call and counted in one loop.
+    ``tallies[i]``: decoded by one call and counted in one loop. Returns how many.
 
     This runs once per delivery, so it does as little per line as it can: the
     decoder call, the join and the loop's set-up are paid once per round.
@@ -302,8 +302,7 @@ def take_round(tallies: list[Tally], chunks: list[bytes], stamp: int) -> None:
     try:
         events = decode_lines(b"".join(chunks))
     except msgspec.DecodeError:  # some line is bad: decode one by one to count it
-        _one_by_one(tallies, chunks, stamp)
-        return
+        return _one_by_one(tallies, chunks, stamp)
     if len(tallies) == 1:
         owners = tallies * len(events)
     else:
@@ -311,22 +310,25 @@ def take_round(tallies: list[Tally], chunks: list[bytes], stamp: int) -> None:
         for tally, chunk in zip(tallies, chunks, strict=True):
             owners += [tally] * chunk.count(b"\n")
     if len(owners) != len(events):  # blank lines: the decoder skips them
-        _one_by_one(tallies, chunks, stamp)
-        return
+        return _one_by_one(tallies, chunks, stamp)
     _account(owners, events, stamp)
+    return len(events)
 
 
-def _one_by_one(tallies: list[Tally], chunks: list[bytes], stamp: int) -> None:
+def _one_by_one(tallies: list[Tally], chunks: list[bytes], stamp: int) -> int:
+    lines = 0
     for tally, chunk in zip(tallies, chunks, strict=True):
         events = []
         for raw in chunk.split(b"\n"):
             if not raw:
                 continue
+            lines += 1
             try:
                 events.append(decode_line(raw))
             except msgspec.DecodeError:  # any undecodable line is a defect to count
                 tally.garbled += 1
         _account([tally] * len(events), events, stamp)
+    return lines
 
 
 def _account(owners: list[Tally], events: list[Line], stamp: int, *, live: bool = True) -> None:

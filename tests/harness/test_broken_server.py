@@ -126,6 +126,8 @@ async def test_transparent_proxy_passes_through_workers(nursery: trio.Nursery) -
     (resumed,) = [s for s in report.scenarios if s.name == "resume"]
     judged = {c.name: c.observed for c in resumed.checks}["exactly once"]
     assert " x 5 receivers:" in judged  # 3 stayers over the workers, 2 droppers here
+    (cast,) = [s for s in report.scenarios if s.name == "broadcast"]
+    assert cast.figures["harness_lines_per_read"] >= 1  # both workers' reads and lines, merged
 
 
 @pytest.mark.parametrize(("faults", "scenario", "check"), BROKEN_FAN_OUT)

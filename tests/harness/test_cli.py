@@ -79,6 +79,7 @@ async def test_passing_run_exits_0_and_writes_json(tmp_path: Path) -> None:
     assert {c["status"] for c in broadcast["checks"]} == {"pass"}
     assert broadcast["figures"]["deliveries"] == 4 * 3 * 4
     assert broadcast["figures"]["p99_ms"] >= broadcast["figures"]["p50_ms"] > 0
+    assert broadcast["figures"]["harness_lines_per_read"] >= 1  # its lean clients' reads
     assert report["seed"] == seed
     assert report["workers"] == report["settings"]["workers"] >= 1
     for scenario in report["scenarios"]:  # what the harness itself spent, on every scenario
