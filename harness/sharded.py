@@ -43,7 +43,7 @@ from harness.shard import (
 )
 from harness.traffic import START_DELAY_NS, connect_check_counts, phase_wait_s, plan
 from harness.wire import now_ns
-from harness.workers import Handler, each, expect, open_shards
+from harness.workers import Handler, each, every, expect, open_shards
 from triochat.protocol.events import Limits
 
 
@@ -156,7 +156,7 @@ async def plan_phase(
     senders = sum(per_shard)
     rate = rate or ctx.options.send_rate()
     planning = PlanOrder(total, senders, idle=list(quit_midway))
-    expect(Planned, await each(shards, [planning] * len(shards)))
+    await every(shards, planning, Planned)
     started_ns = now_ns() + START_DELAY_NS
     wait_s = phase_wait_s(ctx, total, senders, rate) + extra_settle
     deadline_ns = started_ns + int(wait_s * 1e9)
@@ -185,8 +185,7 @@ async def settle_phase(ctx: Context, shards: list[Handler], running: Running) ->
     assert running.sent is not None, "settle before send"
     wanted = sum(running.sent) * running.senders
     ctx.progress(f"{running.what}waiting for {wanted} deliveries", 0, 1)
-    settle_orders = [SettleOrder(running.sent, running.deadline_ns)] * len(shards)
-    return merge(expect(Outcome, await each(shards, settle_orders)))
+    return merge(await every(shards, SettleOrder(running.sent, running.deadline_ns), Outcome))
 
 
 async def run_phase(
@@ -236,40 +235,38 @@ async def phase_beside(
 
 async def lefts(shards: list[Handler], nick: str) -> Lefts:
     """What every member of every shard was told of ``nick`` leaving (a watched nick)."""
-    return Lefts.merge(expect(Lefts, await each(shards, [LeftsOrder(nick)] * len(shards))))
+    return Lefts.merge(await every(shards, LeftsOrder(nick), Lefts))
 
 
 async def gone(shards: list[Handler], nicks: list[str]) -> int:
     """How many of the members called ``nicks`` the server has closed."""
-    answers = expect(Gone, await each(shards, [GoneOrder(nicks)] * len(shards)))
+    answers = await every(shards, GoneOrder(nicks), Gone)
     return sum(answer.closed for answer in answers)
 
 
 async def departures(shards: list[Handler], order: DeparturesOrder) -> Departures:
     """What every stayer of every shard was told of ``order``'s departures."""
-    answers = await each(shards, [order] * len(shards))
-    return Departures.merge(expect(Departures, answers))
+    return Departures.merge(await every(shards, order, Departures))
 
 
 async def listed(shards: list[Handler], order: WhoOrder) -> Listed:
     """Every stayer of every shard asks ``who``; what they were told."""
-    return Listed.merge(expect(Listed, await each(shards, [order] * len(shards))))
+    return Listed.merge(await every(shards, order, Listed))
 
 
 async def synced(shards: list[Handler], within: float) -> Synced:
     """Every member of every shard pings and waits for its pong (a barrier)."""
-    return Synced.merge(expect(Synced, await each(shards, [SyncOrder(within)] * len(shards))))
+    return Synced.merge(await every(shards, SyncOrder(within), Synced))
 
 
 async def balance(shards: list[Handler], churned: list[str]) -> Balance:
     """How every member of every shard saw the ``churned`` clients come and go."""
-    answers = await each(shards, [BalanceOrder(churned)] * len(shards))
-    return Balance.merge(expect(Balance, answers))
+    return Balance.merge(await every(shards, BalanceOrder(churned), Balance))
 
 
 async def close(result: ScenarioResult, shards: list[Handler]) -> None:
     """Close every shard's members; their processes' CPU goes to the scenario's meter."""
-    closed = expect(Closed, await each(shards, [CloseOrder()] * len(shards)))
+    closed = await every(shards, CloseOrder(), Closed)
     remote = len(shards) > 1
     for part in closed:
         add_worker(WorkerUsage(cpu_s=part.cpu_s if remote else 0.0, events=part.events))

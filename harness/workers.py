@@ -173,6 +173,11 @@ def expect(kind: type[T], answers: list[Answer]) -> list[T]:
     return found
 
 
+async def every(handlers: list[Handler], order: Order, kind: type[T]) -> list[T]:
+    """The same ``order`` to every handler, all at once; their answers, each a ``kind``."""
+    return expect(kind, await each(handlers, [order] * len(handlers)))
+
+
 # --- the worker's side ------------------------------------------------------------------
 
 
