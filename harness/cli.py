@@ -9,11 +9,13 @@ and written.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import resource
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from functools import partial
 
@@ -46,6 +48,36 @@ MIN_SETTLE = 1.0
 MIN_RATE = 0.1
 """Slower than a message per 10 s only stretches a run (and far slower overflows its clock)."""
 DEFAULT_TRANSPORT = "ws"
+SERVER_LOGGER = "triochat.server"
+"""The in-process server's records: shown as its own lines, not as the harness's."""
+
+
+class ServerLines(logging.Handler):
+    """The in-process server's records as ``server: LEVEL: message`` lines on stderr.
+
+    ``sys.stderr`` is looked up for each record, so that while the progress bar
+    runs (it stands in for stderr) a line is printed above the bar, not through it.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"server: {record.levelname.lower()}: {self.format(record)}", file=sys.stderr)
+
+
+@contextmanager
+def server_logs_shown(verbose: bool) -> Iterator[None]:
+    """Errors of the in-process server always; its warnings only with ``--verbose``:
+    they are mostly the refusals that ``abuse`` provokes on purpose."""
+    logger = logging.getLogger(SERVER_LOGGER)
+    handlers, propagate, level = logger.handlers[:], logger.propagate, logger.level
+    logger.handlers[:] = [ServerLines()]
+    logger.propagate = False
+    logger.setLevel(logging.WARNING if verbose else logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.handlers[:] = handlers
+        logger.propagate = propagate
+        logger.setLevel(level)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -287,5 +319,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(options: Options, console: Console) -> Report:
     run = partial(run_harness, stop_on=STOP_ON)
-    with Display(console, options.quiet) as display:
+    with Display(console, options.quiet) as display, server_logs_shown(options.verbose):
         return trio.run(run, options, display.update, display.scenario_done)

@@ -55,7 +55,7 @@ def render_html(report: Report) -> str:
         f"<style>{STYLE}</style></head><body>",
         "<h1>harness report</h1>",
         f'<p id="verdict" class="verdict {_css(report.passed)}">{escape(verdict)}</p>',
-        f"<p>{report.clients} clients against {escape(report.target)}, seed"
+        f"<p>{report.crowd} against {escape(report.target)}, seed"
         f' <span id="seed">{report.seed}</span>, {report.workers} worker(s), run id'
         f" {escape(report.run_id)}</p>",
     ]

@@ -100,6 +100,11 @@ class Report:
         return self.interrupted is None and all(s.passed for s in self.scenarios)
 
     @property
+    def crowd(self) -> str:
+        """``1 client``, ``50 clients``: how the report names its client count."""
+        return f"{self.clients} client{'' if self.clients == 1 else 's'}"
+
+    @property
     def exit_code(self) -> int:
         if self.interrupted is not None:
             return EXIT_SIGNAL_BASE + self.interrupted.signum

@@ -77,7 +77,7 @@ def _verdict(report: Report) -> str:
         verdict = "[bold red]FAILED[/]"
     seed = report.settings.get("seed")
     return (
-        f"{verdict} — {report.clients} clients against {report.target},"
+        f"{verdict} — {report.crowd} against {report.target},"
         f" seed {seed} (replay with --seed {seed})"
     )
 

@@ -88,6 +88,19 @@ async def test_passing_run_exits_0_and_writes_json(tmp_path: Path) -> None:
         assert 0 < figures["harness_cpu_share"] <= 1, scenario["name"]
 
 
+async def test_the_own_servers_lines_are_marked_and_its_warnings_wait_for_verbose() -> None:
+    # abuse makes the harness's own server refuse connections, which it logs as a warning.
+    abuse = ("--clients", "1", "--scenario", "abuse", "--seed", "1", "--quiet")
+    code, out, err = await _run(*abuse)
+    assert code == 0, out + err
+    assert err == ""
+    code, out, err = await _run(*abuse, "--verbose")
+    assert code == 0, out + err
+    lines = err.splitlines()
+    assert "server: warning: refusing connections: 127.0.0.1 connects too often" in err
+    assert all(line.startswith("server: ") for line in lines), lines
+
+
 def test_open_files_limit_caps_clients() -> None:
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     options, notes = raise_open_files(Options(clients=10**8))

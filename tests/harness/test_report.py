@@ -52,6 +52,14 @@ def test_summary_shows_each_scenario_and_only_failed_checks_with_evidence() -> N
     assert text.index("note: a run note") < text.index("failed checks")
 
 
+def test_one_client_is_not_called_clients() -> None:
+    report = Report("a server", 1, {"seed": 7})
+    assert (
+        _rendered(report)[-1]
+        == "all checks passed — 1 client against a server, seed 7 (replay with --seed 7)"
+    )
+
+
 def test_verbose_adds_every_criterion_and_figure() -> None:
     text = "\n".join(_rendered(_report(), verbose=True))
     assert "GOOD CRITERION" in text
