@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import math
 import os
 import select
 import socket
@@ -254,9 +255,10 @@ class Swarm:
         self.members: list[Member] = []
         self._by_fd: dict[int, Member] = {}
         self._poll = select.epoll()
-        self._owed = trio.Semaphore(0)
-        """Released when a member has answers in its outbox."""
-        self._owing: list[Member] = []
+        self._owing_send, self._owing_receive = trio.open_memory_channel[Member](math.inf)
+        """Members with answers in their outbox, for :meth:`_answer` to send (the reader
+        cannot wait for a slow send, so the channel has no bound; each entry is a
+        member that had something to answer, at most one per read)."""
         self._live = 0
         self._none_live = trio.Event()
         self.reads = 0
@@ -328,8 +330,7 @@ class Swarm:
             pongs = [encode(Pong(token=ping.token)) for ping in _pings(whole.split(b"\n"))]
             member.outbox += [member.frame(pong) for pong in pongs]
         if member.outbox:
-            self._owing.append(member)
-            self._owed.release()
+            self._owing_send.send_nowait(member)
         return whole
 
     def _closed(self, member: Member) -> None:
@@ -343,9 +344,7 @@ class Swarm:
             self._poll.unregister(fd)
 
     async def _answer(self) -> None:
-        while True:
-            await self._owed.acquire()
-            member = self._owing.pop(0)
+        async for member in self._owing_receive:
             answers, member.outbox = member.outbox, []
             for answer in answers:
                 with suppress(ConnectionLost):

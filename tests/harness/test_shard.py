@@ -1,4 +1,5 @@
-"""A shard's members against a real server: the ping barrier (:class:`SyncOrder`)."""
+"""A shard's members against a real server: the ping barrier (:class:`SyncOrder`), and
+the answers to the server's keepalive that keep idle members connected."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from triochat.server import Server, ServerConfig, serve
 ROOM = "lobby"
 MESSAGES = 400
 MEMBERS = 20
+KEEPALIVE_PINGS = 8
+"""Pings a tcp member answers before the check: far past the unanswered ws member's drop."""
 
 
 async def test_a_pong_means_everything_queued_before_it_was_read(nursery: trio.Nursery) -> None:
@@ -40,3 +43,30 @@ async def _last_ack(talker: Client) -> Ack:
         if isinstance(event, Ack) and event.id == MESSAGES - 1:
             return event
     raise AssertionError("the talker's connection ended before its last ack")
+
+
+async def test_idle_members_answer_the_servers_keepalive_and_stay(nursery: trio.Nursery) -> None:
+    """The server pings an idle member (a line over tcp, a frame over ws) and drops it when
+    no answer comes within ``keepalive_timeout``: the swarm answers both kinds."""
+    config = ServerConfig(port=0, tcp_port=0, keepalive_interval=0.1, keepalive_timeout=0.3)
+    server: Server = await nursery.start(serve, config)
+    shard = Shard(nursery)
+    urls = [server.url("tcp"), server.url("ws")]
+    opened = await shard.open(OpenOrder(urls, [f"k{i}" for i in range(4)], 0, ROOM, 10.0))
+    assert opened.per_url == {urls[0]: 2, urls[1]: 2}
+    members = shard.swarm.members
+    tcp = [member for member in members if not member.ws]
+    before = [member.tally.events for member in tcp]
+
+    def pinged_enough() -> bool:
+        return all(
+            m.tally.events >= b + KEEPALIVE_PINGS or not m.alive
+            for m, b in zip(tcp, before, strict=True)
+        )
+
+    with trio.fail_after(10):
+        # A poll: tallies count as the swarm reads, and signal nothing.
+        while not pinged_enough():  # noqa: ASYNC110
+            await trio.sleep(0.02)
+    assert [member.alive for member in members] == [True] * 4
+    await shard.close()
