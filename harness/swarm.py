@@ -12,6 +12,12 @@ into lines (TCP) or WebSocket frames (by hand: the server's frames are
 unmasked and small), and hands each member's lines to its
 :class:`~harness.tally.Tally` in one batch.
 
+Latency is stamped when a round reads, so it is late by the wakeup and the
+round's own time. No pause is taken between rounds: under load a round takes
+long enough for many lines to pile up anyway, and at light load a pause short
+enough not to show in the latency hardly makes reads bigger (docs/harness.md,
+"Read pause").
+
 Members are plain ``ws://`` or ``tcp://`` connections (no TLS) driven by hand:
 the upgrade, ``hello``, sends (``say``, ``quit``, answers to pings) go out
 through Trio; only receiving bypasses it. Protocol events are built and
@@ -46,12 +52,6 @@ OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9,
 NEWLINE = 0x0A
 """A server's message is one or more lines and ends in one; a message without it is
 ended here, so that every line ends in exactly one (a blank line costs a slow round)."""
-ROUND_PAUSE = 0.001
-"""Seconds between the end of one round of reading and the next wait: lines pile up
-meanwhile and are read in fewer, bigger reads. Latency is stamped when a round reads,
-so it is up to this much (plus the round's own time) late. A longer pause makes a lightly
-loaded worker cheaper per delivery but reports the pause as the server's latency; under
-load rounds take longer than the pause, and reads carry many lines whatever it is."""
 MAX_READY = 4096
 """Sockets served per wakeup at most (the rest are ready again at the next one)."""
 
@@ -283,7 +283,6 @@ class Swarm:
                 while True:
                     await trio.lowlevel.wait_readable(self._poll)
                     self.read_ready()
-                    await trio.sleep(ROUND_PAUSE)
             finally:
                 nursery.cancel_scope.cancel()
 
