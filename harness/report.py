@@ -101,14 +101,15 @@ def _summary_table(report: Report) -> Table:
     table.add_column("also", overflow="fold")
     for scenario in report.scenarios:
         figures = scenario.figures
+        deliveries = _total(figures, "deliveries")
         table.add_row(
             scenario.name,
             _scenario_verdict(scenario),
-            _show(_total(figures, "deliveries")),
+            _show(deliveries),
             _show(_last(figures, "p50_ms")),
             _show(_last(figures, "p99_ms")),
             f"{scenario.seconds:.1f}",
-            _highlights(figures),
+            _highlights(figures, counted=deliveries is not None),
         )
     return table
 
@@ -166,8 +167,15 @@ HIGHLIGHTS = {
 """Scenario-specific figures worth a glance; the rest are in --verbose and the JSON."""
 
 
-def _highlights(figures: dict[str, Figure]) -> str:
-    shown = [text.format(figures[key]) for key, text in HIGHLIGHTS.items() if key in figures]
+PER_EVENT = {"harness_cpu_us_per_delivery": "harness {} µs/event received"}
+"""A scenario with no counted deliveries (``churn``, ``abuse``) has its CPU divided by the
+events its clients received (harness/meter.py): the summary says so."""
+
+
+def _highlights(figures: dict[str, Figure], *, counted: bool) -> str:
+    """``counted``: the scenario counted deliveries (else its CPU is per event received)."""
+    texts = HIGHLIGHTS if counted else HIGHLIGHTS | PER_EVENT
+    shown = [text.format(figures[key]) for key, text in texts.items() if key in figures]
     return ", ".join(shown)
 
 

@@ -52,6 +52,22 @@ def test_summary_shows_each_scenario_and_only_failed_checks_with_evidence() -> N
     assert text.index("note: a run note") < text.index("failed checks")
 
 
+def test_the_harness_cost_is_per_delivery_where_deliveries_were_counted_else_per_event() -> None:
+    report = _report()
+    churn = ScenarioResult("churn", "comings and goings")
+    churn.check("balanced", "one joined and one left each", True, "0 wrong")
+    report.scenarios.append(churn)
+    for scenario in report.scenarios:
+        scenario.figures["harness_cpu_us_per_delivery"] = 12.5
+    rows = {
+        name: next(r for r in _rendered(report) if f" {name} " in r)
+        for name in ("broadcast", "flood", "churn")
+    }
+    assert "harness 12.5 µs/delivery" in rows["broadcast"]
+    assert "harness 12.5 µs/delivery" in rows["flood"]  # its phases' deliveries count
+    assert "harness 12.5 µs/event received" in rows["churn"]
+
+
 def test_one_client_is_not_called_clients() -> None:
     report = Report("a server", 1, {"seed": 7})
     assert (
