@@ -15,8 +15,9 @@ unmasked and small), and hands each member's lines to its
 Latency is stamped when a round reads, so it is late by the wakeup and the
 round's own time. No pause is taken between rounds: under load a round takes
 long enough for many lines to pile up anyway, and at light load a pause short
-enough not to show in the latency hardly makes reads bigger (docs/harness.md,
-"Read pause").
+enough not to show in the latency hardly makes reads bigger. A pause only
+helped a server that shares the harness's cores drain a burst sooner
+(docs/harness.md, "Read pause").
 
 Members are plain ``ws://`` or ``tcp://`` connections (no TLS) driven by hand:
 the upgrade, ``hello``, sends (``say``, ``quit``, answers to pings) go out
