@@ -16,6 +16,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 from harness.model import Check, Report, ScenarioResult
+from harness.report import glance
 from harness.tally import SLOT_NS, Latency, Slot
 
 STYLE = """
@@ -86,6 +87,7 @@ def _scenario(scenario: ScenarioResult) -> str:
         f"<h2>{escape(scenario.name)} <span class='verdict {_css(scenario.passed)}'>"
         f"{escape(verdict)}</span></h2>",
         f"<p>Proves: {escape(scenario.proves)} ({scenario.seconds:.1f} s)</p>",
+        f'<p class="glance">{escape(glance(scenario.figures))}</p>',
         _table(["check", "result", "criterion", "observed"], [_row(c) for c in scenario.checks]),
     ]
     parts += [f'<p class="note">note: {escape(note)}</p>' for note in scenario.notes]

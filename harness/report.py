@@ -101,15 +101,14 @@ def _summary_table(report: Report) -> Table:
     table.add_column("also", overflow="fold")
     for scenario in report.scenarios:
         figures = scenario.figures
-        deliveries = _total(figures, "deliveries")
         table.add_row(
             scenario.name,
             _scenario_verdict(scenario),
-            _show(deliveries),
+            _show(_total(figures, "deliveries")),
             _show(_last(figures, "p50_ms")),
             _show(_last(figures, "p99_ms")),
             f"{scenario.seconds:.1f}",
-            _highlights(figures, counted=deliveries is not None),
+            glance(figures),
         )
     return table
 
@@ -172,8 +171,10 @@ PER_EVENT = {"harness_cpu_us_per_delivery": "harness {} µs/event received"}
 events its clients received (harness/meter.py): the summary says so."""
 
 
-def _highlights(figures: dict[str, Figure], *, counted: bool) -> str:
-    """``counted``: the scenario counted deliveries (else its CPU is per event received)."""
+def glance(figures: dict[str, Figure]) -> str:
+    """A scenario's figures worth a glance, with the harness's own cost, as one line: the
+    summary's last column, and the line under each scenario's title on the HTML page."""
+    counted = _total(figures, "deliveries") is not None
     texts = HIGHLIGHTS if counted else HIGHLIGHTS | PER_EVENT
     shown = [text.format(figures[key]) for key, text in texts.items() if key in figures]
     return ", ".join(shown)

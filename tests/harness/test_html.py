@@ -80,6 +80,7 @@ async def test_chromium_shows_verdicts_checks_seed_and_plots(
     text = re.sub(r"<[^>]+>", " ", dom)
     assert "all checks passed" in text
     assert re.search(r"broadcast\s+pass", text)
+    assert "harness CPU share" in text
     for check in ("all connected", "exactly once", "in order", "all sends accepted"):
         assert check in text
     assert re.search(r'id="seed">77<', dom)
@@ -126,3 +127,14 @@ def test_a_failed_run_reads_failed() -> None:
     assert 'class="verdict fail">FAILED<' in html
     assert '<tr class="fail"><td>exactly once</td><td>FAIL</td>' in html
     assert html.count("<svg") == 1
+
+
+def test_each_scenario_says_at_a_glance_what_the_harness_itself_spent() -> None:
+    """Whether a page's figures are the server's depends on how busy the harness was."""
+    scenario = ScenarioResult("broadcast", "fan-out")
+    scenario.check("exactly once", "lost = 0", True, "lost 0")
+    scenario.figures.update(deliveries=100, kept_up="yes", harness_cpu_share=0.91)
+    scenario.figures.update(harness_cpu_us_per_delivery=2.5)
+    html = render_html(Report("a server", 4, {"seed": 5}, seed=5, scenarios=[scenario]))
+    glance = "kept up: yes, harness 2.5 µs/delivery, harness CPU share 0.91"
+    assert f'<p class="glance">{glance}</p>' in html
