@@ -97,7 +97,8 @@ async def test_the_own_servers_lines_are_marked_and_its_warnings_wait_for_verbos
     code, out, err = await _run(*abuse, "--verbose")
     assert code == 0, out + err
     lines = err.splitlines()
-    assert "server: warning: refusing connections: 127.0.0.1 connects too often" in err
+    # Which limit refuses first (--connect-rate, --max-connections-per-ip) depends on timing.
+    assert "server: warning: refusing connections: 127.0.0.1 " in err
     assert all(line.startswith("server: ") for line in lines), lines
 
 
