@@ -13,7 +13,7 @@ from triochat.server import Server, ServerConfig, serve
 ROOM = "lobby"
 MESSAGES = 400
 MEMBERS = 20
-KEEPALIVE_PINGS = 8
+KEEPALIVE_PINGS = 15
 """Pings a tcp member answers before the check: far past the unanswered ws member's drop."""
 
 
@@ -48,7 +48,7 @@ async def _last_ack(talker: Client) -> Ack:
 async def test_idle_members_answer_the_servers_keepalive_and_stay(nursery: trio.Nursery) -> None:
     """The server pings an idle member (a line over tcp, a frame over ws) and drops it when
     no answer comes within ``keepalive_timeout``: the swarm answers both kinds."""
-    config = ServerConfig(port=0, tcp_port=0, keepalive_interval=0.1, keepalive_timeout=0.3)
+    config = ServerConfig(port=0, tcp_port=0, keepalive_interval=0.1, keepalive_timeout=1.0)
     server: Server = await nursery.start(serve, config)
     shard = Shard(nursery)
     urls = [server.url("tcp"), server.url("ws")]
