@@ -6,6 +6,7 @@ from __future__ import annotations
 import trio
 
 from harness.shard import OpenOrder, Shard, SyncOrder
+from tests.server.helpers import until
 from triochat.client import Client, open_client
 from triochat.protocol.events import Ack
 from triochat.server import Server, ServerConfig, serve
@@ -65,8 +66,6 @@ async def test_idle_members_answer_the_servers_keepalive_and_stay(nursery: trio.
         )
 
     with trio.fail_after(10):
-        # A poll: tallies count as the swarm reads, and signal nothing.
-        while not pinged_enough():  # noqa: ASYNC110
-            await trio.sleep(0.02)
+        await until(pinged_enough)  # tallies count as the swarm reads, and signal nothing
     assert [member.alive for member in members] == [True] * 4
     await shard.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import trio
@@ -22,6 +23,13 @@ def host_port(url: str) -> tuple[str, int]:
     """The host and port of a ``ws://`` or ``tcp://`` URL, for raw-socket peers."""
     address = parse_url(url)
     return address.host, address.port
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait for something a client cannot see to have happened (bounded by the caller)."""
+    # Polling a condition (not sleeping for a guessed time): nothing signals it.
+    while not condition():  # noqa: ASYNC110
+        await trio.sleep(0.005)
 
 
 async def expect(client: Client, kind: type[E], **fields: Any) -> E:

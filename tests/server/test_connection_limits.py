@@ -9,7 +9,7 @@ from __future__ import annotations
 import resource
 import signal
 import subprocess
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
@@ -19,7 +19,7 @@ import wsproto
 from wsproto.events import AcceptConnection, RejectConnection, RejectData, Request
 
 from tests.server.conftest import TEST_CONFIG
-from tests.server.helpers import host_port, skip_until
+from tests.server.helpers import host_port, skip_until, until
 from tests.server.test_cli import SERVE, Proc
 from triochat.client import open_client
 from triochat.errors import ConnectError
@@ -34,13 +34,6 @@ QUICK = 1.0
 async def start(nursery: trio.Nursery, **settings: Any) -> Server:
     server: Server = await nursery.start(serve, replace(TEST_CONFIG, **settings))
     return server
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    """Wait for the server to have done something a client cannot see (bounded by the caller)."""
-    # Polling a condition (not sleeping for a guessed time): the server has no event for it.
-    while not condition():  # noqa: ASYNC110
-        await trio.sleep(0.005)
 
 
 async def read_to_eof(stream: trio.SocketStream) -> bytes:
