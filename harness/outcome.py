@@ -40,6 +40,9 @@ class Outcome(msgspec.Struct, kw_only=True, tag=True):
     """When the first message was scheduled (the phase's clock and timeline origin)."""
     complete: bool = True
     """Every receiver counted every sent message before the deadline."""
+    closed: int = 0
+    """Receivers whose connection the server ended before the judgement: what they
+    lacked then is lost (the wait for deliveries stopped counting on them)."""
     send_failures: int = 0
     max_send_lag_ms: float = 0.0
     lost: int = 0
@@ -119,6 +122,7 @@ def merge(parts: list[Outcome]) -> Outcome:
         receivers=sum(p.receivers for p in parts),
         started_ns=first.started_ns,
         complete=all(p.complete for p in parts),
+        closed=sum(p.closed for p in parts),
         send_failures=sum(p.send_failures for p in parts),
         max_send_lag_ms=max(p.max_send_lag_ms for p in parts),
         lost=sum(p.lost for p in parts),
@@ -147,6 +151,7 @@ def judge(
     judged_sent: list[int],
     own_sent: list[int],
     complete: bool,
+    closed: int = 0,
     send_failures: int,
     max_send_lag_ms: float,
     usage: Usage,
@@ -174,6 +179,7 @@ def judge(
         receivers=len(tallies),
         started_ns=book.started_ns,
         complete=complete,
+        closed=closed,
         send_failures=send_failures,
         max_send_lag_ms=max_send_lag_ms,
         lost=lost,

@@ -51,7 +51,7 @@ import trio
 from harness.fleet import CONNECTS_IN_FLIGHT, QUIT_GRACE, QUIT_REASON
 from harness.outcome import Outcome, Usage, judge
 from harness.swarm import Member, Swarm, connect
-from harness.tally import Book, Tally
+from harness.tally import Arrivals, Book, Tally
 from harness.traffic import plan
 from harness.wire import counted_text, now_ns
 from triochat.errors import ConnectionLost, TriochatError
@@ -374,12 +374,10 @@ def _limits(lines: list[bytes]) -> list[Limits]:
     return found
 
 
-async def await_deliveries(book: Book, wanted: int, deadline_ns: int) -> None:
-    """Until ``book`` has counted ``wanted`` deliveries or the deadline passed (polled:
-    tallies count as the reader reads, and tell nobody)."""
-    while True:
-        if book.delivered >= wanted or now_ns() >= deadline_ns:
-            return
+async def await_deliveries(arrived: Callable[[], bool], deadline_ns: int) -> None:
+    """Until ``arrived()`` or the deadline passed (polled: tallies count as the reader
+    reads, and tell nobody)."""
+    while not arrived() and now_ns() < deadline_ns:  # noqa: ASYNC110
         await trio.sleep(POLL)
 
 
@@ -505,14 +503,16 @@ class Shard:
         assert book is not None, "settle before send"
         assert own is not None, "settle before send"
         members = self._phase_members
-        wanted = sum(order.sent) * len(members)
-        await await_deliveries(book, wanted, order.deadline_ns)
+        sent = sum(order.sent)
+        arrivals = Arrivals(book, members)
+        await await_deliveries(lambda: arrivals.all_in(sent), order.deadline_ns)
         return judge(
             book,
             [member.tally for member in members],
             judged_sent=order.sent,
             own_sent=own.sent,
-            complete=book.delivered >= wanted,
+            complete=book.delivered >= sent * len(members),
+            closed=arrivals.closed,
             send_failures=own.send_failures,
             max_send_lag_ms=own.max_send_lag_ms,
             usage=self._usage,

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from array import array
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import msgspec
 from hdrh.histogram import HdrHistogram
@@ -290,6 +292,49 @@ class Tally:
 
     def left_of(self, nick: str) -> list[Leaving]:
         return [left for left in self.lefts if left.nick == nick]
+
+
+class Receiver(Protocol):
+    """A phase's receiver as the wait for deliveries sees it (a lean member, a sim)."""
+
+    @property
+    def closed_at_ns(self) -> int | None:
+        """When the server ended its connection (None while open)."""
+
+    @property
+    def tally(self) -> Tally: ...
+
+
+class Arrivals:
+    """Whether a phase's receivers have everything that was sent, or never will.
+
+    A receiver whose connection the server ended gets nothing more: what it
+    lacks is lost, not late, so the wait stops counting on it (the judgement
+    still counts the loss). Without that, a server that evicts every receiver
+    would keep the harness idle until the phase's deadline.
+    """
+
+    def __init__(self, book: Book, receivers: Sequence[Receiver]) -> None:
+        self._book = book
+        self._receivers = len(receivers)
+        self._open = list(receivers)
+        self.closed = 0
+        """Receivers whose connection has ended, as of the last :meth:`all_in`."""
+        self._closed_received = 0
+
+    def all_in(self, sent: int) -> bool:
+        """Every receiver has counted ``sent`` messages or has been closed."""
+        if any(receiver.closed_at_ns is not None for receiver in self._open):
+            still = []
+            for receiver in self._open:
+                if receiver.closed_at_ns is None:
+                    still.append(receiver)
+                else:
+                    self.closed += 1
+                    self._closed_received += receiver.tally.received()
+            self._open = still
+        written_off = max(self.closed * sent - self._closed_received, 0)
+        return self._book.delivered + written_off >= sent * self._receivers
 
 
 def take_round(tallies: list[Tally], chunks: list[bytes], stamp: int) -> int:

@@ -26,7 +26,7 @@ from harness.fleet import SEND_ERRORS, Fleet, Sim
 from harness.meter import add_phase
 from harness.model import ScenarioResult
 from harness.outcome import Outcome, Usage, fell_behind, judge, latency_trend
-from harness.tally import Book
+from harness.tally import Arrivals, Book
 from harness.wire import counted_text, now_ns
 
 START_DELAY_NS = 50_000_000
@@ -43,6 +43,8 @@ class Phase:
     receivers: list[Sim]
     started_ns: int
     complete: bool = False
+    closed: int = 0
+    """Receivers the server closed during the phase (see :class:`~harness.tally.Arrivals`)."""
     send_failures: int = 0
     max_send_lag_ms: float = 0.0
     title: str = ""
@@ -60,6 +62,7 @@ class Phase:
             judged_sent=self.book.sent,
             own_sent=self.book.sent,
             complete=self.complete,
+            closed=self.closed,
             send_failures=self.send_failures,
             max_send_lag_ms=self.max_send_lag_ms,
             usage=self.usage,
@@ -134,14 +137,18 @@ async def _await_deliveries(
     ctx: Context, phase: Phase, senders: trio.Nursery, deadline: float
 ) -> bool:
     planned = sum(phase.book.planned) * len(phase.receivers)
-    while True:
-        ctx.progress(phase.title, phase.book.delivered, planned)
-        sending = bool(senders.child_tasks)
-        if not sending and phase.book.delivered >= phase.expected:
-            return True
-        if trio.current_time() > deadline:
-            return False
-        await trio.sleep(0.05)
+    arrivals = Arrivals(phase.book, phase.receivers)
+    try:
+        while True:
+            ctx.progress(phase.title, phase.book.delivered, planned)
+            sending = bool(senders.child_tasks)
+            if not sending and arrivals.all_in(sum(phase.book.sent)):
+                return phase.book.delivered >= phase.expected
+            if trio.current_time() > deadline:
+                return False
+            await trio.sleep(0.05)
+    finally:
+        phase.closed = arrivals.closed
 
 
 # --- checks -----------------------------------------------------------------------
@@ -167,8 +174,7 @@ def outcome_checks(
         and outcome.strangers == 0
         and outcome.complete,
         f"{sent} sent x {outcome.receivers} receivers: lost {outcome.lost},"
-        f" duplicated {outcome.duplicated}, unknown {outcome.strangers}"
-        + ("" if outcome.complete else " (deadline passed)"),
+        f" duplicated {outcome.duplicated}, unknown {outcome.strangers}{_shortfall(outcome)}",
     )
     result.check(
         f"{prefix}in order",
@@ -194,6 +200,26 @@ def outcome_checks(
     result.timelines[label or "traffic"] = outcome.timeline
     add_phase(outcome)
     _trend(result, label, outcome)
+    _closed(result, label, outcome)
+
+
+def _shortfall(outcome: Outcome) -> str:
+    """Why the wait for deliveries ended short, if it did."""
+    if outcome.closed:
+        return f" (the server closed {outcome.closed} of them)"
+    return "" if outcome.complete else " (deadline passed)"
+
+
+def _closed(result: ScenarioResult, label: str, outcome: Outcome) -> None:
+    """Say so when the server closed receivers mid-phase: their losses are that closing."""
+    if outcome.closed:
+        result.notes.append(
+            f"{label or 'traffic'}: the server closed {outcome.closed} of"
+            f" {outcome.receivers} receivers during the phase, so what they had not yet"
+            f" received is lost; a server drops readers that fall behind (triochat evicts"
+            f" them as slow_consumer), which a saturated harness is"
+            f" (harness CPU share {outcome.busiest_share:.2f})"
+        )
 
 
 def _trend(result: ScenarioResult, label: str, outcome: Outcome) -> None:

@@ -496,7 +496,7 @@ async def _traffic_sharded(
     sent = await sharded.send_phase(ctx, shards, planned)
     wanted = sum(sent) * len(tallies)
     async with trio.open_nursery() as settling:
-        settling.start_soon(await_deliveries, book, wanted, planned.deadline_ns)
+        settling.start_soon(await_deliveries, lambda: book.delivered >= wanted, planned.deadline_ns)
         stayers = await sharded.settle_phase(ctx, shards, planned)
     mine = judge(
         book,

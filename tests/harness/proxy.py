@@ -3,8 +3,9 @@
 :class:`FaultyProxy` listens on 127.0.0.1 and forwards each TCP connection to a
 real triochat server, cutting the server-to-client direction into lines so it
 can misbehave the way a buggy server would: drop, duplicate or reorder one
-counted message, swallow ``left`` or ``error`` events, drop or duplicate a
-message inside a ``history`` replay or drop the replay altogether, keep a session alive
+counted message, close a receiver's connection mid-phase, swallow ``left`` or
+``error`` events, drop or duplicate a message inside a ``history`` replay or
+drop the replay altogether, keep a session alive
 after its client vanished (a leak), buffer without bound for a client that
 stopped reading (a server that never evicts), or forward to every client
 through one lock (a fan-out that awaits every client). With no fault it is
@@ -45,6 +46,9 @@ class Faults:
     """Read from the server regardless of the client (the server never sees a slow reader)."""
     serialize: bool = False
     """Forward to every client under one lock: one stalled client stalls everyone."""
+    close_after_counted: int = 0
+    """Close the connection that carries the Nth counted message line, once it is
+    forwarded (a server that evicts a receiver mid-phase; 0: never)."""
     lines_per_s: float = 0.0
     """Forward at most this many counted lines a second to each client (0: no cap): a
     server slower than the offered rate, whose queue (and latency) grows all along."""
@@ -98,11 +102,15 @@ class FaultyProxy:
         held: list[bytes] = []
         try:
             while data := await server.receive_some(RECEIVE):
+                before = self._counted
                 out = b"".join(self._mutate(line, held) for line in splitter.feed(data))
+                closing = before < self.faults.close_after_counted <= self._counted
                 if out:
                     await self._send(client, out)
                     if self.faults.lines_per_s:  # the cap is the fault, not a synchronisation
                         await trio.sleep(out.count(COUNTED) / self.faults.lines_per_s)
+                if closing:
+                    return  # the caller closes both ends
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             if self.faults.keep_upstream:  # the client is gone; the server must not know
                 await _discard(server)

@@ -205,3 +205,23 @@ async def test_a_server_that_keeps_up_is_not_reported_as_falling_behind(
     with trio.fail_after(60):
         report = await _paced_broadcast(url)
     assert report.scenarios[0].figures["kept_up"] == "yes", report.scenarios[0].figures
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_receiver_the_server_closes_is_written_off_not_waited_for(
+    nursery: trio.Nursery, workers: int
+) -> None:
+    """A closed receiver gets nothing more: the phase ends without waiting out ``settle``
+    for it (the bound below is far shorter), and the report says who closed whom."""
+    url = await _proxied(nursery, Faults(close_after_counted=7))
+    options = replace(
+        FAST, urls=(url,), scenarios=("broadcast",), settle=600.0, workers=workers, seed=3
+    )
+    with trio.fail_after(60):
+        report = await run_harness(options)
+    (broadcast,) = report.scenarios
+    observed = {c.name: c.observed for c in broadcast.checks}["exactly once"]
+    assert "exactly once" in failed_checks(report), describe(report)
+    assert observed.endswith("(the server closed 1 of them)"), observed
+    closed = [note for note in broadcast.notes if "the server closed 1 of 5 receivers" in note]
+    assert closed, broadcast.notes
