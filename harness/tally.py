@@ -376,15 +376,36 @@ def _one_by_one(tallies: list[Tally], chunks: list[bytes], stamp: int) -> int:
     return lines
 
 
+UNCOUNTED = -2
+STRANGER = -1
+"""Sender markers of :func:`_place`: not a counted text; counted, but no sender of the phase's."""
+
+
+def _place(book: Book, text: str, stamp: int) -> tuple[int, int, int, int]:
+    """``(sender, n, flat index, latency bucket µs)`` of a counted ``text`` received at
+    ``stamp``; the sender is :data:`UNCOUNTED` or :data:`STRANGER` when there is none."""
+    counted = parse_counted(text)
+    if counted is None:
+        return UNCOUNTED, 0, 0, 0
+    sender, n, scheduled = counted
+    planned = book.planned
+    if not (0 <= sender < len(planned) and 0 <= n < planned[sender]):
+        return STRANGER, 0, 0, 0
+    return sender, n, book.offsets[sender] + n, hdr_value((stamp - scheduled) // 1000)
+
+
 def _account(owners: list[Tally], events: list[Line], stamp: int, *, live: bool = True) -> None:
     """``events[i]``, received by ``owners[i]`` at ``stamp``; ``live`` False: no latency.
 
     Counted room messages are nearly all of the traffic: they are counted
-    right here; other events go to :meth:`Tally._other`.
+    right here; other events go to :meth:`Tally._other`. A round brings the same
+    message to many receivers, so each text is placed (:func:`_place`) once a round.
     """
     book: Book | None = None
     latency: dict[int, int] = {}
-    slot: Slot | None = None
+    slot = Slot()
+    placed: dict[str, tuple[int, int, int, int]] = {}
+    delivered = 0
     for tally, line in zip(owners, events, strict=True):
         tally.events += 1
         room = line.room
@@ -392,7 +413,9 @@ def _account(owners: list[Tally], events: list[Line], stamp: int, *, live: bool 
             tally._other(line, stamp)
             continue
         if tally.book is not book:
-            book = tally.book
+            if book is not None:
+                _delivered(book, slot, delivered, stamp)
+            book, delivered, placed = tally.book, 0, {}
             slot = book.slot(stamp)
             latency = slot.latency_us
         seq = line.seq
@@ -401,16 +424,16 @@ def _account(owners: list[Tally], events: list[Line], stamp: int, *, live: bool 
         if last is not None and seq != last + 1:
             tally.seq_defects += 1
         room_seq[room] = seq
-        counted = parse_counted(line.text)
-        if counted is None:
-            continue
-        sender, n, scheduled = counted
-        planned = book.planned
-        if not (0 <= sender < len(planned) and 0 <= n < planned[sender]):
-            tally.strangers += 1
+        text = line.text
+        place = placed.get(text)
+        if place is None:
+            place = placed[text] = _place(book, text, stamp)
+        sender, n, at, us = place
+        if sender < 0:
+            if sender == STRANGER:
+                tally.strangers += 1
             continue
         counts = tally._counts
-        at = book.offsets[sender] + n
         if counts[at] < 255:
             counts[at] += 1
         highest = tally._highest
@@ -418,16 +441,15 @@ def _account(owners: list[Tally], events: list[Line], stamp: int, *, live: bool 
             tally.out_of_order += 1
         else:
             highest[sender] = n
-        book.delivered += 1
-        book.last_receipt_ns = stamp
-        assert slot is not None
-        slot.deliveries += 1
+        delivered += 1
         if live:
-            us = (stamp - scheduled) // 1000
-            if us >= HDR_EXACT:  # hdr_value, inlined
-                us = min(us, HIGHEST_US)
-                shift = us.bit_length() - SIGNIFICANT_BITS
-                us = us >> shift << shift
-            elif us < 1:
-                us = 1
             latency[us] = latency.get(us, 0) + 1
+    if book is not None:
+        _delivered(book, slot, delivered, stamp)
+
+
+def _delivered(book: Book, slot: Slot, count: int, stamp: int) -> None:
+    if count:
+        book.delivered += count
+        book.last_receipt_ns = stamp
+        slot.deliveries += count

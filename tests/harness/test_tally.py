@@ -8,7 +8,7 @@ import msgspec
 from hdrh.histogram import HdrHistogram
 
 from harness.outcome import Outcome, merge
-from harness.tally import HIGHEST_US, Book, Latency, Slot, Tally, hdr_value
+from harness.tally import HIGHEST_US, Book, Latency, Slot, Tally, hdr_value, take_round
 from harness.wire import counted_text, now_ns
 
 
@@ -33,11 +33,40 @@ def test_a_rounded_value_stays_in_its_bucket() -> None:
         assert hist.get_lowest_equivalent_value(us) == hdr_value(us)
 
 
-def _message(room: str, seq: int, sender: int, n: int) -> bytes:
-    text = counted_text(sender, n, now_ns())
+def _message(room: str, seq: int, sender: int, n: int, scheduled: int | None = None) -> bytes:
+    text = counted_text(sender, n, now_ns() if scheduled is None else scheduled)
+    return _said(room, seq, text)
+
+
+def _said(room: str, seq: int, text: str) -> bytes:
     return msgspec.json.encode(
         {"type": "message", "room": room, "seq": seq, "from": "x", "text": text, "ts": 0.0}
     )
+
+
+def test_a_round_counts_every_receiver_and_stamps_latency_per_round() -> None:
+    """The same texts reach several receivers in one round, and again in a later one:
+    each receipt counts, strangers and plain texts do not, and latency is the round's."""
+    book = Book([2, 1])
+    tallies = [Tally(roster=False) for _ in range(3)]
+    for tally in tallies:
+        tally.follow(book)
+    sent = 1_000_000_000
+    lines = [
+        _message("r", 1, 0, 0, sent),
+        _message("r", 2, 1, 0, sent),
+        _message("r", 3, 5, 0, sent),  # no such sender
+        _said("r", 4, "hello"),  # not a counted text
+    ]
+    chunk = b"\n".join(lines) + b"\n"
+    assert take_round(tallies, [chunk] * 3, sent + 5_000_000) == 12
+    later = [_message("r", 5, 0, 1, sent), _message("r", 6, 0, 0, sent)]  # 0:0 again
+    take_round(tallies[:1], [b"\n".join(later) + b"\n"], sent + 9_000_000)
+    assert book.delivered == 8
+    assert [t.strangers for t in tallies] == [1, 1, 1]
+    assert [t.seq_defects + t.out_of_order for t in tallies] == [1, 0, 0]
+    assert tallies[0].lost_and_duplicated([2, 1], range(2)) == (0, 1)
+    assert book.latency.counts == {hdr_value(5_000): 6, hdr_value(9_000): 2}
 
 
 def test_a_batch_counts_lost_duplicated_reordered_and_garbled_exactly() -> None:
