@@ -28,8 +28,6 @@ HIGHEST_US = 600_000_000
 """Latencies are recorded in microseconds up to 10 minutes (longer ones are clamped)."""
 SIGNIFICANT_BITS = 11
 """An HdrHistogram of 3 significant digits keeps 2048 (2**11) exact steps per power of two."""
-HDR_EXACT = 1 << SIGNIFICANT_BITS
-"""Below this every microsecond is a bucket of its own."""
 SLOT_NS = 100_000_000
 """The timeline's resolution: deliveries and latency per 100 ms of receipt time."""
 
@@ -377,8 +375,9 @@ def _one_by_one(tallies: list[Tally], chunks: list[bytes], stamp: int) -> int:
 
 
 UNCOUNTED = -2
+"""The sender :func:`_place` gives a text that is not a counted one."""
 STRANGER = -1
-"""Sender markers of :func:`_place`: not a counted text; counted, but no sender of the phase's."""
+"""The sender :func:`_place` gives a counted text that no sender of the phase sent."""
 
 
 def _place(book: Book, text: str, stamp: int) -> tuple[int, int, int, int]:

@@ -217,8 +217,8 @@ def _closed(result: ScenarioResult, label: str, outcome: Outcome) -> None:
             f"{label or 'traffic'}: the server closed {outcome.closed} of"
             f" {outcome.receivers} receivers during the phase, so what they had not yet"
             f" received is lost; a server drops readers that fall behind (triochat evicts"
-            f" them as slow_consumer), which a saturated harness is"
-            f" (harness CPU share {outcome.busiest_share:.2f})"
+            f" them as slow_consumer), and the harness's busiest process used"
+            f" {outcome.busiest_share:.0%} of a core: near 100%, the harness was that reader"
         )
 
 
