@@ -47,8 +47,10 @@ class Faults:
     serialize: bool = False
     """Forward to every client under one lock: one stalled client stalls everyone."""
     close_after_counted: int = 0
-    """Close the connection that carries the Nth counted message line, once it is
-    forwarded (a server that evicts a receiver mid-phase; 0: never)."""
+    """End the connection that carries the Nth counted message line toward the client
+    once it is forwarded (a server that evicts a receiver mid-phase; 0: never). What
+    the client sent is still forwarded: a message it sent before it saw the end is
+    the server's to deliver, and one lost in the proxy would be a loss of the test's."""
     lines_per_s: float = 0.0
     """Forward at most this many counted lines a second to each client (0: no cap): a
     server slower than the offered rate, whose queue (and latency) grows all along."""
@@ -110,7 +112,9 @@ class FaultyProxy:
                     if self.faults.lines_per_s:  # the cap is the fault, not a synchronisation
                         await trio.sleep(out.count(COUNTED) / self.faults.lines_per_s)
                 if closing:
-                    return  # the caller closes both ends
+                    await client.send_eof()
+                    await _discard(server)
+                    return
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             if self.faults.keep_upstream:  # the client is gone; the server must not know
                 await _discard(server)
