@@ -15,7 +15,7 @@ from html import escape
 from importlib.util import find_spec
 from pathlib import Path
 
-from harness.model import Check, Report, ScenarioResult
+from harness.model import Check, Report, ScenarioResult, counted
 from harness.report import glance
 from harness.tally import SLOT_NS, Latency, Slot
 
@@ -57,7 +57,7 @@ def render_html(report: Report) -> str:
         "<h1>harness report</h1>",
         f'<p id="verdict" class="verdict {_css(report.passed)}">{escape(verdict)}</p>',
         f"<p>{report.crowd} against {escape(report.target)}, seed"
-        f' <span id="seed">{report.seed}</span>, {report.workers} worker(s), run id'
+        f' <span id="seed">{report.seed}</span>, {counted(report.workers, "worker")}, run id'
         f" {escape(report.run_id)}</p>",
     ]
     parts += [f'<p class="note">note: {escape(note)}</p>' for note in report.notes]

@@ -16,6 +16,11 @@ EXIT_SIGNAL_BASE = 128
 """An interrupted run exits 128 + the signal's number, as shells do: 130 for SIGINT."""
 
 
+def counted(count: int, noun: str) -> str:
+    """``1 worker``, ``2 workers``: a count with its noun, plural where English wants it."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 @dataclass
 class Check:
     name: str
@@ -102,7 +107,7 @@ class Report:
     @property
     def crowd(self) -> str:
         """``1 client``, ``50 clients``: how the report names its client count."""
-        return f"{self.clients} client{'' if self.clients == 1 else 's'}"
+        return counted(self.clients, "client")
 
     @property
     def exit_code(self) -> int:

@@ -81,6 +81,8 @@ async def test_chromium_shows_verdicts_checks_seed_and_plots(
     assert "all checks passed" in text
     assert re.search(r"broadcast\s+pass", text)
     assert "harness CPU share" in text
+    assert "4 clients against" in text
+    assert "2 workers," in text
     for check in ("all connected", "exactly once", "in order", "all sends accepted"):
         assert check in text
     assert re.search(r'id="seed">77<', dom)
