@@ -3,13 +3,13 @@
 :class:`FaultyProxy` listens on 127.0.0.1 and forwards each TCP connection to a
 real triochat server, cutting the server-to-client direction into lines so it
 can misbehave the way a buggy server would: drop, duplicate or reorder one
-counted message, close a receiver's connection mid-phase, swallow ``left`` or
+counted message, end a receiver's connection mid-phase, swallow ``left`` or
 ``error`` events, drop or duplicate a message inside a ``history`` replay or
-drop the replay altogether, keep a session alive
-after its client vanished (a leak), buffer without bound for a client that
-stopped reading (a server that never evicts), or forward to every client
-through one lock (a fan-out that awaits every client). With no fault it is
-transparent, which the tests also check, so each failure is the fault's doing.
+drop the replay altogether, keep a session alive after its client vanished (a
+leak), buffer without bound for a client that stopped reading (a server that
+never evicts), or forward to every client through one lock (a fan-out that
+awaits every client). With no fault it is transparent, which the tests also
+check, so each failure is the fault's doing.
 """
 
 from __future__ import annotations

@@ -212,7 +212,7 @@ async def test_a_receiver_the_server_closes_is_written_off_not_waited_for(
     nursery: trio.Nursery, workers: int
 ) -> None:
     """A closed receiver gets nothing more: the phase ends without waiting out ``settle``
-    for it (the bound below is far shorter), and the report says who closed whom."""
+    for it (the bound below is far shorter), and the report says the server closed it."""
     url = await _proxied(nursery, Faults(close_after_counted=7))
     options = replace(
         FAST, urls=(url,), scenarios=("broadcast",), settle=600.0, workers=workers, seed=3
