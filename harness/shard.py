@@ -511,7 +511,7 @@ class Shard:
             [member.tally for member in members],
             judged_sent=order.sent,
             own_sent=own.sent,
-            complete=book.delivered >= sent * len(members),
+            complete=arrivals.complete(sent),
             closed=arrivals.closed,
             send_failures=own.send_failures,
             max_send_lag_ms=own.max_send_lag_ms,

@@ -334,6 +334,10 @@ class Arrivals:
         written_off = max(self.closed * sent - self._closed_received, 0)
         return self._book.delivered + written_off >= sent * self._receivers
 
+    def complete(self, sent: int) -> bool:
+        """Every receiver has counted ``sent`` messages (copies included)."""
+        return self._book.delivered >= sent * self._receivers
+
 
 def take_round(tallies: list[Tally], chunks: list[bytes], stamp: int) -> int:
     """Lines read in one round, ``chunks[i]`` (whole lines, each ending in a newline) for

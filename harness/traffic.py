@@ -50,10 +50,6 @@ class Phase:
     title: str = ""
     usage: Usage = field(default_factory=Usage)
 
-    @property
-    def expected(self) -> int:
-        return sum(self.book.sent) * len(self.receivers)
-
     def outcome(self) -> Outcome:
         """What this phase's receivers saw."""
         return judge(
@@ -142,8 +138,10 @@ async def _await_deliveries(
         while True:
             ctx.progress(phase.title, phase.book.delivered, planned)
             sending = bool(senders.child_tasks)
-            if not sending and arrivals.all_in(sum(phase.book.sent)):
-                return phase.book.delivered >= phase.expected
+            sent = sum(phase.book.sent)
+            # Asked on every poll, so that ``closed`` is current however the wait ends.
+            if arrivals.all_in(sent) and not sending:
+                return arrivals.complete(sent)
             if trio.current_time() > deadline:
                 return False
             await trio.sleep(0.05)
