@@ -2,16 +2,18 @@
 
 The lean clients of ``harness --workers`` (harness/swarm.py) on real loopback
 TCP connections, fed by this process with counted message lines the way a
-server would write them; each round is one :meth:`Swarm.read_ready` call, the
-code a worker runs for every wakeup. Printed: user and system CPU per line
-received, when each read brings one line (many clients, each getting little)
-and when reads bring several. No server is involved, so this is the harness's
-part alone; docs/harness.md has the figures of whole runs.
+server writes them (bare, as the TCP listener does, or each in a WebSocket
+frame); each round is one :meth:`Swarm.read_ready` call, the code a worker
+runs for every wakeup. Printed: user and system CPU per line received, when
+each read brings one line (many clients, each getting little) and when reads
+bring several. No server is involved, so this is the harness's part alone;
+docs/harness.md has the figures of whole runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import resource
 import socket
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 import msgspec
 import trio
 
-from harness.swarm import Member, Swarm
+from harness.swarm import OP_TEXT, Member, Swarm
 from harness.tally import Book
 from harness.wire import counted_text, now_ns
 from triochat.client import parse_url
@@ -32,20 +34,20 @@ DRAIN_S = 10.0
 """How long the lines a busy kernel carried late may take, at most."""
 
 
-def _pairs(count: int, per_sender: int) -> tuple[Swarm, list[socket.socket], Book]:
+def _pairs(count: int, per_sender: int, ws: bool) -> tuple[Swarm, list[socket.socket], Book]:
     """``count`` lean clients following a phase of ``per_sender`` messages from each of
-    ``count`` senders (as small as the rounds need: a run's tallies are that small, and
-    an oversized one would add a page fault per delivery to the figures)."""
+    ``count`` senders (no more than the rounds need, as in a run); ``ws``: they take
+    what they read for WebSocket frames."""
     swarm = Swarm()
     book = Book([per_sender] * count)
     listener = socket.create_server(("127.0.0.1", 0), backlog=count)
     writers = []
-    address = parse_url("tcp://127.0.0.1:1")
+    address = parse_url("ws://127.0.0.1:1" if ws else "tcp://127.0.0.1:1")
     for index in range(count):
         reader = socket.create_connection(listener.getsockname())
         writer, _ = listener.accept()
         reader.setblocking(False)
-        member = Member(index, "n", address, trio.socket.from_stdlib_socket(reader), reader, False)
+        member = Member(index, "n", address, trio.socket.from_stdlib_socket(reader), reader, ws)
         swarm.add(member, [])
         member.tally.follow(book)
         writers.append(writer)
@@ -62,9 +64,11 @@ class Cost:
     lines_per_read: float
 
 
-def measure(clients: int, lines_per_read: int, rounds: int) -> Cost:
-    """``rounds`` rounds with ``lines_per_read`` lines written to each socket before each."""
-    swarm, writers, book = _pairs(clients, math.ceil(rounds * lines_per_read / clients))
+def measure(clients: int, lines_per_read: int, rounds: int, *, ws: bool = False) -> Cost:
+    """``rounds`` rounds with ``lines_per_read`` lines written to each socket before each
+    (``ws``: each line a WebSocket text frame, as the server writes them)."""
+    per_sender = math.ceil(rounds * lines_per_read / clients)
+    swarm, writers, book = _pairs(clients, per_sender, ws)
     seq = n = 0
     user = system = 0.0
     for _ in range(rounds):
@@ -74,7 +78,8 @@ def measure(clients: int, lines_per_read: int, rounds: int) -> Cost:
             text = counted_text(seq % clients, n // clients, now_ns())
             event = {"type": "message", "room": "h0000-broadcast", "seq": seq}
             event |= {"from": "h0000-broadc-1", "text": text, "ts": 1.0}
-            batch += msgspec.json.encode(event) + b"\n"
+            line = msgspec.json.encode(event) + b"\n"
+            batch += _server_frame(line) if ws else line
             n += 1
         for writer in writers:
             writer.sendall(batch)
@@ -91,6 +96,13 @@ def measure(clients: int, lines_per_read: int, rounds: int) -> Cost:
     for writer in writers:
         writer.close()
     return cost
+
+
+def _server_frame(payload: bytes) -> bytes:
+    """One final, unmasked text frame (7- or 16-bit length: protocol lines are short)."""
+    size = len(payload)
+    length = bytes([size]) if size < 126 else bytes([126]) + size.to_bytes(2)
+    return bytes([0x80 | OP_TEXT]) + length + payload
 
 
 def _drain(swarm: Swarm, book: Book, lines: int) -> None:
@@ -111,10 +123,11 @@ def main() -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     print(f"{args.clients} lean clients over loopback TCP, {args.rounds} rounds each")
-    for per_read in (1, 4, 16):
-        cost = measure(args.clients, per_read, args.rounds)
+    for ws, per_read in itertools.product((False, True), (1, 4, 16)):
+        cost = measure(args.clients, per_read, args.rounds, ws=ws)
         print(
-            f"{per_read:>2} line(s) written per round, {cost.lines_per_read:.2f} per read:"
+            f"{'ws ' if ws else 'tcp'} {per_read:>2} line(s) written per round,"
+            f" {cost.lines_per_read:.2f} per read:"
             f" {cost.user_us:.2f} µs user + {cost.system_us:.2f} µs system"
             f" = {cost.user_us + cost.system_us:.2f} µs per delivery"
         )

@@ -74,3 +74,33 @@ def test_pings_are_answered_and_a_close_is_echoed(member: Member) -> None:
 def test_a_masked_frame_from_the_server_is_a_wire_error(member: Member) -> None:
     with pytest.raises(WireError):
         member.take(_frame(b"{}", masked=True))
+
+
+@pytest.mark.parametrize("size", [1, 125, 126, 300, 65_535])
+def test_a_read_of_one_whole_message_gives_its_line(member: Member, size: int) -> None:
+    line = b"x" * (size - 1) + b"\n"
+    assert member.chunk(_frame(line)) == line
+    assert member.chunk(_frame(line[:-1])) == line  # no newline of its own: one is added
+    assert not member.pending
+
+
+def test_a_whole_frame_read_while_a_message_is_fragmented_continues_it(member: Member) -> None:
+    """A read that is one final frame is not a message of its own while an earlier one
+    is still open: it ends that one."""
+    assert member.chunk(_frame(b'{"c":', final=False)) == b""
+    assert member.chunk(_frame(b"3}\n", opcode=0)) == b'{"c":3}\n'
+    assert member.chunk(_frame(b'{"d":', final=False)) == b""
+    assert member.chunk(_frame(b"4}\n")) == b'{"d":4}\n'
+
+
+def test_a_frame_cut_short_or_followed_by_more_is_not_taken_whole(member: Member) -> None:
+    frame = _frame(b'{"a":1}\n')
+    assert member.chunk(frame[:-3]) == b""
+    assert member.chunk(frame[-3:] + frame[:4]) == b'{"a":1}\n'
+    assert member.chunk(frame[4:]) == b'{"a":1}\n'
+
+
+@pytest.mark.parametrize("size", [3, 248])  # 248: as long (256 bytes) as 254, its length byte, + 2
+def test_a_masked_frame_is_a_wire_error_in_a_read_of_its_own(member: Member, size: int) -> None:
+    with pytest.raises(WireError):
+        member.chunk(_frame(b"x" * (size - 1) + b"\n", masked=True))

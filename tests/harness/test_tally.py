@@ -69,6 +69,21 @@ def test_a_round_counts_every_receiver_and_stamps_latency_per_round() -> None:
     assert book.latency.counts == {hdr_value(5_000): 6, hdr_value(9_000): 2}
 
 
+def test_each_receivers_lines_are_counted_as_its_own() -> None:
+    """Rounds where each read brought one line, and one where a read brought two and
+    another a blank line only: every line is counted for the receiver that read it."""
+    book = Book([2, 2])
+    tallies = [Tally(roster=False) for _ in range(2)]
+    for tally in tallies:
+        tally.follow(book)
+    take_round(tallies, [_message("a", 1, 0, 0) + b"\n", _message("b", 1, 1, 0) + b"\n"], 0)
+    both = _message("a", 2, 0, 1) + b"\n" + _message("a", 3, 1, 0) + b"\n"
+    take_round(tallies, [both, b"\n"], 0)
+    assert tallies[0].lost_and_duplicated([2, 2], range(2)) == (1, 0)
+    assert tallies[1].lost_and_duplicated([2, 2], range(2)) == (3, 0)
+    assert [t.seq_defects for t in tallies] == [0, 0]
+
+
 def test_a_batch_counts_lost_duplicated_reordered_and_garbled_exactly() -> None:
     book = Book([3, 3])
     tally = Tally()
