@@ -8,6 +8,10 @@ spare. Every scenario therefore reports two figures:
   by the messages delivered in them: what receiving and accounting for one
   delivery costs. A scenario without counted traffic (``churn``) divides
   all of its CPU by every event its clients received instead;
+* ``harness_kernel_us_per_delivery``: the part of the above spent in the kernel
+  (counted-traffic phases only). Each read is a system call, and a TCP read that
+  empties its socket sends an ACK: where each read brings one line, that is most
+  of the cost, and no harness code can make it smaller;
 * ``harness_cpu_share``: the busiest of those processes' CPU time divided by
   the phase's wall time (the largest over the phases). Near 1, that process
   was saturated and the latencies measure the harness as much as the server;
@@ -73,8 +77,11 @@ class Meter:
         figures = {
             "harness_cpu_s": round(cpu, 3),
             "harness_cpu_us_per_delivery": round(work * 1e6 / deliveries, 2) if deliveries else 0.0,
-            "harness_cpu_share": round(min(busiest, 1.0), 3),
         }
+        if self.phases and deliveries:
+            kernel = sum(phase.kernel_s for phase in self.phases)
+            figures["harness_kernel_us_per_delivery"] = round(kernel * 1e6 / deliveries, 2)
+        figures["harness_cpu_share"] = round(min(busiest, 1.0), 3)
         reads = sum(phase.reads for phase in self.phases)
         if reads:
             lines = sum(phase.lines_read for phase in self.phases)

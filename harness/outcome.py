@@ -9,6 +9,7 @@ the sum is exact: nothing is averaged or sampled.
 
 from __future__ import annotations
 
+import resource
 import time
 from dataclasses import dataclass, field
 
@@ -17,15 +18,24 @@ import msgspec
 from harness.tally import Book, Latency, Slot, Tally, merge_timelines, timeline_latency
 
 
+def _kernel_s() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_stime
+
+
 @dataclass
 class Usage:
     """This process's CPU and wall clock since it was made (the start of a phase)."""
 
     cpu_start: float = field(default_factory=time.process_time)
+    kernel_start: float = field(default_factory=_kernel_s)
     wall_start: float = field(default_factory=time.perf_counter)
 
     def cpu_s(self) -> float:
         return time.process_time() - self.cpu_start
+
+    def kernel_s(self) -> float:
+        """The part of :meth:`cpu_s` spent in the kernel, on the process's system calls."""
+        return _kernel_s() - self.kernel_start
 
     def share(self) -> float:
         return min(self.cpu_s() / max(time.perf_counter() - self.wall_start, 1e-9), 1.0)
@@ -57,6 +67,9 @@ class Outcome(msgspec.Struct, kw_only=True, tag=True):
     timeline: dict[int, Slot] = msgspec.field(default_factory=dict)
     cpu_s: float = 0.0
     """CPU the harness spent on the phase: every process that took part, together."""
+    kernel_s: float = 0.0
+    """The part of ``cpu_s`` spent in the kernel: reads, and the ACKs they send, are
+    most of it where each read brings one line."""
     busiest_share: float = 0.0
     """The busiest of those processes' CPU time over the phase's wall time."""
     fewest: int = 0
@@ -136,6 +149,7 @@ def merge(parts: list[Outcome]) -> Outcome:
         last_receipt_ns=max(p.last_receipt_ns for p in parts),
         timeline=merge_timelines([p.timeline for p in parts]),
         cpu_s=sum(p.cpu_s for p in parts),
+        kernel_s=sum(p.kernel_s for p in parts),
         busiest_share=max(p.busiest_share for p in parts),
         fewest=min(p.fewest for p in parts if p.receivers) if receiving else 0,
         most=max(p.most for p in parts if p.receivers) if receiving else 0,
@@ -193,6 +207,7 @@ def judge(
         last_receipt_ns=book.last_receipt_ns,
         timeline=dict(sorted(book.timeline.items())),
         cpu_s=round(usage.cpu_s(), 4),
+        kernel_s=round(usage.kernel_s(), 4),
         busiest_share=round(usage.share(), 4),
         fewest=min(received, default=0),
         most=max(received, default=0),

@@ -160,6 +160,7 @@ HIGHLIGHTS = {
     "connections_refused": "{} connections refused",
     "kept_up": "kept up: {}",
     "harness_cpu_us_per_delivery": "harness {} µs/delivery",
+    "harness_kernel_us_per_delivery": "{} of them in the kernel",
     "harness_lines_per_read": "{} lines/read",
     "harness_cpu_share": "harness CPU share {}",
 }

@@ -80,6 +80,8 @@ async def test_passing_run_exits_0_and_writes_json(tmp_path: Path) -> None:
     assert broadcast["figures"]["deliveries"] == 4 * 3 * 4
     assert broadcast["figures"]["p99_ms"] >= broadcast["figures"]["p50_ms"] > 0
     assert broadcast["figures"]["harness_lines_per_read"] >= 1  # its lean clients' reads
+    cost = broadcast["figures"]["harness_cpu_us_per_delivery"]
+    assert 0 <= broadcast["figures"]["harness_kernel_us_per_delivery"] <= cost
     assert report["seed"] == seed
     assert report["workers"] == report["settings"]["workers"] >= 1
     for scenario in report["scenarios"]:  # what the harness itself spent, on every scenario

@@ -59,11 +59,12 @@ def test_the_harness_cost_is_per_delivery_where_deliveries_were_counted_else_per
     report.scenarios.append(churn)
     for scenario in report.scenarios:
         scenario.figures["harness_cpu_us_per_delivery"] = 12.5
+    report.scenarios[0].figures["harness_kernel_us_per_delivery"] = 7.5
     rows = {
         name: next(r for r in _rendered(report) if f" {name} " in r)
         for name in ("broadcast", "flood", "churn")
     }
-    assert "harness 12.5 µs/delivery" in rows["broadcast"]
+    assert "harness 12.5 µs/delivery, 7.5 of them in the kernel" in rows["broadcast"]
     assert "harness 12.5 µs/delivery" in rows["flood"]  # its phases' deliveries count
     assert "harness 12.5 µs/event received" in rows["churn"]
 
