@@ -1,7 +1,7 @@
 """How much CPU the harness itself spent on a scenario, and how close it came to saturation.
 
 A load tool's figures describe the server only while the tool has CPU to
-spare. Every scenario therefore reports two figures:
+spare. Every scenario therefore reports what the harness spent:
 
 * ``harness_cpu_us_per_delivery``: the CPU time of the harness processes
   that hosted clients during the scenario's counted-traffic phases, divided
@@ -10,8 +10,8 @@ spare. Every scenario therefore reports two figures:
   all of its CPU by every event its clients received instead;
 * ``harness_kernel_us_per_delivery``: the part of the above spent in the kernel
   (counted-traffic phases only). Each read is a system call, and a TCP read that
-  empties its socket sends an ACK: where each read brings one line, that is most
-  of the cost, and no harness code can make it smaller;
+  empties its socket sends an ACK: where each read brings one line, this part is
+  a floor that no harness code can lower;
 * ``harness_cpu_share``: the busiest of those processes' CPU time divided by
   the phase's wall time (the largest over the phases). Near 1, that process
   was saturated and the latencies measure the harness as much as the server;
