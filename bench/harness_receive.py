@@ -23,10 +23,11 @@ from dataclasses import dataclass
 import msgspec
 import trio
 
-from harness.swarm import OP_TEXT, Member, Swarm
+from harness.swarm import Member, Swarm
 from harness.tally import Book
 from harness.wire import counted_text, now_ns
 from triochat.client import parse_url
+from triochat.transport.wsproto_ws import text_frame
 
 SETTLE = 0.002
 """Seconds for the kernel to carry what was written to the readers' sockets."""
@@ -79,7 +80,7 @@ def measure(clients: int, lines_per_read: int, rounds: int, *, ws: bool = False)
             event = {"type": "message", "room": "h0000-broadcast", "seq": seq}
             event |= {"from": "h0000-broadc-1", "text": text, "ts": 1.0}
             line = msgspec.json.encode(event) + b"\n"
-            batch += _server_frame(line) if ws else line
+            batch += text_frame(line) if ws else line
             n += 1
         for writer in writers:
             writer.sendall(batch)
@@ -96,13 +97,6 @@ def measure(clients: int, lines_per_read: int, rounds: int, *, ws: bool = False)
     for writer in writers:
         writer.close()
     return cost
-
-
-def _server_frame(payload: bytes) -> bytes:
-    """One final, unmasked text frame (7- or 16-bit length: protocol lines are short)."""
-    size = len(payload)
-    length = bytes([size]) if size < 126 else bytes([126]) + size.to_bytes(2)
-    return bytes([0x80 | OP_TEXT]) + length + payload
 
 
 def _drain(swarm: Swarm, book: Book, lines: int) -> None:
